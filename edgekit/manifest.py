@@ -1,0 +1,49 @@
+"""manifest.json: the one record of a build that everything downstream reads."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+from importlib import metadata
+from pathlib import Path
+
+MANIFEST = "manifest.json"
+SCHEMA_VERSION = 1
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def versions() -> dict:
+    """Versions of what made the artifact: needed to reproduce or explain a result."""
+    from edgekit import __version__
+
+    found = {"edgekit": __version__, "python": platform.python_version()}
+    for dist in ("torch", "executorch", "torchao"):
+        try:
+            found[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            found[dist] = None
+    return found
+
+
+def write_json_atomic(path: Path, doc: dict) -> None:
+    """Write to a temp name and rename: a reader never sees half a file."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(doc, indent=2, sort_keys=False) + "\n")
+    os.replace(tmp, path)
+
+
+def read_manifest(build_dir: Path) -> dict:
+    return json.loads((Path(build_dir) / MANIFEST).read_text())

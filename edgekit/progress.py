@@ -1,0 +1,58 @@
+"""Progress on the terminal (stderr) and the timed record of each pipeline step.
+
+Everything here writes to stderr so that `--json` output on stdout stays clean.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from typing import Iterable, Iterator
+
+
+class Steps:
+    """Times each stage, shows it while it runs, and keeps the manifest's `steps` list."""
+
+    def __init__(self, show: bool = True):
+        from rich.console import Console
+
+        self.console = Console(stderr=True, quiet=not show)
+        self.records: list[dict] = []
+        self.warnings: list[str] = []
+        self._live = None  # the Progress display of the running stage
+
+    @contextlib.contextmanager
+    def step(self, stage: str, config: dict | None = None, label: str | None = None) -> Iterator[dict]:
+        """Run one stage; the caller may add facts (e.g. an output digest) to the record."""
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+        record = {"stage": stage, "config": config or {}}
+        start = time.perf_counter()
+        columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+        # One live display per stage: rich allows only one at a time, so loops
+        # inside the stage (track) add their bars to it instead of opening their own.
+        with Progress(*columns, console=self.console, transient=True, disable=not self.console.is_terminal) as live:
+            self._live = live
+            live.add_task(f"[bold]{label or stage}[/]", total=None)
+            try:
+                yield record
+            finally:
+                self._live = None
+        record["seconds"] = round(time.perf_counter() - start, 3)
+        self.records.append(record)
+        self.console.print(f"[green]✓[/] {label or stage} [dim]({record['seconds']:.1f} s)[/]")
+
+    def track(self, items: Iterable, total: int, description: str) -> Iterator:
+        """A progress bar over a loop (calibration, evaluation) inside the running stage."""
+        if self._live is None:
+            yield from items
+            return
+        task = self._live.add_task(f"  {description}", total=total)
+        for item in items:
+            yield item
+            self._live.advance(task)
+        self._live.remove_task(task)
+
+    def warn(self, message: str) -> None:
+        self.warnings.append(message)
+        self.console.print(f"[bold yellow]warning:[/] {message}")

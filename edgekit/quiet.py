@@ -1,0 +1,44 @@
+"""Keep third-party chatter out of the user's terminal, without hiding real errors.
+
+torchao logs a warning for each optional CUDA kernel library it can't load on a
+CPU machine, and ExecuTorch's C++ runtime prints cpuinfo probing lines to the
+process's stderr when it loads a method. Neither is actionable for the user.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import sys
+import tempfile
+import warnings
+
+
+def quiet_python_logs() -> None:
+    """Silence known-noisy loggers and warnings; call before importing torch stacks."""
+    for name in ("torchao", "torch.utils._pytree", "torch._export", "torch.export", "executorch"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    # Deprecation chatter from inside torch/executorch internals, not the user's code.
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", message=".*is an Enum subclass.*")
+
+
+@contextlib.contextmanager
+def native_stderr_captured():
+    """Capture what native code writes to fd 2; replay it if the block fails."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile(mode="w+b") as sink:
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield
+        except BaseException:
+            os.dup2(saved, 2)
+            sink.seek(0)
+            sys.stderr.write(sink.read().decode(errors="replace"))
+            raise
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
