@@ -56,7 +56,7 @@ def build(app_dir, target, model, input_shape, inputs, weights, calib, eval_, ca
 
     manifest = api.build(
         app_dir, target=target, model=model, input_shape=input_shape, inputs=inputs, weights=weights,
-        calib=calib, eval=eval_, out=out, calib_samples=calib_samples, show_progress=not as_json,
+        calib=calib, eval=eval_, out=out, calib_samples=calib_samples, show_progress=True,  # stderr: --json stdout stays clean
     )
     if as_json:
         click.echo(json.dumps(manifest, indent=2))

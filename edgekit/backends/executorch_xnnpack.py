@@ -51,6 +51,8 @@ def export(qmodel, example_inputs: tuple, path: Path) -> dict:
     from executorch.exir import to_edge_transform_and_lower
 
     edge = to_edge_transform_and_lower(_export(qmodel, example_inputs), partitioner=[XnnpackPartitioner()])
+    # Read the partition before to_executorch(), which rewrites ops into out-variants and allocs.
+    outside = _ops_outside_delegate(edge.exported_program().graph_module)
     program = edge.to_executorch()
     Path(path).write_bytes(program.buffer)
     plan = program.executorch_program.execution_plan[0]
@@ -58,7 +60,7 @@ def export(qmodel, example_inputs: tuple, path: Path) -> dict:
     return {
         "delegates": delegates,
         "xnnpack_delegated": DELEGATE_ID in delegates,
-        "ops_outside_delegate": _ops_outside_delegate(edge.exported_program().graph_module),
+        "ops_outside_delegate": outside,
     }
 
 
@@ -82,6 +84,7 @@ def _ops_outside_delegate(graph_module) -> list[str]:
     for node in graph_module.graph.nodes:
         if node.op == "call_function":
             name = getattr(node.target, "__name__", str(node.target))
+            name = name.removeprefix("aten.").split(".")[0]  # "aten.embedding.default" -> "embedding"
             if name not in skip:
                 ops.append(name)
     return sorted(set(ops))

@@ -1,0 +1,43 @@
+# edgekit: `make demo` builds the bundled sample for a Raspberry Pi 4,
+# `make test` runs the test suite. Both create .venv and install what they need.
+
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+TARGET ?= rpi4
+
+.PHONY: install demo test test-all bench clean help
+
+help:
+	@echo "make demo      install into $(VENV) and build sample_apps/digits for $(TARGET)"
+	@echo "make test      install into $(VENV) (with test extras) and run the default test suite"
+	@echo "make test-all  the default suite plus tests marked slow"
+	@echo "make bench     timing scripts in bench/ (ratios measured side by side)"
+	@echo "make clean     remove build/ (keeps $(VENV))"
+
+# Reinstall when the dependency list changes. torch is pinned in pyproject.toml:
+# pip then takes the CPU wheel instead of resolving a multi-GB CUDA build.
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info[:2] == (3, 11) else "edgekit needs Python 3.11 (executorch 1.5.1 wheels); set PYTHON=python3.11")'
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	@touch $@
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/edgekit build sample_apps/digits --target $(TARGET)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -m "not slow"
+
+test-all: $(STAMP)
+	$(BIN)/python -m pytest
+
+bench: $(STAMP)
+	$(BIN)/python bench/build_time.py
+
+clean:
+	rm -rf build

@@ -1,0 +1,44 @@
+"""Shared fixtures: the edgekit CLI run as a user runs it, and one real digits build."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+DIGITS_APP = REPO / "sample_apps" / "digits"
+
+
+def run_edgekit(*args: str, cwd: Path | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+    """`python -m edgekit ARGS` in a child process: exit codes and output as a user sees them."""
+    env = {**os.environ, "COLUMNS": "200"}  # wide enough that rich never wraps a message
+    return subprocess.run(
+        [sys.executable, "-m", "edgekit", *args],
+        cwd=cwd or REPO, env=env, capture_output=True, text=True, timeout=timeout,
+    )
+
+
+@pytest.fixture(scope="session")
+def run_cli():
+    """The CLI runner as a fixture, so test modules need no imports from this file."""
+    return run_edgekit
+
+
+@pytest.fixture(scope="session")
+def digits_app() -> Path:
+    return DIGITS_APP
+
+
+@pytest.fixture(scope="session")
+def digits_build(tmp_path_factory) -> dict:
+    """The bundled sample built for rpi4 through the CLI, once per test session."""
+    out = tmp_path_factory.mktemp("builds") / "digits-rpi4"
+    proc = run_edgekit("build", str(DIGITS_APP), "--target", "rpi4", "--out", str(out), "--json")
+    assert proc.returncode == 0, proc.stderr
+    manifest = json.loads(proc.stdout)
+    return {"dir": out, "manifest": manifest, "stderr": proc.stderr}

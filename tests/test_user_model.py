@@ -1,0 +1,100 @@
+"""A user's own model, without an app dir: `--model module:factory` and its options."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import textwrap
+
+import numpy as np
+
+TEXT_MODEL = textwrap.dedent(
+    '''
+    import torch
+    from torch import nn
+
+    class TinyText(nn.Module):
+        """Token ids + attention mask -> 4 classes: integer inputs feed an embedding and a mask."""
+
+        def __init__(self, vocab=100, dim=32):
+            super().__init__()
+            self.emb = nn.Embedding(vocab, dim)
+            self.attn = nn.MultiheadAttention(dim, 4, batch_first=True)
+            self.norm = nn.LayerNorm(dim)
+            self.head = nn.Linear(dim, 4)
+
+        def forward(self, input_ids, attention_mask):
+            h = self.emb(input_ids)
+            a, _ = self.attn(h, h, h, key_padding_mask=attention_mask == 0, need_weights=False)
+            h = self.norm(h + a)
+            m = attention_mask.unsqueeze(-1).to(h.dtype)
+            return self.head((h * m).sum(1) / m.sum(1).clamp(min=1))
+
+    def build():
+        torch.manual_seed(0)
+        return TinyText()
+    '''
+)
+
+RANDOM_CNN = textwrap.dedent(
+    '''
+    from torch import nn
+
+    def make_net():
+        return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+                             nn.Flatten(), nn.Linear(8, 5))
+    '''
+)
+
+
+def test_own_model_with_weights_calib_and_eval(run_cli, digits_app, tmp_path):
+    """The digits network as if it were the user's: module in the cwd, files by flag."""
+    shutil.copy(digits_app / "model.py", tmp_path / "mynet.py")
+    for name in ("weights.pt", "calib.npz", "eval.npz"):
+        shutil.copy(digits_app / name, tmp_path / name)
+    proc = run_cli(
+        "build", "--model", "mynet:build_model", "--input-shape", "1,1,8,8", "--weights", "weights.pt",
+        "--calib", "calib.npz", "--eval", "eval.npz", "--out", "out", "--json", cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr
+    m = json.loads(proc.stdout)
+    assert m["name"] == "build_model"
+    assert m["model"]["source"] == "options"
+    assert (tmp_path / "out" / "model.pte").is_file()
+    assert m["metrics"]["accuracy_float"] >= 95.0
+    assert abs(m["metrics"]["accuracy_artifact"] - m["metrics"]["accuracy_float"]) <= 1.0
+
+
+def test_without_data_calibrates_on_random_inputs_and_says_so(run_cli, tmp_path):
+    (tmp_path / "nets.py").write_text(RANDOM_CNN)
+    proc = run_cli("build", "--model", "nets:make_net", "--input-shape", "1,3,16,16", "--out", "o", "--json", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "RANDOM" in proc.stderr and "--calib" in proc.stderr
+    assert "--eval" in proc.stderr
+    m = json.loads(proc.stdout)
+    assert m["metrics"]["accuracy_float"] is None and m["metrics"]["accuracy_artifact"] is None
+    assert 0 <= m["metrics"]["top1_agreement"] <= 100
+    assert len(m["warnings"]) == 2
+    assert m["model"]["inputs"] == [{"name": "x", "shape": [1, 3, 16, 16], "dtype": "float32"}]
+
+
+def test_text_model_with_int64_ids_and_mask(run_cli, tmp_path):
+    """Integer index paths (embedding, mask) are left alone by the quantizer, not broken by it."""
+    (tmp_path / "textnet.py").write_text(TEXT_MODEL)
+    rng = np.random.default_rng(0)
+    ids = rng.integers(1, 100, (40, 16))
+    mask = np.ones((40, 16), dtype=np.int64)
+    mask[:, 12:] = 0  # padded tail
+    np.savez(tmp_path / "calib.npz", input_ids=ids, attention_mask=mask)
+    np.savez(tmp_path / "eval.npz", input_ids=ids[:20], attention_mask=mask[:20], y=rng.integers(0, 4, 20))
+    proc = run_cli(
+        "build", "--model", "textnet:build", "--input", "input_ids:1x16:int64", "--input", "attention_mask:1x16:int64",
+        "--calib", "calib.npz", "--eval", "eval.npz", "--out", "o", "--json", cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr
+    m = json.loads(proc.stdout)
+    assert [i["dtype"] for i in m["model"]["inputs"]] == ["int64", "int64"]
+    assert "embedding" in m["lowering"]["ops_outside_delegate"]  # gathered in float, not quantized
+    assert m["lowering"]["xnnpack_delegated"]
+    assert m["metrics"]["top1_agreement"] >= 90.0
+    assert m["metrics"]["samples"] == 20
