@@ -131,14 +131,24 @@ def _inputs(value: Any, path: Path) -> tuple[InputSpec, ...]:
     specs = []
     for i, item in enumerate(value):
         where = f"inputs[{i}]"
+        if not isinstance(item, dict):
+            raise UsageError(f"{path}: '{where}' must be a table", hint='write each input as [[inputs]] name = "x", shape = [...]')
         _check_keys(item, _INPUT_KEYS, path, f"{where}.")
         shape = item.get("shape")
-        if not isinstance(shape, list) or not shape or not all(isinstance(d, int) and d > 0 for d in shape):
+        if not isinstance(shape, list) or not shape or not all(_positive_int(d) for d in shape):
             raise UsageError(f"{path}: '{where}.shape' must be a list of positive integers, got {shape!r}")
         dtype = item.get("dtype", "float32")
         check_dtype(dtype, f"{path}: '{where}.dtype'")
         specs.append(InputSpec(_str(item.get("name", "x"), path, f"{where}.name"), tuple(shape), dtype))
+    names = [s.name for s in specs]
+    for i, name in enumerate(names):
+        if name in names[:i]:
+            raise UsageError(f"{path}: 'inputs[{i}].name' repeats input name '{name}'", hint="each [[inputs]] needs its own name")
     return tuple(specs)
+
+
+def _positive_int(d: Any) -> bool:
+    return isinstance(d, int) and not isinstance(d, bool) and d > 0
 
 
 # ---------------------------------------------------------------- the model
@@ -189,7 +199,7 @@ def _import_user_module(module_name: str, factory: str):
     try:
         return importlib.import_module(module_name)
     except ModuleNotFoundError as e:
-        if e.name and module_name.startswith(e.name):
+        if e.name and (e.name == module_name or module_name.startswith(e.name + ".")):
             raise UsageError(
                 f"model spec '{factory}': cannot import module '{module_name}'",
                 hint="run from the directory holding it, or add its directory to PYTHONPATH",
@@ -205,9 +215,10 @@ def _import_user_module(module_name: str, factory: str):
 def _import_app_module(root: Path, module_name: str):
     """Import `module_name` from an app dir under a private name.
 
-    Two apps may both have a `model.py`; a private module name keeps them apart
-    in sys.modules. The app dir is on sys.path while importing so the module's
-    own sibling imports work.
+    Two apps may both have a `model.py` (and a `layers.py` it imports): the app
+    module gets a private name, and the sibling modules it imported are taken
+    back out of sys.modules afterwards (the app module keeps its references),
+    so the next app's `import layers` finds its own file, not this one.
     """
     path = root.joinpath(*module_name.split(".")).with_suffix(".py")
     if not path.is_file():
@@ -217,15 +228,26 @@ def _import_app_module(root: Path, module_name: str):
         return sys.modules[private]
     loader_spec = importlib.util.spec_from_file_location(private, path)
     module = importlib.util.module_from_spec(loader_spec)
+    before = set(sys.modules)
+    # Registered before it runs, as importlib does: dataclasses and pickling look it up.
+    sys.modules[private] = module
     sys.path.insert(0, str(root))
     try:
         loader_spec.loader.exec_module(module)
     except Exception as e:
+        sys.modules.pop(private, None)
         raise UsageError(f"{path}: importing it raised {type(e).__name__}: {e}") from e
     finally:
         sys.path.remove(str(root))
-    sys.modules[private] = module
+        _forget_app_siblings(root, set(sys.modules) - before - {private})
     return module
+
+
+def _forget_app_siblings(root: Path, names: set[str]) -> None:
+    for name in names:
+        file = getattr(sys.modules.get(name), "__file__", None)
+        if file and Path(file).resolve().is_relative_to(root):
+            del sys.modules[name]
 
 
 def _load_weights(model, path: Path) -> None:

@@ -33,9 +33,19 @@ def staged_build_dir(final: Path):
 
 
 def _replace_dir(staging: Path, final: Path) -> None:
-    """Swap the finished build in; an older build of the same name is removed after."""
+    """Swap the finished build in; an older build of the same name is removed after.
+
+    If the swap itself fails, the older build is put back where it was.
+    """
     old = final.parent / f".{final.name}.old-{os.getpid()}"
+    shutil.rmtree(old, ignore_errors=True)  # left by a crashed process with our pid
     if final.exists():
         os.replace(final, old)
-    os.replace(staging, final)
+    try:
+        os.replace(staging, final)
+    except BaseException:
+        if old.exists() and not final.exists():
+            os.replace(old, final)
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
     shutil.rmtree(old, ignore_errors=True)

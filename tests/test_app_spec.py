@@ -511,10 +511,9 @@ def test_build_module_user_module_with_missing_dependency(tmp_path, monkeypatch)
         sys.modules.pop(name, None)
 
 
-# ---------------------------------------------------------------- known bugs (see the report)
+# ---------------------------------------------------------------- regressions
 
 
-@pytest.mark.xfail(strict=True, reason="app.py: sibling modules of two apps share one sys.modules entry")
 def test_two_apps_with_same_sibling_module_name_stay_apart(tmp_path):
     helper = f"ek_helper_{uuid.uuid4().hex}"
     model_py = f"from torch import nn\nimport {helper}\ndef build():\n    return nn.Linear({helper}.WIDTH, 1)\n"
@@ -527,7 +526,6 @@ def test_two_apps_with_same_sibling_module_name_stay_apart(tmp_path):
         sys.modules.pop(helper, None)
 
 
-@pytest.mark.xfail(strict=True, reason="app.py: the app module is not in sys.modules while it executes")
 def test_app_module_may_define_a_dataclass(tmp_path):
     body = """\
     from __future__ import annotations
@@ -545,19 +543,16 @@ def test_app_module_may_define_a_dataclass(tmp_path):
     assert build_module(spec_for(root)).in_features == 4
 
 
-@pytest.mark.xfail(strict=True, raises=TypeError, reason="app.py: a non-table [[inputs]] entry is a TypeError, not a UsageError")
 def test_load_app_inputs_entry_not_a_table(tmp_path):
     toml = 'inputs = [1]\n[model]\nfactory = "model:build"\n'
     assert "inputs[0]" in app_error(write_app(tmp_path, toml))
 
 
-@pytest.mark.xfail(strict=True, reason="app.py: duplicate input names in edgekit.toml are accepted")
 def test_load_app_duplicate_input_names(tmp_path):
     toml = VALID_TOML + '\n[[inputs]]\nname = "x"\nshape = [1, 4]\n'
     assert "inputs[1].name" in app_error(write_app(tmp_path, toml))
 
 
-@pytest.mark.xfail(strict=True, reason="app.py: a missing dependency is reported as the module itself being missing")
 def test_build_module_missing_dependency_sharing_a_prefix(tmp_path, monkeypatch):
     name = f"ek_user_{uuid.uuid4().hex}"
     (tmp_path / f"{name}_net.py").write_text(f"import {name}\n")  # depends on '{name}', which is missing
