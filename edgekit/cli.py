@@ -33,37 +33,76 @@ def cli(debug: bool) -> None:
         os.environ[_DEBUG_ENV] = "1"
 
 
-@cli.command()
-@click.argument("app_dir", required=False, type=click.Path(file_okay=False))
-@click.option("-t", "--target", default="rpi4", show_default=True, help="Target profile name (see `edgekit targets`) or a .toml path.")
-@click.option("--model", metavar="MODULE:FACTORY", help="Your own model, without an app dir: a factory returning an nn.Module.")
-@click.option("--input-shape", metavar="SHAPE", help="Shape of the one float input, batch first: 1,3,32,32.")
-@click.option("--input", "inputs", multiple=True, metavar="NAME:SHAPE[:DTYPE]", help="One per input, e.g. input_ids:1x128:int64 (repeatable).")
-@click.option("--weights", type=click.Path(dir_okay=False), help="state_dict file (loaded with weights_only=True).")
-@click.option("--calib", type=click.Path(dir_okay=False), help="Calibration .npz: one array per input (or x).")
-@click.option("--eval", "eval_", type=click.Path(dir_okay=False), help="Evaluation .npz: inputs plus integer labels y.")
-@click.option("--calib-samples", type=int, metavar="N", help="Use only the first N calibration samples.")
-@click.option("-o", "--out", type=click.Path(file_okay=False), help="Build directory [default: build/<name>-<target>].")
-@click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON instead of the summary table.")
-def build(app_dir, target, model, input_shape, inputs, weights, calib, eval_, calib_samples, out, as_json):
-    """Quantize, export and validate a model for a target.
+_FORMAT_CHOICES = ("executorch", "torchscript-lite", "onnx", "all")
 
-    \b
-    edgekit build sample_apps/digits --target rpi4
-    edgekit build --model mynets:make_net --input-shape 1,3,32,32 --calib calib.npz --eval eval.npz
-    """
+
+def build_options(command):
+    """Options shared by `build` and `quantize`, defined once."""
+    options = [
+        click.argument("app_dir", required=False, type=click.Path(file_okay=False)),
+        click.option("-t", "--target", default="rpi4", show_default=True, help="Target profile name (see `edgekit targets`) or a .toml path."),
+        click.option("--model", metavar="MODULE:FACTORY", help="Your own model, without an app dir: a factory returning an nn.Module."),
+        click.option("--input-shape", metavar="SHAPE", help="Shape of the one float input, batch first: 1,3,32,32."),
+        click.option("--input", "inputs", multiple=True, metavar="NAME:SHAPE[:DTYPE]", help="One per input, e.g. input_ids:1x128:int64 (repeatable)."),
+        click.option("--weights", type=click.Path(dir_okay=False), help="state_dict file (loaded with weights_only=True)."),
+        click.option("--calib", type=click.Path(dir_okay=False), help="Calibration .npz: one array per input (or x)."),
+        click.option("--eval", "eval_", type=click.Path(dir_okay=False), help="Evaluation .npz: inputs plus integer labels y."),
+        click.option("-f", "--format", "formats", multiple=True, type=click.Choice(_FORMAT_CHOICES),
+                     help="Export format (repeatable); `all` builds every one. [default: the target's]"),
+        click.option("--quant", type=click.Choice(("static", "dynamic", "fp16")), default="static", show_default=True,
+                     help="static int8, dynamic int8 (Linear/LSTM-heavy models), or fp16 (targets with fp16)."),
+        click.option("--calibration", type=click.Choice(("minmax", "histogram", "percentile", "entropy")),
+                     help="How activation ranges are chosen. [default: each backend's own]"),
+        click.option("--calib-samples", type=int, metavar="N", help="Use only the first N calibration samples."),
+        click.option("--per-tensor", is_flag=True, help="Per-tensor weight scales instead of per-channel (to compare)."),
+        click.option("--max-accuracy-drop", type=float, metavar="POINTS",
+                     help="Gate: fail (exit 3) if int8 loses more accuracy; first keeps sensitive layers float."),
+        click.option("--no-fallback", is_flag=True, help="With --max-accuracy-drop: only check, don't keep layers float."),
+        click.option("--sensitivity", is_flag=True, help="Rank layers by how much quantizing each alone hurts."),
+        click.option("-o", "--out", type=click.Path(file_okay=False), help="Build directory [default: build/<name>-<target>]."),
+        click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON instead of the summary table."),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def _run_build(app_dir, as_json, eval_, per_tensor, no_fallback, **options) -> None:
     from edgekit import api
 
-    manifest = api.build(
-        app_dir, target=target, model=model, input_shape=input_shape, inputs=inputs, weights=weights,
-        calib=calib, eval=eval_, out=out, calib_samples=calib_samples, show_progress=True,  # stderr: --json stdout stays clean
-    )
+    # Progress goes to stderr, so --json stdout stays clean.
+    manifest = api.build(app_dir, eval=eval_, per_channel=not per_tensor, fallback=not no_fallback,
+                         show_progress=True, **options)
     if as_json:
         click.echo(json.dumps(manifest, indent=2))
     else:
         from edgekit.summary import print_build_summary
 
         print_build_summary(manifest)
+
+
+@cli.command()
+@build_options
+def build(**options):
+    """Quantize, export and validate a model for a target.
+
+    \b
+    edgekit build sample_apps/digits --target rpi4
+    edgekit build sample_apps/digits --format all --max-accuracy-drop 0.5
+    edgekit build --model mynets:make_net --input-shape 1,3,32,32 --calib calib.npz --eval eval.npz
+    """
+    _run_build(**options)
+
+
+@cli.command()
+@build_options
+def quantize(**options):
+    """The same as build; with --sensitivity, also prints the per-layer ranking.
+
+    \b
+    edgekit quantize sample_apps/digits --sensitivity
+    """
+    _run_build(**options)
 
 
 @cli.group(invoke_without_command=True)
@@ -121,3 +160,127 @@ def main(argv: list[str] | None = None) -> None:
 def _debug_traceback() -> None:
     if os.environ.get(_DEBUG_ENV) or "--debug" in sys.argv[1:]:
         traceback.print_exc()
+
+
+# --- deploy, bench, report ---------------------------------------------------------------
+
+
+def bench_options(command):
+    """Options shared by `deploy --bench` and `bench`, defined once."""
+    options = [
+        click.option("--threads", type=int, metavar="N", help="Threads for the runtime. [default: the target profile's]"),
+        click.option("--warmup", type=int, default=10, show_default=True, help="Untimed runs before timing."),
+        click.option("--runs", type=int, default=50, show_default=True, help="Timed runs (at least)."),
+        click.option("--min-seconds", type=float, default=0.0, show_default=True, help="Keep timing until this many seconds passed."),
+        click.option("--timeout", type=float, default=300.0, show_default=True, help="Seconds the runner may take on the device."),
+        click.option("--inputs", type=click.Path(dir_okay=False), help="Real inputs (.npz per input, or .npy) instead of random ones."),
+        click.option("--format", "format_", metavar="FORMAT", help="Which of the build's artifacts (see its manifest). [default: the primary]"),
+        click.option("--json", "as_json", is_flag=True, help="Print the run records as JSON instead of the table."),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def _bench_settings(threads, warmup, runs, min_seconds, timeout, inputs):
+    from pathlib import Path
+
+    from edgekit.deploy import BenchOptions
+
+    return BenchOptions(threads=threads, warmup=warmup, runs=runs, min_seconds=min_seconds, timeout=timeout,
+                        inputs=Path(inputs) if inputs else None)
+
+
+@cli.command()
+@click.argument("build_dir", type=click.Path(file_okay=False))
+@click.option("-d", "--device", "devices", multiple=True, metavar="DEVICE",
+              help="user@host[:port] (ssh), adb[:SERIAL] or local; repeatable (deployed in parallel).")
+@click.option("--devices", "devices_file", type=click.Path(dir_okay=False), help="A devices.toml fleet file (see the README).")
+@click.option("--bench", "run_bench", is_flag=True, help="Also run the latency benchmark on each device.")
+@click.option("--python", metavar="PATH", help="The device's python with the runtime installed. [default: python3]")
+@click.option("--remote-dir", metavar="DIR", help="Base directory on the device. [default: ~/edgekit; /data/local/tmp/edgekit on adb]")
+@click.option("--ssh-config", type=click.Path(dir_okay=False), help="ssh config file to use instead of ~/.ssh/config (ssh -F).")
+@click.option("--ssh-option", "ssh_options", multiple=True, metavar="KEY=VALUE", help="Extra ssh option (ssh -o), repeatable.")
+@click.option("--native-runner", metavar="[KIND=]PATH", help="A native benchmark binary for the device: executor_runner, benchmark_model or onnxruntime_perf_test.")
+@click.option("--allow-arch-mismatch", is_flag=True, help="Run on a device whose architecture is not the target's (its latency is then not the target's).")
+@bench_options
+def deploy(build_dir, devices, devices_file, run_bench, python, remote_dir, ssh_config, ssh_options, native_runner,
+           allow_arch_mismatch, as_json, format_, **bench_settings):
+    """Push a build to devices, check the runtime there, optionally benchmark.
+
+    \b
+    edgekit deploy build/digits-rpi4 --device pi@raspberrypi.local --bench
+    edgekit deploy build/digits-rpi4 --devices fleet.toml --bench --runs 200
+    edgekit deploy build/digits-android-arm64 --device adb:R58M123 --native-runner tools/executor_runner --bench
+    """
+    from edgekit import api
+    from edgekit.deploy import DeployFailed
+
+    settings = _bench_settings(**bench_settings)
+    try:
+        records = api.deploy(
+            build_dir, devices, devices_file=devices_file, format=format_, bench=settings if run_bench else None,
+            timeout=settings.timeout, allow_arch_mismatch=allow_arch_mismatch,
+            python=python, remote_dir=remote_dir, ssh_config=ssh_config, ssh_options=ssh_options, native_runner=native_runner,
+            on_done=_progress_line,
+        )
+    except DeployFailed as e:
+        if as_json or len(e.records) > 1:  # one device: the error line below says it all
+            _show_runs(e.records, as_json)
+        raise
+    _show_runs(records, as_json)
+
+
+def _progress_line(record: dict) -> None:
+    """One stderr line as each device finishes (fleets take a while); stdout stays for the result."""
+    mark = click.style("✓", fg="green") if record["ok"] else click.style("✗", fg="red")
+    what = record.get("stage") if not record["ok"] else "bench" if record.get("bench") else "deployed"
+    click.echo(f"{mark} {record['device']}: {what}", err=True)
+
+
+def _show_runs(records: list, as_json: bool) -> None:
+    from edgekit.report.table import print_runs
+
+    if as_json:
+        click.echo(json.dumps(records, indent=2))
+    else:
+        print_runs(records)
+
+
+@cli.command()
+@click.argument("build_dir", type=click.Path(file_okay=False))
+@click.option("--python", metavar="PATH", help="Python with the runtime. [default: the one running edgekit]")
+@bench_options
+def bench(build_dir, python, as_json, format_, **bench_settings):
+    """Time the build's artifact on this computer with the device runner.
+
+    Stored like a device run (device "host") in BUILD/device_runs/ and the manifest.
+    """
+    from edgekit import api
+    from edgekit.deploy import DeployFailed
+
+    try:
+        record = api.bench(build_dir, _bench_settings(**bench_settings), format=format_, python=python)
+    except DeployFailed as e:
+        if as_json:
+            _show_runs(e.records, as_json)
+        raise
+    _show_runs([record], as_json)
+
+
+@cli.command()
+@click.argument("build_dir", type=click.Path(file_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Print the report data as JSON instead of the tables.")
+@click.option("--no-html", is_flag=True, help="Do not write BUILD/report.html.")
+def report(build_dir, as_json, no_html):
+    """Accuracy, size, stages and latency of a build: tables, and BUILD/report.html."""
+    from edgekit import api
+    from edgekit.report.table import print_report
+
+    data = api.report(build_dir, html=not no_html)
+    if as_json:
+        click.echo(json.dumps(data, indent=2))
+        return
+    print_report(data)
+    if "html" in data:
+        click.echo(f"report: {data['html']}")

@@ -30,7 +30,7 @@ def versions() -> dict:
     from edgekit import __version__
 
     found = {"edgekit": __version__, "python": platform.python_version()}
-    for dist in ("torch", "executorch", "torchao"):
+    for dist in ("torch", "executorch", "torchao", "onnx", "onnxruntime"):
         try:
             found[dist] = metadata.version(dist)
         except metadata.PackageNotFoundError:

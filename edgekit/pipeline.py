@@ -1,7 +1,9 @@
-"""The build: load -> quantize -> export -> validate -> build dir with manifest.json.
+"""The build: load -> (per format) quantize -> export -> validate -> manifest.json.
 
 Each stage is timed and recorded in the manifest; the build dir appears only
-when every stage succeeded (see builddir.py).
+when every stage succeeded (see builddir.py). A quality gate that fails
+(`--max-accuracy-drop`) still leaves the finished build dir with the best
+result, then exits 3 with the reason.
 """
 
 from __future__ import annotations
@@ -9,15 +11,19 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import io
+import itertools
 import os
+from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from edgekit.app import ModelSpec, build_module
-from edgekit.backends import get_backend
-from edgekit.backends.base import QuantConfig
+from edgekit.backends import FORMATS, get_backend
+from edgekit.backends.base import QuantConfig, check_supported
 from edgekit.builddir import staged_build_dir
 from edgekit.data import Dataset, batches, example_inputs, load_npz, random_dataset
-from edgekit.errors import UsageError
+from edgekit.errors import GateError, UsageError
 from edgekit.manifest import MANIFEST, SCHEMA_VERSION, sha256_bytes, sha256_file, versions, write_json_atomic
 from edgekit.metrics import compare
 from edgekit.progress import Steps
@@ -27,35 +33,81 @@ from edgekit.target import Target
 RANDOM_CALIB_SAMPLES = 32
 
 
-def run_build(spec: ModelSpec, target: Target, out: Path, steps: Steps, calib_samples: int | None = None) -> dict:
-    backend = get_backend(target.format)
-    cfg = QuantConfig()
+@dataclass(frozen=True)
+class BuildOptions:
+    formats: tuple[str, ...] = ()  # empty: the target's preferred format
+    quant: QuantConfig = field(default_factory=QuantConfig)
+    calib_samples: int | None = None
+    max_accuracy_drop: float | None = None  # points; None: no gate
+    fallback: bool = True  # keep sensitive layers float to meet max_accuracy_drop
+    sensitivity: bool = False  # rank layers and store the table
+
+
+@dataclass
+class _Context:
+    """What every format's build reads: the float model, its data and where to write."""
+
+    spec: ModelSpec
+    model: object
+    example: tuple
+    calib: Dataset
+    evaluation: Dataset
+    float_outputs: list
+    stage: Path
+    steps: Steps
+
+
+def resolve_formats(requested: tuple[str, ...], target: Target) -> tuple[str, ...]:
+    """'all' means every format, the target's preferred one first (it becomes the primary)."""
+    if not requested:
+        return (target.format,)
+    if "all" in requested:
+        return (target.format, *[f for f in FORMATS if f != target.format])
+    return tuple(dict.fromkeys(requested))
+
+
+def run_build(spec: ModelSpec, target: Target, out: Path, steps: Steps, options: BuildOptions = BuildOptions()) -> dict:
+    formats = resolve_formats(options.formats, target)
+    cfg = dataclasses.replace(options.quant, input_names=tuple(s.name for s in spec.inputs))
+    backends = [get_backend(f) for f in formats]
+    for backend in backends:  # refuse what can't be done before any work
+        check_supported(backend, cfg, target)
     with steps.step("load", {"factory": spec.factory, "weights": _str(spec.weights)}, "load model") as rec:
         model = build_module(spec)
         example = example_inputs(spec.inputs)
         _check_accepts(model, example, spec)
         float_bytes, rec["output"] = _state_dict_size_and_digest(model)
-        calib, evaluation = _load_data(spec, steps, calib_samples)
+        calib, evaluation = _load_data(spec, steps, options.calib_samples)
+        if options.max_accuracy_drop is not None and evaluation.labels is None:
+            raise UsageError("--max-accuracy-drop needs labelled evaluation data", hint="pass --eval eval.npz with x and y")
+        float_outputs = _float_outputs(model, evaluation, spec)
+    gate_failures = []
     with staged_build_dir(out) as stage:
-        with steps.step("quantize", {**cfg.to_json(), "calibration": calib.source, "samples": len(calib)},
-                        f"quantize int8 ({backend.BACKEND})"):
-            calib_iter = steps.track(batches(calib, spec.inputs), len(calib) // spec.inputs[0].batch, "calibrating")
-            qmodel = backend.quantize(model, example, calib_iter, cfg)
-        artifact = stage / f"model{backend.SUFFIX}"
-        with steps.step("export", {"format": backend.FORMAT, "backend": backend.BACKEND}, f"export {artifact.name}") as rec:
-            lowering = _export_atomic(backend, qmodel, example, artifact)
-            rec["output"] = sha256_file(artifact)
-        if not lowering.get("xnnpack_delegated", True):
-            steps.warn(f"nothing was delegated to {backend.BACKEND}: the artifact runs on portable CPU kernels")
-        with steps.step("validate", {"data": evaluation.source, "samples": len(evaluation)}, "validate on host"):
-            metrics = _validate(model, backend.load(artifact), evaluation, spec, steps)
-        manifest = _manifest(spec, target, backend, artifact, float_bytes, metrics, lowering, steps)
-        write_json_atomic(stage / MANIFEST, manifest)
-    return manifest
+        ctx = _Context(spec, model, example, calib, evaluation, float_outputs, stage, steps)
+        ranking = None
+        if options.sensitivity:
+            ranking = _sensitivity(ctx, cfg)
+        records = {}
+        for backend in backends:
+            record = _build_format(ctx, backend, cfg)
+            if _over_budget(record, options) and options.fallback:
+                ranking = ranking or _sensitivity(ctx, cfg)
+                record = _fall_back(ctx, backend, cfg, ranking, options.max_accuracy_drop, record)
+            if _over_budget(record, options):
+                gate_failures.append(_gate_message(record, options.max_accuracy_drop))
+            records[backend.FORMAT] = record
+        manifest = _manifest(spec, target, records, float_bytes, ranking, steps, options)
+        write_json_atomic(stage / MANIFEST, _public(manifest))
+    if gate_failures:
+        raise GateError("; ".join(gate_failures), hint=f"the best result is kept in {out}; see the manifest's 'fallback' record")
+    return _public(manifest)
 
 
 def _str(path: Path | None) -> str | None:
     return str(path) if path else None
+
+
+# ---------------------------------------------------------------- loading
 
 
 def _check_accepts(model, example: tuple, spec: ModelSpec) -> None:
@@ -102,28 +154,14 @@ def _load_data(spec: ModelSpec, steps: Steps, calib_samples: int | None) -> tupl
     return calib, calib
 
 
-def _export_atomic(backend, qmodel, example: tuple, artifact: Path) -> dict:
-    """Write under a temp name, rename when complete."""
-    tmp = artifact.with_name(f".{artifact.name}.tmp")
-    info = backend.export(qmodel, example, tmp)
-    os.replace(tmp, artifact)
-    return info
-
-
-def _validate(model, runner, data: Dataset, spec: ModelSpec, steps: Steps) -> dict:
-    """The float model and the artifact in its real runtime, on the same samples."""
+def _float_outputs(model, data: Dataset, spec: ModelSpec) -> list[np.ndarray]:
     import torch
 
-    float_out, artifact_out = [], []
-    total = len(data) // spec.inputs[0].batch
     with torch.no_grad():
-        for batch in steps.track(batches(data, spec.inputs), total, "evaluating"):
-            float_out.append(_first_output(model(*batch)).numpy())
-            artifact_out.append(runner.run([t.numpy() for t in batch])[0])
-    return compare(float_out, artifact_out, data.labels)
+        return [first_output(model(*b)).numpy() for b in batches(data, spec.inputs)]
 
 
-def _first_output(out):
+def first_output(out):
     """Models return a tensor, a tuple/list of tensors or a dict of them: the first is scored."""
     if isinstance(out, dict):
         out = next(iter(out.values()))
@@ -132,24 +170,159 @@ def _first_output(out):
     return out.detach().float()
 
 
-def _manifest(spec, target: Target, backend, artifact: Path, float_bytes: int, metrics: dict, lowering: dict, steps: Steps) -> dict:
+# ---------------------------------------------------------------- one format
+
+
+def _build_format(ctx: _Context, backend, cfg: QuantConfig) -> dict:
+    """quantize -> export -> validate for one format; returns its manifest record."""
+    steps, spec = ctx.steps, ctx.spec
+    fmt = {"format": backend.FORMAT}
+    scheme = "int8" if cfg.scheme != "fp16" else "fp16"
+    with steps.step("quantize", {**fmt, **cfg.to_json(backend), "calibration_data": ctx.calib.source,
+                                 "samples": len(ctx.calib)}, f"quantize {cfg.scheme} {scheme} ({backend.BACKEND})"):
+        total = len(ctx.calib) // spec.inputs[0].batch
+        calib_iter = steps.track(batches(ctx.calib, spec.inputs), total, "calibrating")
+        qmodel = backend.quantize(ctx.model, ctx.example, calib_iter, cfg)
+    artifact = ctx.stage / f"model{backend.SUFFIX}"
+    with steps.step("export", fmt, f"export {artifact.name}") as rec:
+        lowering = _export_atomic(backend, qmodel, ctx.example, artifact)
+        rec["output"] = sha256_file(artifact)
+    if lowering.get("xnnpack_delegated") is False:
+        steps.warn(f"nothing was delegated to {backend.BACKEND}: the artifact runs on portable CPU kernels")
+    with steps.step("validate", {**fmt, "data": ctx.evaluation.source, "samples": len(ctx.evaluation)},
+                    f"validate {artifact.name} in {backend.BACKEND}"):
+        outputs = _artifact_outputs(backend.load(artifact), ctx)
+        metrics = compare(ctx.float_outputs, outputs, ctx.evaluation.labels)
     return {
+        "format": backend.FORMAT,
+        "backend": backend.BACKEND,
+        "quantization": cfg.to_json(backend),
+        "artifact": {"file": artifact.name, "sha256": sha256_file(artifact), "bytes": artifact.stat().st_size},
+        "metrics": metrics,
+        "lowering": lowering,
+        "_predictions": np.concatenate(outputs).argmax(axis=-1),  # for cross-format agreement; not written
+    }
+
+
+def _export_atomic(backend, qmodel, example: tuple, artifact: Path) -> dict:
+    """Write under a temp name, rename when complete."""
+    tmp = artifact.with_name(f".{artifact.name}.tmp")
+    info = backend.export(qmodel, example, tmp)
+    os.replace(tmp, artifact)
+    return info
+
+
+def _artifact_outputs(runner, ctx: _Context) -> list[np.ndarray]:
+    total = len(ctx.evaluation) // ctx.spec.inputs[0].batch
+    batch_iter = ctx.steps.track(batches(ctx.evaluation, ctx.spec.inputs), total, "evaluating")
+    return [runner.run([t.numpy() for t in b])[0] for b in batch_iter]
+
+
+# ---------------------------------------------------------------- accuracy budget
+
+
+def _drop(record: dict) -> float | None:
+    m = record["metrics"]
+    if m["accuracy_float"] is None:
+        return None
+    return round(m["accuracy_float"] - m["accuracy_artifact"], 2)
+
+
+def _over_budget(record: dict, options: BuildOptions) -> bool:
+    drop = _drop(record)
+    return options.max_accuracy_drop is not None and drop is not None and drop > options.max_accuracy_drop
+
+
+def _gate_message(record: dict, budget: float) -> str:
+    kept = record.get("fallback", {}).get("float_layers", [])
+    tail = f" even with {len(kept)} layer(s) kept float" if kept else ""
+    return (f"{record['format']}: int8 accuracy drops {_drop(record):.2f} points, over the "
+            f"--max-accuracy-drop {budget:g} budget{tail}")
+
+
+def _sensitivity(ctx: _Context, cfg: QuantConfig) -> list[dict]:
+    from edgekit.sensitivity import rank_layers
+
+    with ctx.steps.step("sensitivity", {"method": "pt2e-simulation", "layers": "Conv/Linear"}, "rank layer sensitivity"):
+        return rank_layers(ctx.model, ctx.example, ctx.calib, ctx.evaluation, ctx.spec.inputs, cfg, ctx.steps)
+
+
+def _fall_back(ctx: _Context, backend, cfg: QuantConfig, ranking: list[dict], budget: float, first: dict) -> dict:
+    """Keep the most sensitive layers float, one more at a time, until the drop fits the budget.
+
+    Returns the record that met the budget, or the best one tried.
+    """
+    tries = [{"float_layers": [], "accuracy_drop": _drop(first)}]
+    best, float_layers = first, []
+    for row in ranking:
+        float_layers.append(row["layer"])
+        ctx.steps.console.print(f"  accuracy drop over budget: keeping [bold]{row['layer']}[/] in float")
+        record = _build_format(ctx, backend, dataclasses.replace(cfg, skip_layers=tuple(float_layers)))
+        tries.append({"float_layers": list(float_layers), "accuracy_drop": _drop(record)})
+        if _drop(record) < _drop(best):
+            best = record
+        if _drop(record) <= budget:
+            break
+    reasons = {r["layer"]: f"output SQNR {r['output_sqnr_db']} dB when quantized alone" for r in ranking}
+    kept = best["quantization"].get("float_layers", [])
+    best["fallback"] = {
+        "budget_points": budget,
+        "float_layers": [{"layer": name, "why": reasons[name]} for name in kept],
+        "tries": tries,
+        "met": _drop(best) <= budget,
+    }
+    return best
+
+
+# ---------------------------------------------------------------- manifest
+
+
+def _cross_agreement(records: dict) -> dict:
+    """Top-1 agreement (percent) between every pair of formats on the same samples."""
+    pairs = {}
+    for (a, ra), (b, rb) in itertools.combinations(records.items(), 2):
+        pairs[f"{a}~{b}"] = round(100.0 * float(np.mean(ra["_predictions"] == rb["_predictions"])), 2)
+    return pairs
+
+
+def _manifest(spec, target: Target, records: dict, float_bytes: int, ranking, steps: Steps, options: BuildOptions) -> dict:
+    primary = next(iter(records.values()))
+    doc = {
         "schema": SCHEMA_VERSION,
         "name": spec.name,
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "target": target.name,
         "target_profile": _target_json(target),
-        "format": backend.FORMAT,
-        "backend": backend.BACKEND,
+        # The primary format's record is repeated at the top level: tools that
+        # handle one artifact read these keys; `formats` has them all.
+        "format": primary["format"],
+        "backend": primary["backend"],
+        "quantization": primary["quantization"],
         "model": spec.to_json(),
-        "artifact": {"file": artifact.name, "sha256": sha256_file(artifact), "bytes": artifact.stat().st_size},
+        "artifact": primary["artifact"],
         "float": {"bytes": float_bytes},
-        "metrics": metrics,
-        "lowering": lowering,
+        "metrics": primary["metrics"],
+        "lowering": primary["lowering"],
+        "formats": records,
+        "cross_agreement": _cross_agreement(records),
         "steps": steps.records,
         "warnings": steps.warnings,
         "versions": versions(),
     }
+    if options.max_accuracy_drop is not None:
+        doc["gate"] = {"max_accuracy_drop": options.max_accuracy_drop, "fallback": options.fallback}
+    if ranking is not None:
+        doc["sensitivity"] = ranking
+    return doc
+
+
+def _public(doc):
+    """The manifest without in-memory helpers (keys starting with '_')."""
+    if isinstance(doc, dict):
+        return {k: _public(v) for k, v in doc.items() if not k.startswith("_")}
+    if isinstance(doc, list):
+        return [_public(v) for v in doc]
+    return doc
 
 
 def _target_json(target: Target) -> dict:

@@ -17,12 +17,15 @@ import warnings
 
 def quiet_python_logs() -> None:
     """Silence known-noisy loggers and warnings; call before importing torch stacks."""
-    for name in ("torchao", "torch.utils._pytree", "torch._export", "torch.export", "executorch"):
+    # torch.onnx warns that torchvision ops can't be registered when torchvision is absent.
+    for name in ("torchao", "torch.utils._pytree", "torch._export", "torch.export", "executorch", "torch.onnx"):
         logging.getLogger(name).setLevel(logging.ERROR)
     # Deprecation chatter from inside torch/executorch internals, not the user's code.
     warnings.filterwarnings("ignore", category=DeprecationWarning)
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", message=".*is an Enum subclass.*")
+    # torch.ao's eager quantized tensors (what the lite interpreter's QNNPACK ops use) are deprecated upstream.
+    warnings.filterwarnings("ignore", message=".*quantized tensor creation functions.*")
 
 
 @contextlib.contextmanager

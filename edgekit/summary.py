@@ -13,19 +13,53 @@ def _console() -> Console:
 
 
 def print_build_summary(manifest: dict) -> None:
-    m = manifest["metrics"]
-    art, flt = manifest["artifact"], manifest["float"]
-    table = Table(title=f"{manifest['name']} → {manifest['target']} ({manifest['format']}, {manifest['backend']})")
-    table.add_column("", style="bold")
-    table.add_column("float", justify="right")
-    table.add_column("int8 artifact", justify="right")
-    if m["accuracy_float"] is not None:
-        table.add_row("accuracy (held out)", f"{m['accuracy_float']:.2f} %", f"{m['accuracy_artifact']:.2f} %")
-    table.add_row("top-1 agreement", "", f"{m['top1_agreement']:.2f} %")
-    table.add_row("max abs error", "", f"{m['max_abs_error']:.4g}")
-    table.add_row("size", _kb(flt["bytes"]), f"{_kb(art['bytes'])} ({art['bytes'] / flt['bytes']:.2f}x)")
-    table.caption = f"{m['samples']} samples · artifact: {manifest['build_dir']}/{art['file']}"
-    _console().print(table)
+    console = _console()
+    if manifest.get("sensitivity"):
+        console.print(_sensitivity_table(manifest["sensitivity"]))
+    console.print(_formats_table(manifest))
+    for record in manifest["formats"].values():
+        fallback = record.get("fallback")
+        if fallback:
+            layers = ", ".join(f["layer"] for f in fallback["float_layers"]) or "none"
+            verdict = "met" if fallback["met"] else "NOT met"
+            console.print(f"{record['format']}: kept float to meet the {fallback['budget_points']:g}-point budget "
+                          f"({verdict}): [bold]{layers}[/]")
+    if manifest.get("cross_agreement"):
+        pairs = ", ".join(f"{k.replace('~', ' vs ')} {v:.2f} %" for k, v in manifest["cross_agreement"].items())
+        console.print(f"top-1 agreement between formats: {pairs}")
+
+
+def _formats_table(manifest: dict) -> Table:
+    flt = manifest["float"]
+    first = next(iter(manifest["formats"].values()))["metrics"]
+    labelled = first["accuracy_float"] is not None
+    table = Table(title=f"{manifest['name']} → {manifest['target']}")
+    for col in ("artifact", "quantization", "accuracy" if labelled else "", "agreement w/ float", "max abs err", "size"):
+        if col:
+            table.add_column(col, justify="left" if col in ("artifact", "quantization") else "right")
+    if labelled:
+        table.add_row("float model", "", f"{first['accuracy_float']:.2f} %", "", "", _kb(flt["bytes"]), style="dim")
+    for r in manifest["formats"].values():
+        m, art, q = r["metrics"], r["artifact"], r["quantization"]
+        quant = f"{q['scheme']}" + (f", {q['calibration']}" if q.get("calibration") else "")
+        row = [f"{art['file']} ({r['backend']})", quant]
+        if labelled:
+            row.append(f"{m['accuracy_artifact']:.2f} %")
+        row += [f"{m['top1_agreement']:.2f} %", f"{m['max_abs_error']:.4g}",
+                f"{_kb(art['bytes'])} ({art['bytes'] / flt['bytes']:.2f}x)"]
+        table.add_row(*row)
+    table.caption = f"{first['samples']} held-out samples · {manifest['build_dir']}/"
+    return table
+
+
+def _sensitivity_table(rows: list[dict]) -> Table:
+    table = Table(title="layer sensitivity (each layer quantized alone; most harmful first)")
+    for col in ("layer", "type", "output SQNR dB", "agreement", "accuracy drop"):
+        table.add_column(col, justify="left" if col in ("layer", "type") else "right")
+    for r in rows:
+        drop = "" if r["accuracy_drop"] is None else f"{r['accuracy_drop']:.2f}"
+        table.add_row(r["layer"], r["type"], f"{r['output_sqnr_db']:.1f}", f"{r['top1_agreement']:.2f} %", drop)
+    return table
 
 
 def print_targets(targets: list[Target]) -> None:

@@ -42,3 +42,25 @@ def digits_build(tmp_path_factory) -> dict:
     assert proc.returncode == 0, proc.stderr
     manifest = json.loads(proc.stdout)
     return {"dir": out, "manifest": manifest, "stderr": proc.stderr}
+
+
+@pytest.fixture(scope="session")
+def ssh_device(tmp_path_factory):
+    """A real OpenSSH server on 127.0.0.1 playing the device, for the whole session (see tests/sshd.py)."""
+    from sshd import SshServer, sshd_available
+
+    if not sshd_available():
+        pytest.skip("sshd is not installed (Debian: apt-get install openssh-server; .ci/run does it)")
+    server = SshServer(tmp_path_factory.mktemp("sshd")).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def build_copy(digits_build, tmp_path) -> Path:
+    """A private copy of the digits rpi4 build: deploys and benches write their records into it."""
+    import shutil
+
+    copy = tmp_path / "digits-rpi4"
+    shutil.copytree(digits_build["dir"], copy)
+    return copy

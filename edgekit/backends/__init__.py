@@ -14,7 +14,7 @@ import importlib
 from edgekit.errors import UsageError
 
 # format name -> module under edgekit.backends
-_MODULES = {"executorch": "executorch_xnnpack"}
+_MODULES = {"executorch": "executorch_xnnpack", "torchscript-lite": "torchscript_lite", "onnx": "onnx_qdq"}
 
 FORMATS = tuple(_MODULES)
 

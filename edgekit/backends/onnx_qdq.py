@@ -1,0 +1,194 @@
+"""ONNX `.onnx` run by ONNX Runtime, int8 in QDQ form with onnxruntime's own quantizer.
+
+The float graph comes from `torch.onnx.export(dynamo=True)`; onnxruntime's
+`quant_pre_process` (shape inference + graph optimization) prepares it and
+`quantize_static` inserts QuantizeLinear/DequantizeLinear pairs (QDQ), which
+ORT's CPU provider fuses into its int8 kernels: U8 activations / S8 weights,
+per-channel weights, as ORT recommends for ARM.
+"""
+
+from __future__ import annotations
+
+import ast
+import contextlib
+import io
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+
+from edgekit.backends.base import QuantConfig, layer_selected
+from edgekit.errors import UsageError
+from edgekit.quiet import quiet_python_logs
+
+FORMAT = "onnx"
+BACKEND = "onnxruntime"
+SUFFIX = ".onnx"
+SCHEMES = ("static", "dynamic", "fp16")
+# onnxruntime's calibrators. It has no plain "histogram" method: its histogram
+# calibrators are entropy and percentile.
+CALIBRATIONS = ("minmax", "percentile", "entropy")
+DEFAULT_CALIBRATION = "minmax"
+_SCOPES_KEY = "pkg.torch.onnx.name_scopes"  # module path of each node, written by the dynamo exporter
+# fp16 weight storage pays off only for tensors of some size; small ones (shapes,
+# scalars) stay float32 so no Cast is spent on them.
+_FP16_MIN_ELEMENTS = 64
+
+
+@dataclass
+class OnnxModel:
+    """A quantized ONNX model in memory, with what the quantizer was told."""
+
+    data: bytes
+    excluded_nodes: list[str]
+
+
+def quantize(model, example_inputs: tuple, calib_batches: Iterable[tuple], cfg: QuantConfig) -> OnnxModel:
+    quiet_python_logs()
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    with tempfile.TemporaryDirectory(prefix="edgekit-onnx-") as tmp:
+        float_path, pre_path, out_path = (Path(tmp) / n for n in ("float.onnx", "pre.onnx", "q.onnx"))
+        export_float(model, example_inputs, float_path, cfg.input_names)
+        if cfg.scheme == "fp16":
+            return OnnxModel(_weights_to_fp16(float_path), [])
+        quant_pre_process(str(float_path), str(pre_path))
+        excluded = _nodes_outside(pre_path, cfg)
+        with contextlib.redirect_stdout(io.StringIO()):  # the histogram calibrators print their bin counts
+            if cfg.scheme == "dynamic":
+                _quantize_dynamic(pre_path, out_path, cfg, excluded)
+            else:
+                _quantize_static(pre_path, out_path, calib_batches, cfg, excluded)
+        return OnnxModel(out_path.read_bytes(), excluded)
+
+
+def export_float(model, example_inputs: tuple, path: Path, input_names: Sequence[str] = ()) -> None:
+    """torch.onnx.export (dynamo); its progress chatter on stdout is kept off the user's terminal."""
+    import torch
+
+    names = list(input_names) or None
+    with contextlib.redirect_stdout(io.StringIO()):
+        try:
+            torch.onnx.export(model, tuple(example_inputs), str(path), dynamo=True, input_names=names,
+                              external_data=False, verbose=False)
+        except Exception as e:
+            raise UsageError(
+                f"torch.onnx.export failed: {type(e).__name__}: {str(e).splitlines()[0][:300]}",
+                hint="the model must be capturable by torch.export; try --format executorch to compare",
+            ) from e
+
+
+def _nodes_outside(path: Path, cfg: QuantConfig) -> list[str]:
+    """ONNX node names that belong to layers kept float (or outside the selected ones)."""
+    if not cfg.skip_layers and cfg.only_layers is None:
+        return []
+    import onnx
+
+    excluded = []
+    for node in onnx.load(str(path)).graph.node:
+        props = {p.key: p.value for p in node.metadata_props}
+        scopes = ast.literal_eval(props[_SCOPES_KEY]) if _SCOPES_KEY in props else []
+        if not layer_selected(scopes, cfg):
+            excluded.append(node.name)
+    return excluded
+
+
+class _CalibrationReader:
+    """Feeds calibration batches to onnxruntime's calibrator, by input name."""
+
+    def __init__(self, path: Path, batches: Iterable[tuple]):
+        import onnx
+
+        self._names = [i.name for i in onnx.load(str(path)).graph.input]
+        self._batches = iter(batches)
+
+    def get_next(self):
+        batch = next(self._batches, None)
+        return None if batch is None else {n: t.numpy() for n, t in zip(self._names, batch)}
+
+    def rewind(self):  # onnxruntime may call it; one pass is all we feed
+        pass
+
+
+def _quantize_static(src: Path, dst: Path, batches, cfg: QuantConfig, excluded: list[str]) -> None:
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    method = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
+              "entropy": CalibrationMethod.Entropy}[cfg.calibration or DEFAULT_CALIBRATION]
+    quantize_static(
+        str(src), str(dst), _CalibrationReader(src, batches), quant_format=QuantFormat.QDQ,
+        per_channel=cfg.per_channel, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+        calibrate_method=method, nodes_to_exclude=excluded,
+    )
+
+
+def _quantize_dynamic(src: Path, dst: Path, cfg: QuantConfig, excluded: list[str]) -> None:
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    # Like the other backends, dynamic int8 is for matmul-heavy layers: ConvInteger
+    # has no fast ARM kernel in ORT, so convolutions stay float.
+    quantize_dynamic(str(src), str(dst), per_channel=cfg.per_channel, weight_type=QuantType.QInt8,
+                     nodes_to_exclude=excluded, op_types_to_quantize=["MatMul", "Gemm", "LSTM", "GRU", "Attention"])
+
+
+def _weights_to_fp16(path: Path) -> bytes:
+    """Weight-only fp16: large float32 initializers stored as fp16, cast back on load.
+
+    Halves the weight bytes; compute stays float32, so it runs on every ORT CPU
+    build (ORT's fp16 CPU kernels cover few ops).
+    """
+    import onnx
+    from onnx import helper, numpy_helper
+
+    model = onnx.load(str(path))
+    graph = model.graph
+    casts = []
+    for init in list(graph.initializer):
+        if init.data_type != onnx.TensorProto.FLOAT:
+            continue
+        array = numpy_helper.to_array(init)
+        if array.size < _FP16_MIN_ELEMENTS:
+            continue
+        stored = f"{init.name}__fp16"
+        graph.initializer.remove(init)
+        graph.initializer.append(numpy_helper.from_array(array.astype(np.float16), stored))
+        casts.append(helper.make_node("Cast", [stored], [init.name], name=f"cast_{stored}", to=onnx.TensorProto.FLOAT))
+    for i, cast in enumerate(casts):
+        graph.node.insert(i, cast)  # before every consumer: nodes must stay topologically sorted
+    return model.SerializeToString()
+
+
+def export(qmodel: OnnxModel, example_inputs: tuple, path: Path) -> dict:
+    import onnx
+
+    Path(path).write_bytes(qmodel.data)
+    ops = [n.op_type for n in onnx.load(str(path)).graph.node]
+    return {
+        "operators": sorted(set(ops)),
+        "qdq_pairs": ops.count("QuantizeLinear"),
+        "excluded_nodes": qmodel.excluded_nodes,
+    }
+
+
+class OrtRunner:
+    """An `.onnx` in an onnxruntime CPU session."""
+
+    runtime = "onnxruntime"
+
+    def __init__(self, path: Path, threads: int | None = None):
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = threads
+        self._session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        self._names = [i.name for i in self._session.get_inputs()]
+
+    def run(self, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
+        return self._session.run(None, {n: np.ascontiguousarray(a) for n, a in zip(self._names, inputs)})
+
+
+def load(path: Path) -> OrtRunner:
+    return OrtRunner(path)

@@ -1,0 +1,175 @@
+"""Native benchmark binaries a user can point to, and parsers for what they print.
+
+    ExecuTorch  executor_runner        (.pte)    examples/portable/executor_runner
+    LiteRT      benchmark_model        (.tflite) tensorflow/lite/tools/benchmark
+    ONNX Rt     onnxruntime_perf_test  (.onnx)   onnxruntime/test/perftest
+
+Each tool prints text, not JSON; `parse` turns it into the keys the Python
+runner prints (load_ms, first_ms, mean, std, min, p50, p90, p99, max, runs,
+peak_rss_kb, samples_ms). What a tool does not measure stays None: we never
+invent a percentile a tool did not report.
+
+Adding a tool is adding a NativeTool to TOOLS. The native ExecuTorch runner
+from the emulation work prints the Python runner's JSON itself; it plugs in
+as a tool whose parser is `json.loads`.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from edgekit.errors import UsageError
+from edgekit.runtime.runner import summarize
+
+_NUM = r"([0-9]+(?:\.[0-9]+)?(?:[eE][-+]?[0-9]+)?)"
+STAT_KEYS = ("load_ms", "first_ms", "mean", "std", "min", "p50", "p90", "p99", "max", "runs", "peak_rss_kb")
+
+
+@dataclass(frozen=True)
+class NativeTool:
+    name: str
+    suffix: str  # the artifact type it runs
+    runtime: str
+    argv: Callable[..., list[str]]  # (binary, artifact, threads, warmup, runs, min_seconds) -> argv
+    parse: Callable[[str], dict]
+
+
+def _empty() -> dict:
+    return dict.fromkeys(STAT_KEYS)
+
+
+def _find(pattern: str, text: str, scale: float = 1.0):
+    m = re.search(pattern, text)
+    return float(m.group(1)) * scale if m else None
+
+
+# --- ExecuTorch executor_runner ----------------------------------------------------
+# Logs (stderr) lines such as
+#   I 00:00:00.001 executorch:executor_runner.cpp:331] Model loaded in 1.234000 ms.
+#   I 00:00:00.004 executorch:executor_runner.cpp:412] Iteration 1 of 61: 0.412000 ms
+#   I 00:00:00.030 executorch:executor_runner.cpp:421] Model executed successfully 61 time(s) in 25.1 ms.
+# It has no warm-up flag: we ask for 1 + warmup + runs executions, take the
+# first as first_ms and drop the warm-ups. Older builds print only the total.
+
+
+def executor_runner_argv(binary, artifact, threads, warmup, runs, min_seconds):
+    return [binary, f"--model_path={artifact}", f"--num_executions={1 + warmup + runs}", f"--cpu_threads={threads}"]
+
+
+def parse_executor_runner(text: str, warmup: int = 0) -> dict:
+    out = _empty()
+    out["load_ms"] = _find(rf"Model loaded in {_NUM} ms", text)
+    iterations = [float(x) for x in re.findall(rf"Iteration \d+ of \d+: {_NUM} ms", text)]
+    if iterations:
+        out["first_ms"] = iterations[0]
+        timed = iterations[1 + warmup:] or iterations[1:] or iterations
+        out.update(summarize(timed), runs=len(timed), samples_ms=timed)
+        return out
+    total = re.search(rf"Model executed successfully (\d+) time\(s\) in {_NUM} ms", text)
+    if not total:
+        raise ValueError("no 'Model executed successfully' or 'Iteration' lines in executor_runner output")
+    runs, ms = int(total.group(1)), float(total.group(2))
+    out.update(runs=runs, mean=round(ms / runs, 4))
+    return out
+
+
+# --- LiteRT / TFLite benchmark_model ------------------------------------------------
+# Logs (INFO: prefix) among others:
+#   Initialized session in 12.3ms.
+#   count=50 first=1203 curr=1120 min=1101 max=1402 avg=1150.2 std=48     (one line per phase, us)
+#   Inference timings in us: Init: 12345, First inference: 2345, Warmup (avg): 1300, Inference (avg): 1150.2
+#   Overall peak memory footprint (MB) via periodic monitoring: 14.2      (with --report_peak_memory_footprint)
+# It prints no percentiles: p50/p90/p99 stay None.
+
+
+def benchmark_model_argv(binary, artifact, threads, warmup, runs, min_seconds):
+    return [binary, f"--graph={artifact}", f"--num_threads={threads}", f"--warmup_runs={warmup}",
+            f"--num_runs={runs}", f"--min_secs={min_seconds}", "--report_peak_memory_footprint=true"]
+
+
+def parse_benchmark_model(text: str, warmup: int = 0) -> dict:
+    out = _empty()
+    out["load_ms"] = _find(rf"Initialized session in {_NUM}\s*ms", text)
+    timings = re.search(rf"Inference timings in us: Init: {_NUM}, First inference: {_NUM}, "
+                        rf"Warmup \(avg\): {_NUM}, Inference \(avg\): {_NUM}", text)
+    if not timings:
+        raise ValueError("no 'Inference timings in us' line in benchmark_model output")
+    out["first_ms"] = float(timings.group(2)) / 1000
+    out["mean"] = round(float(timings.group(4)) / 1000, 4)
+    stats = re.findall(r"count=(\d+)((?: \w+=[0-9.eE+-]+)*)(\(all same\))?", text)
+    if stats:  # the last Stat line is the timed phase (the first is warm-up)
+        count, fields, _same = stats[-1]
+        values = {k: float(v) / 1000 for k, v in re.findall(r"(\w+)=([0-9.eE+-]+)", fields)}
+        out["runs"] = int(count)
+        out["min"] = values.get("min", values.get("curr"))
+        out["max"] = values.get("max", values.get("curr"))
+        out["std"] = values.get("std", 0.0)
+    peak = _find(rf"Overall peak memory footprint \(MB\) via periodic monitoring: {_NUM}", text)
+    out["peak_rss_kb"] = round(peak * 1024) if peak is not None else None
+    return out
+
+
+# --- ONNX Runtime onnxruntime_perf_test --------------------------------------------
+# Prints (stdout), times in seconds unless marked:
+#   Session creation time cost: 0.0508 s
+#   First inference time cost: 5 ms                   (newer builds)
+#   Average inference time cost: 19.918 ms            ("... cost total:" in newer builds)
+#   Peak working set size: 109531136 bytes
+#   Runs:100
+#   Min Latency: 0.0197 s / Max Latency / P50 / P90 / P95 / P99 / P999 Latency: ... s
+# It runs one warm-up inference itself and has no warm-up count flag.
+
+
+def perf_test_argv(binary, artifact, threads, warmup, runs, min_seconds):
+    return [binary, "-e", "cpu", "-m", "times", "-r", str(runs), "-x", str(threads), "-I", artifact]
+
+
+def parse_perf_test(text: str, warmup: int = 0) -> dict:
+    out = _empty()
+    out["mean"] = _find(rf"Average inference time cost(?: total)?: {_NUM} ms", text)
+    if out["mean"] is None:
+        raise ValueError("no 'Average inference time cost' line in onnxruntime_perf_test output")
+    out["load_ms"] = _find(rf"Session creation time cost: {_NUM} s", text, 1000)
+    out["first_ms"] = _find(rf"First inference time cost: {_NUM} ms", text)
+    for key, label in (("min", "Min"), ("max", "Max"), ("p50", "P50"), ("p90", "P90"), ("p99", "P99")):
+        value = _find(rf"{label} Latency: {_NUM} s", text, 1000)
+        out[key] = round(value, 4) if value is not None else None
+    runs = re.search(r"Runs:\s*(\d+)", text) or re.search(r"Total inference requests: (\d+)", text)
+    out["runs"] = int(runs.group(1)) if runs else None
+    peak = _find(rf"Peak working set size: {_NUM} bytes", text)
+    out["peak_rss_kb"] = round(peak / 1024) if peak is not None else None
+    return out
+
+
+TOOLS = {
+    "executor_runner": NativeTool("executor_runner", ".pte", "executorch", executor_runner_argv, parse_executor_runner),
+    "benchmark_model": NativeTool("benchmark_model", ".tflite", "litert", benchmark_model_argv, parse_benchmark_model),
+    "onnxruntime_perf_test": NativeTool("onnxruntime_perf_test", ".onnx", "onnxruntime", perf_test_argv, parse_perf_test),
+}
+
+
+def split_native_runner(text: str) -> tuple[str | None, str]:
+    """'benchmark_model=/opt/bm' -> ('benchmark_model', '/opt/bm'); a bare path keeps kind None."""
+    kind, sep, path = text.partition("=")
+    return (kind, path) if sep and kind in TOOLS else (None, text)
+
+
+def resolve_native_runner(text: str, artifact_suffix: str) -> tuple[NativeTool, Path]:
+    """The tool and the local binary for `--native-runner [KIND=]PATH`; the kind defaults to the file name."""
+    kind, path = split_native_runner(text)
+    binary = Path(path).expanduser()
+    kind = kind or next((name for name in TOOLS if binary.name.startswith(name)), None)
+    if kind is None:
+        raise UsageError(f"--native-runner {text}: cannot tell which tool '{binary.name}' is",
+                         hint="write KIND=PATH with KIND one of: " + ", ".join(TOOLS))
+    if not binary.is_file():
+        raise UsageError(f"--native-runner {text}: no such file", hint="point it at the tool built for the device")
+    tool = TOOLS[kind]
+    if tool.suffix != artifact_suffix:
+        others = [t.name for t in TOOLS.values() if t.suffix == artifact_suffix]
+        raise UsageError(f"--native-runner {kind} runs {tool.suffix} files, this build's artifact is {artifact_suffix}",
+                         hint=(f"use {' or '.join(others)}, or " if others else "use ") + "the Python runner (leave out --native-runner)")
+    return tool, binary

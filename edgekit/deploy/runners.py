@@ -1,0 +1,204 @@
+"""What runs the artifact on the device, and how its answer is read.
+
+Two kinds, one interface (files to push, prepare, check, bench -> the runner JSON):
+
+- PythonRunner: edgekit/runtime/runner.py with the device's python (hosts,
+  Raspberry Pi OS with pip, Termux). Prints the JSON itself.
+- NativeRunner: a benchmark binary the user points to (executor_runner,
+  benchmark_model, onnxruntime_perf_test); its text output is parsed into the
+  same JSON (native.py), and device facts are read with a shell one-liner.
+
+`select_runner` is the one place that chooses. The native ExecuTorch runner
+built by the emulation work (no torch on the board) will be chosen there for
+`.pte` on Linux ARM boards when it exists: a NativeTool in native.TOOLS whose
+output is already the runner JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+from pathlib import Path
+
+from edgekit.deploy.base import EXIT_ALARM, Completed, DeviceFailure, DeviceTimeout, Transport
+from edgekit.deploy.native import NativeTool, resolve_native_runner
+from edgekit.runtime import RUNNER_PATH
+from edgekit.runtime.runner import cpu_from_cpuinfo
+
+TIMEOUT_GRACE = 5.0  # seconds the host waits past the device-side deadline before cutting the link
+
+
+def select_runner(artifact_suffix: str, python: str, native_runner: str | None):
+    if native_runner:
+        return NativeRunner(*resolve_native_runner(native_runner, artifact_suffix))
+    return PythonRunner(python)
+
+
+class PythonRunner:
+    label = "python"
+
+    def __init__(self, python: str):
+        self.python = python
+
+    def files(self) -> list[tuple[Path, str]]:
+        return [(RUNNER_PATH, "runner.py")]
+
+    def prepare(self, t: Transport, remote: str) -> None:
+        pass
+
+    def check(self, t: Transport, remote: str, build, threads: int, timeout: float) -> dict:
+        """The runtime imports with the device's python and the artifact loads and runs once."""
+        return self._call(t, self._argv(remote, build) + ["--check", "--threads", str(threads)], timeout, "check", build)
+
+    def bench(self, t: Transport, remote: str, build, opts, threads: int) -> dict:
+        argv = self._argv(remote, build) + ["--threads", str(threads), "--warmup", str(opts.warmup), "--runs", str(opts.runs),
+                                            "--min-seconds", str(opts.min_seconds)]
+        if opts.inputs:
+            argv += ["--inputs", f"{remote}/{opts.inputs_name}"]
+        return self._call(t, argv, opts.timeout, "bench", build)
+
+    def _argv(self, remote: str, build) -> list[str]:
+        return [self.python, f"{remote}/runner.py", f"{remote}/{build.artifact.name}"]
+
+    def _call(self, t: Transport, argv: list[str], timeout: float, stage: str, build) -> dict:
+        argv = argv + ["--timeout", f"{timeout:g}"]  # the device kills its own runner at the deadline
+        try:
+            done = t.run(argv, timeout + TIMEOUT_GRACE)
+        except DeviceTimeout as e:
+            raise DeviceFailure(f"the runner on {t.name} did not answer within {timeout:g} s ({stage})",
+                                hint="the device or its python hangs; check it by hand, or raise --timeout for slow boards",
+                                stage=stage, detail=e.detail) from None
+        doc = _last_json(done.stdout)
+        if doc is not None and doc.get("ok"):
+            return doc
+        raise self._failure(t, done, doc, stage, build, timeout)
+
+    def _failure(self, t: Transport, done: Completed, doc: dict | None, stage: str, build, timeout: float) -> DeviceFailure:
+        code, detail = done.returncode, done.tail()
+        if doc is not None and doc.get("error_kind") == "runtime_missing":
+            package = doc.get("package", "?")
+            pin = build.manifest.get("versions", {}).get(package)
+            return DeviceFailure(
+                f"{package} is not importable by '{self.python}' on {t.name}: {doc['error'].split(';')[0]}",
+                hint=f"install it on the device: {self.python} -m pip install {package}{'==' + pin if pin else ''} "
+                     f"(or pass --python with the python that has it)", stage="check", detail=detail)
+        if doc is not None:
+            hint = "see the runner's message; run it by hand on the device to investigate"
+            if doc.get("error_kind") == "load_failed":
+                hint = (f"the device's runtime may not read this artifact (built with {build.built_with(_runtime_of(build))}); "
+                        "install the same runtime version on the device")
+            return DeviceFailure(f"the runner failed on {t.name} ({stage}): {doc['error']}", hint=hint, stage=stage, detail=detail)
+        if code in (127, 126):
+            return DeviceFailure(f"cannot run '{self.python}' on {t.name} (exit status {code}: "
+                                 f"{'not found' if code == 127 else 'not executable'})",
+                                 hint="pass --python with the path of a python that has the runtime installed", stage=stage, detail=detail)
+        if code in (EXIT_ALARM, -signal.SIGALRM):
+            return DeviceFailure(f"the runner on {t.name} ran past --timeout {timeout:g} s and was stopped ({stage})",
+                                 hint="raise --timeout, or lower --runs/--min-seconds", stage=stage, detail=detail)
+        died = _signal_name(code)
+        if died:
+            return DeviceFailure(f"the runner crashed on {t.name} ({stage}): killed by {died}", stage=stage, detail=detail,
+                                 hint="the runtime crashed on this device; its last output is in the run record (device_runs/)")
+        last = detail.splitlines()[-1] if detail else "no output"
+        return DeviceFailure(f"the runner failed on {t.name} ({stage}) with exit status {code}: {last}", stage=stage, detail=detail,
+                             hint="run it by hand on the device to investigate")
+
+
+def _runtime_of(build) -> str:
+    return {".pte": "executorch", ".onnx": "onnxruntime", ".ptl": "torch-lite-interpreter", ".tflite": "litert"}.get(
+        build.artifact.suffix, "executorch")
+
+
+def _last_json(stdout: str) -> dict | None:
+    for line in reversed(stdout.strip().splitlines()):
+        try:
+            doc = json.loads(line)
+        except ValueError:
+            continue
+        return doc if isinstance(doc, dict) else None
+    return None
+
+
+def _signal_name(code: int) -> str | None:
+    """Exit status of a process killed by a signal: -N locally, 128+N through a shell."""
+    number = -code if code < 0 else code - 128 if 128 < code < 160 else None
+    try:
+        return signal.Signals(number).name if number else None
+    except ValueError:
+        return None
+
+
+# --- native binaries ----------------------------------------------------------------------
+
+# One shell call gathers what the Python runner reads from /proc and /sys itself.
+_FACTS_SH = r"""
+cat /proc/cpuinfo 2>/dev/null; echo '@@'
+f=/sys/devices/system/cpu/cpu0/cpufreq
+for p in /proc/device-tree/model $f/scaling_governor $f/scaling_cur_freq $f/cpuinfo_max_freq /sys/class/thermal/thermal_zone0/temp; do
+  tr -d '\000' < "$p" 2>/dev/null || true; echo
+done
+echo '@@'; getconf _NPROCESSORS_ONLN 2>/dev/null; uname -m
+"""
+
+
+def device_facts_over_shell(t: Transport) -> dict:
+    done = t.run(["sh", "-c", _FACTS_SH])
+    cpuinfo, _, rest = done.stdout.partition("@@\n")
+    values, _, tail = rest.partition("@@\n")
+    board, governor, cur, top, temp = (values.split("\n") + [""] * 5)[:5]
+    cores = tail.split()[0] if tail.split() else None
+    facts = cpu_from_cpuinfo(cpuinfo)
+    facts.update({
+        "board": board.strip() or facts["board"], "cores": int(cores) if cores and cores.isdigit() else None,
+        "governor": governor.strip() or None, "clock_mhz": _scaled(cur, 1000), "max_clock_mhz": _scaled(top, 1000),
+        "temperature_c": _scaled(temp, 1000), "kernel": None,
+    })
+    return facts
+
+
+def _scaled(text: str, scale: float):
+    try:
+        return round(float(text.strip()) / scale, 1)
+    except ValueError:
+        return None
+
+
+class NativeRunner:
+    def __init__(self, tool: NativeTool, binary: Path):
+        self.tool, self.binary = tool, binary
+        self.label = tool.name
+
+    def files(self) -> list[tuple[Path, str]]:
+        return [(self.binary, self.binary.name)]
+
+    def prepare(self, t: Transport, remote: str) -> None:
+        t.check(["chmod", "+x", f"{remote}/{self.binary.name}"], f"chmod +x {self.binary.name}", stage="check")
+
+    def check(self, t: Transport, remote: str, build, threads: int, timeout: float) -> dict:
+        # A native tool carries its runtime inside: being executable there is the check.
+        t.check(["test", "-x", f"{remote}/{self.binary.name}"], f"{self.binary.name} is not executable", stage="check",
+                hint="mount the directory without noexec, or use another --remote-dir")
+        return {"ok": True, "runner": self.tool.name, "runtime": {"name": self.tool.runtime, "version": None},
+                "machine": None, "load_ms": None, "first_ms": None, "threads": threads}
+
+    def bench(self, t: Transport, remote: str, build, opts, threads: int) -> dict:
+        argv = self.tool.argv(f"{remote}/{self.binary.name}", f"{remote}/{build.artifact.name}", threads,
+                              opts.warmup, opts.runs, opts.min_seconds)
+        try:
+            done = t.run(argv, opts.timeout)
+        except DeviceTimeout as e:
+            raise DeviceFailure(f"{self.tool.name} on {t.name} did not finish within {opts.timeout:g} s", stage="bench",
+                                hint="raise --timeout, or lower --runs", detail=e.detail) from None
+        if done.returncode != 0:
+            died = _signal_name(done.returncode)
+            raise t.failure(f"{self.tool.name} {'crashed (' + died + ')' if died else 'failed'} on {t.name}", done, stage="bench",
+                            hint=f"run {remote}/{self.binary.name} by hand on the device to investigate")
+        try:
+            stats = self.tool.parse(done.stdout + "\n" + done.stderr, opts.warmup)
+        except ValueError as e:
+            raise DeviceFailure(f"cannot read {self.tool.name}'s output from {t.name}: {e}", stage="bench",
+                                hint="this build of the tool prints another format; use the Python runner", detail=done.tail()) from None
+        facts = device_facts_over_shell(t)
+        return {"ok": True, **stats, "threads": threads, "threads_applied": True, "runner": self.tool.name,
+                "runtime": {"name": self.tool.runtime, "version": None}, "python": None,
+                "machine": t.arch(), "device": facts, "warmup": opts.warmup}

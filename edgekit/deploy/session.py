@@ -1,0 +1,223 @@
+"""One deploy to one device, step by step, and a fleet of them in parallel.
+
+    connect  reach the device, read its architecture (uname -m)
+    arch     refuse a device whose architecture is not the target's
+    push     artifact + runner + inputs spec into <base>/<name>-<target>-<sha8>/, verified
+    check    the runtime imports there and the artifact loads and runs once
+    bench    (optional) the latency run; its JSON comes back
+
+Whatever happens, one record lands in BUILD/device_runs/; a successful one is
+also summarised in manifest.json. Nothing else in the build dir changes.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import tempfile
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from edgekit.deploy.base import DeviceFailure, Transport
+from edgekit.deploy.devices import Device
+from edgekit.deploy.records import BuildInfo, add_to_manifest, summarize_run, timestamp, write_run
+from edgekit.deploy.runners import select_runner
+from edgekit.errors import DeviceError, UsageError
+from edgekit.runtime.runner import SPEC_FILE
+
+MAX_PARALLEL = 8  # concurrent devices; sshd's default MaxStartups (10) would refuse more from one host
+CHECK_KEYS = ("ok", "runtime", "threads", "threads_applied", "machine", "python", "load_ms", "first_ms")
+ARCH_ALIASES = {"arm64": "aarch64", "aarch64": "aarch64", "amd64": "x86_64", "x86_64": "x86_64"}
+
+
+@dataclass(frozen=True)
+class BenchOptions:
+    threads: int | None = None  # None: the target profile's thread count
+    warmup: int = 10
+    runs: int = 50
+    min_seconds: float = 0.0
+    timeout: float = 300.0  # seconds for the runner on the device (check and bench each)
+    inputs: Path | None = None  # real inputs (.npz/.npy) instead of seeded random ones
+
+    def __post_init__(self):
+        if self.threads is not None and self.threads < 1:
+            raise UsageError(f"--threads must be at least 1, got {self.threads}")
+        if self.runs < 1 or self.warmup < 0 or self.min_seconds < 0:
+            raise UsageError("--runs must be at least 1, --warmup and --min-seconds at least 0")
+        if self.timeout <= 0:
+            raise UsageError(f"--timeout must be positive, got {self.timeout:g}")
+        if self.inputs is not None and not Path(self.inputs).is_file():
+            raise UsageError(f"--inputs {self.inputs}: file not found")
+        if self.inputs is not None and Path(self.inputs).suffix not in (".npz", ".npy"):
+            raise UsageError(f"--inputs {self.inputs}: expected a .npz or .npy file")
+
+    @property
+    def inputs_name(self) -> str:
+        return f"inputs{Path(self.inputs).suffix}" if self.inputs else ""
+
+
+@dataclass(frozen=True)
+class DeployPlan:
+    bench: BenchOptions | None = None  # None: deploy and check only
+    allow_arch_mismatch: bool = False
+    check_timeout: float = 300.0
+
+
+class DeployFailed(DeviceError):
+    """One or more devices failed; `records` has every device's record (the good ones too)."""
+
+    def __init__(self, message: str, hint: str | None, records: list[dict]):
+        super().__init__(message, hint)
+        self.records = records
+
+
+def deploy_to(build: BuildInfo, device: Device, plan: DeployPlan, transport: Transport | None = None) -> dict:
+    """Run the steps on one device; returns its record (also written to device_runs/)."""
+    record = _new_record(build, device, plan)
+    try:
+        runner = select_runner(build.artifact.suffix, device.python, device.native_runner)
+        record["runner"] = runner.label
+        t = transport or device.open()
+        record["transport"] = t.kind
+        record["arch"] = _check_arch(t, build, plan.allow_arch_mismatch, record)
+        record["stage"] = "push"
+        remote = f"{_base_dir(t, device)}/{build.slug}"
+        record["remote_dir"] = remote
+        t.check(["mkdir", "-p", remote], f"creating {remote}", stage="push",
+                hint="pass a writable --remote-dir (relative paths start in the login directory)")
+        record["pushed"] = _push_all(t, remote, build, runner, plan.bench)
+        record["stage"] = "check"
+        runner.prepare(t, remote)
+        threads = plan.bench.threads if plan.bench and plan.bench.threads else build.threads
+        if plan.bench:
+            # The benchmark imports the runtime and loads the artifact first: it is the
+            # check too (one python start instead of two; importing torch on a Pi takes seconds).
+            record["stage"] = "bench"
+            record["bench"] = runner.bench(t, remote, build, plan.bench, threads)
+            record["check"] = {k: record["bench"].get(k) for k in CHECK_KEYS}
+        else:
+            record["check"] = runner.check(t, remote, build, threads, plan.check_timeout)
+        record["warnings"] += _version_warnings(build, record["check"])
+        record.update(ok=True, stage="done")
+    except DeviceFailure as e:
+        record.update(ok=False, stage=e.stage or record["stage"], error=e.message, hint=e.hint, detail=e.detail)
+    except DeviceError as e:
+        record.update(ok=False, error=e.message, hint=e.hint)
+    path = write_run(build, device.file_name, record)
+    record["record_file"] = str(path)
+    if record["ok"]:
+        add_to_manifest(build, summarize_run(record, path, build.dir))
+    return record
+
+
+def deploy_all(build: BuildInfo, devices: list[Device], plan: DeployPlan,
+               on_done: Callable[[dict], None] | None = None) -> list[dict]:
+    """Deploy to every device in parallel; raise DeployFailed after all finished if any failed."""
+    _check_unique(devices)
+    for d in devices:  # usage errors (bad --native-runner, --ssh-option) stop everything before any device is touched
+        select_runner(build.artifact.suffix, d.python, d.native_runner)
+        d.open()
+    with ThreadPoolExecutor(max_workers=min(MAX_PARALLEL, len(devices))) as pool:
+        futures = [pool.submit(deploy_to, build, d, plan) for d in devices]
+        for future in as_completed(futures):
+            if on_done:
+                on_done(future.result())
+        records = [f.result() for f in futures]  # in the order the devices were given
+    failed = [r for r in records if not r["ok"]]
+    if failed:
+        raise DeployFailed(*_failure_message(failed, len(records)), records=records)
+    return records
+
+
+def bench_host(build: BuildInfo, options: BenchOptions, python: str) -> dict:
+    """`edgekit bench`: the same steps on this computer, in a scratch directory removed afterwards.
+    The host is never the target's architecture, so the arch check only records that."""
+    from edgekit.deploy.local import LocalTransport
+
+    device = Device("host", "local", None, python=python)
+    with tempfile.TemporaryDirectory(prefix="edgekit-bench-") as scratch:
+        record = deploy_to(build, device, DeployPlan(bench=options, allow_arch_mismatch=True), LocalTransport("host", scratch))
+    if not record["ok"]:
+        raise DeployFailed(*_failure_message([record], 1), records=[record])
+    return record
+
+
+# --- steps ---------------------------------------------------------------------------------
+
+
+def _new_record(build: BuildInfo, device: Device, plan: DeployPlan) -> dict:
+    return {
+        "ok": False, "stage": "connect", "kind": "bench" if plan.bench else "deploy",
+        "device": device.name, "transport": device.transport, "address": device.address,
+        "time": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "stamp": timestamp(),
+        "build": {"name": build.manifest["name"], "target": build.manifest["target"], "format": build.format,
+                  "artifact": build.artifact.name, "sha256": build.sha256},
+        "runner": None, "arch": None, "remote_dir": None, "pushed": [], "check": None, "bench": None,
+        "settings": _settings(plan), "warnings": [], "error": None, "hint": None, "detail": None,
+    }
+
+
+def _settings(plan: DeployPlan) -> dict:
+    b = plan.bench
+    return {"allow_arch_mismatch": plan.allow_arch_mismatch,
+            **({"warmup": b.warmup, "runs": b.runs, "min_seconds": b.min_seconds, "timeout": b.timeout,
+                "threads": b.threads, "inputs": str(b.inputs) if b.inputs else None} if b else {})}
+
+
+def _check_arch(t: Transport, build: BuildInfo, allow: bool, record: dict) -> dict:
+    found = t.arch()
+    record["stage"] = "arch"
+    device_arch, target_arch = ARCH_ALIASES.get(found, found), build.target_arch
+    info = {"device": found, "target": target_arch, "mismatch": device_arch != target_arch, "allowed": allow}
+    if info["mismatch"] and not allow:
+        record["arch"] = info
+        hint = (f"build for a {device_arch} target (e.g. `edgekit build ... --target host` for x86_64), "
+                f"or pass --allow-arch-mismatch to run it there anyway (its latency is then not {build.manifest['target']}'s)")
+        if found.startswith("armv7") and target_arch == "aarch64":
+            hint = "the board runs a 32-bit OS: install a 64-bit one (Raspberry Pi OS 64-bit), or pass --allow-arch-mismatch"
+        raise DeviceFailure(f"{t.name} is {found} but this build targets {build.manifest['target']} ({target_arch})",
+                            hint=hint, stage="arch")
+    return info
+
+
+def _base_dir(t: Transport, device: Device) -> str:
+    base = device.remote_dir or t.default_base
+    if t.kind == "ssh" and base.startswith("~/"):
+        base = base[2:]  # ssh commands start in the login directory; a quoted ~ would not expand
+    elif t.kind == "local":
+        base = str(Path(base).expanduser())
+    return base.rstrip("/") or "/"
+
+
+def _push_all(t: Transport, remote: str, build: BuildInfo, runner, bench: BenchOptions | None) -> list[dict]:
+    with tempfile.TemporaryDirectory(prefix="edgekit-push-") as tmp:
+        spec = Path(tmp) / SPEC_FILE
+        spec.write_text(json.dumps({"inputs": build.inputs}, indent=1) + "\n")
+        files = [(build.artifact, build.artifact.name), *runner.files(), (spec, SPEC_FILE)]
+        if bench and bench.inputs:
+            files.append((Path(bench.inputs), bench.inputs_name))
+        return [t.push(local, remote, name) for local, name in files]
+
+
+def _version_warnings(build: BuildInfo, check: dict) -> list[str]:
+    runtime = check.get("runtime") or {}
+    on_device, built = runtime.get("version"), build.built_with(runtime.get("name", ""))
+    if on_device and built and on_device.split("+")[0] != built.split("+")[0]:
+        return [f"the device runs {runtime['name']} {on_device}, the artifact was made with {built}"]
+    return []
+
+
+def _check_unique(devices: list[Device]) -> None:
+    names = [d.name for d in devices]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise UsageError(f"device given twice: {', '.join(dupes)}", hint="each device once (names must be unique)")
+
+
+def _failure_message(failed: list[dict], total: int) -> tuple[str, str | None]:
+    if total == 1:
+        return failed[0]["error"], failed[0]["hint"]
+    lines = "; ".join(f"{r['device']} ({r['stage']}): {r['error']}" for r in failed)
+    return f"{len(failed)} of {total} devices failed: {lines}", "each device's fix is in the table above and in its device_runs/ record"

@@ -1,0 +1,18 @@
+"""manifest.json + device runs -> terminal table, JSON, and a self-contained report.html.
+
+    data.py    the report's data (what --json prints)
+    table.py   terminal tables (rich), also used by deploy/bench for their results
+    plots.py   matplotlib figures as PNG bytes
+    html.py    report.html with the figures embedded
+"""
+
+from edgekit.report.data import build_report
+
+
+def write_html(build_dir, data):
+    from edgekit.report.html import write_html as _write  # matplotlib only when a page is written
+
+    return _write(build_dir, data)
+
+
+__all__ = ["build_report", "write_html"]

@@ -1,0 +1,144 @@
+"""The report's data: manifest.json plus the device run records, in one dict.
+
+This dict is what `edgekit report --json` prints and what the table and the
+HTML page render; nothing is re-derived from the model. Keys other issues add
+to the manifest (per-stage MACs/params, a latency prediction, per-op profiles)
+are shown when present and simply absent otherwise.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from edgekit.errors import UsageError
+from edgekit.manifest import MANIFEST
+
+RUNS_DIR = "device_runs"
+RUN_KEYS = ("load_ms", "first_ms", "mean", "std", "min", "p50", "p90", "p99", "max", "runs", "peak_rss_kb")
+
+
+def build_report(build_dir: str | Path) -> dict:
+    build_dir = Path(build_dir)
+    manifest = _read_manifest(build_dir)
+    runs = [_run(build_dir, entry) for entry in manifest.get("device_runs", [])]
+    return {
+        "name": manifest.get("name"), "target": manifest.get("target"), "format": manifest.get("format"),
+        "backend": manifest.get("backend"), "created": manifest.get("created"), "build_dir": str(build_dir),
+        "target_profile": _profile(manifest.get("target_profile") or {}),
+        "quality": _quality(manifest),
+        "stages": _stages(manifest.get("steps") or []),
+        "runs": runs,
+        "failed_runs": _failed_runs(build_dir),
+        "prediction": _prediction(manifest, runs),
+        "warnings": manifest.get("warnings") or [],
+        "versions": manifest.get("versions") or {},
+    }
+
+
+def _read_manifest(build_dir: Path) -> dict:
+    path = build_dir / MANIFEST
+    if not path.is_file():
+        raise UsageError(f"'{build_dir}' is not a build directory (no {MANIFEST})",
+                         hint="pass the directory `edgekit build` wrote, e.g. build/digits-rpi4")
+    try:
+        return json.loads(path.read_text())
+    except ValueError as e:
+        raise UsageError(f"{path}: not valid JSON ({e})", hint="rebuild with `edgekit build`") from None
+
+
+def _profile(p: dict) -> dict:
+    return {k: p.get(k) for k in ("description", "arch", "cpu", "cores", "clock_ghz", "threads")}
+
+
+def _quality(manifest: dict) -> list[dict]:
+    """One row per format: float vs artifact accuracy and size."""
+    formats = manifest.get("formats") or {manifest.get("format"): manifest}
+    float_bytes = (manifest.get("float") or {}).get("bytes")
+    rows = []
+    for fmt, rec in formats.items():
+        m, art = rec.get("metrics") or {}, rec.get("artifact") or {}
+        rows.append({
+            "format": fmt, "backend": rec.get("backend"), "file": art.get("file"),
+            "accuracy_float": m.get("accuracy_float"), "accuracy_artifact": m.get("accuracy_artifact"),
+            "top1_agreement": m.get("top1_agreement"), "max_abs_error": m.get("max_abs_error"),
+            "float_bytes": float_bytes, "artifact_bytes": art.get("bytes"), "samples": m.get("samples"),
+        })
+    return rows
+
+
+def _stages(steps: list[dict]) -> list[dict]:
+    """Per-stage seconds, and MACs/params where the stage recorded them (pruning and friends do)."""
+    rows = []
+    for s in steps:
+        cost = s.get("cost") or {}
+        rows.append({"stage": s.get("stage"), "seconds": s.get("seconds"),
+                     "macs": s.get("macs", cost.get("macs")), "params": s.get("params", cost.get("params"))})
+    return rows
+
+
+def _run(build_dir: Path, entry: dict) -> dict:
+    """A manifest run summary joined with its record's numbers, samples and device facts."""
+    record = _load(build_dir / entry["file"]) if entry.get("file") else {}
+    result = record.get("bench") or record.get("check") or {}
+    device = result.get("device") or {}
+    run = {
+        "device": entry.get("device"), "transport": entry.get("transport"), "time": entry.get("time"),
+        "file": entry.get("file"), "format": entry.get("format"), "runner": entry.get("runner"),
+        "benchmarked": entry.get("benchmarked", bool(record.get("bench"))),
+        "runtime": entry.get("runtime"), "runtime_version": entry.get("runtime_version"),
+        "threads": entry.get("threads"), "threads_applied": entry.get("threads_applied"),
+        "machine": entry.get("machine"), "cpu_model": device.get("cpu_model") or entry.get("cpu_model"),
+        "board": device.get("board"), "cores": device.get("cores"), "governor": device.get("governor"),
+        "clock_mhz": device.get("clock_mhz"), "temperature_c": device.get("temperature_c"),
+        "arch_mismatch": entry.get("arch_mismatch", False), "emulated": entry.get("emulated", False),
+        "host": entry.get("transport") == "local",
+        "samples_ms": result.get("samples_ms") or [], "ops": result.get("ops") or [],
+        "warnings": record.get("warnings") or [],
+    }
+    for key in RUN_KEYS:
+        run[key] = result.get(key, entry.get(key))
+    return run
+
+
+def _load(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}  # a record deleted or damaged by hand: the manifest summary still shows
+
+
+def _failed_runs(build_dir: Path) -> list[dict]:
+    rows = []
+    for path in sorted((build_dir / RUNS_DIR).glob("*.json")):
+        record = _load(path)
+        if record and not record.get("ok", True):
+            rows.append({"device": record.get("device"), "time": record.get("time"), "stage": record.get("stage"),
+                         "error": record.get("error"), "hint": record.get("hint"), "file": f"{RUNS_DIR}/{path.name}"})
+    return rows
+
+
+def _prediction(manifest: dict, runs: list[dict]) -> dict | None:
+    """Predicted latency range on the target (from the emulation harness) against each measured p50.
+
+    Accepts `prediction` at the top level or under `metrics`, as a point
+    (`latency_ms`) and/or a range (`low_ms`, `high_ms`).
+    """
+    pred = manifest.get("prediction") or (manifest.get("metrics") or {}).get("prediction")
+    if not isinstance(pred, dict):
+        return None
+    point = pred.get("latency_ms", pred.get("p50_ms"))
+    low, high = pred.get("low_ms", point), pred.get("high_ms", point)
+    if low is None or high is None:
+        return None
+    rows = []
+    for r in runs:
+        if r["p50"] is None:
+            continue
+        # Only a run on the target itself tests the prediction; the host or an emulator does not.
+        comparable = not (r["host"] or r["emulated"] or r["arch_mismatch"])
+        rows.append({"device": r["device"], "measured_p50": r["p50"], "comparable": comparable,
+                     "within": low <= r["p50"] <= high if comparable else None,
+                     "ratio": round(r["p50"] / point, 2) if point else None})
+    return {"target": manifest.get("target"), "low_ms": low, "high_ms": high, "point_ms": point,
+            "source": pred.get("source") or pred.get("model"), "runs": rows}

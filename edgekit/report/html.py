@@ -1,0 +1,163 @@
+"""report.html: one self-contained page (inline CSS, PNGs as data: URIs, no scripts,
+nothing fetched), so it can be mailed, attached to CI, or opened offline."""
+
+from __future__ import annotations
+
+import base64
+from html import escape
+from pathlib import Path
+
+from edgekit.report import plots
+from edgekit.report.format import bytes_kb, ms, pct, run_flags
+
+MAX_DISTRIBUTIONS = 12  # newest runs get a histogram each; older ones stay in the table
+
+CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:24px auto;max-width:1100px;color:#1d2733;padding:0 16px}
+h1{font-size:1.5em;margin-bottom:4px}h2{font-size:1.15em;margin-top:28px;border-bottom:1px solid #d8dee4;padding-bottom:4px}
+.sub{color:#5b6775;margin-top:0}table{border-collapse:collapse;margin:8px 0;font-size:.9em}
+th,td{border:1px solid #d8dee4;padding:4px 8px;text-align:right}th{background:#f3f5f7}
+.text{text-align:left}.note{color:#5b6775;font-size:.9em}
+.flag{display:inline-block;background:#fde8c8;color:#7a4b00;border-radius:3px;padding:0 5px;font-size:.8em;margin-left:4px}
+.bad{color:#b42318}figure{margin:12px 0}figcaption{color:#5b6775;font-size:.85em}img{max-width:100%}
+"""
+
+
+def render(data: dict) -> str:
+    title = f"{data['name']} → {data['target']} ({data['format']}, {data['backend']})"
+    parts = [
+        "<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
+        f"<title>edgekit report: {escape(title)}</title><style>{CSS}</style></head><body>",
+        f"<h1>{escape(title)}</h1>",
+        f'<p class="sub">built {escape(str(data["created"]))} · {escape(_profile(data["target_profile"]))} · '
+        f'{escape(_versions(data["versions"]))}</p>',
+        _quality(data), _stages(data["stages"]), _latency(data), _prediction(data), _failed(data["failed_runs"]),
+        _warnings(data["warnings"]), "</body></html>",
+    ]
+    return "\n".join(p for p in parts if p)
+
+
+def write_html(build_dir: str | Path, data: dict) -> Path:
+    """BUILD/report.html, written to a temp name and renamed."""
+    path = Path(build_dir) / "report.html"
+    tmp = path.with_name(".report.html.tmp")
+    tmp.write_text(render(data), encoding="utf-8")
+    tmp.replace(path)
+    return path
+
+
+def _img(png: bytes, alt: str, caption: str) -> str:
+    src = "data:image/png;base64," + base64.b64encode(png).decode("ascii")
+    return f'<figure><img alt="{escape(alt)}" src="{src}"><figcaption>{escape(caption)}</figcaption></figure>'
+
+
+TEXT_COLUMNS = {"format", "stage", "device", "runtime", "cpu", "when (UTC)", "error", "op", "within range"}
+
+
+def _table(headers: list[str], rows: list[list[str]]) -> str:
+    """Numbers right-aligned (digits line up), words left."""
+    align = [' class="text"' if h in TEXT_COLUMNS else "" for h in headers]
+    head = "".join(f"<th{a}>{escape(h)}</th>" for h, a in zip(headers, align))
+    body = "".join("<tr>" + "".join(f"<td{a}>{cell}</td>" for cell, a in zip(row, align)) + "</tr>" for row in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _profile(p: dict) -> str:
+    return f"target: {p.get('description') or '?'} ({p.get('arch')}, {p.get('threads')} threads)"
+
+
+def _versions(v: dict) -> str:
+    return ", ".join(f"{k} {val}" for k, val in v.items() if val)
+
+
+def _quality(data: dict) -> str:
+    rows = [[escape(f"{q['format']} ({q['backend']})"), pct(q["accuracy_float"]), pct(q["accuracy_artifact"]),
+             pct(q["top1_agreement"]), escape(f"{q['max_abs_error']:.4g}" if q["max_abs_error"] is not None else "–"),
+             bytes_kb(q["float_bytes"]), bytes_kb(q["artifact_bytes"]) + _ratio(q)] for q in data["quality"]]
+    samples = data["quality"][0].get("samples") if data["quality"] else None
+    return ("<h2>Accuracy and size</h2>" +
+            _table(["format", "float accuracy", "artifact accuracy", "top-1 agreement", "max abs error", "float size", "artifact size"], rows) +
+            (f'<p class="note">{samples} held-out samples.</p>' if samples else "") +
+            _img(plots.sizes(data["quality"]), "model sizes", "float state_dict vs artifact size"))
+
+
+def _ratio(q: dict) -> str:
+    if q["float_bytes"] and q["artifact_bytes"]:
+        return f" ({q['artifact_bytes'] / q['float_bytes']:.2f}x)"
+    return ""
+
+
+def _stages(stages: list[dict]) -> str:
+    has_cost = any(s["macs"] is not None or s["params"] is not None for s in stages)
+    headers = ["stage", "seconds"] + (["MACs", "params"] if has_cost else [])
+    rows = [[escape(str(s["stage"])), f"{s['seconds']:.2f}" if s["seconds"] is not None else "–"] +
+            ([_count(s["macs"]), _count(s["params"])] if has_cost else []) for s in stages]
+    note = "" if has_cost else '<p class="note">No per-stage MACs/params in this manifest (stages that change the model record them).</p>'
+    return "<h2>Build stages</h2>" + _table(headers, rows) + note
+
+
+def _count(n) -> str:
+    if n is None:
+        return "–"
+    for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if n >= scale:
+            return f"{n / scale:.2f} {unit}"
+    return str(n)
+
+
+def _latency(data: dict) -> str:
+    runs = data["runs"]
+    if not runs:
+        return ('<h2>Latency</h2><p class="note">No device runs yet: <code>edgekit bench BUILD</code> measures this '
+                "computer, <code>edgekit deploy BUILD --device user@host --bench</code> a board.</p>")
+    rows = [[escape(r["device"]) + "".join(f'<span class="flag">{escape(f)}</span>' for f in run_flags(r)),
+             escape(f"{r['runtime'] or '?'} {r['runtime_version'] or ''}"), escape(str(r["threads"])),
+             ms(r["load_ms"]), ms(r["first_ms"]), ms(r["p50"]), ms(r["p90"]), ms(r["p99"]), escape(str(r["runs"] or "–")),
+             escape(r["cpu_model"] or r["machine"] or "?"), escape((r["time"] or "")[:19])] for r in runs]
+    parts = ["<h2>Latency</h2>",
+             _table(["device", "runtime", "threads", "load", "first", "p50", "p90", "p99", "runs", "cpu", "when (UTC)"], rows),
+             '<p class="note">Times in ms. load: artifact load; first: the first inference; p50/p90/p99 over the timed runs '
+             "after warm-up. Runs flagged <i>not target arch</i> or <i>host</i> did not run on the target device.</p>"]
+    if any(r["p50"] is not None for r in runs):
+        parts.append(_img(plots.latency_overview(runs, data["prediction"]), "latency overview", "p50 per run; whisker: p90 to p99"))
+    for r in [r for r in reversed(runs) if r["samples_ms"]][:MAX_DISTRIBUTIONS]:
+        parts.append(_img(plots.latency_distribution(r), f"latency distribution: {r['device']}",
+                          f"{r['device']} at {r['time']}: per-inference latency ({r['file']})"))
+        if r["ops"]:
+            parts.append(_ops(r))
+    return "\n".join(parts)
+
+
+def _ops(run: dict) -> str:
+    top = sorted(run["ops"], key=lambda o: o.get("ms") or 0, reverse=True)[:10]
+    total = sum(o.get("ms") or 0 for o in run["ops"]) or 1
+    rows = [[escape(str(o.get("name"))), ms(o.get("ms")), f"{100 * (o.get('ms') or 0) / total:.1f} %"] for o in top]
+    return f'<p class="note">Slowest operators on {escape(run["device"])}:</p>' + _table(["op", "ms", "share"], rows)
+
+
+def _prediction(data: dict) -> str:
+    pred = data["prediction"]
+    if pred is None:
+        return ('<h2>Predicted vs measured</h2><p class="note">No latency prediction in this manifest '
+                "(the emulation harness's cost model adds one).</p>")
+    rows = [[escape(r["device"]), ms(r["measured_p50"]),
+             ("yes" if r["within"] else '<span class="bad">no</span>') if r["comparable"] else "not the target",
+             escape(f"{r['ratio']}x" if r["ratio"] else "–")] for r in pred["runs"]]
+    return (f"<h2>Predicted vs measured</h2><p>Predicted on {escape(str(pred['target']))}: "
+            f"{ms(pred['low_ms'])}–{ms(pred['high_ms'])} ms</p>" +
+            _table(["device", "measured p50", "within range", "measured / predicted"], rows))
+
+
+def _failed(failed: list[dict]) -> str:
+    if not failed:
+        return ""
+    rows = [[escape(f["device"] or "?"), escape((f["time"] or "")[:19]), escape(f["stage"] or "?"),
+             '<span class="bad">' + escape(f["error"] or "") + "</span>" + (f"<br>fix: {escape(f['hint'])}" if f["hint"] else "")]
+            for f in failed]
+    return "<h2>Failed runs</h2>" + _table(["device", "when (UTC)", "stage", "error"], rows)
+
+
+def _warnings(warnings: list[str]) -> str:
+    if not warnings:
+        return ""
+    return "<h2>Build warnings</h2><ul>" + "".join(f"<li>{escape(w)}</li>" for w in warnings) + "</ul>"

@@ -1,0 +1,515 @@
+#!/usr/bin/env python3
+"""edgekit device runner: load one artifact, time it, print ONE JSON object.
+
+This file is copied to the device as-is, so it imports nothing of edgekit:
+the standard library plus exactly one runtime, chosen by the artifact suffix
+
+    .pte     executorch.runtime      (pip: executorch; brings torch)
+    .onnx    onnxruntime             (pip: onnxruntime; brings numpy)
+    .ptl     torch lite interpreter  (pip: torch)
+    .tflite  ai_edge_litert, else tflite_runtime (pip: ai-edge-litert)
+
+    python3 runner.py model.pte --threads 4 --warmup 10 --runs 50
+    python3 runner.py model.pte --check          # runtime importable + artifact loads
+
+Inputs: random (seeded) tensors with the shapes/dtypes in `inputs.json` beside
+the artifact (deploy writes the manifest's inputs there), or `--input-spec`,
+or real ones from `--inputs file.npz|.npy`.
+
+Output (stdout, one JSON object): load_ms, first_ms, mean, std, min, p50, p90,
+p99, max (all ms), samples_ms, runs, threads, threads_applied, peak_rss_kb,
+runtime {name, version}, device facts, python, machine. Failures print
+{"ok": false, "error": ..., "error_kind": ...} and exit non-zero:
+1 the runtime failed, 2 bad arguments/inputs, 3 the runtime is not installed.
+A run longer than --timeout is killed by SIGALRM (exit status 142 from a shell).
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import math
+import os
+import platform
+import resource
+import signal
+import statistics
+import sys
+import time
+
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_NO_RUNTIME = 3
+
+SPEC_FILE = "inputs.json"  # written beside the artifact by `edgekit deploy`
+SEED = 0
+
+# ARM "CPU part" ids (MIDR PartNum) as printed in /proc/cpuinfo; source: Arm TRMs.
+ARM_PARTS = {
+    "0xd03": "Cortex-A53", "0xd04": "Cortex-A35", "0xd05": "Cortex-A55", "0xd07": "Cortex-A57",
+    "0xd08": "Cortex-A72", "0xd09": "Cortex-A73", "0xd0a": "Cortex-A75", "0xd0b": "Cortex-A76",
+    "0xd0d": "Cortex-A77", "0xd41": "Cortex-A78", "0xd44": "Cortex-X1", "0xd46": "Cortex-A510",
+    "0xd47": "Cortex-A710", "0xd48": "Cortex-X2", "0xd4d": "Cortex-A715", "0xd4e": "Cortex-X3",
+    "0xd80": "Cortex-A520", "0xd81": "Cortex-A720", "0xd82": "Cortex-X4",
+}
+
+
+class RunnerError(Exception):
+    """A failure reported as JSON; `kind` lets the host tell them apart."""
+
+    def __init__(self, kind: str, message: str, code: int = EXIT_FAILED, **extra):
+        super().__init__(message)
+        self.kind, self.code, self.extra = kind, code, extra
+
+
+# --- runtimes: one class per artifact format, the same five verbs -------------
+
+
+def _missing(module: str, package: str, err: Exception) -> RunnerError:
+    return RunnerError(
+        "runtime_missing", f"cannot import {module} ({err}); install it with: {sys.executable} -m pip install {package}",
+        EXIT_NO_RUNTIME, module=module, package=package,
+    )
+
+
+class TorchInputs:
+    """Inputs as torch tensors (ExecuTorch and the lite interpreter both take them)."""
+
+    DTYPES = {"float32": "float32", "float16": "float16", "int64": "int64", "int32": "int32", "bool": "bool"}
+
+    def make_inputs(self, specs, arrays):
+        torch = self.torch
+        if arrays is not None:
+            return [torch.from_numpy(a.copy()) for a in arrays]
+        gen = torch.Generator().manual_seed(SEED)
+        out = []
+        for s in specs:
+            dtype = getattr(torch, self.DTYPES[s["dtype"]])
+            if s["dtype"].startswith("float"):
+                out.append(torch.rand(s["shape"], generator=gen).to(dtype))
+            elif s["dtype"] == "bool":  # masks: all positions attended
+                out.append(torch.ones(s["shape"], dtype=dtype))
+            else:  # ids/indices: 0 is valid for every embedding table
+                out.append(torch.zeros(s["shape"], dtype=dtype))
+        return out
+
+
+class ExecutorchRuntime(TorchInputs):
+    name, module, package = "executorch", "executorch.runtime", "executorch"
+
+    def __init__(self):
+        try:
+            import torch
+            from executorch.runtime import Runtime
+        except ImportError as e:
+            raise _missing(self.module, self.package, e) from None
+        self.torch, self._runtime_cls = torch, Runtime
+
+    def version(self):
+        return _dist_version("executorch")
+
+    def set_threads(self, n: int) -> bool:
+        # The Python runtime has no public thread knob; the pybindings expose the
+        # XNNPACK threadpool's experimental reset (executorch >= 0.6). Report it
+        # applied only when the pool reads back the size we asked for.
+        try:
+            from executorch.extension.pybindings import portable_lib as pl
+
+            pl._unsafe_reset_threadpool(n)
+            return pl._threadpool_get_thread_count() == n
+        except (ImportError, AttributeError):
+            return False
+
+    def load(self, path: str):
+        program = self._runtime_cls.get().load_program(path)
+        self._method = program.load_method("forward")
+
+    def run(self, inputs):
+        return self._method.execute(inputs)
+
+
+class LiteInterpreterRuntime(TorchInputs):
+    name, module, package = "torch-lite-interpreter", "torch.jit.mobile", "torch"
+
+    def __init__(self):
+        try:
+            import torch
+            from torch.jit.mobile import _load_for_lite_interpreter
+        except ImportError as e:
+            raise _missing(self.module, self.package, e) from None
+        self.torch, self._load = torch, _load_for_lite_interpreter
+
+    def version(self):
+        return self.torch.__version__
+
+    def set_threads(self, n: int) -> bool:
+        self.torch.set_num_threads(n)
+        return self.torch.get_num_threads() == n
+
+    def load(self, path: str):
+        self._module = self._load(path)
+
+    def run(self, inputs):
+        with self.torch.no_grad():
+            return self._module(*inputs)
+
+
+class NumpyInputs:
+    """Inputs as numpy arrays (onnxruntime and LiteRT take them)."""
+
+    def make_inputs(self, specs, arrays):
+        np = self.np
+        if arrays is not None:
+            return arrays
+        rng = np.random.default_rng(SEED)
+        out = []
+        for s in specs:
+            if s["dtype"].startswith("float"):
+                out.append(rng.random(s["shape"], dtype=np.float32).astype(s["dtype"]))
+            elif s["dtype"] == "bool":
+                out.append(np.ones(s["shape"], dtype=bool))
+            else:
+                out.append(np.zeros(s["shape"], dtype=s["dtype"]))
+        return out
+
+
+class OnnxRuntime(NumpyInputs):
+    name, module, package = "onnxruntime", "onnxruntime", "onnxruntime"
+
+    def __init__(self):
+        try:
+            import numpy as np
+            import onnxruntime as ort
+        except ImportError as e:
+            raise _missing(self.module, self.package, e) from None
+        self.np, self.ort = np, ort
+        self._options = ort.SessionOptions()
+
+    def version(self):
+        return self.ort.__version__
+
+    def set_threads(self, n: int) -> bool:
+        self._options.intra_op_num_threads = n  # documented SessionOptions knob, honoured by the CPU EP
+        self._options.inter_op_num_threads = 1
+        return True
+
+    def load(self, path: str):
+        self._session = self.ort.InferenceSession(path, self._options, providers=["CPUExecutionProvider"])
+        self._names = [i.name for i in self._session.get_inputs()]
+
+    def run(self, inputs):
+        return self._session.run(None, dict(zip(self._names, inputs)))
+
+
+class LiteRtRuntime(NumpyInputs):
+    name, module, package = "litert", "ai_edge_litert.interpreter", "ai-edge-litert"
+
+    def __init__(self):
+        try:
+            import numpy as np
+            try:
+                from ai_edge_litert.interpreter import Interpreter
+            except ImportError:
+                from tflite_runtime.interpreter import Interpreter  # older boards: pip tflite-runtime
+        except ImportError as e:
+            raise _missing(self.module, self.package, e) from None
+        self.np, self._interpreter_cls, self._threads = np, Interpreter, None
+
+    def version(self):
+        return _dist_version("ai-edge-litert") or _dist_version("tflite-runtime")
+
+    def set_threads(self, n: int) -> bool:
+        self._threads = n  # applied at construction: Interpreter(num_threads=n)
+        return True
+
+    def load(self, path: str):
+        self._interp = self._interpreter_cls(model_path=path, num_threads=self._threads)
+        self._interp.allocate_tensors()
+        self._inputs = [d["index"] for d in self._interp.get_input_details()]
+        self._outputs = [d["index"] for d in self._interp.get_output_details()]
+
+    def run(self, inputs):
+        for index, value in zip(self._inputs, inputs):
+            self._interp.set_tensor(index, value)
+        self._interp.invoke()
+        return [self._interp.get_tensor(i) for i in self._outputs]
+
+
+RUNTIMES = {".pte": ExecutorchRuntime, ".onnx": OnnxRuntime, ".ptl": LiteInterpreterRuntime, ".tflite": LiteRtRuntime}
+
+
+def runtime_for(artifact: str):
+    suffix = os.path.splitext(artifact)[1].lower()
+    if suffix not in RUNTIMES:
+        raise RunnerError("usage", f"unknown artifact type '{suffix}' ({artifact}); expected one of {', '.join(RUNTIMES)}", EXIT_USAGE)
+    return RUNTIMES[suffix]()
+
+
+def _dist_version(dist: str):
+    try:
+        from importlib import metadata
+
+        return metadata.version(dist)
+    except Exception:
+        return None
+
+
+# --- inputs ---------------------------------------------------------------------
+
+
+def load_specs(artifact: str, spec_arg: str | None) -> list[dict]:
+    """Input specs from --input-spec (a JSON file or inline JSON) or inputs.json beside the artifact."""
+    if spec_arg and spec_arg.lstrip().startswith(("[", "{")):
+        doc, where = _parse_json(spec_arg, "--input-spec"), "--input-spec"
+    else:
+        where = spec_arg or os.path.join(os.path.dirname(os.path.abspath(artifact)), SPEC_FILE)
+        try:
+            with open(where) as f:
+                doc = _parse_json(f.read(), where)
+        except OSError as e:
+            raise RunnerError("usage", f"cannot read input spec {where}: {e.strerror}; pass --input-spec or --inputs", EXIT_USAGE) from None
+    specs = doc.get("inputs") if isinstance(doc, dict) else doc
+    if isinstance(specs, list):
+        specs = [{"dtype": "float32", **s} if isinstance(s, dict) else s for s in specs]
+    if not isinstance(specs, list) or not specs or not all(_valid_spec(s) for s in specs):
+        raise RunnerError("usage", f"{where}: expected {{\"inputs\": [{{\"name\", \"shape\", \"dtype\"}}, ...]}}", EXIT_USAGE)
+    return specs
+
+
+def _parse_json(text: str, where: str):
+    try:
+        return json.loads(text)
+    except ValueError as e:
+        raise RunnerError("usage", f"{where}: not valid JSON: {e}", EXIT_USAGE) from None
+
+
+def _valid_spec(s) -> bool:
+    return (isinstance(s, dict) and isinstance(s.get("name"), str) and isinstance(s.get("shape"), list)
+            and all(isinstance(d, int) and d > 0 for d in s["shape"]) and s["dtype"] in TorchInputs.DTYPES)
+
+
+def load_arrays(path: str, specs: list[dict]):
+    """Real inputs from .npz (one array per input, or `x` for a single one) or .npy; first batch taken."""
+    import numpy as np  # only with --inputs: every runtime above brings numpy
+
+    try:
+        data = np.load(path)
+    except (OSError, ValueError) as e:
+        raise RunnerError("usage", f"--inputs {path}: cannot load: {e}", EXIT_USAGE) from None
+    if isinstance(data, np.ndarray):
+        found = {specs[0]["name"]: data} if len(specs) == 1 else {}
+    else:
+        found = {k: data[k] for k in data.files}
+        if len(specs) == 1 and specs[0]["name"] not in found and "x" in found:
+            found[specs[0]["name"]] = found["x"]
+    arrays = []
+    for s in specs:
+        if s["name"] not in found:
+            raise RunnerError("usage", f"--inputs {path}: no array named '{s['name']}' (has: {', '.join(found) or 'none'})", EXIT_USAGE)
+        arrays.append(_fit(found[s["name"]], s, path).astype(s["dtype"]))
+    return arrays
+
+
+def _fit(a, spec, path):
+    shape = tuple(spec["shape"])
+    if a.shape == shape:
+        return a
+    if a.shape[1:] == shape[1:] and a.shape[0] >= shape[0]:  # N samples with the batch axis: take the first batch
+        return a[: shape[0]]
+    if a.shape == shape[1:] and shape[0] == 1:  # one sample without its batch axis
+        return a.reshape(shape)
+    raise RunnerError("usage", f"--inputs {path}: '{spec['name']}' has shape {list(a.shape)}, the model takes {list(shape)}", EXIT_USAGE)
+
+
+# --- statistics and device facts ------------------------------------------------
+
+
+def percentile(sorted_ms: list[float], q: float) -> float:
+    """Linear interpolation between closest ranks (numpy's default method)."""
+    pos = (len(sorted_ms) - 1) * q / 100.0
+    lo, hi = math.floor(pos), math.ceil(pos)
+    return sorted_ms[lo] + (sorted_ms[hi] - sorted_ms[lo]) * (pos - lo)
+
+
+def summarize(samples_ms: list[float]) -> dict:
+    """mean/std/min/p50/p90/p99/max of per-run latencies; std is the sample standard deviation."""
+    s = sorted(samples_ms)
+    stats = {
+        "mean": statistics.fmean(s), "std": statistics.stdev(s) if len(s) > 1 else 0.0, "min": s[0],
+        "p50": percentile(s, 50), "p90": percentile(s, 90), "p99": percentile(s, 99), "max": s[-1],
+    }
+    return {k: round(v, 4) for k, v in stats.items()}  # 0.1 us: below any timer's noise
+
+
+def cpu_from_cpuinfo(text: str) -> dict:
+    """CPU model and board from /proc/cpuinfo text (x86 'model name', ARM 'CPU part', Pi 'Model')."""
+    fields: dict[str, list[str]] = {}
+    for line in text.splitlines():
+        key, sep, value = line.partition(":")
+        if sep:
+            fields.setdefault(key.strip().lower(), []).append(value.strip())
+    model = (fields.get("model name") or [None])[0]
+    if not model and fields.get("cpu part"):
+        parts = [ARM_PARTS.get(p.lower(), f"ARM part {p}") for p in fields["cpu part"]]
+        model = " + ".join(f"{parts.count(p)}x {p}" for p in sorted(set(parts), key=parts.index))
+    if not model:
+        model = (fields.get("hardware") or fields.get("processor") or [None])[0]
+    # Pi kernels print "Model : Raspberry Pi 4 Model B"; x86 prints "model : 85" (a number, not a board).
+    boards = [v for v in fields.get("model", []) + fields.get("hardware", []) if not v.isdigit()]
+    return {"cpu_model": model, "board": boards[0] if boards else None}
+
+
+def _read(path: str):
+    try:
+        with open(path) as f:
+            return f.read().strip("\x00\n ")
+    except OSError:
+        return None
+
+
+def _number(text, scale: float):
+    try:
+        return round(float(text) / scale, 1)
+    except (TypeError, ValueError):
+        return None
+
+
+def _cpu_temperature():
+    """Degrees C from the CPU's thermal zone (else the first zone); None where /sys has none."""
+    zones = sorted(glob.glob("/sys/class/thermal/thermal_zone*"))
+    preferred = [z for z in zones if any(k in (_read(z + "/type") or "") for k in ("cpu", "soc", "x86_pkg"))]
+    for zone in preferred + zones:
+        value = _number(_read(zone + "/temp"), 1000.0)  # millidegrees
+        if value is not None:
+            return value
+    return None
+
+
+def device_facts() -> dict:
+    cpufreq = "/sys/devices/system/cpu/cpu0/cpufreq/"
+    facts = cpu_from_cpuinfo(_read("/proc/cpuinfo") or "")
+    facts["board"] = _read("/proc/device-tree/model") or facts["board"]
+    facts.update({
+        "cores": os.cpu_count(),
+        "governor": _read(cpufreq + "scaling_governor"),
+        "clock_mhz": _number(_read(cpufreq + "scaling_cur_freq"), 1000.0),  # kHz
+        "max_clock_mhz": _number(_read(cpufreq + "cpuinfo_max_freq"), 1000.0),
+        "temperature_c": _cpu_temperature(),
+        "kernel": platform.release(),
+    })
+    return facts
+
+
+# --- the run ----------------------------------------------------------------------
+
+
+def _ms(start_ns: int) -> float:
+    return (time.perf_counter_ns() - start_ns) / 1e6
+
+
+def benchmark(args) -> dict:
+    specs = load_specs(args.artifact, args.input_spec)  # bad input specs fail before the slow runtime import
+    start = time.perf_counter_ns()
+    rt = runtime_for(args.artifact)
+    import_ms = _ms(start)
+    arrays = load_arrays(args.inputs, specs) if args.inputs else None
+    applied = rt.set_threads(args.threads)
+    try:
+        start = time.perf_counter_ns()
+        rt.load(args.artifact)
+        load_ms = _ms(start)
+    except Exception as e:
+        raise RunnerError("load_failed", f"loading {args.artifact} failed: {type(e).__name__}: {e}") from None
+    result = {"ok": True, "artifact": os.path.basename(args.artifact), "import_ms": round(import_ms, 3), "load_ms": round(load_ms, 3)}
+    result.update(_identity(rt, args.threads, applied))
+    inputs = rt.make_inputs(specs, arrays)
+    try:
+        start = time.perf_counter_ns()
+        outputs = rt.run(inputs)
+        result["first_ms"] = round(_ms(start), 3)
+        if args.check:
+            return result
+        for _ in range(args.warmup):
+            rt.run(inputs)
+        samples = _timed_runs(rt, inputs, args.runs, args.min_seconds)
+    except Exception as e:
+        raise RunnerError("run_failed", f"running {args.artifact} failed: {type(e).__name__}: {e}") from None
+    result.update(summarize(samples))
+    result.update({"runs": len(samples), "warmup": args.warmup, "samples_ms": [round(x, 4) for x in samples],
+                   "outputs": _describe(outputs), "peak_rss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss})
+    return result
+
+
+def _timed_runs(rt, inputs, runs: int, min_seconds: float) -> list[float]:
+    """At least `runs` runs and at least `min_seconds` of them (like TFLite's benchmark_model)."""
+    samples, begin = [], time.perf_counter()
+    while len(samples) < runs or time.perf_counter() - begin < min_seconds:
+        start = time.perf_counter_ns()
+        rt.run(inputs)
+        samples.append(_ms(start))
+    return samples
+
+
+def _identity(rt, threads: int, applied: bool) -> dict:
+    return {
+        "runtime": {"name": rt.name, "version": rt.version()}, "threads": threads, "threads_applied": applied,
+        "python": platform.python_version(), "machine": platform.machine(), "device": device_facts(),
+    }
+
+
+def _describe(outputs) -> list[dict]:
+    if isinstance(outputs, dict):
+        outputs = list(outputs.values())
+    if not isinstance(outputs, (list, tuple)):
+        outputs = [outputs]
+    return [{"shape": list(getattr(o, "shape", [])), "dtype": str(getattr(o, "dtype", type(o).__name__))} for o in outputs]
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(description="Time one model artifact in its runtime; prints one JSON object.")
+    p.add_argument("artifact")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--warmup", type=int, default=10)
+    p.add_argument("--runs", type=int, default=50)
+    p.add_argument("--min-seconds", type=float, default=0.0)
+    p.add_argument("--inputs", help=".npz (one array per input) or .npy of real inputs")
+    p.add_argument("--input-spec", help=f"JSON file or inline JSON of the inputs [default: {SPEC_FILE} beside the artifact]")
+    p.add_argument("--timeout", type=float, default=0.0, help="kill the run after this many seconds (0: never)")
+    p.add_argument("--check", action="store_true", help="import the runtime, load the artifact, run once; no benchmark")
+    args = p.parse_args(argv)
+    if args.threads < 1 or args.runs < 1 or args.warmup < 0 or args.min_seconds < 0:
+        raise RunnerError("usage", "--threads and --runs must be >= 1, --warmup and --min-seconds >= 0", EXIT_USAGE)
+    return args
+
+
+def main(argv=None) -> int:
+    # Runtimes print from native code; keep the real stdout for our one JSON object
+    # and send everything else written to fd 1 to stderr.
+    out = os.fdopen(os.dup(1), "w")
+    os.dup2(2, 1)
+    try:
+        args = parse_args(sys.argv[1:] if argv is None else argv)
+        if args.timeout > 0:
+            # Default SIGALRM action terminates the process even inside native
+            # code, so a hung runtime cannot outlive its deadline on the device.
+            signal.signal(signal.SIGALRM, signal.SIG_DFL)
+            signal.alarm(max(1, math.ceil(args.timeout)))
+        doc, code = benchmark(args), 0
+    except RunnerError as e:
+        doc, code = {"ok": False, "error": str(e), "error_kind": e.kind, **e.extra}, e.code
+    except SystemExit as e:  # argparse: its message (or --help) is already on stderr
+        if not e.code:
+            return 0
+        doc, code = {"ok": False, "error": "bad arguments (see stderr)", "error_kind": "usage"}, EXIT_USAGE
+    except Exception as e:
+        doc, code = {"ok": False, "error": f"{type(e).__name__}: {e}", "error_kind": "internal"}, EXIT_FAILED
+    doc.setdefault("python", platform.python_version())
+    doc.setdefault("machine", platform.machine())
+    out.write(json.dumps(doc) + "\n")
+    out.flush()
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
