@@ -158,10 +158,15 @@ class ExecutorchRunner:
 
     runtime = "executorch"
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, threads: int | None = None):
         quiet_python_logs()
         from executorch.runtime import Runtime
 
+        if threads:
+            # XNNPACK's threadpool is process-wide; the pybindings expose no safer knob.
+            from executorch.extension.pybindings.portable_lib import _unsafe_reset_threadpool
+
+            _unsafe_reset_threadpool(threads)
         with native_stderr_captured():
             program = Runtime.get().load_program(str(path))
             self._method = program.load_method("forward")
@@ -171,5 +176,5 @@ class ExecutorchRunner:
         return [o.detach().numpy().copy() for o in self._method.execute(tensors)]
 
 
-def load(path: Path) -> ExecutorchRunner:
-    return ExecutorchRunner(path)
+def load(path: Path, threads: int | None = None) -> ExecutorchRunner:
+    return ExecutorchRunner(path, threads)

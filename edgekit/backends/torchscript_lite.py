@@ -140,10 +140,12 @@ class LiteRunner:
 
     runtime = "torch-lite-interpreter"
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, threads: int | None = None):
         from torch.jit.mobile import _load_for_lite_interpreter
 
         _use_qnnpack()
+        if threads:
+            torch.set_num_threads(threads)  # the lite interpreter runs on torch's intra-op pool
         self._module = _load_for_lite_interpreter(str(path))
 
     def run(self, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
@@ -153,5 +155,5 @@ class LiteRunner:
         return [o.detach().float().numpy().copy() for o in outs]
 
 
-def load(path: Path) -> LiteRunner:
-    return LiteRunner(path)
+def load(path: Path, threads: int | None = None) -> LiteRunner:
+    return LiteRunner(path, threads)

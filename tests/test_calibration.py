@@ -1,0 +1,80 @@
+"""Calibration methods, each through a real backend, and clear refusals."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from edgekit import api
+
+SUPPORTED = [
+    ("executorch", "minmax"), ("executorch", "histogram"),
+    ("torchscript-lite", "minmax"), ("torchscript-lite", "histogram"),
+    ("onnx", "minmax"), ("onnx", "percentile"), ("onnx", "entropy"),
+]
+
+
+@pytest.fixture(scope="module")
+def calibrated(tmp_path_factory, digits_app):
+    """One build per (format, method) on the digits sample, 32 calibration images each."""
+    root = tmp_path_factory.mktemp("calib")
+    return {
+        (fmt, method): api.build(digits_app, formats=(fmt,), calibration=method, calib_samples=32,
+                                 out=root / f"{fmt}-{method}")
+        for fmt, method in SUPPORTED
+    }
+
+
+@pytest.mark.parametrize("fmt,method", SUPPORTED)
+def test_each_method_builds_a_working_artifact(calibrated, fmt, method):
+    m = calibrated[(fmt, method)]
+    assert m["quantization"]["calibration"] == method
+    assert m["steps"][1]["config"]["calibration"] == method
+    assert abs(m["metrics"]["accuracy_float"] - m["metrics"]["accuracy_artifact"]) <= 1.0
+
+
+@pytest.mark.parametrize("fmt,method", [p for p in SUPPORTED if p[1] != "minmax"])
+def test_method_changes_the_quantization(calibrated, fmt, method):
+    """Different activation ranges give a different artifact than minmax's."""
+    assert calibrated[(fmt, method)]["artifact"]["sha256"] != calibrated[(fmt, "minmax")]["artifact"]["sha256"]
+
+
+@pytest.fixture(scope="module")
+def glitched_calib(tmp_path_factory, digits_app):
+    """The calibration split with ONE pixel of one image glitched to 200 (pixels are 0..1)."""
+    x = np.load(digits_app / "calib.npz")["x"].copy()
+    x[7, 0, 3, 3] = 200.0
+    path = tmp_path_factory.mktemp("glitch") / "calib.npz"
+    np.savez(path, x=x)
+    return path
+
+
+def test_clipping_calibrators_survive_a_glitch_that_ruins_minmax(digits_app, glitched_calib, tmp_path):
+    """minmax stretches the input range to the glitch; entropy and percentile clip it."""
+    acc = {
+        method: api.build(digits_app, calib=glitched_calib, formats=("onnx",), calibration=method,
+                          out=tmp_path / method)["metrics"]["accuracy_artifact"]
+        for method in ("minmax", "entropy", "percentile")
+    }
+    assert acc["minmax"] < 80.0, acc
+    assert acc["entropy"] >= 95.0 and acc["percentile"] >= 95.0, acc
+
+
+@pytest.mark.parametrize(
+    "args,fragments",
+    [
+        (["--format", "onnx", "--calibration", "histogram"], ["--calibration histogram", "onnx offers: minmax, percentile, entropy"]),
+        (["--format", "executorch", "--calibration", "entropy"], ["executorch offers: minmax, histogram"]),
+        (["--format", "all", "--calibration", "percentile"], ["--calibration percentile"]),
+        (["--format", "torchscript-lite", "--quant", "fp16", "--target", "rpi5"], ["no fp16", "QNNPACK has no fp16 kernels"]),
+        (["--quant", "fp16", "--target", "rpi4"], ["target 'rpi4'", "no fp16 arithmetic", "rpi5"]),
+        (["--quant", "dynamic", "--calibration", "minmax"], ["--calibration applies to --quant static only"]),
+    ],
+)
+def test_what_a_backend_lacks_is_a_usage_error(run_cli, digits_app, tmp_path, args, fragments):
+    proc = run_cli("build", str(digits_app), *args, "--out", str(tmp_path / "out"))
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr
+    for fragment in fragments:
+        assert fragment in proc.stderr, (fragment, proc.stderr)
+    assert not (tmp_path / "out").exists()

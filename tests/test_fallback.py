@@ -1,0 +1,134 @@
+"""Accuracy-aware fallback: a model with one layer that int8 ruins.
+
+The model reads 64 pixels plus one unnormalised "sensor" feature fixed at 1e4
+that it ignores (zero weights) — a realistic unscaled input. Quantizing the
+first layer's input per-tensor over [0, 1e4] crushes every pixel to zero, so
+plain int8 collapses to chance; keeping that one layer (`embed`) float fixes it.
+"""
+
+from __future__ import annotations
+
+import json
+import textwrap
+
+import numpy as np
+import pytest
+import torch
+
+from edgekit import api
+from edgekit.errors import GateError, UsageError
+
+MODEL = textwrap.dedent(
+    """
+    import torch
+    from torch import nn
+
+    class OutlierMLP(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.embed = nn.Linear(65, 64)
+            self.hidden = nn.Linear(64, 64)
+            self.head = nn.Linear(64, 10)
+
+        def forward(self, x):
+            return self.head(torch.relu(self.hidden(torch.relu(self.embed(x)))))
+
+    def make():
+        return OutlierMLP()
+    """
+)
+APP = textwrap.dedent(
+    """
+    name = "outlier"
+    [model]
+    factory = "model:make"
+    weights = "weights.pt"
+    [[inputs]]
+    name = "x"
+    shape = [1, 65]
+    [data]
+    calib = "calib.npz"
+    eval = "eval.npz"
+    """
+)
+SENSOR = 1e4
+
+
+def _with_sensor(x: np.ndarray) -> np.ndarray:
+    flat = x.reshape(len(x), 64)
+    return np.concatenate([flat, np.full((len(x), 1), SENSOR, np.float32)], axis=1).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def outlier_app(tmp_path_factory, digits_app):
+    root = tmp_path_factory.mktemp("outlier")
+    (root / "model.py").write_text(MODEL)
+    (root / "edgekit.toml").write_text(APP)
+    train, calib, evaluation = (np.load(digits_app / f"{n}.npz") for n in ("train", "calib", "eval"))
+    np.savez(root / "calib.npz", x=_with_sensor(calib["x"]))
+    np.savez(root / "eval.npz", x=_with_sensor(evaluation["x"]), y=evaluation["y"])
+    namespace = {}
+    exec(MODEL, namespace)
+    torch.manual_seed(0)
+    model = namespace["make"]()
+    with torch.no_grad():
+        model.embed.weight[:, 64] = 0  # the model ignores the sensor feature
+    x, y = torch.from_numpy(_with_sensor(train["x"])), torch.from_numpy(train["y"])
+    opt = torch.optim.Adam(model.parameters(), 1e-2)
+    for _ in range(60):  # full batch: ~1 s
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(model(x), y).backward()
+        model.embed.weight.grad[:, 64] = 0
+        opt.step()
+    torch.save(model.state_dict(), root / "weights.pt")
+    return root
+
+
+def _drop(record: dict) -> float:
+    return record["metrics"]["accuracy_float"] - record["metrics"]["accuracy_artifact"]
+
+
+def test_plain_int8_ruins_the_model(outlier_app, tmp_path):
+    m = api.build(outlier_app, formats=("executorch",), calibration="minmax", out=tmp_path / "b")
+    assert m["metrics"]["accuracy_float"] >= 90.0
+    assert _drop(m) > 50.0  # far over any sane budget
+    assert "fallback" not in m["formats"]["executorch"]
+
+
+@pytest.mark.parametrize("fmt", ["executorch", "onnx", "torchscript-lite"])
+def test_budget_is_met_by_keeping_the_outlier_layer_float(outlier_app, tmp_path, fmt):
+    m = api.build(outlier_app, formats=(fmt,), calibration="minmax", max_accuracy_drop=1.0, out=tmp_path / "b")
+    record = m["formats"][fmt]
+    assert _drop(record) <= 1.0
+    fallback = record["fallback"]
+    assert fallback["met"] is True
+    assert [f["layer"] for f in fallback["float_layers"]] == ["embed"]
+    assert "SQNR" in fallback["float_layers"][0]["why"]
+    assert record["quantization"]["float_layers"] == ["embed"]
+    assert fallback["tries"][0]["float_layers"] == [] and fallback["tries"][0]["accuracy_drop"] > 50
+    assert m["sensitivity"][0]["layer"] == "embed"  # ranked most harmful
+    assert (tmp_path / "b" / record["artifact"]["file"]).is_file()
+
+
+def test_no_fallback_fails_the_gate_and_keeps_the_build(outlier_app, tmp_path, run_cli):
+    out = tmp_path / "b"
+    proc = run_cli("build", str(outlier_app), "--format", "onnx", "--calibration", "minmax",
+                   "--max-accuracy-drop", "1", "--no-fallback", "--out", str(out))
+    assert proc.returncode == 3, proc.stderr
+    assert "over the --max-accuracy-drop 1 budget" in proc.stderr and "Traceback" not in proc.stderr
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["gate"] == {"max_accuracy_drop": 1.0, "fallback": False}
+    assert (out / "model.onnx").is_file()
+
+
+def test_gate_error_is_raised_from_the_api(outlier_app, tmp_path):
+    with pytest.raises(GateError, match="budget"):
+        api.build(outlier_app, formats=("onnx",), calibration="minmax", max_accuracy_drop=1.0, fallback=False,
+                  out=tmp_path / "b")
+
+
+def test_budget_needs_labelled_data(outlier_app, tmp_path, monkeypatch):
+    monkeypatch.chdir(outlier_app)  # --model imports from the current directory
+    with pytest.raises(UsageError, match="labelled evaluation data"):
+        api.build(model="model:make", input_shape="1,65", calib="calib.npz", formats=("onnx",),
+                  max_accuracy_drop=1.0, out=tmp_path / "b")

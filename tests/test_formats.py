@@ -1,0 +1,86 @@
+"""`--format all`: three artifacts per sample, each run in its own real runtime."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from edgekit import api
+
+APPS = ["digits", "vit_digits"]
+FILES = {"executorch": "model.pte", "torchscript-lite": "model.ptl", "onnx": "model.onnx"}
+
+
+@pytest.fixture(scope="module", params=APPS)
+def built(request, tmp_path_factory, digits_app):
+    app = digits_app.parent / request.param
+    out = tmp_path_factory.mktemp("formats") / request.param
+    return {"app": app, "out": out, "manifest": api.build(app, target="rpi4", formats=("all",), out=out)}
+
+
+def test_one_build_dir_holds_three_artifacts(built):
+    m = built["manifest"]
+    assert list(m["formats"]) == ["executorch", "torchscript-lite", "onnx"]  # the target's format first
+    assert m["format"] == "executorch" and m["artifact"] == m["formats"]["executorch"]["artifact"]
+    for fmt, name in FILES.items():
+        record = m["formats"][fmt]
+        assert record["artifact"]["file"] == name
+        assert (built["out"] / name).stat().st_size == record["artifact"]["bytes"]
+        assert record["artifact"]["bytes"] < m["float"]["bytes"]
+
+
+def test_each_int8_artifact_keeps_accuracy(built):
+    for fmt, record in built["manifest"]["formats"].items():
+        metrics = record["metrics"]
+        assert metrics["samples"] == 360
+        assert abs(metrics["accuracy_float"] - metrics["accuracy_artifact"]) <= 1.0, (fmt, metrics)
+
+
+def test_formats_agree_with_each_other(built):
+    pairs = built["manifest"]["cross_agreement"]
+    assert set(pairs) == {"executorch~torchscript-lite", "executorch~onnx", "torchscript-lite~onnx"}
+    assert all(v >= 97.0 for v in pairs.values()), pairs
+
+
+def test_artifacts_run_in_their_runtimes_without_edgekit(built):
+    """Load each file with its runtime's own API and score 100 held-out digits."""
+    import onnxruntime as ort
+    from executorch.runtime import Runtime
+    from torch.jit.mobile import _load_for_lite_interpreter
+
+    data = np.load(built["app"] / "eval.npz")
+    x, y = data["x"][:100], data["y"][:100]
+    torch.backends.quantized.engine = "qnnpack"
+    pte = Runtime.get().load_program(str(built["out"] / "model.pte")).load_method("forward")
+    ptl = _load_for_lite_interpreter(str(built["out"] / "model.ptl"))
+    onnx = ort.InferenceSession(str(built["out"] / "model.onnx"), providers=["CPUExecutionProvider"])
+    runners = {
+        "executorch": lambda t: pte.execute([t])[0],
+        "torchscript-lite": lambda t: ptl(t),
+        "onnx": lambda t: torch.from_numpy(onnx.run(None, {"x": t.numpy()})[0]),
+    }
+    for fmt, run in runners.items():
+        hits = sum(int(run(torch.from_numpy(xi[None])).argmax()) == int(yi) for xi, yi in zip(x, y))
+        assert hits >= 93, (fmt, hits)
+
+
+def test_each_format_is_really_int8(built):
+    import onnx
+
+    formats = built["manifest"]["formats"]
+    graph = onnx.load(str(built["out"] / "model.onnx")).graph
+    ops = {n.op_type for n in graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops  # QDQ form
+    int8_weights = [i for i in graph.initializer if i.data_type == onnx.TensorProto.INT8]
+    assert int8_weights, "weights should be stored as int8"
+    assert any(op.startswith("quantized::linear") for op in formats["torchscript-lite"]["lowering"]["quantized_operators"])
+    assert formats["executorch"]["lowering"]["xnnpack_delegated"]
+
+
+def test_mobile_optimizer_state_is_recorded(built):
+    state = built["manifest"]["formats"]["torchscript-lite"]["lowering"]["optimize_for_mobile"]
+    if torch._C._is_xnnpack_enabled():
+        assert state == "applied"
+    else:
+        assert state.startswith("skipped: ") and "XNNPACK" in state
