@@ -91,14 +91,9 @@ class TinyViT(nn.Module):
         )
         self.norm = nn.LayerNorm(dim)
         self.head = nn.Linear(dim, num_classes)
-        self._init_weights()
-
-    def _init_weights(self) -> None:
+        # Linear/Conv2d keep PyTorch's default init: on 1,137 training images it
+        # converges much faster than the ViT-style trunc_normal(std=0.02).
         nn.init.trunc_normal_(self.pos_embed, std=0.02)
-        for m in self.modules():
-            if isinstance(m, nn.Linear):
-                nn.init.trunc_normal_(m.weight, std=0.02)
-                nn.init.zeros_(m.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.patch_embed(x)                                  # (N, dim, 4, 4)
