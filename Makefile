@@ -7,13 +7,14 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 TARGET ?= rpi4
 
-.PHONY: install demo test test-all bench clean help
+.PHONY: install demo test test-all bench clean help deploy
 
 help:
 	@echo "make demo      install into $(VENV) and build sample_apps/digits for $(TARGET)"
 	@echo "make test      install into $(VENV) (with test extras) and run the default test suite"
 	@echo "make test-all  the default suite plus tests marked slow"
 	@echo "make bench     timing scripts in bench/ (ratios measured side by side)"
+	@echo "make deploy    DEVICE=user@host[:port] BUILD=build/<app>-<target>: push, benchmark on the device"
 	@echo "make clean     remove build/ (keeps $(VENV))"
 
 # Reinstall when the dependency list changes. torch is pinned in pyproject.toml:
@@ -41,3 +42,14 @@ bench: $(STAMP)
 
 clean:
 	rm -rf build
+
+# Push a build to a board over ssh and benchmark it there; results land in
+# $(BUILD)/device_runs/ and its manifest. DEPLOY_ARGS passes more `edgekit deploy`
+# options, e.g. DEPLOY_ARGS="--python /home/pi/venv/bin/python --runs 200".
+DEVICE      ?=
+BUILD       ?= build/digits-$(TARGET)
+DEPLOY_ARGS ?=
+
+deploy: $(STAMP)
+	@test -n '$(DEVICE)' || { echo "usage: make deploy DEVICE=user@host[:port] BUILD=build/<app>-<target> [DEPLOY_ARGS=...]" >&2; exit 2; }
+	$(BIN)/edgekit deploy '$(BUILD)' --device '$(DEVICE)' --bench $(DEPLOY_ARGS)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from rich import box
 from rich.console import Console
 from rich.table import Table
 
@@ -17,6 +18,8 @@ def print_build_summary(manifest: dict) -> None:
     if manifest.get("sensitivity"):
         console.print(_sensitivity_table(manifest["sensitivity"]))
     console.print(_formats_table(manifest))
+    samples = next(iter(manifest["formats"].values()))["metrics"]["samples"]
+    console.print(f"{samples} held-out samples · agree: top-1 agreement with float · in {manifest['build_dir']}/")
     for record in manifest["formats"].values():
         fallback = record.get("fallback")
         if fallback:
@@ -30,25 +33,25 @@ def print_build_summary(manifest: dict) -> None:
 
 
 def _formats_table(manifest: dict) -> Table:
+    """One row per artifact; fits an 80-column terminal."""
     flt = manifest["float"]
     first = next(iter(manifest["formats"].values()))["metrics"]
     labelled = first["accuracy_float"] is not None
-    table = Table(title=f"{manifest['name']} → {manifest['target']}")
-    for col in ("artifact", "quantization", "accuracy" if labelled else "", "agreement w/ float", "max abs err", "size"):
-        if col:
-            table.add_column(col, justify="left" if col in ("artifact", "quantization") else "right")
+    table = Table(title=f"{manifest['name']} → {manifest['target']} · {manifest['quantization']['scheme']} quantization",
+                  box=box.SIMPLE_HEAD, pad_edge=False, padding=(0, 1, 0, 0))
+    columns = ["artifact", "runtime", "calib"] + (["acc %"] if labelled else []) + ["agree %", "max err", "size", "×float"]
+    for col in columns:
+        table.add_column(col, justify="left" if col in ("artifact", "runtime", "calib") else "right", no_wrap=True,
+                         min_width=len(col))
     if labelled:
-        table.add_row("float model", "", f"{first['accuracy_float']:.2f} %", "", "", _kb(flt["bytes"]), style="dim")
+        table.add_row("float", "torch", "", f"{first['accuracy_float']:.2f}", "", "", _kb(flt["bytes"]), "", style="dim")
     for r in manifest["formats"].values():
         m, art, q = r["metrics"], r["artifact"], r["quantization"]
-        quant = f"{q['scheme']}" + (f", {q['calibration']}" if q.get("calibration") else "")
-        row = [f"{art['file']} ({r['backend']})", quant]
+        row = [art["file"], r["backend"], q.get("calibration") or "-"]
         if labelled:
-            row.append(f"{m['accuracy_artifact']:.2f} %")
-        row += [f"{m['top1_agreement']:.2f} %", f"{m['max_abs_error']:.4g}",
-                f"{_kb(art['bytes'])} ({art['bytes'] / flt['bytes']:.2f}x)"]
+            row.append(f"{m['accuracy_artifact']:.2f}")
+        row += [f"{m['top1_agreement']:.2f}", f"{m['max_abs_error']:.3g}", _kb(art["bytes"]), f"{art['bytes'] / flt['bytes']:.2f}"]
         table.add_row(*row)
-    table.caption = f"{first['samples']} held-out samples · {manifest['build_dir']}/"
     return table
 
 
@@ -93,4 +96,4 @@ def _features(t: Target) -> str:
 
 
 def _kb(n: int) -> str:
-    return f"{n / 1024:.1f} KB"
+    return f"{n / 1024:.0f} KB" if n >= 10 * 1024 else f"{n / 1024:.1f} KB"

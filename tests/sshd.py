@@ -94,7 +94,7 @@ class SshServer:
         # when bytes were corrupted in transit or on the device's storage.
         self.liar_bin.mkdir()
         liar = self.liar_bin / "sha256sum"
-        liar.write_text('#!/bin/sh\necho "%s  $1"\n' % ("0" * 64))
+        liar.write_text('#!/bin/sh\nfor f in "$@"; do echo "%s  $f"; done\n' % ("0" * 64))
         liar.chmod(0o755)
 
     def _write_authorized_keys(self, pubs: dict) -> None:

@@ -206,17 +206,42 @@ def export(qmodel: OnnxModel, example_inputs: tuple, path: Path) -> dict:
     }
 
 
+def host_saturates_u8s8() -> bool:
+    """True on x86 CPUs without VNNI: ORT's fused U8S8 int8 kernels there sum
+    pairs of products in int16 and saturate when activations span the full
+    0..255 range and weights reach +-127 (ORT documents this and suggests
+    reduce_range). ARM's int8 kernels accumulate in int32 and never saturate."""
+    import platform
+
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        return False
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_vnni" not in flags and "avx_vnni" not in flags
+
+
 class OrtRunner:
-    """An `.onnx` in an onnxruntime CPU session."""
+    """An `.onnx` in an onnxruntime CPU session.
+
+    `exact=True` runs the QDQ graph as written (dequantize -> float op ->
+    quantize) with graph optimizations off: the int8 arithmetic of the ARM
+    kernels without x86's int16 saturation. Validation uses it on hosts where
+    saturation would understate what the device computes.
+    """
 
     runtime = "onnxruntime"
 
-    def __init__(self, path: Path, threads: int | None = None):
+    def __init__(self, path: Path, threads: int | None = None, exact: bool = False):
         import onnxruntime as ort
 
         options = ort.SessionOptions()
         if threads:
             options.intra_op_num_threads = threads
+        if exact:
+            options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        self.exact = exact
         self._session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         self._names = [i.name for i in self._session.get_inputs()]
 
@@ -225,4 +250,10 @@ class OrtRunner:
 
 
 def load(path: Path, threads: int | None = None) -> OrtRunner:
+    """For timing: the optimized session, as a device runs it."""
     return OrtRunner(path, threads)
+
+
+def load_for_validation(path: Path) -> OrtRunner:
+    """For accuracy: what an ARM device computes (see host_saturates_u8s8)."""
+    return OrtRunner(path, exact=host_saturates_u8s8())

@@ -27,6 +27,15 @@ UPLOAD_SECONDS_PER_MB = 1.0  # budget per MB on top of SMALL_COMMAND_TIMEOUT (a 
 EXIT_ALARM = 128 + signal.SIGALRM  # a shell reports a process killed by SIGALRM as 142
 
 
+def reporting_signals(argv: list[str]) -> list[str]:
+    """argv under a shell that waits for it, so a process killed by a signal reports 128+N.
+
+    Run directly, the login shell would exec it; a signal death then ends the ssh
+    session itself and ssh exits 255, which looks exactly like a lost link.
+    (`exit $?` keeps sh from exec'ing the last command, which dash does.)"""
+    return ["sh", "-c", '"$@"; exit $?', "sh", *argv]
+
+
 class DeviceFailure(DeviceError):
     """A device step failed. `stage` says which (connect, arch, push, check, bench);
     `detail` keeps the device's own words (stderr tail) for the run record."""
@@ -114,47 +123,60 @@ class Transport:
         """The device's machine name (uname -m): x86_64, aarch64, armv7l..."""
         return self.check(["uname", "-m"], "uname -m", stage="connect").stdout.strip()
 
-    def sha256(self, remote: str) -> str | None:
-        """The device's own sha256 of a file, or None when the file is not there."""
-        done = self.run(["sha256sum", remote])
-        if done.returncode != 0:
-            return None
-        digest = done.stdout.split()[0] if done.stdout.split() else ""
-        return digest.lower() if len(digest) == 64 else None
+    def sha256s(self, paths: list[str]) -> dict[str, str]:
+        """The device's own sha256 of each file that exists there (missing ones are left out)."""
+        if not paths:
+            return {}
+        done = self.run(["sha256sum", *paths])  # exits 1 if some are missing; the others are still printed
+        digests = {}
+        for line in done.stdout.splitlines():
+            digest, _, path = line.partition("  ")
+            if len(digest) == 64 and path in paths:
+                digests[path] = digest.lower()
+        return digests
 
-    def push(self, local: Path, remote_dir: str, name: str) -> dict:
-        """Upload to a temp name, verify the sha256 the device computes, rename into place.
+    def push(self, files: list[tuple[Path, str]], remote_dir: str) -> list[dict]:
+        """Upload to temp names, verify the sha256 the device computes, rename into place.
 
         A file under its final name on the device is therefore always complete and
-        verified; a file already there with the right digest is not sent again.
+        verified, and a new artifact never lands beside an old runner: nothing is
+        renamed unless every file verified. Files already there with the right
+        digest are not sent again. Round trips are batched (one sha256sum, one mv
+        for all files): each is an ssh handshake, half a second on a Pi.
         """
-        final = f"{remote_dir}/{name}"
-        expected = sha256_file(local)
-        if self.sha256(final) == expected:
-            return {"file": name, "sha256": expected, "sent": False}
-        temp = f"{remote_dir}/.{name}.partial-{uuid.uuid4().hex[:8]}"
-        size_mb = local.stat().st_size / 1e6
+        expected = {name: sha256_file(local) for local, name in files}
+        present = self.sha256s([f"{remote_dir}/{name}" for _, name in files])
+        todo = [(local, name) for local, name in files if present.get(f"{remote_dir}/{name}") != expected[name]]
+        token = uuid.uuid4().hex[:8]
+        temps = {name: f"{remote_dir}/.{name}.partial-{token}" for _, name in todo}
         try:
-            self.upload(local, temp, SMALL_COMMAND_TIMEOUT + UPLOAD_SECONDS_PER_MB * size_mb)
-            actual = self.sha256(temp)
-            if actual != expected:
-                raise DeviceFailure(
-                    f"checksum mismatch after uploading {name} to {self.name}: the device computed "
-                    f"{actual or 'no digest'}, expected {expected}",
-                    hint="the copy was corrupted in transit or on the device's storage; deploy again, "
-                         "and check the device's disk (dmesg, fsck) if it repeats",
-                    stage="push",
-                )
-            self.check(["mv", "-f", temp, final], f"renaming {name} into place", stage="push")
+            for local, name in todo:
+                self.upload(local, temps[name], SMALL_COMMAND_TIMEOUT + UPLOAD_SECONDS_PER_MB * local.stat().st_size / 1e6)
+            computed = self.sha256s(list(temps.values()))
+            for name, temp in temps.items():
+                if computed.get(temp) != expected[name]:
+                    raise DeviceFailure(
+                        f"checksum mismatch after uploading {name} to {self.name}: the device computed "
+                        f"{computed.get(temp) or 'no digest'}, expected {expected[name]}",
+                        hint="the copy was corrupted in transit or on the device's storage; deploy again, "
+                             "and check the device's disk (dmesg, fsck) if it repeats",
+                        stage="push",
+                    )
+            if temps:
+                pairs = [arg for name, temp in temps.items() for arg in (temp, f"{remote_dir}/{name}")]
+                self.check(["sh", "-c", 'while [ $# -gt 1 ]; do mv -f "$1" "$2" || exit 1; shift 2; done', "sh", *pairs],
+                           "renaming the uploaded files into place", stage="push")
         except BaseException:
-            self._remove_quietly(temp)
+            self._remove_quietly(list(temps.values()))
             raise
-        return {"file": name, "sha256": expected, "sent": True}
+        return [{"file": name, "sha256": expected[name], "sent": name in temps} for _, name in files]
 
-    def _remove_quietly(self, remote: str) -> None:
-        """Best effort: a temp file left behind is harmless (it never has the final name)."""
+    def _remove_quietly(self, remote: list[str]) -> None:
+        """Best effort: a temp file left behind is harmless (it never has a final name)."""
+        if not remote:
+            return
         try:
-            self.run(["rm", "-f", remote], timeout=15)
+            self.run(["rm", "-f", *remote], timeout=15)
         except DeviceError:
             pass
 

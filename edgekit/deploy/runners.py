@@ -20,7 +20,7 @@ import json
 import signal
 from pathlib import Path
 
-from edgekit.deploy.base import EXIT_ALARM, Completed, DeviceFailure, DeviceTimeout, Transport
+from edgekit.deploy.base import EXIT_ALARM, Completed, DeviceFailure, DeviceTimeout, Transport, reporting_signals
 from edgekit.deploy.native import NativeTool, resolve_native_runner
 from edgekit.runtime import RUNNER_PATH
 from edgekit.runtime.runner import cpu_from_cpuinfo
@@ -63,7 +63,7 @@ class PythonRunner:
     def _call(self, t: Transport, argv: list[str], timeout: float, stage: str, build) -> dict:
         argv = argv + ["--timeout", f"{timeout:g}"]  # the device kills its own runner at the deadline
         try:
-            done = t.run(argv, timeout + TIMEOUT_GRACE)
+            done = t.run(reporting_signals(argv), timeout + TIMEOUT_GRACE)
         except DeviceTimeout as e:
             raise DeviceFailure(f"the runner on {t.name} did not answer within {timeout:g} s ({stage})",
                                 hint="the device or its python hangs; check it by hand, or raise --timeout for slow boards",
@@ -185,7 +185,7 @@ class NativeRunner:
         argv = self.tool.argv(f"{remote}/{self.binary.name}", f"{remote}/{build.artifact.name}", threads,
                               opts.warmup, opts.runs, opts.min_seconds)
         try:
-            done = t.run(argv, opts.timeout)
+            done = t.run(reporting_signals(argv), opts.timeout)
         except DeviceTimeout as e:
             raise DeviceFailure(f"{self.tool.name} on {t.name} did not finish within {opts.timeout:g} s", stage="bench",
                                 hint="raise --timeout, or lower --runs", detail=e.detail) from None

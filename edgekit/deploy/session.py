@@ -119,6 +119,9 @@ def deploy_all(build: BuildInfo, devices: list[Device], plan: DeployPlan,
     for d in devices:  # usage errors (bad --native-runner, --ssh-option) stop everything before any device is touched
         select_runner(build.artifact.suffix, d.python, d.native_runner)
         d.open()
+        if d.native_runner and plan.bench and plan.bench.inputs:
+            raise UsageError(f"--inputs works with the Python runner only ({d.name} uses {d.native_runner})",
+                             hint="leave out --inputs (the native tools make their own inputs) or --native-runner")
     with ThreadPoolExecutor(max_workers=min(MAX_PARALLEL, len(devices))) as pool:
         futures = [pool.submit(deploy_to, build, d, plan) for d in devices]
         for future in as_completed(futures):
@@ -198,7 +201,7 @@ def _push_all(t: Transport, remote: str, build: BuildInfo, runner, bench: BenchO
         files = [(build.artifact, build.artifact.name), *runner.files(), (spec, SPEC_FILE)]
         if bench and bench.inputs:
             files.append((Path(bench.inputs), bench.inputs_name))
-        return [t.push(local, remote, name) for local, name in files]
+        return t.push(files, remote)
 
 
 def _version_warnings(build: BuildInfo, check: dict) -> list[str]:

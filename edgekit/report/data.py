@@ -115,7 +115,7 @@ def _failed_runs(build_dir: Path) -> list[dict]:
         if record and not record.get("ok", True):
             rows.append({"device": record.get("device"), "time": record.get("time"), "stage": record.get("stage"),
                          "error": record.get("error"), "hint": record.get("hint"), "file": f"{RUNS_DIR}/{path.name}"})
-    return rows
+    return sorted(rows, key=lambda r: r["time"] or "", reverse=True)  # newest first
 
 
 def _prediction(manifest: dict, runs: list[dict]) -> dict | None:
@@ -139,6 +139,6 @@ def _prediction(manifest: dict, runs: list[dict]) -> dict | None:
         comparable = not (r["host"] or r["emulated"] or r["arch_mismatch"])
         rows.append({"device": r["device"], "measured_p50": r["p50"], "comparable": comparable,
                      "within": low <= r["p50"] <= high if comparable else None,
-                     "ratio": round(r["p50"] / point, 2) if point else None})
+                     "ratio": round(r["p50"] / point, 2) if point and comparable else None})
     return {"target": manifest.get("target"), "low_ms": low, "high_ms": high, "point_ms": point,
             "source": pred.get("source") or pred.get("model"), "runs": rows}

@@ -19,7 +19,7 @@ h1{font-size:1.5em;margin-bottom:4px}h2{font-size:1.15em;margin-top:28px;border-
 th,td{border:1px solid #d8dee4;padding:4px 8px;text-align:right}th{background:#f3f5f7}
 .text{text-align:left}.note{color:#5b6775;font-size:.9em}
 .flag{display:inline-block;background:#fde8c8;color:#7a4b00;border-radius:3px;padding:0 5px;font-size:.8em;margin-left:4px}
-.bad{color:#b42318}figure{margin:12px 0}figcaption{color:#5b6775;font-size:.85em}img{max-width:100%}
+.bad{color:#b42318}.t{white-space:nowrap}figure{margin:12px 0}figcaption{color:#5b6775;font-size:.85em}img{max-width:100%}
 """
 
 
@@ -113,13 +113,13 @@ def _latency(data: dict) -> str:
     rows = [[escape(r["device"]) + "".join(f'<span class="flag">{escape(f)}</span>' for f in run_flags(r)),
              escape(f"{r['runtime'] or '?'} {r['runtime_version'] or ''}"), escape(str(r["threads"])),
              ms(r["load_ms"]), ms(r["first_ms"]), ms(r["p50"]), ms(r["p90"]), ms(r["p99"]), escape(str(r["runs"] or "–")),
-             escape(r["cpu_model"] or r["machine"] or "?"), escape((r["time"] or "")[:19])] for r in runs]
+             escape(r["cpu_model"] or r["machine"] or "?"), _when(r["time"])] for r in runs]
     parts = ["<h2>Latency</h2>",
              _table(["device", "runtime", "threads", "load", "first", "p50", "p90", "p99", "runs", "cpu", "when (UTC)"], rows),
              '<p class="note">Times in ms. load: artifact load; first: the first inference; p50/p90/p99 over the timed runs '
              "after warm-up. Runs flagged <i>not target arch</i> or <i>host</i> did not run on the target device.</p>"]
-    if any(r["p50"] is not None for r in runs):
-        parts.append(_img(plots.latency_overview(runs, data["prediction"]), "latency overview", "p50 per run; whisker: p90 to p99"))
+    if any(r["p50"] is not None and not r["emulated"] for r in runs):
+        parts.append(_img(plots.latency_overview(runs, data["prediction"]), "latency overview", "p50 per run; whisker: p90 to p99 (emulated runs left out: not latency)"))
     for r in [r for r in reversed(runs) if r["samples_ms"]][:MAX_DISTRIBUTIONS]:
         parts.append(_img(plots.latency_distribution(r), f"latency distribution: {r['device']}",
                           f"{r['device']} at {r['time']}: per-inference latency ({r['file']})"))
@@ -151,10 +151,15 @@ def _prediction(data: dict) -> str:
 def _failed(failed: list[dict]) -> str:
     if not failed:
         return ""
-    rows = [[escape(f["device"] or "?"), escape((f["time"] or "")[:19]), escape(f["stage"] or "?"),
+    rows = [[escape(f["device"] or "?"), _when(f["time"]), escape(f["stage"] or "?"),
              '<span class="bad">' + escape(f["error"] or "") + "</span>" + (f"<br>fix: {escape(f['hint'])}" if f["hint"] else "")]
             for f in failed]
     return "<h2>Failed runs</h2>" + _table(["device", "when (UTC)", "stage", "error"], rows)
+
+
+def _when(iso: str | None) -> str:
+    """'2026-11-22T03:25:47+00:00' -> '2026-11-22 03:25:47' that never wraps inside a table cell."""
+    return f'<span class="t">{escape((iso or "")[:19]).replace("T", " ")}</span>'
 
 
 def _warnings(warnings: list[str]) -> str:

@@ -49,12 +49,18 @@ def latency_distribution(run: dict) -> bytes:
 
 
 def latency_overview(runs: list[dict], prediction: dict | None) -> bytes:
-    """p50 per run as bars with a p90-p99 whisker; the predicted range as a band."""
-    measured = [r for r in runs if r.get("p50") is not None]
+    """p50 per run as bars with a p90-p99 whisker; the predicted range as a band.
+
+    Emulated runs are left out: their times are hundreds of times slower and not
+    latency; they would also flatten every real bar to nothing."""
+    measured = [r for r in runs if r.get("p50") is not None and not r.get("emulated")]
     fig, ax = _figure(7.5, 0.9 + 0.45 * max(1, len(measured)))
-    labels = [_label(r) for r in measured]
+    values = [r["p50"] for r in measured] + ([prediction["low_ms"], prediction["high_ms"]] if prediction else [])
+    top = max([r["p99"] or r["p50"] for r in measured] + values) * 1.08
+    log = min(values) > 0 and max(values) / min(values) > 20  # a board and a workstation differ by 10-100x
+    base = min(values) / 2 if log else 0.0  # bars on a log axis cannot start at 0
     y = list(range(len(measured)))
-    ax.barh(y, [r["p50"] for r in measured], color=COLORS["bar"], label="p50")
+    ax.barh(y, [r["p50"] - base for r in measured], left=base, color=COLORS["bar"], label="p50")
     for yi, r in zip(y, measured):
         if r.get("p90") is not None and r.get("p99") is not None:
             ax.plot([r["p90"], r["p99"]], [yi, yi], color=COLORS["p99"], linewidth=2.5,
@@ -62,10 +68,12 @@ def latency_overview(runs: list[dict], prediction: dict | None) -> bytes:
     if prediction:
         ax.axvspan(prediction["low_ms"], prediction["high_ms"], color="#f4a261", alpha=0.3,
                    label=f"predicted on {prediction['target']}")
-    ax.set_yticks(y, labels, fontsize=8)
+    if log:
+        ax.set_xscale("log")
+    ax.set_xlim(base, top * (1.5 if log else 1.0))
+    ax.set_yticks(y, [_label(r) for r in measured], fontsize=8)
     ax.invert_yaxis()
-    ax.set_xlabel("latency (ms)")
-    ax.set_xlim(0, max([r["p99"] or r["p50"] for r in measured] + ([prediction["high_ms"]] if prediction else [])) * 1.08)
+    ax.set_xlabel("latency (ms)" + (", log scale" if log else ""))
     _legend_outside(ax)
     return _png(fig)
 

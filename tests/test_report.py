@@ -1,0 +1,110 @@
+"""`edgekit bench` and `edgekit report`: a real host run, then the report read back
+(HTML parsed with html.parser, images decoded)."""
+
+from __future__ import annotations
+
+import base64
+import json
+from html.parser import HTMLParser
+from pathlib import Path
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+class Page(HTMLParser):
+    """What a browser would fetch or run, and the page's images and text."""
+
+    def __init__(self, text: str):
+        super().__init__()
+        self.images, self.external, self.scripts, self.text = [], [], 0, []
+        self.feed(text)
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        if tag == "script":
+            self.scripts += 1
+        if tag == "img":
+            self.images.append(attrs)
+        for key in ("src", "href"):
+            if key in attrs and not attrs[key].startswith("data:"):
+                self.external.append(attrs[key])
+
+    def handle_data(self, data):
+        self.text.append(data)
+
+    def png_images(self) -> list[dict]:
+        prefix = "data:image/png;base64,"
+        return [i for i in self.images if i.get("src", "").startswith(prefix)
+                and base64.b64decode(i["src"][len(prefix):]).startswith(PNG_MAGIC)]
+
+
+def read_page(build: Path) -> Page:
+    return Page((build / "report.html").read_text(encoding="utf-8"))
+
+
+def test_bench_on_the_host_then_report(build_copy, run_cli):
+    proc = run_cli("bench", str(build_copy), "--runs", "15", "--warmup", "2", "--threads", "1")
+    assert proc.returncode == 0, proc.stderr
+    assert "host" in proc.stdout and "this computer, not the target" in proc.stdout
+    [entry] = json.loads((build_copy / "manifest.json").read_text())["device_runs"]
+    assert entry["device"] == "host" and entry["transport"] == "local" and entry["runs"] == 15 and entry["threads"] == 1
+
+    proc = run_cli("report", str(build_copy))
+    assert proc.returncode == 0, proc.stderr
+    assert "latency (ms)" in proc.stdout and "99.17 %" in proc.stdout and "report.html" in proc.stdout
+    page = read_page(build_copy)
+    assert page.external == [] and page.scripts == 0  # self-contained: opens offline, fetches nothing
+    assert len(page.png_images()) == len(page.images) == 3  # sizes, latency overview, one distribution
+    assert "latency distribution: host" in [i["alt"] for i in page.images]
+    text = " ".join(page.text)
+    assert "Accuracy and size" in text and "Build stages" in text and "No latency prediction" in text
+
+    proc = run_cli("report", str(build_copy), "--json", "--no-html")
+    data = json.loads(proc.stdout)
+    [run] = data["runs"]
+    assert len(run["samples_ms"]) == 15 and run["p50"] == entry["p50"] and run["host"] is True
+    assert data["quality"][0]["artifact_bytes"] == json.loads((build_copy / "manifest.json").read_text())["artifact"]["bytes"]
+
+
+def test_report_renders_what_other_parts_add(build_copy):
+    """Keys other issues will write (per-stage MACs/params, a latency prediction, an emulated
+    run, per-op times) and a failed run, added here BY HAND to a real build's manifest:
+    the report must show each when present (and work without them, checked first)."""
+    import edgekit.api as ek
+
+    data = ek.report(build_copy)
+    page = read_page(build_copy)
+    assert data["runs"] == [] and data["prediction"] is None
+    assert "No device runs yet" in " ".join(page.text) and len(page.png_images()) == 1
+
+    manifest_path = build_copy / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    manifest["steps"][0].update(macs=1_234_567, params=94_000)
+    manifest["prediction"] = {"low_ms": 0.05, "high_ms": 0.2, "latency_ms": 0.1, "source": "cost model"}
+    runs_dir = build_copy / "device_runs"
+    runs_dir.mkdir()
+    for name, p50, emulated in (("pi4", 0.15, False), ("qemu-a72", 90.0, True)):
+        samples = [p50 * f for f in (0.9, 1.0, 1.0, 1.1, 1.3)]
+        bench = {"ok": True, "p50": p50, "p90": p50 * 1.1, "p99": p50 * 1.3, "load_ms": 1.0, "first_ms": 2.0, "runs": 5,
+                 "samples_ms": samples, "threads": 4, "runtime": {"name": "executorch", "version": "1.5.1"},
+                 "device": {"cpu_model": "4x Cortex-A72"}, "ops": [{"name": "conv2d", "ms": 0.1}, {"name": "linear", "ms": 0.05}]}
+        (runs_dir / f"{name}.json").write_text(json.dumps({"ok": True, "bench": bench}))
+        manifest.setdefault("device_runs", []).append(
+            {"device": name, "transport": "ssh", "time": "2026-01-01T00:00:00+00:00", "file": f"device_runs/{name}.json",
+             "runner": "python", "benchmarked": True, "runtime": "executorch", "runtime_version": "1.5.1", "threads": 4,
+             "arch_mismatch": False, "emulated": emulated, "p50": p50, "p90": p50 * 1.1, "p99": p50 * 1.3, "runs": 5})
+    (runs_dir / "dead-20260101.json").write_text(json.dumps(
+        {"ok": False, "device": "dead", "stage": "connect", "error": "nothing accepts ssh connections", "hint": "power it"}))
+    manifest_path.write_text(json.dumps(manifest))
+
+    data = ek.report(build_copy)
+    pred = {r["device"]: r for r in data["prediction"]["runs"]}
+    assert pred["pi4"]["comparable"] and pred["pi4"]["within"] is True and pred["pi4"]["ratio"] == 1.5
+    assert pred["qemu-a72"]["comparable"] is False  # emulated time is never compared with a latency prediction
+    assert data["stages"][0]["macs"] == 1_234_567 and data["failed_runs"][0]["device"] == "dead"
+    page = read_page(build_copy)
+    text = " ".join(page.text)
+    for expected in ("MACs", "1.23 M", "emulated: not latency", "Predicted vs measured", "Failed runs",
+                     "nothing accepts ssh connections", "Slowest operators", "conv2d"):
+        assert expected in text, expected
+    assert len(page.png_images()) == len(page.images) == 4  # sizes, overview, two distributions
