@@ -72,7 +72,8 @@ def _stages(steps: list[dict]) -> list[dict]:
     rows = []
     for s in steps:
         cost = s.get("cost") or {}
-        rows.append({"stage": s.get("stage"), "seconds": s.get("seconds"),
+        fmt = (s.get("config") or {}).get("format")  # a --format all build repeats stages per format
+        rows.append({"stage": f"{s.get('stage')} ({fmt})" if fmt else s.get("stage"), "seconds": s.get("seconds"),
                      "macs": s.get("macs", cost.get("macs")), "params": s.get("params", cost.get("params"))})
     return rows
 
