@@ -41,6 +41,7 @@ class BuildOptions:
     max_accuracy_drop: float | None = None  # points; None: no gate
     fallback: bool = True  # keep sensitive layers float to meet max_accuracy_drop
     sensitivity: bool = False  # rank layers and store the table
+    stages: object = None  # edgekit.stages.run.StageOptions: prune/distill between load and quantize
 
 
 @dataclass
@@ -83,6 +84,12 @@ def run_build(spec: ModelSpec, target: Target, out: Path, steps: Steps, options:
         float_outputs = _float_outputs(model, evaluation, spec)
     gate_failures = []
     with staged_build_dir(out) as stage:
+        if options.stages is not None and options.stages.any:
+            from edgekit.stages.run import apply_stages
+
+            # Quantization, export and parity all use the transformed model from here on.
+            model = apply_stages(model, spec, example, evaluation, steps, options.stages, stage)
+            float_outputs = _float_outputs(model, evaluation, spec)
         ctx = _Context(spec, model, example, calib, evaluation, float_outputs, stage, steps)
         ranking = None
         if options.sensitivity:
@@ -264,16 +271,20 @@ def _fall_back(ctx: _Context, backend, cfg: QuantConfig, ranking: list[dict], bu
     Returns the record that met the budget, or the best one tried.
     """
     tries = [{"float_layers": [], "accuracy_drop": _drop(first)}]
-    best, float_layers = first, []
+    best = last = first
+    float_layers: list[str] = []
     for row in ranking:
         float_layers.append(row["layer"])
         ctx.steps.console.print(f"  accuracy drop over budget: keeping [bold]{row['layer']}[/] in float")
-        record = _build_format(ctx, backend, dataclasses.replace(cfg, skip_layers=tuple(float_layers)))
-        tries.append({"float_layers": list(float_layers), "accuracy_drop": _drop(record)})
-        if _drop(record) < _drop(best):
-            best = record
-        if _drop(record) <= budget:
+        last = _build_format(ctx, backend, dataclasses.replace(cfg, skip_layers=tuple(float_layers)))
+        tries.append({"float_layers": list(float_layers), "accuracy_drop": _drop(last)})
+        if _drop(last) < _drop(best):
+            best = last
+        if _drop(last) <= budget:
             break
+    if best is not last:
+        # Every try writes the same file: put the best one back on disk.
+        best = _build_format(ctx, backend, dataclasses.replace(cfg, skip_layers=tuple(best["quantization"].get("float_layers", []))))
     reasons = {r["layer"]: f"output SQNR {r['output_sqnr_db']} dB when quantized alone" for r in ranking}
     kept = best["quantization"].get("float_layers", [])
     best["fallback"] = {

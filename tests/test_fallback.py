@@ -132,3 +132,32 @@ def test_budget_needs_labelled_data(outlier_app, tmp_path, monkeypatch):
     with pytest.raises(UsageError, match="labelled evaluation data"):
         api.build(model="model:make", input_shape="1,65", calib="calib.npz", formats=("onnx",),
                   max_accuracy_drop=1.0, out=tmp_path / "b")
+
+
+def test_fallback_puts_the_best_try_back_on_disk(monkeypatch):
+    """Every try writes the same artifact file: when a later try is worse than an
+    earlier one, the best must be rebuilt so the file matches the record.
+    (The build step is scripted here; the real backends are covered above.)"""
+    from types import SimpleNamespace
+
+    from edgekit import pipeline
+    from edgekit.backends.base import QuantConfig
+
+    drops = {(): 40.0, ("a",): 3.0, ("a", "b"): 9.0}  # budget 1: never met; best is ("a",)
+    built = []
+
+    def fake_build(ctx, backend, cfg):
+        built.append(cfg.skip_layers)
+        acc = 90.0 - drops[cfg.skip_layers]
+        return {"format": "x", "quantization": cfg.to_json(),
+                "metrics": {"accuracy_float": 90.0, "accuracy_artifact": acc}}
+
+    monkeypatch.setattr(pipeline, "_build_format", fake_build)
+    ctx = SimpleNamespace(steps=SimpleNamespace(console=SimpleNamespace(print=lambda *a, **k: None)))
+    ranking = [{"layer": "a", "output_sqnr_db": 5.0}, {"layer": "b", "output_sqnr_db": 9.0}]
+    first = fake_build(ctx, None, QuantConfig())
+    best = pipeline._fall_back(ctx, None, QuantConfig(), ranking, 1.0, first)
+    assert built == [(), ("a",), ("a", "b"), ("a",)]  # the last build is the best one again
+    assert best["quantization"]["float_layers"] == ["a"]
+    assert best["fallback"]["met"] is False
+    assert [t["float_layers"] for t in best["fallback"]["tries"]] == [[], ["a"], ["a", "b"]]
