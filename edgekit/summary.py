@@ -16,7 +16,7 @@ def _console() -> Console:
 def print_build_summary(manifest: dict) -> None:
     console = _console()
     if manifest.get("sensitivity"):
-        console.print(_sensitivity_table(manifest["sensitivity"]))
+        console.print(sensitivity_table(manifest["sensitivity"]))
     console.print(_formats_table(manifest))
     samples = next(iter(manifest["formats"].values()))["metrics"]["samples"]
     console.print(f"{samples} held-out samples · agree: top-1 agreement with float · in {manifest['build_dir']}/")
@@ -55,7 +55,7 @@ def _formats_table(manifest: dict) -> Table:
     return table
 
 
-def _sensitivity_table(rows: list[dict]) -> Table:
+def sensitivity_table(rows: list[dict]) -> Table:
     table = Table(title="layer sensitivity (each layer quantized alone; most harmful first)")
     for col in ("layer", "type", "output SQNR dB", "agreement", "accuracy drop"):
         table.add_column(col, justify="left" if col in ("layer", "type") else "right")

@@ -161,3 +161,16 @@ def test_fallback_puts_the_best_try_back_on_disk(monkeypatch):
     assert best["quantization"]["float_layers"] == ["a"]
     assert best["fallback"]["met"] is False
     assert [t["float_layers"] for t in best["fallback"]["tries"]] == [[], ["a"], ["a", "b"]]
+
+
+def test_report_shows_the_ranking_and_the_layers_kept_float(outlier_app, tmp_path):
+    out = tmp_path / "b"
+    api.build(outlier_app, formats=("onnx",), calibration="minmax", max_accuracy_drop=1.0, out=out)
+    data = api.report(out)
+    assert data["sensitivity"][0]["layer"] == "embed"
+    assert data["fallbacks"] == [{"format": "onnx", "budget_points": 1.0, "met": True,
+                                  "float_layers": data["fallbacks"][0]["float_layers"]}]
+    assert data["fallbacks"][0]["float_layers"][0]["layer"] == "embed"
+    html = (out / "report.html").read_text()
+    assert "Quantization sensitivity" in html
+    assert "kept float for the 1-point accuracy budget (met): embed" in html

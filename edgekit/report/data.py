@@ -28,6 +28,8 @@ def build_report(build_dir: str | Path) -> dict:
         "target_profile": _profile(manifest.get("target_profile") or {}),
         "quality": _quality(manifest),
         "stages": _stages(manifest.get("steps") or []),
+        "sensitivity": manifest.get("sensitivity") or [],
+        "fallbacks": _fallbacks(manifest),
         "runs": runs,
         "failed_runs": _failed_runs(build_dir),
         "prediction": _prediction(manifest, runs),
@@ -64,6 +66,17 @@ def _quality(manifest: dict) -> list[dict]:
             "top1_agreement": m.get("top1_agreement"), "max_abs_error": m.get("max_abs_error"),
             "float_bytes": float_bytes, "artifact_bytes": art.get("bytes"), "samples": m.get("samples"),
         })
+    return rows
+
+
+def _fallbacks(manifest: dict) -> list[dict]:
+    """Per format, the layers the accuracy fallback kept float (only formats where it ran)."""
+    rows = []
+    for fmt, rec in (manifest.get("formats") or {}).items():
+        fb = rec.get("fallback")
+        if fb:
+            rows.append({"format": fmt, "budget_points": fb["budget_points"], "met": fb["met"],
+                         "float_layers": fb["float_layers"]})
     return rows
 
 

@@ -31,7 +31,7 @@ def render(data: dict) -> str:
         f"<h1>{escape(title)}</h1>",
         f'<p class="sub">built {escape(str(data["created"]))} · {escape(_profile(data["target_profile"]))} · '
         f'{escape(_versions(data["versions"]))}</p>',
-        _quality(data), _stages(data["stages"]), _latency(data), _prediction(data), _failed(data["failed_runs"]),
+        _quality(data), _stages(data["stages"]), _sensitivity(data), _latency(data), _prediction(data), _failed(data["failed_runs"]),
         _warnings(data["warnings"]), "</body></html>",
     ]
     return "\n".join(p for p in parts if p)
@@ -94,6 +94,24 @@ def _stages(stages: list[dict]) -> str:
             ([_count(s["macs"]), _count(s["params"])] if has_cost else []) for s in stages]
     note = "" if has_cost else '<p class="note">No per-stage MACs/params in this manifest (stages that change the model record them).</p>'
     return "<h2>Build stages</h2>" + _table(headers, rows) + note
+
+
+def _sensitivity(data: dict) -> str:
+    """Layer ranking (edgekit quantize --sensitivity) and what the accuracy fallback kept float."""
+    if not data["sensitivity"] and not data["fallbacks"]:
+        return ""
+    parts = ["<h2>Quantization sensitivity</h2>"]
+    if data["sensitivity"]:
+        rows = [[escape(r["layer"]), escape(r["type"]), f"{r['output_sqnr_db']:.1f}", f"{r['top1_agreement']:.2f} %",
+                 "–" if r["accuracy_drop"] is None else f"{r['accuracy_drop']:.2f}"] for r in data["sensitivity"]]
+        parts.append(_table(["layer (most harmful first)", "type", "output SQNR dB", "agreement", "accuracy drop"], rows))
+        parts.append('<p class="note">Each Conv/Linear layer quantized alone, the rest float.</p>')
+    for fb in data["fallbacks"]:
+        layers = ", ".join(f"{escape(f['layer'])} ({escape(f['why'])})" for f in fb["float_layers"]) or "none"
+        verdict = "met" if fb["met"] else "NOT met"
+        parts.append(f"<p>{escape(fb['format'])}: kept float for the {fb['budget_points']:g}-point accuracy budget "
+                     f"({verdict}): {layers}</p>")
+    return "\n".join(parts)
 
 
 def _count(n) -> str:

@@ -53,6 +53,14 @@ def print_report(data: dict, console: Console | None = None) -> None:
         stages.add_row(str(s["stage"]), f"{s['seconds']:.2f}" if s["seconds"] is not None else "–",
                        *((str(s["macs"] or "–"), str(s["params"] or "–")) if has_cost else ()))
     console.print(stages)
+    if data["sensitivity"]:
+        from edgekit.summary import sensitivity_table
+
+        console.print(sensitivity_table(data["sensitivity"]))
+    for fb in data["fallbacks"]:
+        layers = ", ".join(f"{f['layer']} ({f['why']})" for f in fb["float_layers"]) or "none"
+        console.print(f"{fb['format']}: kept float for the {fb['budget_points']:g}-point budget "
+                      f"({'met' if fb['met'] else 'NOT met'}): {layers}")
     _print_latency(data, console)
 
 
