@@ -75,7 +75,7 @@ def main() -> None:
             for app, path, ms, ratio, size, acc in bench_app(REPO / "sample_apps" / name, Path(tmp) / name,
                                                              args.threads, args.warmup, args.runs):
                 table.add_row(app, path, f"{ms:.3f}", f"{ratio:.2f}", f"{size / 1024:.1f}", f"{acc:.2f}")
-    Console().print(table)
+    Console(width=120).print(table)  # wide enough for one line per row when piped to a file
 
 
 if __name__ == "__main__":

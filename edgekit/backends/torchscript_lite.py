@@ -8,6 +8,7 @@ lite interpreter.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -45,10 +46,61 @@ def quantize(model, example_inputs: tuple, calib_batches: Iterable[tuple], cfg: 
     from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
 
     prepared = prepare_fx(copy.deepcopy(model), _qconfig_mapping(model, cfg), tuple(example_inputs))
+    _drop_integer_observers(prepared, example_inputs)
     with torch.no_grad():
         for batch in calib_batches:
             prepared(*batch)
-    return convert_fx(prepared)
+    with _fx_limits("convert"):
+        return convert_fx(prepared)
+
+
+@contextlib.contextmanager
+def _fx_limits(step: str):
+    """FX graph-mode quantization lacks quantized forms of some ops (e.g. clamp
+    with one bound); those fail deep inside torch. Say so, and which formats cope."""
+    try:
+        yield
+    except (RuntimeError, NotImplementedError, AssertionError) as e:
+        raise UsageError(
+            f"torchscript-lite: FX quantization could not {step} this model: {str(e).splitlines()[0][:200]}",
+            hint="the executorch and onnx formats quantize it; use --format executorch or --format onnx",
+        ) from e
+
+
+def _drop_integer_observers(prepared, example_inputs: tuple) -> None:
+    """Take out observers that FX put on integer tensors.
+
+    FX shares observers through shape ops, so an attention mask that is
+    unsqueezed and cast before use gets observed as int64 (and an observer can't
+    histogram, nor convert quantize, integers). Integer index paths must stay
+    as they are: one forward pass finds which observers see integers, and they
+    are removed from the graph before calibration.
+    """
+    from torch.ao.quantization.observer import ObserverBase
+
+    integer_fed, originals = set(), {}  # observers by identity: FX shares one under several names
+    for module in prepared.modules():
+        if isinstance(module, ObserverBase):
+            originals[module] = module.forward
+
+            def passthrough(x, _module=module, _forward=module.forward):
+                if isinstance(x, torch.Tensor) and not x.is_floating_point():
+                    integer_fed.add(_module)
+                    return x
+                return _forward(x)
+
+            module.forward = passthrough
+    with torch.no_grad():
+        prepared(*example_inputs)
+    for module, forward in originals.items():
+        module.forward = forward
+    if not integer_fed:
+        return
+    for node in list(prepared.graph.nodes):
+        if node.op == "call_module" and prepared.get_submodule(node.target) in integer_fed:
+            node.replace_all_uses_with(node.args[0])
+            prepared.graph.erase_node(node)
+    prepared.recompile()
 
 
 def _qconfig(cfg: QuantConfig):
@@ -73,6 +125,10 @@ def _qconfig_mapping(model, cfg: QuantConfig):
     mapping = QConfigMapping()
     if cfg.only_layers is None:
         mapping.set_global(qconfig)
+    # Embeddings take integer indices: an activation observer there would try to
+    # histogram int64 token ids. Integer index paths stay float, as in the other backends.
+    for embedding in (torch.nn.Embedding, torch.nn.EmbeddingBag):
+        mapping.set_object_type(embedding, None)
     for name in quantizable_layers(model):
         if not layer_selected(_scopes(name), cfg):
             mapping.set_module_name(name, None)
@@ -107,7 +163,7 @@ def export(qmodel, example_inputs: tuple, path: Path) -> dict:
     """Trace, try the mobile optimizer, save for the lite interpreter."""
     quiet_python_logs()
     _use_qnnpack()
-    with torch.no_grad():
+    with torch.no_grad(), _fx_limits("trace"):
         traced = torch.jit.trace(qmodel, tuple(example_inputs), check_trace=False)
     traced = torch.jit.freeze(traced.eval())
     module, optimizer = _optimize_for_mobile(traced)
