@@ -59,6 +59,18 @@ def build_options(command):
                      help="Gate: fail (exit 3) if int8 loses more accuracy; first keeps sensitive layers float."),
         click.option("--no-fallback", is_flag=True, help="With --max-accuracy-drop: only check, don't keep layers float."),
         click.option("--sensitivity", is_flag=True, help="Rank layers by how much quantizing each alone hurts."),
+        click.option("--train", type=click.Path(dir_okay=False), help="Training .npz (inputs, labels y) for --distill / taylor pruning."),
+        click.option("--prune", type=float, metavar="RATIO", help="Channel pruning: remove this fraction of channels (DepGraph; rounded to the target's multiple)."),
+        click.option("--prune-macs", type=float, metavar="FRACTION", help="Channel pruning until at most this fraction of the MACs is left."),
+        click.option("--prune-importance", type=click.Choice(("l1", "l2", "taylor", "bn-scale")), default="l2", show_default=True,
+                     help="How channels are ranked."),
+        click.option("--prune-global", is_flag=True, help="Rank channels across layers (uneven widths) instead of per layer."),
+        click.option("--distill", is_flag=True, help="Recover accuracy by distillation from the model as loaded (needs --train or data.train)."),
+        click.option("--distill-epochs", type=int, metavar="N", help="Distillation epochs (early stop on --eval). [default: 20]"),
+        click.option("--nproc", type=int, default=1, show_default=True, help="Distillation processes (DDP via torchrun)."),
+        click.option("--lowrank", type=float, metavar="FRACTION", help="SVD-factorise Linear/1x1 Conv layers, keeping this fraction of the rank (where it saves MACs)."),
+        click.option("--lowrank-energy", type=float, metavar="E", help="Instead of --lowrank: the smallest rank keeping this share of sum(s^2)."),
+        click.option("--sparsity", type=float, metavar="S", help="Zero this fraction of each layer's weights (L1); shrinks the zipped artifact, not latency."),
         click.option("-o", "--out", type=click.Path(file_okay=False), help="Build directory [default: build/<name>-<target>]."),
         click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON instead of the summary table."),
     ]
@@ -67,8 +79,14 @@ def build_options(command):
     return command
 
 
-def _run_build(app_dir, as_json, eval_, per_tensor, no_fallback, **options) -> None:
+def _run_build(app_dir, as_json, eval_, per_tensor, no_fallback, distill, distill_epochs, **options) -> None:
     from edgekit import api
+
+    if distill and distill_epochs is not None:
+        from edgekit.stages.distill import DistillConfig
+
+        distill = DistillConfig(epochs=distill_epochs)
+    options["distill"] = distill
 
     # Progress goes to stderr, so --json stdout stays clean.
     manifest = api.build(app_dir, eval=eval_, per_channel=not per_tensor, fallback=not no_fallback,
@@ -103,6 +121,53 @@ def quantize(**options):
     edgekit quantize sample_apps/digits --sensitivity
     """
     _run_build(**options)
+
+
+@cli.command()
+@click.argument("app_dir", required=False, type=click.Path(file_okay=False))
+@click.option("--model", metavar="MODULE:FACTORY", help="The teacher, without an app dir.")
+@click.option("--input-shape", metavar="SHAPE", help="Shape of the one float input, batch first: 1,3,32,32.")
+@click.option("--input", "inputs", multiple=True, metavar="NAME:SHAPE[:DTYPE]", help="One per input (repeatable).")
+@click.option("--weights", type=click.Path(dir_okay=False), help="The teacher's state_dict.")
+@click.option("--train", type=click.Path(dir_okay=False), help="Training .npz: inputs, and labels y (optional: without, pure distillation).")
+@click.option("--eval", "eval_", type=click.Path(dir_okay=False), help="Held-out .npz with labels y (accuracy, early stop).")
+@click.option("--student", metavar="MODULE:FACTORY", help="The student's factory (a smaller model).")
+@click.option("--student-weights", type=click.Path(dir_okay=False), help="The student's starting state_dict.")
+@click.option("--prune", type=float, metavar="RATIO", help="Instead of --student: the teacher with this fraction of channels pruned.")
+@click.option("-t", "--target", default="rpi4", show_default=True, help="Target profile (its channel rounding, with --prune).")
+@click.option("--epochs", type=int, default=20, show_default=True)
+@click.option("--batch-size", type=int, default=64, show_default=True, help="Global batch, over all processes.")
+@click.option("--lr", type=float, default=2e-3, show_default=True)
+@click.option("--temperature", type=float, default=4.0, show_default=True, help="Softmax temperature T of the logit loss.")
+@click.option("--alpha", type=float, default=0.7, show_default=True, help="Weight of the teacher (soft) loss; 1 - alpha: the label loss.")
+@click.option("--feature-weight", type=float, default=1.0, show_default=True, help="Weight of the feature MSE; 0: logits only.")
+@click.option("--feature", "features", multiple=True, metavar="MODULE", help="Match this module's output (repeatable). [default: the output layer's input]")
+@click.option("--patience", type=int, default=5, show_default=True, help="Early stop after this many epochs without a better held-out accuracy.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--nproc", type=int, default=1, show_default=True, help="Processes: > 1 runs DDP through torchrun (gloo on CPU, nccl on GPUs).")
+@click.option("-o", "--out", type=click.Path(file_okay=False), help="Output directory [default: build/<name>-distilled].")
+@click.option("--json", "as_json", is_flag=True, help="Print the result record as JSON.")
+def distill(app_dir, eval_, as_json, epochs, batch_size, lr, temperature, alpha, feature_weight, features, patience, seed, **options):
+    """Train a smaller student from a teacher (logit + feature distillation).
+
+    \b
+    edgekit distill sample_apps/digits --prune 0.5
+    edgekit distill sample_apps/digits --prune 0.5 --nproc 2
+    edgekit distill --model nets:big --weights big.pt --input-shape 1,3,32,32 --student nets:small --train train.npz --eval eval.npz
+    """
+    from edgekit import api
+    from edgekit.stages.distill import DistillConfig
+
+    cfg = DistillConfig(epochs=epochs, batch_size=batch_size, lr=lr, temperature=temperature, alpha=alpha,
+                        feature_weight=feature_weight, features=tuple(features), patience=patience, seed=seed)
+    record = api.distill(app_dir, eval=eval_, config=cfg, show_progress=True, **options)
+    if as_json:
+        click.echo(json.dumps(record, indent=2))
+        return
+    click.echo(f"student: {record['student']['macs']:,} MACs, {record['student']['params']:,} params "
+               f"(teacher {record['teacher']['macs']:,} MACs); held-out accuracy {record['accuracy_before']:.2f} % -> "
+               f"{record['accuracy']:.2f} % (best epoch {record['best_epoch']}, {record['processes']} process(es))")
+    click.echo(f"saved: {record['out']}/{record['files']['model']} and {record['files']['program']}")
 
 
 @cli.group(invoke_without_command=True)
@@ -284,3 +349,28 @@ def report(build_dir, as_json, no_html):
     print_report(data)
     if "html" in data:
         click.echo(f"report: {data['html']}")
+
+
+@cli.command()
+@click.argument("build_dir", type=click.Path(file_okay=False))
+@click.option("--check", "checks", multiple=True, metavar="CHECK",
+              help="Run only these: parity, lint, cost, resources, profile (repeatable). [default: all]")
+@click.option("-t", "--target", help="Judge against this target profile instead of the build's (e.g. pi-zero2).")
+@click.option("--format", "formats", multiple=True, metavar="FORMAT", help="Only this artifact of the build (repeatable).")
+@click.option("--app", type=click.Path(file_okay=False), help="The app dir, when the build was made elsewhere (for parity).")
+@click.option("--runs", type=int, default=20, show_default=True, help="Timed runs for host latency and the profile.")
+@click.option("--samples", "max_samples", type=int, help="Parity on the first N evaluation samples. [default: all]")
+@click.option("--fail-on-lint", is_flag=True, help="Exit 3 when an op is off the target runtime's fast path.")
+@click.option("--emulate", is_flag=True, hidden=True, help="Run on emulated ARM cores (not available yet).")
+@click.option("--json", "as_json", is_flag=True, help="Print the validation record as JSON.")
+def validate(build_dir, checks, formats, as_json, **options):
+    """Re-check a build on this computer: sha256, parity, lint, predicted latency, fit in the target's RAM, profile.
+
+    Results go into BUILD/manifest.json ('validation', 'prediction'). Exit 2: an artifact does not match
+    its sha256; exit 3: a check failed.
+    """
+    from edgekit import api
+
+    doc = api.validate(build_dir, checks=checks or None, formats=formats, say=lambda line: click.echo(line, err=True), **options)
+    if as_json:
+        click.echo(json.dumps(doc, indent=2))

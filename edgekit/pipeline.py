@@ -100,10 +100,15 @@ def run_build(spec: ModelSpec, target: Target, out: Path, steps: Steps, options:
             if _over_budget(record, options) and options.fallback:
                 ranking = ranking or _sensitivity(ctx, cfg)
                 record = _fall_back(ctx, backend, cfg, ranking, options.max_accuracy_drop, record)
+            if options.stages is not None and options.stages.sparsity is not None:
+                from edgekit.stages.sparsity import add_compressed_size
+
+                add_compressed_size(record, stage)  # zeros only pay off compressed: show it
             if _over_budget(record, options):
                 gate_failures.append(_gate_message(record, options.max_accuracy_drop))
             records[backend.FORMAT] = record
         manifest = _manifest(spec, target, records, float_bytes, ranking, steps, options)
+        manifest.update(_lint_and_predict(ctx, records, target))
         write_json_atomic(stage / MANIFEST, _public(manifest))
     if gate_failures:
         raise GateError("; ".join(gate_failures), hint=f"the best result is kept in {out}; see the manifest's 'fallback' record")
@@ -234,6 +239,20 @@ def _artifact_outputs(runner, ctx: _Context) -> list[np.ndarray]:
     total = len(ctx.evaluation) // ctx.spec.inputs[0].batch
     batch_iter = ctx.steps.track(batches(ctx.evaluation, ctx.spec.inputs), total, "evaluating")
     return [runner.run([t.numpy() for t in b])[0] for b in batch_iter]
+
+
+def _lint_and_predict(ctx: _Context, records: dict, target: Target) -> dict:
+    """The cheap part of `edgekit validate` (lint + cost model) on every build, recorded under
+    `validation` (with its own seconds, not as a build step); the resource run and profiling
+    stay in `edgekit validate`. A failure here never fails the build: it warns."""
+    from edgekit.emulate.validate import build_checks
+
+    try:
+        return build_checks(ctx.model, ctx.example, ctx.stage, _public(records), target)
+    except Exception as e:  # noqa: BLE001 - an analysis bug must not cost the user the build
+        ctx.steps.warn(f"lint/latency prediction skipped ({type(e).__name__}: {e}); "
+                       "please report it; `edgekit validate` retries it")
+        return {}
 
 
 # ---------------------------------------------------------------- accuracy budget

@@ -1,0 +1,416 @@
+"""`edgekit validate BUILD_DIR`: prove on the workstation that a build is right, fits and how fast it may run.
+
+Checks, in order (each optional, all by default):
+
+    integrity  every artifact's sha256 against the manifest (always; a mismatch is exit 2)
+    parity     artifact vs float model on the evaluation data, per-format tolerances (parity.py)
+    lint       ops off the fast path of the target runtime, with advice (lint.py)
+    cost       predicted latency range on the target (cost.py, docs/cost_model.md)
+    resources  a child process held to the target's cores and RAM: peak memory, fit,
+               and host latency via the device runner (resources.py)
+    profile    per-op host times from the runtime's own profiler (profile.py)
+
+Results are merged into manifest.json (`validation`, and `prediction` for the
+primary format) atomically, and the host run is recorded like a device run so
+the report shows its latency and per-op table. A failed check raises GateError
+(exit 3) after the results are written.
+
+`build_checks()` is the cheap subset (lint + cost) every `edgekit build` runs at its end.
+
+Emulation (`--emulate`, issue 4 part 2) will be one more check here, "emulate",
+producing per-format {agreement with the host run, instruction counts}; the
+option is accepted by the API and refused with a clear message until it exists.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import platform
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from edgekit.errors import GateError, UsageError
+from edgekit.manifest import MANIFEST, sha256_file, write_json_atomic
+
+CHECKS = ("parity", "lint", "cost", "resources", "profile")
+BUILD_CHECKS = ("lint", "cost")
+SUFFIX_FORMAT = {".pte": "executorch", ".ptl": "torchscript-lite", ".onnx": "onnx"}
+
+
+@dataclass(frozen=True)
+class ValidateOptions:
+    checks: tuple[str, ...] = CHECKS
+    target: str | None = None  # validate against another target's profile (e.g. "will it fit a pi-zero2?")
+    formats: tuple[str, ...] = ()  # default: every format of the build
+    app: str | None = None  # the app dir, when the manifest's model source moved
+    runs: int = 20
+    warmup: int = 3
+    max_samples: int | None = None  # parity on the first N evaluation samples
+    fail_on_lint: bool = False
+    emulate: bool = False  # issue 4 part 2: not implemented yet
+
+
+# ---------------------------------------------------------------- integrity
+
+
+def read_verified(build_dir: Path) -> dict:
+    """The manifest, after checking every artifact it names against its sha256 (exit 2 otherwise)."""
+    path = build_dir / MANIFEST
+    if not path.is_file():
+        raise UsageError(f"'{build_dir}' is not a build directory (no {MANIFEST})",
+                         hint="pass the directory `edgekit build` wrote, e.g. build/digits-rpi4")
+    try:
+        manifest = json.loads(path.read_text())
+        records = manifest.get("formats") or {manifest["format"]: manifest}
+        artifacts = {fmt: rec["artifact"] for fmt, rec in records.items()}
+    except (ValueError, KeyError, TypeError) as e:
+        raise UsageError(f"{path}: not an edgekit manifest ({type(e).__name__}: {e})",
+                         hint="rebuild with `edgekit build`") from None
+    for fmt, art in artifacts.items():
+        file = build_dir / art["file"]
+        if not file.is_file():
+            raise UsageError(f"{file} is missing ({fmt} artifact named in {path})", hint="copy the whole build directory, or rebuild")
+        found = sha256_file(file)
+        if found != art["sha256"]:
+            raise UsageError(
+                f"{file} does not match its sha256 in {path}: expected {art['sha256'][:16]}…, found {found[:16]}… "
+                "(the file was changed, corrupted in transfer or swapped after the build)",
+                hint="copy the build again from where it was made, or rebuild with `edgekit build`; never edit an artifact")
+    return manifest
+
+
+# ---------------------------------------------------------------- the float model and its data
+
+
+def _spec(manifest: dict, app: str | None):
+    """The build's model spec, rebuilt from the manifest (or from `app` when the source moved)."""
+    from edgekit.app import ModelSpec, load_app
+    from edgekit.spec import InputSpec
+
+    model = manifest["model"]
+    source = Path(app) / "edgekit.toml" if app else Path(model.get("source") or "")
+    if source.name == "edgekit.toml":
+        if not source.is_file():
+            source = _app_file_near(model) or source
+        if not source.is_file():
+            raise UsageError(f"the build's app file {source} is not here (the build was made elsewhere)",
+                             hint="pass --app APP_DIR (the directory with edgekit.toml), or skip parity: "
+                             "--check lint --check cost --check resources --check profile")
+        spec = load_app(source.parent)
+    else:
+        inputs = tuple(InputSpec(i["name"], tuple(i["shape"]), i["dtype"]) for i in model["inputs"])
+        spec = ModelSpec(name=model["name"], factory=model["factory"], inputs=inputs)
+    data = model.get("data") or {}
+    paths = {"weights": model.get("weights"), "calib": data.get("calib"), "eval": data.get("eval")}
+    return spec.with_overrides(**{k: Path(v) for k, v in paths.items() if v and Path(v).is_file()})
+
+
+def _app_file_near(model: dict) -> Path | None:
+    """The app's edgekit.toml beside the (absolute) weights or data paths the manifest recorded:
+    `source` is as the user typed it, often relative to the directory the build ran in."""
+    data = model.get("data") or {}
+    for p in (model.get("weights"), *data.values()):
+        if p and (Path(p).parent / "edgekit.toml").is_file():
+            return Path(p).parent / "edgekit.toml"
+    return None
+
+
+class FloatReference:
+    """The float model, its example inputs and evaluation batches, built once on first use."""
+
+    # A build with compression stages (prune, distill, low-rank) keeps the transformed float model
+    # beside the artifact (edgekit/stages/run.py): that, not the user's original, is the reference.
+    TRANSFORMED = "float_model.pt2"
+
+    def __init__(self, manifest: dict, app: str | None, max_samples: int | None, build_dir: Path | None = None):
+        self._manifest, self._app, self._max, self._dir = manifest, app, max_samples, build_dir
+        self._loaded = None
+
+    def get(self):
+        if self._loaded is None:
+            from edgekit.app import build_module
+            from edgekit.data import example_inputs, load_npz, random_dataset
+
+            spec = _spec(self._manifest, self._app)
+            transformed = self._dir / self.TRANSFORMED if self._dir else None
+            if transformed is not None and transformed.is_file():
+                import torch
+
+                model = torch.export.load(str(transformed)).module()
+            else:
+                model = build_module(spec)
+            if spec.eval:
+                data, source = load_npz(spec.eval, spec.inputs, "eval", need_labels=True), "evaluation data"
+            elif spec.calib:
+                data, source = load_npz(spec.calib, spec.inputs, "calib", need_labels=False), "calibration data (no eval set)"
+            else:
+                data, source = random_dataset(spec.inputs, 32), "random inputs (no data files)"
+            data = data.take(self._max) if self._max else data
+            self._loaded = (spec, model, example_inputs(spec.inputs), data, source)
+        return self._loaded
+
+    def float_outputs(self, flatten) -> list[list[np.ndarray]]:
+        """The float model's outputs per batch, computed once for every format."""
+        if getattr(self, "_float", None) is None:
+            import torch
+
+            from edgekit.data import batches
+
+            spec, model, _, data, _ = self.get()
+            # One intra-op thread: batches are single samples, and on a loaded 2-core host OpenMP's
+            # spinning workers made each small conv ~100x slower (measured: 23 ms vs 0.2 ms).
+            threads = torch.get_num_threads()
+            torch.set_num_threads(1)
+            try:
+                with torch.no_grad():
+                    self._float = [flatten(model(*b)) for b in batches(data, spec.inputs)]
+            finally:
+                torch.set_num_threads(threads)
+        return self._float
+
+
+# ---------------------------------------------------------------- checks per format
+
+
+def _parity(artifact: Path, fmt: str, record: dict, ref: FloatReference, gate: dict | None) -> dict:
+    from edgekit.backends import get_backend
+    from edgekit.data import batches
+    from edgekit.emulate.parity import all_outputs, arithmetic, check_parity
+
+    spec, model, _, data, source = ref.get()
+    float_out = ref.float_outputs(all_outputs)
+    backend = get_backend(fmt)
+    # Loaded after the float pass: a runtime's worker threads (XNNPACK's pool) running beside
+    # torch's intra-op threads on a small host made each float conv ~100x slower.
+    runner = getattr(backend, "load_for_validation", backend.load)(artifact)
+    art_out = [[np.asarray(o) for o in runner.run([t.numpy() for t in b])] for b in batches(data, spec.inputs)]
+    labels = data.labels[: sum(o[0].shape[0] for o in float_out)] if data.labels is not None else None
+    doc = check_parity(float_out, art_out, arithmetic((record.get("quantization") or {}).get("scheme", "static")), labels)
+    doc["data"] = source
+    first = doc["outputs"][0] if doc["outputs"] else {}
+    if gate and gate.get("max_accuracy_drop") is not None and first.get("accuracy_float") is not None:
+        drop = round(first["accuracy_float"] - first["accuracy_artifact"], 2)
+        doc["accuracy_drop"] = drop
+        if drop > gate["max_accuracy_drop"]:
+            doc["failures"].append(f"accuracy drops {drop:.2f} points, over the build's --max-accuracy-drop "
+                                   f"{gate['max_accuracy_drop']:g}")
+            doc["ok"] = False
+    return doc
+
+
+def _dtype(record: dict) -> str:
+    scheme = (record.get("quantization") or {}).get("scheme", "static")
+    return "fp32" if scheme == "fp16" else "int8"  # fp16 kernels: not calibrated, fp32 is the conservative bound
+
+
+def format_checks(artifact: Path, record: dict, target, checks: tuple[str, ...], work: list[dict] | None) -> dict:
+    """lint + cost for one artifact: what `build` runs too. `work`: the float graph's per-op rows."""
+    from edgekit.emulate.cost import predict
+    from edgekit.emulate.lint import lint
+
+    out = {}
+    if "lint" in checks or "cost" in checks:
+        out["lint"] = lint(artifact, work)
+    if "cost" in checks and work is not None:
+        from edgekit.emulate.lint import graph_names
+
+        outside = graph_names(out["lint"].get("ops_outside") or [])
+        if artifact.suffix != ".pte":
+            outside = set()  # float leftovers in ONNX/PTL still run on vectorized kernels
+        out["prediction"] = predict(work, _dtype(record), target, outside)
+    if "lint" not in checks:
+        out.pop("lint", None)
+    return out
+
+
+def build_checks(model, example: tuple, build_dir: Path, records: dict, target) -> dict:
+    """The cheap checks at the end of every build: {"validation": ...} for the manifest.
+
+    The prediction stays under validation.formats.<format>.prediction; the top-level
+    `prediction` the report compares with device runs is written by `edgekit validate`
+    (a fresh build's report says "no prediction" until then: tests/test_report.py relies on it).
+    """
+    import time
+
+    from edgekit.emulate.graph import model_work
+
+    start = time.perf_counter()
+    work = [r.to_json() for r in model_work(model, example)]
+    formats = {fmt: format_checks(build_dir / rec["artifact"]["file"], rec, target, BUILD_CHECKS, work)
+               for fmt, rec in records.items()}
+    return {"validation": {"time": _now(), "target": target.name, "checks": list(BUILD_CHECKS), "by": "build",
+                           "formats": formats, "failures": [], "ok": True,
+                           "seconds": round(time.perf_counter() - start, 3)}}
+
+
+# ---------------------------------------------------------------- the command
+
+
+def validate(build_dir: str | Path, options: ValidateOptions = ValidateOptions(), say=print) -> dict:
+    from edgekit.target import load_target
+
+    build_dir = Path(build_dir)
+    if options.emulate:
+        raise UsageError("--emulate is not available yet (issue 4, part 2: qemu-user aarch64 rootfs)",
+                         hint="run `edgekit validate BUILD` without --emulate")
+    unknown = [c for c in options.checks if c not in CHECKS]
+    if unknown:
+        raise UsageError(f"--check {', '.join(unknown)}: no such check", hint=f"choose from: {', '.join(CHECKS)}")
+    manifest = read_verified(build_dir)
+    say(f"✓ sha256 of every artifact matches {MANIFEST}")
+    target = load_target(options.target or manifest["target"])
+    records = manifest.get("formats") or {manifest["format"]: manifest}
+    formats = options.formats or tuple(records)
+    missing = [f for f in formats if f not in records]
+    if missing:
+        raise UsageError(f"--format {missing[0]}: this build has no such artifact", hint="choose from: " + ", ".join(records))
+    ref = FloatReference(manifest, options.app, options.max_samples, build_dir)
+    work = _work(ref) if "cost" in options.checks or "lint" in options.checks else None
+    results, failures, host_runs = {}, [], {}
+    for fmt in formats:
+        res, failed = _check_format(build_dir, manifest, fmt, records[fmt], target, options, ref, work, say)
+        results[fmt] = res
+        failures += failed
+        if res.get("resources", {}).get("ok"):
+            host_runs[fmt] = res
+    doc = {"time": _now(), "target": target.name, "checks": list(options.checks), "by": "validate",
+           "formats": results, "failures": failures, "ok": not failures}
+    _merge(build_dir, manifest, doc, target)
+    for fmt, res in host_runs.items():
+        _record_host_run(build_dir, manifest, fmt, res, target)
+    if failures:
+        raise GateError("validation failed: " + "; ".join(failures),
+                        hint=f"details in {build_dir / MANIFEST} under 'validation'")
+    return doc
+
+
+def _check_format(build_dir: Path, manifest: dict, fmt: str, rec: dict, target, options: ValidateOptions,
+                  ref: FloatReference, work, say) -> tuple[dict, list[str]]:
+    """Every requested check on one artifact; returns its results and the failure messages."""
+    artifact = build_dir / rec["artifact"]["file"]
+    failures = []
+    res = format_checks(artifact, rec, target, options.checks, work)
+    if "parity" in options.checks:
+        res["parity"] = _parity(artifact, fmt, rec, ref, manifest.get("gate"))
+        failures += [f"{fmt} parity: {m}" for m in res["parity"]["failures"]]
+        say(_line(res["parity"]["ok"], f"{fmt}: parity on {res['parity']['samples']} samples ({res['parity']['data']})"))
+    if "lint" in res:
+        _say_lint(fmt, res["lint"], say)
+        if res["lint"]["findings"] and options.fail_on_lint:
+            failures.append(f"{fmt} lint: " + ", ".join(res["lint"]["ops_outside"]) + " off the fast path")
+    if res.get("prediction"):
+        p = res["prediction"]
+        say(f"  {fmt}: predicted on {p['target']}: {p['low_ms']:.3g}–{p['high_ms']:.3g} ms "
+            f"(point {p['latency_ms']:.3g} ms, {p['dtype']}, {p['threads']} threads, cost model)")
+    if "resources" in options.checks:
+        from edgekit.emulate.resources import verdict
+
+        res["resources"] = _resources(artifact, manifest, target, options)
+        why = verdict(res["resources"])
+        if why:
+            failures.append(f"{fmt} on {target.name}: {why}")
+        _say_resources(fmt, res["resources"], why, target, say)
+    if "profile" in options.checks:
+        from edgekit.emulate.profile import profile
+
+        threads = min(target.threads, len(os.sched_getaffinity(0)))
+        res["profile"] = profile(artifact, _one_batch(manifest), runs=options.runs, threads=threads)
+        top = ", ".join(f"{o['name']} {o['ms']:.3g} ms" for o in res["profile"]["ops"][:3])
+        say(f"  {fmt}: slowest ops on the host: {top or res['profile'].get('why')}")
+    return res, failures
+
+
+def _say_lint(fmt: str, doc: dict, say) -> None:
+    n = len(doc["findings"])
+    say(_line(not n, f"{fmt}: lint, {n} op type(s) off the {doc.get('fast_path', 'fast path')}"))
+    for f in doc["findings"]:
+        say(f"    {f['op']} (x{f['count']}, {f['where']}): {f['advice']}")
+    if doc.get("macs_fast_share") is not None:
+        say(f"    {100 * doc['macs_fast_share']:.1f} % of MACs on the {doc['fast_path']}")
+
+
+def _say_resources(fmt: str, r: dict, why: str | None, target, say) -> None:
+    say(_line(not why, f"{fmt}: {'fits' if not why else 'does NOT fit'} {target.name} "
+              f"({r['budget_mb']} MB for the model + runtime): " + (why or f"needs {r['needed_mb']} MB")))
+    if r.get("latency"):
+        lat = r["latency"]
+        say(f"    host latency on {len(r['cores'])} core(s), {r['threads']} thread(s): p50 {lat['p50']} ms, "
+            f"p90 {lat['p90']} ms, p99 {lat['p99']} ms, load {lat['load_ms']} ms (this computer, not the target)")
+
+
+def _line(ok: bool, text: str) -> str:
+    return f"{'✓' if ok else '✗'} {text}"
+
+
+def _work(ref: FloatReference) -> list[dict] | None:
+    from edgekit.emulate.graph import model_work
+
+    try:
+        _, model, example, _, _ = ref.get()
+    except UsageError:
+        return None  # no float model here: lint still runs, without MAC shares; no prediction
+    return [r.to_json() for r in model_work(model, example)]
+
+
+def _one_batch(manifest: dict) -> list[np.ndarray]:
+    rng = np.random.default_rng(0)
+    out = []
+    for i in manifest["model"]["inputs"]:
+        if i["dtype"].startswith("float"):
+            out.append(rng.random(i["shape"], dtype=np.float32).astype(i["dtype"]))
+        else:
+            out.append(np.zeros(i["shape"], dtype=i["dtype"]))
+    return out
+
+
+def _resources(artifact: Path, manifest: dict, target, options: ValidateOptions) -> dict:
+    from edgekit.emulate.resources import measure
+
+    return measure(artifact, manifest["model"]["inputs"], target, runs=options.runs, warmup=options.warmup)
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def _merge(build_dir: Path, manifest: dict, doc: dict, target) -> None:
+    """validation + prediction into manifest.json, atomically, under the build's lock (deploys append runs)."""
+    from edgekit.deploy.records import _dir_lock, _manifest_lock
+
+    primary = manifest["format"]
+    with _manifest_lock, _dir_lock(build_dir):
+        path = build_dir / MANIFEST
+        current = json.loads(path.read_text())
+        current["validation"] = doc
+        pred = (doc["formats"].get(primary) or {}).get("prediction")
+        if pred is not None and target.name == current.get("target"):
+            current["prediction"] = pred  # the report compares it with runs on the build's target
+        write_json_atomic(path, current)
+
+
+def _record_host_run(build_dir: Path, manifest: dict, fmt: str, res: dict, target) -> None:
+    """The resource run's latency (and profile) as a device run named host-validate, so reports show it."""
+    from edgekit.deploy.records import add_to_manifest, open_build, summarize_run, timestamp, write_run
+
+    build = open_build(build_dir, fmt)
+    run = dict(res["resources"]["runner"])
+    run["ops"] = (res.get("profile") or {}).get("ops") or []
+    record = {
+        "ok": True, "stage": "done", "kind": "bench", "device": "host-validate", "transport": "local",
+        "address": None, "time": _now(), "stamp": timestamp(),
+        "build": {"name": manifest["name"], "target": manifest["target"], "format": fmt,
+                  "artifact": build.artifact.name, "sha256": build.sha256},
+        "runner": "python", "arch": {"device": platform.machine(), "target": target.arch,
+                                     "mismatch": platform.machine() != target.arch, "allowed": True},
+        "remote_dir": None, "pushed": [], "check": None, "bench": run,
+        "settings": {"validate": True, "cores": res["resources"]["cores"], "threads": res["resources"]["threads"],
+                     "ram_limit_mb": res["resources"]["budget_mb"]},
+        "warnings": ["measured on the host inside the target's core and memory limits: not the target's latency"],
+        "error": None, "hint": None, "detail": None,
+    }
+    file = write_run(build, "host-validate", record)
+    add_to_manifest(build, summarize_run(record, file, build_dir))

@@ -1,0 +1,1 @@
+"""Model -> model transforms run between load and quantize: prune, distill, lowrank, sparsity."""

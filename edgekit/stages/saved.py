@@ -1,0 +1,80 @@
+"""Save a transformed (pruned, factorised) float model so a fresh process can use it again.
+
+Two files, for two kinds of reader:
+- `float_model.pt2` (torch.export.save): the graph and weights, no Python code
+  needed; `torch.export.load(p).module()` runs and exports again.
+- `float_model.pt` (this module's format, `torch.load(weights_only=True)`-safe):
+  the new layer sizes plus the state_dict. `load_transformed` rebuilds the
+  model from the user's own factory, resizes each layer and loads the weights,
+  so the result is a trainable nn.Module again (what distillation workers need).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+FORMAT = "edgekit-transformed/1"
+# Size attributes of the layers pruning changes (Conv, Linear, BN, LayerNorm, GroupNorm).
+_SIZE_ATTRS = ("in_channels", "out_channels", "groups", "in_features", "out_features", "num_features",
+               "normalized_shape", "num_channels", "num_groups")
+
+
+def layer_sizes(model) -> dict:
+    sizes = {}
+    for name, module in model.named_modules():
+        attrs = {a: _plain(getattr(module, a)) for a in _SIZE_ATTRS if hasattr(module, a)}
+        if attrs:
+            sizes[name] = attrs
+    return sizes
+
+
+def _plain(value):
+    return list(value) if isinstance(value, tuple) else value
+
+
+def save_transformed(model, path: Path) -> None:
+    import torch
+
+    tmp = path.with_name(f".{path.name}.tmp")
+    torch.save({"format": FORMAT, "sizes": layer_sizes(model), "state_dict": model.state_dict()}, tmp)
+    tmp.replace(path)
+
+
+def save_exported(model, example: tuple, path: Path) -> None:
+    import torch
+
+    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")  # torch.export.save wants a .pt2 name
+    torch.export.save(torch.export.export(model.eval(), tuple(example)), str(tmp))
+    tmp.replace(path)
+
+
+def load_transformed(model, path: Path):
+    """Resize `model` (fresh from its factory) to the saved layer sizes, then load the weights."""
+    import torch
+
+    from edgekit.errors import UsageError
+
+    doc = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(doc, dict) or doc.get("format") != FORMAT:
+        raise UsageError(f"'{path}' is not a model saved by edgekit ({FORMAT})", hint="pass BUILD/float_model.pt")
+    modules = dict(model.named_modules())
+    for name, attrs in doc["sizes"].items():
+        if name not in modules:
+            raise UsageError(f"'{path}' has layer '{name}' that the model factory does not build",
+                             hint="load it with the factory that made the build")
+        for attr, value in attrs.items():
+            setattr(modules[name], attr, tuple(value) if isinstance(value, list) else value)
+    state = doc["state_dict"]
+    # Give every parameter/buffer the saved shape; load_state_dict then fills the values.
+    for key, tensor in state.items():
+        owner, _, leaf = key.rpartition(".")
+        module = modules[owner]
+        current = getattr(module, leaf)
+        if current is None or current.shape == tensor.shape:
+            continue
+        if isinstance(current, torch.nn.Parameter):
+            setattr(module, leaf, torch.nn.Parameter(torch.empty_like(tensor), requires_grad=current.requires_grad))
+        else:
+            module.register_buffer(leaf, torch.empty_like(tensor))
+    model.load_state_dict(state, strict=True)
+    return model.eval()

@@ -1,0 +1,1 @@
+"""Training entry points that run in worker processes (DDP distillation)."""

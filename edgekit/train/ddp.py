@@ -1,0 +1,62 @@
+"""DDP worker: `torchrun ... -m edgekit.train.ddp JOB.json` (launched by launch.py).
+
+Each process rebuilds the teacher (the spec's model) and the student (the
+saved transformed model), joins the process group (gloo on CPU, nccl when
+CUDA is present) and runs the same distill() loop on its shard of each epoch.
+Rank 0 writes the trained student and the result record.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+
+def main(job_path: str) -> None:
+    import torch
+    import torch.distributed as dist
+
+    from edgekit.app import build_module
+    from edgekit.data import example_inputs, load_npz
+    from edgekit.progress import Steps
+    from edgekit.stages.distill import DistillConfig, distill
+    from edgekit.stages.saved import load_transformed, save_transformed
+    from edgekit.train.job import read_job, spec_from_job
+
+    # One thread per process: N processes on N cores, not N x N threads fighting.
+    torch.set_num_threads(int(os.environ.get("EDGEKIT_THREADS_PER_PROC", "1")))
+    dist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
+    rank, world = dist.get_rank(), dist.get_world_size()
+    try:
+        job = read_job(Path(job_path))
+        spec = spec_from_job(job["spec"])
+        cfg = DistillConfig(**{**job["config"], "features": tuple(job["config"]["features"])})
+        teacher = build_module(spec)
+        student = load_transformed(build_module(spec), Path(job["student"])) if job.get("student") \
+            else _student_from_factory(job)
+        train = load_npz(spec.train, spec.inputs, "--train", need_labels=False)
+        evaluation = load_npz(spec.eval, spec.inputs, "--eval", need_labels=True)
+        steps = Steps(show=rank == 0)
+        result = distill(student, teacher, train, evaluation, spec.inputs, cfg, steps, example_inputs(spec.inputs),
+                         rank=rank, world=world)
+        result["backend"] = dist.get_backend()
+        if rank == 0:
+            save_transformed(student, Path(job["out"]))
+            Path(job["result"]).write_text(json.dumps(result))
+        dist.barrier()
+    finally:
+        dist.destroy_process_group()
+
+
+def _student_from_factory(job: dict):
+    """A user's own smaller student: `--student module:factory` (+ optional weights)."""
+    from edgekit.app import build_module
+    from edgekit.train.job import spec_from_job
+
+    return build_module(spec_from_job(job["student_spec"]))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])

@@ -1,0 +1,30 @@
+"""A distillation job as a JSON file: what every DDP worker needs to rebuild the same run."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+
+def spec_to_job(spec) -> dict:
+    doc = {f.name: getattr(spec, f.name) for f in dataclasses.fields(spec)}
+    doc["inputs"] = [s.to_json() for s in spec.inputs]
+    return {k: str(v) if isinstance(v, Path) else v for k, v in doc.items()}
+
+
+def spec_from_job(doc: dict):
+    from edgekit.app import ModelSpec
+    from edgekit.spec import InputSpec
+
+    paths = {k: Path(doc[k]) if doc.get(k) else None for k in ("root", "weights", "calib", "eval", "train")}
+    inputs = tuple(InputSpec(i["name"], tuple(i["shape"]), i["dtype"]) for i in doc["inputs"])
+    return ModelSpec(name=doc["name"], factory=doc["factory"], inputs=inputs, source=doc["source"], **paths)
+
+
+def write_job(path: Path, **job) -> None:
+    path.write_text(json.dumps(job, indent=2))
+
+
+def read_job(path: Path) -> dict:
+    return json.loads(Path(path).read_text())

@@ -1,0 +1,68 @@
+"""The cost model against the published MobileNetV2 figures it is calibrated on (docs/cost_model.md)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from edgekit.emulate import cost
+from edgekit.target import load_target
+
+DOC = Path(__file__).resolve().parent.parent / "docs" / "cost_model.md"
+
+
+@pytest.fixture(scope="module")
+def mnv2_rows():
+    return cost.mobilenet_v2_rows()
+
+
+def test_mobilenet_v2_is_the_standard_network(mnv2_rows):
+    macs = sum(r["macs"] for r in mnv2_rows)
+    assert 295e6 < macs < 305e6  # the paper's 300 M multiply-adds at 224x224, width 1.0
+    assert sum(r["kind"] == "depthwise_conv" for r in mnv2_rows) == 17
+
+
+@pytest.mark.parametrize("entry", cost.PUBLISHED, ids=lambda e: f"{e[1]}-{e[5]}")
+def test_prediction_within_1_5x_of_published(mnv2_rows, entry):
+    row = next(r for r in cost.calibration_table(mnv2_rows) if r["core"] == entry[1] and r["dtype"] == entry[5])
+    assert 1 / 1.5 <= row["ratio"] <= 1.5, row
+    assert row["low_ms"] <= entry[6] <= row["high_ms"], row  # the range holds the published figure
+
+
+def test_stored_efficiencies_are_the_fit(mnv2_rows):
+    """CORE_EFFICIENCY must be what calibrate() gives today: a change to the model's shape
+    (factors, op accounting) without refitting fails here."""
+    fitted = cost.calibrate(mnv2_rows)
+    for core, value in cost.CORE_EFFICIENCY.items():
+        assert fitted[core] == pytest.approx(value, rel=0.02), (core, fitted[core])
+
+
+def test_int8_ratio_is_not_fitted_yet_close(mnv2_rows):
+    """Only one number per core is fitted; the int8 speed-up comes from the ISA tables."""
+    table = {(r["core"], r["dtype"]): r for r in cost.calibration_table(mnv2_rows)}
+    for core in ("a72", "a76"):
+        predicted = table[(core, "fp32")]["predicted_ms"] / table[(core, "int8")]["predicted_ms"]
+        published = table[(core, "fp32")]["published_ms"] / table[(core, "int8")]["published_ms"]
+        assert 1 / 1.5 < predicted / published < 1.5
+
+
+def test_predict_on_profiles(mnv2_rows):
+    rpi4, rpi5, zero = (cost.predict(mnv2_rows, "int8", load_target(t)) for t in ("rpi4", "rpi5", "pi-zero2"))
+    assert rpi5["latency_ms"] < rpi4["latency_ms"] < zero["latency_ms"]
+    assert rpi4["calibrated"] and not zero["calibrated"]
+    assert zero["high_ms"] / zero["low_ms"] > rpi4["high_ms"] / rpi4["low_ms"]  # wider when not calibrated
+    assert cost.predict(mnv2_rows, "int8", load_target("host")) is None  # no model of x86 cores
+
+
+def test_ops_off_the_delegate_cost_more(mnv2_rows):
+    m = cost.Machine.from_target(load_target("rpi4"))
+    assert cost.predict_ms(mnv2_rows, "int8", m, outside={"conv2d"}) > 5 * cost.predict_ms(mnv2_rows, "int8", m)
+
+
+def test_doc_shows_the_calibration(mnv2_rows):
+    text = DOC.read_text()
+    for e in cost.PUBLISHED:
+        assert f"| {e[6]} |" in text, e  # every published figure is in the doc's table
+    for core, value in cost.CORE_EFFICIENCY.items():
+        assert f"{value}" in text, core

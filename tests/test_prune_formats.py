@@ -1,0 +1,20 @@
+"""A pruned MobileNetV2 (depthwise convs, residual adds) exports and runs in all three formats."""
+
+from __future__ import annotations
+
+import pytest
+
+
+@pytest.mark.slow
+def test_pruned_mobilenet_v2_builds_in_every_format(tmp_path):
+    from edgekit import api
+
+    m = api.build(model="edgekit.zoo.mobilenet_v2:build_small", input_shape="1,3,32,32", formats=("all",),
+                  prune=0.5, calib_samples=16, out=tmp_path / "mbv2")
+    steps = {s["stage"]: s for s in m["steps"]}
+    assert steps["prune"]["macs"] < 0.6 * steps["measure"]["macs"]
+    assert set(m["formats"]) == {"executorch", "torchscript-lite", "onnx"}
+    for fmt, record in m["formats"].items():
+        assert (tmp_path / "mbv2" / record["artifact"]["file"]).stat().st_size == record["artifact"]["bytes"] > 0
+        assert record["metrics"]["samples"] > 0, fmt  # it ran in its runtime
+    assert (tmp_path / "mbv2" / "float_model.pt2").is_file()

@@ -1,0 +1,61 @@
+"""Target resources: a model too big for a Pi Zero 2's 512 MB is flagged (exit 3), and passes on a Pi 4."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from edgekit import api
+from edgekit.backends import executorch_xnnpack as et
+from edgekit.errors import EXIT_GATE, GateError
+from edgekit.manifest import sha256_file
+
+# fp32 Linear(7680, 7680): 236 MB of weights in the .pte. Loaded, the program buffer plus
+# XNNPACK's packed copy of the weights take > 470 MB, over the ~370 MB a Pi Zero 2 leaves a model
+# (512 MB - 128 MB OS - 16 MB runtime) and far under a 4 GB Pi 4's. Export ~15 s, 236 MB of disk.
+FEATURES = 7680
+
+
+@pytest.fixture(scope="module")
+def big_build(tmp_path_factory):
+    """A build dir made by hand around one big fp32 .pte (no float model needed: resources only)."""
+    out = tmp_path_factory.mktemp("big") / "big-rpi4"
+    out.mkdir()
+    model = torch.nn.Sequential(torch.nn.Linear(FEATURES, FEATURES)).eval()
+    artifact = out / "model.pte"
+    et.export(model, (torch.zeros(1, FEATURES),), artifact)
+    del model
+    inputs = [{"name": "x", "shape": [1, FEATURES], "dtype": "float32"}]
+    manifest = {
+        "schema": 1, "name": "big", "target": "rpi4", "target_profile": {"arch": "aarch64", "threads": 4},
+        "format": "executorch", "backend": "xnnpack", "quantization": {"scheme": "fp16"},
+        "model": {"name": "big", "factory": "none:none", "inputs": inputs},
+        "artifact": {"file": "model.pte", "sha256": sha256_file(artifact), "bytes": artifact.stat().st_size},
+    }
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    yield out
+    artifact.unlink()
+
+
+def test_too_large_for_pi_zero2(big_build):
+    with pytest.raises(GateError) as err:
+        api.validate(big_build, checks=["resources"], target="pi-zero2", runs=2, warmup=1)
+    assert err.value.exit_code == EXIT_GATE == 3
+    assert "pi-zero2" in str(err.value) and "384 MB" in str(err.value)
+    res = json.loads((big_build / "manifest.json").read_text())["validation"]["formats"]["executorch"]["resources"]
+    assert res["fits"] is False and res["ram_mb"] == 512
+    assert res["address_space_limit_mb"] is not None  # the child really ran under a limit
+
+
+def test_fits_rpi4(big_build):
+    doc = api.validate(big_build, checks=["resources"], runs=2, warmup=1)
+    res = doc["formats"]["executorch"]["resources"]
+    assert res["fits"] and res["ok"]
+    # what the model added over the runtime: at least its weights, and a few copies at most
+    # (the Python runtime's file buffer, the program's data, XNNPACK's packed weights: ~4x measured here)
+    weights_mb = FEATURES * FEATURES * 4 / 2**20
+    assert weights_mb < res["model_mb"] < 6 * weights_mb
+    assert res["needed_mb"] > 384  # the reason it cannot fit the Pi Zero 2
+    assert res["latency"]["p50"] > 0
