@@ -27,9 +27,27 @@ def print_build_summary(manifest: dict) -> None:
             verdict = "met" if fallback["met"] else "NOT met"
             console.print(f"{record['format']}: kept float to meet the {fallback['budget_points']:g}-point budget "
                           f"({verdict}): [bold]{layers}[/]")
+    for fmt, checks in ((manifest.get("validation") or {}).get("formats") or {}).items():
+        console.print(_validation_line(fmt, checks, manifest["target"]))
     if manifest.get("cross_agreement"):
         pairs = ", ".join(f"{k.replace('~', ' vs ')} {v:.2f} %" for k, v in manifest["cross_agreement"].items())
         console.print(f"top-1 agreement between formats: {pairs}")
+
+
+def _validation_line(fmt: str, checks: dict, target: str) -> str:
+    """What the build's lint and cost model say about one artifact."""
+    parts = []
+    lint = checks.get("lint") or {}
+    if lint.get("checked"):
+        findings = lint.get("findings") or []
+        share = lint.get("macs_fast_share")
+        fast = f"{share * 100:.0f} % of MACs on {lint.get('fast_path')}" if share is not None else lint.get("fast_path", "")
+        parts.append(f"lint: {len(findings)} finding(s), {fast}" if findings else f"lint: clean, {fast}")
+    p = checks.get("prediction")
+    if p:
+        parts.append(f"predicted on {target}: {p['low_ms']:.3g}–{p['high_ms']:.3g} ms at {p['threads']} threads "
+                     f"(cost model, docs/cost_model.md)")
+    return f"{fmt}: " + " · ".join(parts) if parts else f"{fmt}: no lint or prediction"
 
 
 def _formats_table(manifest: dict) -> Table:

@@ -98,3 +98,16 @@ def test_rebuild_replaces_the_previous_build(digits_build, run_cli, tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert not (out / "stale.txt").exists()
     assert json.loads((out / MANIFEST).read_text())["steps"][1]["config"]["samples"] == 20
+
+
+def test_summary_table_says_what_the_demo_promises(digits_build, capsys):
+    """`make demo` ends with float vs int8 accuracy, sizes, the artifact path, lint and the prediction."""
+    from edgekit.summary import print_build_summary
+
+    print_build_summary(digits_build["manifest"] | {"build_dir": "build/digits-rpi4"})
+    out = capsys.readouterr().out
+    m = digits_build["manifest"]["metrics"]
+    assert f"{m['accuracy_float']:.2f}" in out and f"{m['accuracy_artifact']:.2f}" in out
+    assert "model.pte" in out and "build/digits-rpi4/" in out
+    assert "KB" in out and "0.27" in out  # size and its ratio to the float state_dict
+    assert "lint: clean" in out and "predicted on rpi4:" in out
