@@ -45,5 +45,15 @@ def write_json_atomic(path: Path, doc: dict) -> None:
     os.replace(tmp, path)
 
 
-def read_manifest(build_dir: Path) -> dict:
-    return json.loads((Path(build_dir) / MANIFEST).read_text())
+def read_manifest(build_dir: str | Path) -> dict:
+    """A finished build's manifest; a path that isn't one is the user's to fix (exit 2)."""
+    from edgekit.errors import UsageError
+
+    path = Path(build_dir) / MANIFEST
+    if not path.is_file():
+        raise UsageError(f"'{build_dir}' is not a build directory (no {MANIFEST})",
+                         hint="pass the directory `edgekit build` wrote, e.g. build/digits-rpi4")
+    try:
+        return json.loads(path.read_text())
+    except ValueError as e:
+        raise UsageError(f"{path}: not an edgekit manifest (invalid JSON: {e})", hint="rebuild with `edgekit build`") from None

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edgekit.errors import UsageError
-from edgekit.manifest import MANIFEST, sha256_file, write_json_atomic
+from edgekit.manifest import MANIFEST, read_manifest, sha256_file, write_json_atomic
 
 RUNS_DIR = "device_runs"
 # runtime name the runner reports -> the distribution recorded in manifest["versions"]
@@ -76,11 +76,8 @@ def open_build(build_dir: str | Path, fmt: str | None = None) -> BuildInfo:
     `fmt` picks one of the build's formats (default: the primary one)."""
     path = Path(build_dir)
     manifest_path = path / MANIFEST
-    if not manifest_path.is_file():
-        raise UsageError(f"'{path}' is not a build directory (no {MANIFEST})",
-                         hint="pass the directory `edgekit build` wrote, e.g. build/digits-rpi4")
+    manifest = read_manifest(path)
     try:
-        manifest = json.loads(manifest_path.read_text())
         available = list(manifest.get("formats") or [manifest["format"]])
         if fmt is not None and fmt not in available:
             raise UsageError(f"--format {fmt}: this build has no {fmt} artifact", hint="choose one of: " + ", ".join(available))

@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from edgekit.errors import GateError, UsageError
-from edgekit.manifest import MANIFEST, sha256_file, write_json_atomic
+from edgekit.manifest import MANIFEST, read_manifest, sha256_file, write_json_atomic
 
 CHECKS = ("parity", "lint", "cost", "resources", "profile")
 BUILD_CHECKS = ("lint", "cost")
@@ -60,11 +60,8 @@ class ValidateOptions:
 def read_verified(build_dir: Path) -> dict:
     """The manifest, after checking every artifact it names against its sha256 (exit 2 otherwise)."""
     path = build_dir / MANIFEST
-    if not path.is_file():
-        raise UsageError(f"'{build_dir}' is not a build directory (no {MANIFEST})",
-                         hint="pass the directory `edgekit build` wrote, e.g. build/digits-rpi4")
+    manifest = read_manifest(build_dir)
     try:
-        manifest = json.loads(path.read_text())
         records = manifest.get("formats") or {manifest["format"]: manifest}
         artifacts = {fmt: rec["artifact"] for fmt, rec in records.items()}
     except (ValueError, KeyError, TypeError) as e:

@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 
 from edgekit.errors import UsageError
-from edgekit.manifest import MANIFEST
+from edgekit.manifest import read_manifest
 
 RUNS_DIR = "device_runs"
 RUN_KEYS = ("load_ms", "first_ms", "mean", "std", "min", "p50", "p90", "p99", "max", "runs", "peak_rss_kb")
@@ -20,7 +20,7 @@ RUN_KEYS = ("load_ms", "first_ms", "mean", "std", "min", "p50", "p90", "p99", "m
 
 def build_report(build_dir: str | Path) -> dict:
     build_dir = Path(build_dir)
-    manifest = _read_manifest(build_dir)
+    manifest = read_manifest(build_dir)
     runs = [_run(build_dir, entry) for entry in manifest.get("device_runs", [])]
     return {
         "name": manifest.get("name"), "target": manifest.get("target"), "format": manifest.get("format"),
@@ -36,17 +36,6 @@ def build_report(build_dir: str | Path) -> dict:
         "warnings": manifest.get("warnings") or [],
         "versions": manifest.get("versions") or {},
     }
-
-
-def _read_manifest(build_dir: Path) -> dict:
-    path = build_dir / MANIFEST
-    if not path.is_file():
-        raise UsageError(f"'{build_dir}' is not a build directory (no {MANIFEST})",
-                         hint="pass the directory `edgekit build` wrote, e.g. build/digits-rpi4")
-    try:
-        return json.loads(path.read_text())
-    except ValueError as e:
-        raise UsageError(f"{path}: not valid JSON ({e})", hint="rebuild with `edgekit build`") from None
 
 
 def _profile(p: dict) -> dict:
