@@ -198,7 +198,7 @@ def _build_format(ctx: _Context, backend, cfg: QuantConfig) -> dict:
     artifact = ctx.stage / f"model{backend.SUFFIX}"
     with steps.step("export", fmt, f"export {artifact.name}") as rec:
         lowering = _export_atomic(backend, qmodel, ctx.example, artifact)
-        rec["output"] = sha256_file(artifact)
+        rec["output"] = digest = sha256_file(artifact)
     if lowering.get("xnnpack_delegated") is False:
         steps.warn(f"nothing was delegated to {backend.BACKEND}: the artifact runs on portable CPU kernels")
     with steps.step("validate", {**fmt, "data": ctx.evaluation.source, "samples": len(ctx.evaluation)},
@@ -213,7 +213,7 @@ def _build_format(ctx: _Context, backend, cfg: QuantConfig) -> dict:
         "format": backend.FORMAT,
         "backend": backend.BACKEND,
         "quantization": cfg.to_json(backend),
-        "artifact": {"file": artifact.name, "sha256": sha256_file(artifact), "bytes": artifact.stat().st_size},
+        "artifact": {"file": artifact.name, "sha256": digest, "bytes": artifact.stat().st_size},
         "metrics": metrics,
         "lowering": lowering,
         "_predictions": np.concatenate(outputs).argmax(axis=-1),  # for cross-format agreement; not written
