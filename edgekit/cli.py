@@ -351,6 +351,40 @@ def report(build_dir, as_json, no_html):
         click.echo(f"report: {data['html']}")
 
 
+@cli.group()
+def emulator():
+    """The emulated arm64 board (qemu-user): build it once, check it, start its sshd."""
+
+
+@emulator.command("build")
+@click.option("--mirror", metavar="URL", help="Debian mirror for debootstrap. [default: the one apt uses]")
+@click.option("--rebuild", is_flag=True, help="Throw away the cached rootfs and archive and build from scratch.")
+def emulator_build(mirror, rebuild):
+    """Build (or restore from the cache) the arm64 rootfs, the native ExecuTorch runner and the qemu plugin.
+
+    Needs root, binfmt_misc and Debian's qemu-user-static, qemu-user, debootstrap, g++-aarch64-linux-gnu
+    and zstd. The first build takes several minutes; later ones restore the cached archive in seconds.
+    """
+    from edgekit.emulator.paths import EmulatorPaths
+    from edgekit.emulator.setup import build as build_emulator
+    from edgekit.progress import Steps
+
+    doc = build_emulator(EmulatorPaths.default(), Steps(), mirror=mirror, rebuild=rebuild)
+    click.echo(f"emulator ready: {doc['rootfs']} ({doc['qemu']}); runner {doc['runner']}")
+
+
+@emulator.command("status")
+@click.option("--json", "as_json", is_flag=True)
+def emulator_status(as_json):
+    """Whether the emulator is built, where, and with which runtimes (exit 2 when it is not)."""
+    from edgekit.emulator.paths import EmulatorPaths
+    from edgekit.emulator.setup import require_ready
+
+    doc = require_ready(EmulatorPaths.default())
+    click.echo(json.dumps(doc, indent=2) if as_json else
+               "\n".join(f"{k:9} {v if not isinstance(v, dict) else ', '.join(f'{a} {b}' for a, b in v.items())}" for k, v in doc.items()))
+
+
 @cli.command()
 @click.argument("build_dir", type=click.Path(file_okay=False))
 @click.option("--check", "checks", multiple=True, metavar="CHECK",
@@ -361,7 +395,7 @@ def report(build_dir, as_json, no_html):
 @click.option("--runs", type=int, default=20, show_default=True, help="Timed runs for host latency and the profile.")
 @click.option("--samples", "max_samples", type=int, help="Parity on the first N evaluation samples. [default: all]")
 @click.option("--fail-on-lint", is_flag=True, help="Exit 3 when an op is off the target runtime's fast path.")
-@click.option("--emulate", is_flag=True, hidden=True, help="Run on emulated ARM cores (not available yet).")
+@click.option("--emulate", is_flag=True, help="Also run each artifact on the target's emulated ARM core (qemu; `make emulator` first): outputs vs the host run, instruction counts.")
 @click.option("--json", "as_json", is_flag=True, help="Print the validation record as JSON.")
 def validate(build_dir, checks, formats, as_json, **options):
     """Re-check a build on this computer: sha256, parity, lint, predicted latency, fit in the target's RAM, profile.

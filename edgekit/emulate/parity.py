@@ -31,6 +31,10 @@ TOLERANCES = {
     "int8": Tolerance(max_steps=16, mean_steps=2, min_cosine=0.98, min_top1=95.0),
     # fp16 keeps 11 bits; accumulated rounding over a deep net stays within ~64 ulp.
     "fp16": Tolerance(max_steps=64, mean_steps=4, min_cosine=0.999, min_top1=99.0),
+    # The same artifact on the emulated ARM core vs the host's runtime: the kernels differ
+    # (NEON vs AVX micro-kernels, their requantization rounding), the arithmetic must not.
+    # The step here is the host output's int8 level.
+    "emulated": Tolerance(max_steps=4, mean_steps=0.25, min_cosine=0.9999, min_top1=99.0),
 }
 
 

@@ -17,13 +17,14 @@ the report shows its latency and per-op table. A failed check raises GateError
 
 `build_checks()` is the cheap subset (lint + cost) every `edgekit build` runs at its end.
 
-Emulation (`--emulate`, issue 4 part 2) will be one more check here, "emulate",
-producing per-format {agreement with the host run, instruction counts}; the
-option is accepted by the API and refused with a clear message until it exists.
+`--emulate` adds one more: each artifact on the target's emulated ARM core
+(qemu-user, `make emulator`), its outputs against the host run's, and its guest
+instruction count (emulated.py, edgekit/emulator/).
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import os
@@ -51,7 +52,7 @@ class ValidateOptions:
     warmup: int = 3
     max_samples: int | None = None  # parity on the first N evaluation samples
     fail_on_lint: bool = False
-    emulate: bool = False  # issue 4 part 2: not implemented yet
+    emulate: bool = False  # also run each artifact on the target's emulated ARM core
 
 
 # ---------------------------------------------------------------- integrity
@@ -251,9 +252,6 @@ def validate(build_dir: str | Path, options: ValidateOptions = ValidateOptions()
     from edgekit.target import load_target
 
     build_dir = Path(build_dir)
-    if options.emulate:
-        raise UsageError("--emulate is not available yet (issue 4, part 2: qemu-user aarch64 rootfs)",
-                         hint="run `edgekit validate BUILD` without --emulate")
     unknown = [c for c in options.checks if c not in CHECKS]
     if unknown:
         raise UsageError(f"--check {', '.join(unknown)}: no such check", hint=f"choose from: {', '.join(CHECKS)}")
@@ -266,15 +264,24 @@ def validate(build_dir: str | Path, options: ValidateOptions = ValidateOptions()
     if missing:
         raise UsageError(f"--format {missing[0]}: this build has no such artifact", hint="choose from: " + ", ".join(records))
     ref = FloatReference(manifest, options.app, options.max_samples, build_dir)
-    work = _work(ref) if "cost" in options.checks or "lint" in options.checks else None
-    results, failures, host_runs = {}, [], {}
-    for fmt in formats:
-        res, failed = _check_format(build_dir, manifest, fmt, records[fmt], target, options, ref, work, say)
-        results[fmt] = res
-        failures += failed
-        if res.get("resources", {}).get("ok"):
-            host_runs[fmt] = res
-    doc = {"time": _now(), "target": target.name, "checks": list(options.checks), "by": "validate",
+    with contextlib.ExitStack() as stack:
+        core = None
+        if options.emulate:  # before the slow checks: a missing emulator is a usage error (exit 2)
+            from edgekit.emulator.check import emulated_core
+
+            core = stack.enter_context(emulated_core(target))
+        work = _work(ref) if "cost" in options.checks or "lint" in options.checks else None
+        results, failures, host_runs = {}, [], {}
+        for fmt in formats:
+            res, failed = _check_format(build_dir, manifest, fmt, records[fmt], target, options, ref, work, say)
+            if core is not None:
+                failed += _emulate(core, build_dir / records[fmt]["artifact"]["file"], fmt, ref, options, res, say)
+            results[fmt] = res
+            failures += failed
+            if res.get("resources", {}).get("ok"):
+                host_runs[fmt] = res
+    checks = list(options.checks) + (["emulate"] if options.emulate else [])
+    doc = {"time": _now(), "target": target.name, "checks": checks, "by": "validate",
            "formats": results, "failures": failures, "ok": not failures}
     _merge(build_dir, manifest, doc, target)
     for fmt, res in host_runs.items():
@@ -319,6 +326,15 @@ def _check_format(build_dir: Path, manifest: dict, fmt: str, rec: dict, target, 
         top = ", ".join(f"{o['name']} {o['ms']:.3g} ms" for o in res["profile"]["ops"][:3])
         say(f"  {fmt}: slowest ops on the host: {top or res['profile'].get('why')}")
     return res, failures
+
+
+def _emulate(core, artifact: Path, fmt: str, ref: FloatReference, options: ValidateOptions, res: dict, say) -> list[str]:
+    from edgekit.emulate.emulated import describe, emulate_artifact
+
+    res["emulated"] = emulate_artifact(core, artifact, fmt, ref, options.max_samples)
+    for line in describe(fmt, res["emulated"]):
+        say(line)
+    return [f"{fmt} emulated on {core.qemu_cpu}: {m}" for m in res["emulated"]["failures"]]
 
 
 def _say_lint(fmt: str, doc: dict, say) -> None:

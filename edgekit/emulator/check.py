@@ -1,0 +1,152 @@
+"""`edgekit validate BUILD --emulate`: the artifact on the target's emulated ARM core.
+
+For each artifact the build has:
+
+- `.pte` runs in edgekit-et-runner (the native ExecuTorch runner a Linux board
+  gets), `.onnx` in onnxruntime under the guest's python; both with QEMU_CPU
+  and a /proc/cpuinfo matching the target (cortex-a72 for rpi4, ...), so that
+  XNNPACK and MLAS take the code paths that core takes;
+- its outputs on the evaluation samples are compared with the same artifact run
+  by the host's runtime: the ARM kernels must compute what the host computed;
+- one more inference runs between two marker syscalls under the dynamic
+  qemu-aarch64 with the insn_count plugin: the guest instructions it executed,
+  at one thread. For a `.pte`, a float `.pte` of the same model is counted too,
+  so the result can say what int8 saves on that core. Wall time under
+  emulation is 250-550x slower than a board and noisy: it is never reported.
+
+`.ptl` cannot run there: the lite interpreter needs torch, and the only aarch64
+torch build is the multi-GB CUDA one. Such an artifact is reported as not run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+
+from edgekit.emulator.chroot import Guest
+from edgekit.emulator.cpus import cpuinfo_text
+from edgekit.emulator.paths import VENV, EmulatorPaths
+from edgekit.emulator.setup import require_ready
+from edgekit.errors import UsageError
+
+GUEST_PREDICT = Path(__file__).resolve().parent / "guest_predict.py"
+DEFAULT_SAMPLES = 32  # emulated inference is slow: enough to catch a wrong kernel, not a full accuracy run
+TIMEOUT = 900.0  # seconds for one guest command (a MobileNetV2 under qemu takes ~1 s per inference)
+# qemu-aarch64 (dynamic, the build that loads plugins) is an x86 program: inside the
+# rootfs it needs the host's x86 libraries and loader, which do not clash with arm64 paths.
+X86_LIBS = ((Path("/usr/lib/x86_64-linux-gnu"), "/usr/lib/x86_64-linux-gnu"), (Path("/usr/lib64"), "/lib64"))
+NATIVE, WORK = "/mnt/edgekit/native", "/mnt/edgekit/work"
+
+
+def qemu_cpu_of(target) -> str:
+    if not target.qemu_cpu:
+        raise UsageError(f"--emulate: target {target.name} is {target.arch}, not an ARM core qemu can emulate",
+                         hint="judge against an ARM target, e.g. --target rpi4")
+    return target.qemu_cpu
+
+
+class EmulatedCore:
+    """One emulated core of the target: a Guest with the native tools and a work dir mounted."""
+
+    def __init__(self, paths: EmulatorPaths, qemu_cpu: str, work: Path):
+        self.paths, self.qemu_cpu, self.work = paths, qemu_cpu, work
+        cpuinfo = work / "cpuinfo"
+        # As many processors as the host has online: the guest's threads run on those.
+        cpuinfo.write_text(cpuinfo_text(qemu_cpu, os.cpu_count() or 1))
+        self.guest = Guest(paths.rootfs, qemu_cpu, cpuinfo, scratch=True,
+                           binds=((paths.native, NATIVE), (work, WORK), *X86_LIBS))
+
+    def counted(self, command: list[str], name: str) -> tuple[dict | str, int | None]:
+        """Run `command` (guest paths) under the plugin-loading qemu; its stdout and the count."""
+        out = f"{WORK}/{name}.count"
+        qemu = [f"{NATIVE}/qemu-aarch64", "-cpu", self.qemu_cpu, "-plugin", f"{NATIVE}/insn_count.so,out={out}"]
+        done = self.guest.run(qemu + command, timeout=TIMEOUT)
+        if done.returncode != 0:
+            tail = "\n".join((done.stdout + done.stderr).strip().splitlines()[-6:])
+            raise EmulationFailed(f"{Path(command[0]).name} failed under qemu ({self.qemu_cpu}), exit status "
+                                  f"{done.returncode}: {tail}")
+        count_file = self.work / f"{name}.count"
+        count = int(count_file.read_text()) if count_file.is_file() else None
+        return done.stdout, count
+
+
+class EmulationFailed(Exception):
+    pass
+
+
+@contextmanager
+def emulated_core(target):
+    paths = EmulatorPaths.default()
+    require_ready(paths)
+    cpu = qemu_cpu_of(target)
+    with tempfile.TemporaryDirectory(prefix="edgekit-emulate-") as tmp:
+        yield EmulatedCore(paths, cpu, Path(tmp))
+
+
+def run_pte(core: EmulatedCore, artifact: Path, samples: list[list[np.ndarray]], name: str) -> tuple[list[list[np.ndarray]], int | None, dict]:
+    shutil.copy2(artifact, core.work / f"{name}.pte")
+    with open(core.work / f"{name}.in", "wb") as f:
+        for sample in samples:
+            for array in sample:
+                f.write(np.ascontiguousarray(array).tobytes())
+    stdout, count = core.counted([f"{NATIVE}/edgekit-et-runner", f"{WORK}/{name}.pte", "--inputs", f"{WORK}/{name}.in",
+                                  "--outputs", f"{WORK}/{name}.out", "--runs", "1", "--warmup", "0", "--count"], name)
+    doc = _last_json(stdout)
+    raw = (core.work / f"{name}.out").read_bytes()
+    specs = [(tuple(o["shape"]), np.dtype(o["dtype"])) for o in doc["outputs"]]
+    per_sample = sum(int(np.prod(s)) * d.itemsize for s, d in specs)
+    if per_sample * len(samples) != len(raw):
+        raise EmulationFailed(f"the emulated runner wrote {len(raw)} output bytes for {len(samples)} samples, "
+                              f"expected {per_sample * len(samples)}")
+    outputs, offset = [], 0
+    for _ in samples:
+        row = []
+        for shape, dtype in specs:
+            n = int(np.prod(shape)) * dtype.itemsize
+            row.append(np.frombuffer(raw[offset:offset + n], dtype=dtype).reshape(shape))
+            offset += n
+        outputs.append(row)
+    return outputs, count, doc
+
+
+def run_onnx(core: EmulatedCore, artifact: Path, samples: list[list[np.ndarray]], names: list[str], name: str):
+    shutil.copy2(artifact, core.work / f"{name}.onnx")
+    shutil.copy2(GUEST_PREDICT, core.work / "guest_predict.py")
+    np.savez(core.work / f"{name}-in.npz", **{n: np.stack([s[i] for s in samples]) for i, n in enumerate(names)})
+    _, count = core.counted([f"{VENV}/bin/python", f"{WORK}/guest_predict.py", f"{WORK}/{name}.onnx",
+                             f"{WORK}/{name}-in.npz", f"{WORK}/{name}-out.npz", "--count"], name)
+    with np.load(core.work / f"{name}-out.npz") as z:
+        stacked = [z[f"out{j}"] for j in range(len(z.files))]
+    return [[o[k] for o in stacked] for k in range(len(samples))], count, {"runtime": {"name": "onnxruntime (guest)"}}
+
+
+def _last_json(stdout: str) -> dict:
+    for line in reversed(stdout.strip().splitlines()):
+        try:
+            doc = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(doc, dict):
+            return doc
+    raise EmulationFailed("the emulated runner printed no JSON result")
+
+
+def compare(host: list[list[np.ndarray]], emulated: list[list[np.ndarray]]) -> dict:
+    """Emulated ARM run vs host run of the same artifact, per output over all samples."""
+    from edgekit.emulate.parity import compare_output
+
+    rows = []
+    for i in range(len(host[0])):
+        h = np.concatenate([s[i] for s in host])
+        e = np.concatenate([s[i] for s in emulated])
+        row = compare_output(h, e, "emulated")
+        row["output"] = f"output {i}"
+        rows.append(row)
+    failures = [f"{r['output']}: {m}" for r in rows for m in r["failures"]]
+    return {"outputs": rows, "failures": failures}

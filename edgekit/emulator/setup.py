@@ -1,0 +1,70 @@
+"""`make emulator` / `edgekit emulator build`: every piece, each reused when already built."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+
+from edgekit.emulator import host, native_build, rootfs
+from edgekit.emulator.paths import MARKER, EmulatorPaths
+from edgekit.errors import UsageError
+from edgekit.manifest import write_json_atomic
+
+
+def build(paths: EmulatorPaths, steps, mirror: str | None = None, rebuild: bool = False) -> dict:
+    host.check_host()
+    versions = rootfs.wheel_versions()  # the guest gets the host's runtimes, so their outputs compare
+    paths.root.mkdir(parents=True, exist_ok=True)
+    run = rootfs.checked_run
+    if rebuild:
+        _discard(paths, archive=True)
+    if paths.rootfs.exists() and rootfs_runtimes(paths) != versions:
+        _discard(paths, archive=False)
+    if not paths.rootfs.exists() and paths.archive.is_file():
+        with steps.step("restore", label=f"restore the rootfs from {paths.archive}"):
+            rootfs.restore(paths, run)
+        if rootfs_runtimes(paths) != versions:  # an archive of other runtime versions: rebuild it
+            _discard(paths, archive=True)
+    if not paths.rootfs.exists():
+        rootfs.build(paths, mirror or rootfs.apt_mirror(), versions, run, steps)
+    if not paths.runner.is_file() or not paths.plugin.is_file() or status(paths).get("runtimes") != versions:
+        with steps.step("native", label="cross-compile edgekit-et-runner (aarch64) and the qemu plugin"):
+            rootfs.download_wheels(paths.wheels, {"executorch": versions["executorch"]}, run)
+            native_build.build_runner(paths, versions["executorch"], run)
+    doc = {"built": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "qemu": host.qemu_version(),
+           "runtimes": versions, "rootfs": str(paths.rootfs), "archive": str(paths.archive),
+           "runner": str(paths.runner), "plugin": str(paths.plugin)}
+    write_json_atomic(paths.ready, doc)
+    return doc
+
+
+def rootfs_runtimes(paths: EmulatorPaths) -> dict | None:
+    """The runtime versions installed in the rootfs, from the marker written when it was built."""
+    try:
+        return json.loads((paths.rootfs / MARKER.lstrip("/")).read_text()).get("runtimes")
+    except (OSError, ValueError):
+        return None
+
+
+def _discard(paths: EmulatorPaths, archive: bool) -> None:
+    paths.ready.unlink(missing_ok=True)
+    shutil.rmtree(paths.rootfs, ignore_errors=True)
+    if archive:
+        paths.archive.unlink(missing_ok=True)
+
+
+def status(paths: EmulatorPaths) -> dict:
+    try:
+        return json.loads(paths.ready.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def require_ready(paths: EmulatorPaths) -> dict:
+    """The build record, or exit 2 telling the user to build the emulator first."""
+    doc = status(paths)
+    if not doc or not paths.runner.is_file() or not (paths.rootfs / MARKER.lstrip("/")).is_file():
+        raise UsageError(f"the arm64 emulator is not built (looked in {paths.root})",
+                         hint="run `make emulator` once: several minutes, needs root, the Debian mirror and PyPI")
+    return doc
