@@ -385,6 +385,41 @@ def emulator_status(as_json):
                "\n".join(f"{k:9} {v if not isinstance(v, dict) else ', '.join(f'{a} {b}' for a, b in v.items())}" for k, v in doc.items()))
 
 
+@emulator.command("board")
+@click.option("-t", "--target", default="rpi4", show_default=True, help="The board to emulate (its core: QEMU_CPU and /proc/cpuinfo).")
+@click.option("--port", type=int, default=2222, show_default=True, help="sshd listens on 127.0.0.1:PORT.")
+@click.option("--authorized-key", "authorized_key", type=click.Path(dir_okay=False, exists=True), required=True,
+              help="Public key allowed to log in as root (e.g. ~/.ssh/id_ed25519.pub).")
+@click.option("--state", type=click.Path(file_okay=False), help="Where the board keeps its host key and log. [default: a temp dir]")
+def emulator_board(target, port, authorized_key, state):
+    """Run the emulated board's own arm64 sshd on 127.0.0.1 until Ctrl-C: a device for `make deploy`.
+
+    Then: make deploy DEVICE=root@127.0.0.1:PORT BUILD=build/digits-rpi4. Its timings are emulated and are
+    marked so in the records and the report: they are not latency.
+    """
+    import tempfile
+    from pathlib import Path
+
+    from edgekit.emulator.board import Board
+    from edgekit.emulator.check import qemu_cpu_of
+    from edgekit.emulator.paths import EmulatorPaths
+    from edgekit.emulator.setup import require_ready
+    from edgekit.target import load_target
+
+    paths = EmulatorPaths.default()
+    require_ready(paths)
+    cpu = qemu_cpu_of(load_target(target))
+    with tempfile.TemporaryDirectory(prefix="edgekit-board-") as tmp:
+        board = Board(paths, cpu, Path(state or tmp), port, Path(authorized_key).read_text())
+        with board:
+            click.echo(f"emulated {target} ({cpu}) listening: ssh -p {port} root@127.0.0.1   host key:\n"
+                       f"[127.0.0.1]:{port} {board.host_public_key()}\nCtrl-C stops it.")
+            try:
+                board.proc.wait()
+            except KeyboardInterrupt:
+                pass
+
+
 @cli.command()
 @click.argument("build_dir", type=click.Path(file_okay=False))
 @click.option("--check", "checks", multiple=True, metavar="CHECK",

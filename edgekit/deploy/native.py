@@ -9,9 +9,9 @@ runner prints (load_ms, first_ms, mean, std, min, p50, p90, p99, max, runs,
 peak_rss_kb, samples_ms). What a tool does not measure stays None: we never
 invent a percentile a tool did not report.
 
-Adding a tool is adding a NativeTool to TOOLS. The native ExecuTorch runner
-from the emulation work prints the Python runner's JSON itself; it plugs in
-as a tool whose parser is `json.loads`.
+Adding a tool is adding a NativeTool to TOOLS. edgekit's own native
+ExecuTorch runner (`make emulator` cross-compiles it for aarch64) prints the
+Python runner's JSON itself and ships with its shared libraries.
 """
 
 from __future__ import annotations
@@ -35,6 +35,8 @@ class NativeTool:
     runtime: str
     argv: Callable[..., list[str]]  # (binary, artifact, threads, warmup, runs, min_seconds) -> argv
     parse: Callable[[str], dict]
+    # Files the binary needs beside it on the device (shared libraries found via rpath $ORIGIN).
+    companions: Callable[[Path], list[Path]] = lambda binary: []
 
 
 def _empty() -> dict:
@@ -144,7 +146,41 @@ def parse_perf_test(text: str, warmup: int = 0) -> dict:
     return out
 
 
+# --- edgekit-et-runner (make emulator) ------------------------------------------------
+# edgekit's own native ExecuTorch runner (edgekit/emulator/native/et_runner.cpp):
+# no torch on the board; it prints the Python runner's JSON itself, on one line.
+
+
+def edgekit_runner_argv(binary, artifact, threads, warmup, runs, min_seconds):
+    return [binary, artifact, "--threads", str(threads), "--warmup", str(warmup), "--runs", str(runs),
+            "--min-seconds", str(min_seconds)]
+
+
+def parse_edgekit_runner(text: str, warmup: int = 0) -> dict:
+    import json
+
+    for line in reversed(text.strip().splitlines()):
+        try:
+            doc = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(doc, dict) and "ok" in doc:
+            if not doc["ok"]:
+                raise ValueError(doc.get("error", "the runner failed"))
+            out = _empty()
+            out.update({k: doc.get(k) for k in STAT_KEYS}, samples_ms=doc.get("samples_ms"),
+                       version=(doc.get("runtime") or {}).get("version"))
+            return out
+    raise ValueError("no JSON result line in edgekit-et-runner output")
+
+
+def _shared_libraries(binary: Path) -> list[Path]:
+    return sorted(binary.parent.glob("lib*.so"))
+
+
 TOOLS = {
+    "edgekit-et-runner": NativeTool("edgekit-et-runner", ".pte", "executorch-native", edgekit_runner_argv,
+                                    parse_edgekit_runner, _shared_libraries),
     "executor_runner": NativeTool("executor_runner", ".pte", "executorch", executor_runner_argv, parse_executor_runner),
     "benchmark_model": NativeTool("benchmark_model", ".tflite", "litert", benchmark_model_argv, parse_benchmark_model),
     "onnxruntime_perf_test": NativeTool("onnxruntime_perf_test", ".onnx", "onnxruntime", perf_test_argv, parse_perf_test),
@@ -160,6 +196,8 @@ def split_native_runner(text: str) -> tuple[str | None, str]:
 def resolve_native_runner(text: str, artifact_suffix: str) -> tuple[NativeTool, Path]:
     """The tool and the local binary for `--native-runner [KIND=]PATH`; the kind defaults to the file name."""
     kind, path = split_native_runner(text)
+    if path == "edgekit-et-runner" and not Path(path).exists():
+        kind, path = "edgekit-et-runner", str(built_edgekit_runner(required=True))
     binary = Path(path).expanduser()
     kind = kind or next((name for name in TOOLS if binary.name.startswith(name)), None)
     if kind is None:
@@ -173,3 +211,16 @@ def resolve_native_runner(text: str, artifact_suffix: str) -> tuple[NativeTool, 
         raise UsageError(f"--native-runner {kind} runs {tool.suffix} files, this build's artifact is {artifact_suffix}",
                          hint=(f"use {' or '.join(others)}, or " if others else "use ") + "the Python runner (leave out --native-runner)")
     return tool, binary
+
+
+def built_edgekit_runner(required: bool = False) -> Path | None:
+    """The edgekit-et-runner `make emulator` cross-compiled for aarch64, if it exists."""
+    from edgekit.emulator.paths import EmulatorPaths
+
+    runner = EmulatorPaths.default().runner
+    if runner.is_file():
+        return runner
+    if required:
+        raise UsageError("--native-runner edgekit-et-runner: it is not built",
+                         hint="run `make emulator` (it cross-compiles the runner for aarch64), or give a path")
+    return None

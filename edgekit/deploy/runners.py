@@ -5,13 +5,13 @@ Two kinds, one interface (files to push, prepare, check, bench -> the runner JSO
 - PythonRunner: edgekit/runtime/runner.py with the device's python (hosts,
   Raspberry Pi OS with pip, Termux). Prints the JSON itself.
 - NativeRunner: a benchmark binary the user points to (executor_runner,
-  benchmark_model, onnxruntime_perf_test); its text output is parsed into the
-  same JSON (native.py), and device facts are read with a shell one-liner.
+  benchmark_model, onnxruntime_perf_test, edgekit-et-runner); its output is
+  parsed into the same JSON (native.py), and device facts are read with a
+  shell one-liner.
 
-`select_runner` is the one place that chooses. The native ExecuTorch runner
-built by the emulation work (no torch on the board) will be chosen there for
-`.pte` on Linux ARM boards when it exists: a NativeTool in native.TOOLS whose
-output is already the runner JSON.
+`select_runner` chooses from what the user said; `prefer_native` then swaps in
+edgekit-et-runner for a `.pte` on a Linux aarch64 board when `make emulator`
+has built it and the user named no runner: the board then needs no torch.
 """
 
 from __future__ import annotations
@@ -21,9 +21,9 @@ import signal
 from pathlib import Path
 
 from edgekit.deploy.base import EXIT_ALARM, Completed, DeviceFailure, DeviceTimeout, Transport, reporting_signals
-from edgekit.deploy.native import NativeTool, resolve_native_runner
+from edgekit.deploy.native import TOOLS, NativeTool, built_edgekit_runner, resolve_native_runner
 from edgekit.runtime import RUNNER_PATH
-from edgekit.runtime.runner import cpu_from_cpuinfo
+from edgekit.runtime.runner import cpu_from_cpuinfo, emulated_facts
 
 TIMEOUT_GRACE = 5.0  # seconds the host waits past the device-side deadline before cutting the link
 
@@ -32,6 +32,23 @@ def select_runner(artifact_suffix: str, python: str, native_runner: str | None):
     if native_runner:
         return NativeRunner(*resolve_native_runner(native_runner, artifact_suffix))
     return PythonRunner(python)
+
+
+DEFAULT_PYTHON = "python3"
+
+
+def prefer_native(runner, artifact_suffix: str, transport_kind: str, arch: str):
+    """edgekit-et-runner instead of the default Python runner for a .pte on a Linux aarch64 board.
+
+    Only when the user chose neither a runner nor a python (--python says "use my
+    runtime") and the runner has been built; Android (adb) boards keep their own tools.
+    """
+    if (isinstance(runner, PythonRunner) and runner.python == DEFAULT_PYTHON and artifact_suffix == ".pte"
+            and transport_kind == "ssh" and arch == "aarch64"):
+        built = built_edgekit_runner()
+        if built is not None:
+            return NativeRunner(TOOLS["edgekit-et-runner"], built)
+    return runner
 
 
 class PythonRunner:
@@ -138,6 +155,7 @@ for p in /proc/device-tree/model $f/scaling_governor $f/scaling_cur_freq $f/cpui
   tr -d '\000' < "$p" 2>/dev/null || true; echo
 done
 echo '@@'; getconf _NPROCESSORS_ONLN 2>/dev/null; uname -m
+echo '@@'; cat /etc/edgekit-emulator.json 2>/dev/null; echo; echo '@@cpu'; echo "$QEMU_CPU"
 """
 
 
@@ -145,6 +163,7 @@ def device_facts_over_shell(t: Transport) -> dict:
     done = t.run(["sh", "-c", _FACTS_SH])
     cpuinfo, _, rest = done.stdout.partition("@@\n")
     values, _, tail = rest.partition("@@\n")
+    tail, _, emulator = tail.partition("@@\n")
     board, governor, cur, top, temp = (values.split("\n") + [""] * 5)[:5]
     cores = tail.split()[0] if tail.split() else None
     facts = cpu_from_cpuinfo(cpuinfo)
@@ -153,6 +172,9 @@ def device_facts_over_shell(t: Transport) -> dict:
         "governor": governor.strip() or None, "clock_mhz": _scaled(cur, 1000), "max_clock_mhz": _scaled(top, 1000),
         "temperature_c": _scaled(temp, 1000), "kernel": None,
     })
+    marker, _, qemu_cpu = emulator.partition("@@cpu\n")
+    if marker.strip():
+        facts["emulated"] = emulated_facts(marker, qemu_cpu.strip())
     return facts
 
 
@@ -169,7 +191,7 @@ class NativeRunner:
         self.label = tool.name
 
     def files(self) -> list[tuple[Path, str]]:
-        return [(self.binary, self.binary.name)]
+        return [(self.binary, self.binary.name)] + [(p, p.name) for p in self.tool.companions(self.binary)]
 
     def prepare(self, t: Transport, remote: str) -> None:
         t.check(["chmod", "+x", f"{remote}/{self.binary.name}"], f"chmod +x {self.binary.name}", stage="check")
@@ -200,5 +222,5 @@ class NativeRunner:
                                 hint="this build of the tool prints another format; use the Python runner", detail=done.tail()) from None
         facts = device_facts_over_shell(t)
         return {"ok": True, **stats, "threads": threads, "threads_applied": True, "runner": self.tool.name,
-                "runtime": {"name": self.tool.runtime, "version": None}, "python": None,
+                "runtime": {"name": self.tool.runtime, "version": stats.pop("version", None)}, "python": None,
                 "machine": t.arch(), "device": facts, "warmup": opts.warmup}

@@ -23,7 +23,7 @@ from typing import Callable
 from edgekit.deploy.base import DeviceFailure, Transport
 from edgekit.deploy.devices import Device
 from edgekit.deploy.records import BuildInfo, add_to_manifest, summarize_run, timestamp, write_run
-from edgekit.deploy.runners import select_runner
+from edgekit.deploy.runners import prefer_native, select_runner
 from edgekit.errors import DeviceError, UsageError
 from edgekit.runtime.runner import SPEC_FILE
 
@@ -82,6 +82,8 @@ def deploy_to(build: BuildInfo, device: Device, plan: DeployPlan, transport: Tra
         t = transport or device.open()
         record["transport"] = t.kind
         record["arch"] = _check_arch(t, build, plan.allow_arch_mismatch, record)
+        runner = prefer_native(runner, build.artifact.suffix, t.kind, ARCH_ALIASES.get(record["arch"]["device"], ""))
+        record["runner"] = runner.label
         record["stage"] = "push"
         remote = f"{_base_dir(t, device)}/{build.slug}"
         record["remote_dir"] = remote
@@ -100,6 +102,9 @@ def deploy_to(build: BuildInfo, device: Device, plan: DeployPlan, transport: Tra
         else:
             record["check"] = runner.check(t, remote, build, threads, plan.check_timeout)
         record["warnings"] += _version_warnings(build, record["check"])
+        facts = (record.get("bench") or record["check"]).get("device") or {}
+        if facts.get("emulated"):  # edgekit's qemu board: the report must not show its times as latency
+            record["emulated"] = facts["emulated"]
         record.update(ok=True, stage="done")
     except DeviceFailure as e:
         record.update(ok=False, stage=e.stage or record["stage"], error=e.message, hint=e.hint, detail=e.detail)

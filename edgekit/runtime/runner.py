@@ -386,6 +386,18 @@ def _cpu_temperature():
     return None
 
 
+EMULATOR_MARKER = "/etc/edgekit-emulator.json"  # written into the rootfs `make emulator` builds
+
+
+def emulated_facts(marker_text: str, qemu_cpu):
+    """A board that is edgekit's qemu emulator says so: its timings are not latency."""
+    try:
+        doc = json.loads(marker_text)
+    except ValueError:
+        doc = {}
+    return {"by": doc.get("by", "qemu-user"), "cpu": qemu_cpu or None}
+
+
 def device_facts() -> dict:
     cpufreq = "/sys/devices/system/cpu/cpu0/cpufreq/"
     facts = cpu_from_cpuinfo(_read("/proc/cpuinfo") or "")
@@ -398,6 +410,9 @@ def device_facts() -> dict:
         "temperature_c": _cpu_temperature(),
         "kernel": platform.release(),
     })
+    marker = _read(EMULATOR_MARKER)
+    if marker is not None:
+        facts["emulated"] = emulated_facts(marker, os.environ.get("QEMU_CPU"))
     return facts
 
 

@@ -1,0 +1,83 @@
+"""An emulated arm64 board takes `make deploy` end to end: ARM code on every step.
+
+The board is the rootfs's own Debian sshd running under qemu-user on 127.0.0.1
+(edgekit/emulator/board.py), started here with a throwaway host key and client
+key. Needs `make emulator` (marker `emulator`, run by `make test-emulator`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from emulator_fixture import require_emulator
+from sshd import free_port, keygen
+
+REPO = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.emulator
+
+
+@pytest.fixture(scope="module")
+def board(tmp_path_factory):
+    from edgekit.emulator.board import Board
+
+    paths = require_emulator()
+    root = tmp_path_factory.mktemp("board")
+    client_pub = keygen(root / "client")
+    b = Board(paths, "cortex-a72", root / "state", free_port(), client_pub).start()
+    known = root / "known_hosts"
+    known.write_text(f"[127.0.0.1]:{b.port} {b.host_public_key()}\n")
+    config = root / "ssh_config"
+    config.write_text(f"Host *\n  IdentityFile {root / 'client'}\n  UserKnownHostsFile {known}\n"
+                      "  StrictHostKeyChecking yes\n  BatchMode yes\n")
+    b.client_config = config
+    yield b
+    b.stop()
+
+
+def make_deploy(board, build: Path, *extra: str) -> subprocess.CompletedProcess:
+    venv = Path(sys.prefix)
+    args = ["--ssh-config", str(board.client_config), "--runs", "5", "--warmup", "1", "--timeout", "600", *extra]
+    return subprocess.run(
+        ["make", "-o", f"{venv}/.installed-stamp", "deploy", f"VENV={venv}", f"DEVICE={board.address}",
+         f"BUILD={build}", "DEPLOY_ARGS=" + " ".join(args)],
+        cwd=REPO, capture_output=True, text=True, timeout=900, env={**os.environ, "COLUMNS": "200"})
+
+
+def test_make_deploy_runs_the_pte_with_the_native_runner_on_the_emulated_board(board, build_copy, run_cli):
+    proc = make_deploy(board, build_copy)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    manifest = json.loads((build_copy / "manifest.json").read_text())
+    [run] = manifest["device_runs"]
+    # No --allow-arch-mismatch: the board is aarch64, as the rpi4 build wants.
+    assert run["arch_mismatch"] is False and run["machine"] == "aarch64"
+    # A .pte on a Linux aarch64 board gets edgekit-et-runner (no torch there) once `make emulator` built it.
+    assert run["runner"] == "edgekit-et-runner" and run["runtime"] == "executorch-native"
+    assert run["emulated"] == {"by": "qemu-user", "cpu": "cortex-a72"}
+    record = json.loads((build_copy / run["file"]).read_text())
+    assert record["bench"]["device"]["cpu_model"].endswith("Cortex-A72")
+    assert record["bench"]["runs"] == 5 and len(record["bench"]["samples_ms"]) == 5
+    pushed = sorted(p["file"] for p in record["pushed"])
+    assert "edgekit-et-runner" in pushed and "libexecutorch.so" in pushed and "model.pte" in pushed
+
+    report = run_cli("report", str(build_copy), "--json")
+    assert report.returncode == 0, report.stderr
+    [shown] = json.loads(report.stdout)["runs"]
+    assert shown["emulated"]
+    table = run_cli("report", str(build_copy))
+    assert "emulated: not latency" in table.stdout
+
+
+def test_make_deploy_runs_an_onnx_build_in_the_boards_onnxruntime(board, run_cli, digits_app, tmp_path):
+    out = tmp_path / "digits-onnx"
+    assert run_cli("build", str(digits_app), "--target", "rpi4", "--format", "onnx", "--out", str(out)).returncode == 0
+    proc = make_deploy(board, out)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    [run] = json.loads((out / "manifest.json").read_text())["device_runs"]
+    assert run["runner"] == "python" and run["runtime"] == "onnxruntime" and run["machine"] == "aarch64"
+    assert run["emulated"]["cpu"] == "cortex-a72"
