@@ -7,12 +7,14 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 TARGET ?= rpi4
 
-.PHONY: install demo test test-all bench clean help deploy
+.PHONY: install demo test test-all test-emulator emulator bench clean help deploy
 
 help:
 	@echo "make demo      install into $(VENV) and build sample_apps/digits for $(TARGET)"
 	@echo "make test      install into $(VENV) (with test extras) and run the default test suite"
 	@echo "make test-all  the default suite plus tests marked slow"
+	@echo "make emulator  build (once, minutes; root) the arm64 qemu board: rootfs, native ExecuTorch runner, plugin"
+	@echo "make test-emulator  the tests that run artifacts on the emulated ARM cores (after make emulator)"
 	@echo "make bench     timing scripts in bench/ (ratios measured side by side)"
 	@echo "make deploy    DEVICE=user@host[:port] BUILD=build/<app>-<target>: push, benchmark on the device"
 	@echo "make clean     remove build/ (keeps $(VENV))"
@@ -32,13 +34,23 @@ demo: $(STAMP)
 	$(BIN)/edgekit build sample_apps/digits --target $(TARGET)
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -m "not slow"
+	$(BIN)/python -m pytest -m "not slow and not emulator"
 
 test-all: $(STAMP)
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -m "not emulator"
 
+# The arm64 emulator lives in the user cache dir (~/.cache/edgekit/emulator): the first
+# build takes several minutes, later ones restore its archive in seconds.
+emulator: $(STAMP)
+	$(BIN)/edgekit emulator build
+
+test-emulator: emulator
+	$(BIN)/python -m pytest -m emulator
+
+# Side by side with the paths users take today; writes bench/RESULTS.md and bench/results.json
+# (< 20 min on 2 cores). The other scripts in bench/ stay runnable on their own.
 bench: $(STAMP)
-	$(BIN)/python bench/build_time.py
+	$(BIN)/python bench/compare.py
 
 clean:
 	rm -rf build

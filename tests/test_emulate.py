@@ -74,6 +74,7 @@ def test_validate_emulate_runs_the_pte_on_the_emulated_core(build_copy, run_cli)
     # A deterministic count, and int8 executes fewer instructions than the float .pte.
     assert emulated["instructions"] > 100_000
     assert emulated["float_instructions"] > emulated["instructions"]
+    assert 0 < emulated["planned_memory_bytes"] < 1_000_000  # the digits CNN's activations: KBs, not MBs
     assert "not latency" in proc.stderr and " ms" not in proc.stderr.split("emulated")[1].split("\n")[0]
     manifest = json.loads((build_copy / "manifest.json").read_text())
     assert "emulate" in manifest["validation"]["checks"]

@@ -53,6 +53,7 @@ def emulate_artifact(core, artifact: Path, fmt: str, ref, limit: int | None) -> 
     result = {"ran": True, "cpu": core.qemu_cpu, "samples": len(samples), "runtime": doc.get("runtime"),
               "instructions": count, **emu.compare(host_outputs(artifact, fmt, samples), emulated)}
     if artifact.suffix == ".pte":
+        result["planned_memory_bytes"] = doc.get("planned_memory_bytes")  # ExecuTorch's planned arena
         result["float_instructions"] = _float_pte_count(core, ref, samples[:1])
     return result
 
@@ -88,4 +89,7 @@ def describe(fmt: str, r: dict) -> list[str]:
         if r.get("float_instructions"):
             line += f", {r['instructions'] / r['float_instructions']:.2f}x the float model's"
         lines.append(line + " (relative cost; wall time under emulation is not latency)")
+    if r.get("planned_memory_bytes") is not None:
+        lines.append(f"    ExecuTorch memory plan: {r['planned_memory_bytes'] / 1024:.1f} KB fixed at export "
+                     "(the graph's own tensors; the XNNPACK delegate allocates its workspace beside it)")
     return lines

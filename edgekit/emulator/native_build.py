@@ -24,6 +24,16 @@ LIBS = ("executorch", "executorch_kernels_optimized", "executorch_kernels_quanti
         "executorch_threadpool")
 
 
+def sources_digest() -> str:
+    """sha256 over the C/C++ sources: a changed source rebuilds the runner and the plugin."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for path in sorted(SOURCES.glob("*.c*")):
+        h.update(path.name.encode() + b"\0" + path.read_bytes())
+    return h.hexdigest()
+
+
 def unpack_sdk(wheel: Path, dest: Path) -> Path:
     """Headers and shared libraries out of the executorch aarch64 wheel."""
     shutil.rmtree(dest, ignore_errors=True)

@@ -28,12 +28,15 @@ def build(paths: EmulatorPaths, steps, mirror: str | None = None, rebuild: bool 
             _discard(paths, archive=True)
     if not paths.rootfs.exists():
         rootfs.build(paths, mirror or rootfs.apt_mirror(), versions, run, steps)
-    if not paths.runner.is_file() or not paths.plugin.is_file() or status(paths).get("runtimes") != versions:
+    sources = native_build.sources_digest()
+    ready = status(paths)
+    if (not paths.runner.is_file() or not paths.plugin.is_file() or ready.get("runtimes") != versions
+            or ready.get("native_sources") != sources):
         with steps.step("native", label="cross-compile edgekit-et-runner (aarch64) and the qemu plugin"):
             rootfs.download_wheels(paths.wheels, {"executorch": versions["executorch"]}, run)
             native_build.build_runner(paths, versions["executorch"], run)
     doc = {"built": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "qemu": host.qemu_version(),
-           "runtimes": versions, "rootfs": str(paths.rootfs), "archive": str(paths.archive),
+           "runtimes": versions, "native_sources": sources, "rootfs": str(paths.rootfs), "archive": str(paths.archive),
            "runner": str(paths.runner), "plugin": str(paths.plugin)}
     write_json_atomic(paths.ready, doc)
     return doc

@@ -258,6 +258,12 @@ int main(int argc, char** argv) {
   if (err != Error::Ok) fail("load_failed", "loading " + a.artifact + " failed: ExecuTorch error " + std::to_string(static_cast<int>(err)), 1);
   double load_ms = now_ms() - t0;
 
+  // The memory plan's arena: what the method's activations need at most, fixed at export.
+  size_t planned_bytes = 0;
+  if (auto meta = module.method_meta("forward"); meta.ok())
+    for (size_t i = 0; i < meta->num_memory_planned_buffers(); ++i)
+      if (auto size = meta->memory_planned_buffer_size(i); size.ok()) planned_bytes += *size;
+
   std::vector<uint8_t> rest;
   std::vector<Input> inputs = make_inputs(module, a, rest);
   std::vector<executorch::extension::TensorPtr> tensors;
@@ -321,7 +327,7 @@ int main(int argc, char** argv) {
      << ", \"p50\": " << percentile(s, 50) << ", \"p90\": " << percentile(s, 90) << ", \"p99\": " << percentile(s, 99)
      << ", \"max\": " << s.back() << ", \"runs\": " << s.size() << ", \"warmup\": " << a.warmup
      << ", \"counted\": " << (a.count ? "true" : "false") << ", \"samples_out\": " << (a.outputs.empty() ? 0 : samples_done)
-     << ", \"peak_rss_kb\": " << ru.ru_maxrss << ", \"outputs\": " << outputs << ", \"samples_ms\": [";
+     << ", \"planned_memory_bytes\": " << planned_bytes << ", \"peak_rss_kb\": " << ru.ru_maxrss << ", \"outputs\": " << outputs << ", \"samples_ms\": [";
   for (size_t i = 0; i < samples.size(); ++i) js << (i ? ", " : "") << samples[i];
   js << "]}";
   printf("%s\n", js.str().c_str());
