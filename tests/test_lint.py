@@ -82,3 +82,41 @@ def test_onnx_lint_flags_float_compute_outside_qdq(tmp_path):
 def test_digits_artifacts_lint_clean(digits_build):
     doc = digits_build["manifest"]["validation"]["formats"]["executorch"]["lint"]
     assert doc["findings"] == [] and doc["macs_fast_share"] == 1.0
+
+
+# --- dynamic input shapes ------------------------------------------------------------------------
+
+
+def test_an_onnx_input_with_a_symbolic_batch_is_a_finding(tmp_path):
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 10])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 10])])
+    path = tmp_path / "dyn.onnx"
+    onnx.save(helper.make_model(graph), str(path))
+    [finding] = [f for f in lint(path)["findings"] if f["op"] == "dynamic_shape"]
+    assert finding["where"] == "input x (dim 0 'batch')" and "make_dynamic_shape_fixed" in finding["advice"]
+    assert "dynamic_shape" not in lint(path)["ops_outside"]  # not an op: the MAC share ignores it
+
+    fixed = tmp_path / "fixed.onnx"
+    graph.input[0].type.tensor_type.shape.dim[0].dim_value = 1
+    onnx.save(helper.make_model(graph), str(fixed))
+    assert not [f for f in lint(fixed)["findings"] if f["op"] == "dynamic_shape"]
+
+
+def test_a_pte_exported_with_a_dynamic_batch_is_a_finding(tmp_path):
+    from executorch.exir import to_edge
+
+    model = nn.Sequential(nn.Linear(8, 4)).eval()
+    batch = torch.export.Dim("batch", min=1, max=16)
+    program = torch.export.export(model, (torch.randn(2, 8),), dynamic_shapes=({0: batch},))
+    path = tmp_path / "dyn.pte"
+    path.write_bytes(to_edge(program).to_executorch().buffer)
+    [finding] = [f for f in lint(path)["findings"] if f["op"] == "dynamic_shape"]
+    assert "[16, 8]" in finding["where"] and "--input-shape" in finding["advice"]
+
+
+def test_an_edgekit_build_has_static_inputs(digits_build):
+    assert not [f for f in lint(digits_build["dir"] / "model.pte")["findings"] if f["op"] == "dynamic_shape"]

@@ -9,6 +9,11 @@ Read from the artifact itself (what the device will execute), not from the model
   .ptl   compute ops left as aten:: float ops next to quantized:: ones (QNNPACK
          takes only the quantized:: ones)
 
+Dynamic input shapes are findings too (`dynamic_shape`): a `.pte` input whose
+tensor is not STATIC in the program, an `.onnx` input with a symbolic or
+missing dim. edgekit's own builds export fixed shapes; this catches artifacts
+made elsewhere and models whose export let a dim float.
+
 Each finding has one line of advice. With the model's per-op work (graph.py) the
 lint also gives the share of MACs on the fast path.
 """
@@ -68,10 +73,63 @@ def lint(artifact: Path, work: list[dict] | None = None) -> dict:
         findings, fast = _ptl(Path(artifact))
     else:
         return {"findings": [], "checked": False, "why": f"no lint for {suffix} artifacts"}
-    doc = {"checked": True, "fast_path": fast, "findings": findings, "ops_outside": sorted({f["op"] for f in findings})}
+    findings = findings + _dynamic_inputs(Path(artifact))
+    doc = {"checked": True, "fast_path": fast, "findings": findings,
+           "ops_outside": sorted({f["op"] for f in findings if f["op"] != DYNAMIC})}
     if work is not None:
         doc.update(_mac_share(work, findings))
     return doc
+
+
+DYNAMIC = "dynamic_shape"
+DYNAMIC_ADVICE = {
+    ".pte": ("ExecuTorch plans memory for the upper bound and XNNPACK rebuilds its operators whenever the shape "
+             "changes: export with the shape the device feeds (--input-shape) unless it really varies"),
+    ".onnx": ("ONNX Runtime's mobile execution providers (XNNPACK, NNAPI) take fixed shapes only, and so do the native "
+              "benchmark tools: fix it (python -m onnxruntime.tools.make_dynamic_shape_fixed) or export with --input-shape"),
+}
+
+
+def _dynamic_inputs(path: Path) -> list[dict]:
+    """One finding per input with a dim that is not fixed in the artifact."""
+    if path.suffix == ".pte":
+        names = _pte_dynamic_inputs(path)
+    elif path.suffix == ".onnx":
+        names = _onnx_dynamic_inputs(path)
+    else:
+        return []  # the lite interpreter takes any shape its TorchScript graph takes
+    return [{**_finding(DYNAMIC, 1, DYNAMIC_ADVICE[path.suffix], f"input {name}"), "macs": 0} for name in names]
+
+
+def _pte_dynamic_inputs(path: Path) -> list[str]:
+    from executorch.exir._serialize._program import deserialize_pte_binary
+
+    program = deserialize_pte_binary(path.read_bytes()).program
+    found = []
+    for plan in program.execution_plan:
+        for n, index in enumerate(plan.inputs):
+            val = plan.values[index].val
+            dynamism = getattr(val, "shape_dynamism", None)
+            if dynamism is not None and int(getattr(dynamism, "value", dynamism)) != 0:  # 0: TensorShapeDynamism.STATIC
+                found.append(f"{n} of {plan.name} (sizes {list(val.sizes)} at most)")
+    return found
+
+
+def _onnx_dynamic_inputs(path: Path) -> list[str]:
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    initializers = {i.name for i in graph.initializer}
+    found = []
+    for i in graph.input:
+        if i.name in initializers:
+            continue
+        dims = i.type.tensor_type.shape.dim
+        loose = [f"dim {k} '{d.dim_param}'" if d.dim_param else f"dim {k} unknown"
+                 for k, d in enumerate(dims) if not d.HasField("dim_value")]
+        if loose:
+            found.append(f"{i.name} ({', '.join(loose)})")
+    return found
 
 
 def _mac_share(work: list[dict], findings: list[dict]) -> dict:

@@ -305,7 +305,7 @@ def _check_format(build_dir: Path, manifest: dict, fmt: str, rec: dict, target, 
     if "lint" in res:
         _say_lint(fmt, res["lint"], say)
         if res["lint"]["findings"] and options.fail_on_lint:
-            failures.append(f"{fmt} lint: " + ", ".join(res["lint"]["ops_outside"]) + " off the fast path")
+            failures.append(f"{fmt} lint: " + ", ".join(f"{f['op']} ({f['where']})" for f in res["lint"]["findings"]))
     if res.get("prediction"):
         p = res["prediction"]
         say(f"  {fmt}: predicted on {p['target']}: {p['low_ms']:.3g}–{p['high_ms']:.3g} ms "
@@ -338,8 +338,10 @@ def _emulate(core, artifact: Path, fmt: str, ref: FloatReference, options: Valid
 
 
 def _say_lint(fmt: str, doc: dict, say) -> None:
-    n = len(doc["findings"])
-    say(_line(not n, f"{fmt}: lint, {n} op type(s) off the {doc.get('fast_path', 'fast path')}"))
+    ops = [f for f in doc["findings"] if f["op"] != "dynamic_shape"]
+    dynamic = len(doc["findings"]) - len(ops)
+    text = f"{fmt}: lint, {len(ops)} op type(s) off the {doc.get('fast_path', 'fast path')}"
+    say(_line(not doc["findings"], text + (f", {dynamic} input(s) with a dynamic shape" if dynamic else "")))
     for f in doc["findings"]:
         say(f"    {f['op']} (x{f['count']}, {f['where']}): {f['advice']}")
     if doc.get("macs_fast_share") is not None:
