@@ -59,3 +59,27 @@ def test_fits_rpi4(big_build):
     assert weights_mb < res["model_mb"] < 6 * weights_mb
     assert res["needed_mb"] > 384  # the reason it cannot fit the Pi Zero 2
     assert res["latency"]["p50"] > 0
+
+
+def test_the_memory_plan_of_a_pte_is_reported(build_copy):
+    """The arena ExecuTorch plans for the graph's own tensors, recorded at export and shown by validate."""
+    manifest = json.loads((build_copy / "manifest.json").read_text())
+    planned = manifest["lowering"]["planned_memory_bytes"]
+    assert 0 < planned < 64 * 1024  # the digits CNN's tensors outside the delegate: bytes, not MBs
+    doc = api.validate(build_copy, checks=["resources"], runs=2, warmup=1)
+    assert doc["formats"]["executorch"]["resources"]["planned_memory_bytes"] == planned
+
+
+def test_a_graph_outside_the_delegate_plans_its_intermediates(tmp_path):
+    # Linear(64 -> 4096) then a cumsum, which XNNPACK cannot take: its (1, 4096) fp32 input and
+    # output are planned by ExecuTorch, 16 KB each at least.
+    class Model(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = torch.nn.Linear(64, 4096)
+
+        def forward(self, x):
+            return torch.cumsum(self.fc(x), dim=-1)
+
+    info = et.export(Model().eval(), (torch.zeros(1, 64),), tmp_path / "m.pte")
+    assert info["planned_memory_bytes"] >= 2 * 4096 * 4

@@ -136,7 +136,11 @@ def export(qmodel, example_inputs: tuple, path: Path) -> dict:
     Path(path).write_bytes(program.buffer)
     plan = program.executorch_program.execution_plan[0]
     delegates = [d.id for d in plan.delegates]
-    return {"delegates": delegates, "xnnpack_delegated": DELEGATE_ID in delegates, "ops_outside_delegate": outside}
+    # The memory plan: the arena ExecuTorch allocates for the graph's own tensors, fixed here
+    # (buffer 0 is reserved). Read now: deserializing a big .pte later costs its size in memory.
+    planned = sum(plan.non_const_buffer_sizes)
+    return {"delegates": delegates, "xnnpack_delegated": DELEGATE_ID in delegates, "ops_outside_delegate": outside,
+            "planned_memory_bytes": planned}
 
 
 def _ops_outside_delegate(graph_module) -> list[str]:

@@ -90,6 +90,7 @@ def describe(fmt: str, r: dict) -> list[str]:
             line += f", {r['instructions'] / r['float_instructions']:.2f}x the float model's"
         lines.append(line + " (relative cost; wall time under emulation is not latency)")
     if r.get("planned_memory_bytes") is not None:
-        lines.append(f"    ExecuTorch memory plan: {r['planned_memory_bytes'] / 1024:.1f} KB fixed at export "
-                     "(the graph's own tensors; the XNNPACK delegate allocates its workspace beside it)")
+        from edgekit.emulate.resources import memory_plan_line
+
+        lines.append("    " + memory_plan_line(r["planned_memory_bytes"]))
     return lines

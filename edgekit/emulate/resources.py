@@ -64,6 +64,11 @@ def measure(artifact: Path, inputs: list[dict], target, *, runs: int = 20, warmu
     return _record(target, cores, threads, budget_mb, limits, run, proc.returncode)
 
 
+def memory_plan_line(planned_bytes: int) -> str:
+    return (f"ExecuTorch memory plan: {planned_bytes / 1024:.1f} KB fixed at export "
+            "(the graph's own tensors; the XNNPACK delegate allocates its workspace beside it)")
+
+
 def _parse(stdout: str) -> tuple[dict, dict]:
     limits, run, peak = {}, {}, {}
     for line in stdout.splitlines():

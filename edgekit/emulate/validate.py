@@ -314,6 +314,9 @@ def _check_format(build_dir: Path, manifest: dict, fmt: str, rec: dict, target, 
         from edgekit.emulate.resources import verdict
 
         res["resources"] = _resources(artifact, manifest, target, options)
+        planned = (rec.get("lowering") or {}).get("planned_memory_bytes")  # recorded by the export
+        if planned is not None:
+            res["resources"]["planned_memory_bytes"] = planned
         why = verdict(res["resources"])
         if why:
             failures.append(f"{fmt} on {target.name}: {why}")
@@ -355,6 +358,10 @@ def _say_resources(fmt: str, r: dict, why: str | None, target, say) -> None:
         lat = r["latency"]
         say(f"    host latency on {len(r['cores'])} core(s), {r['threads']} thread(s): p50 {lat['p50']} ms, "
             f"p90 {lat['p90']} ms, p99 {lat['p99']} ms, load {lat['load_ms']} ms (this computer, not the target)")
+    if r.get("planned_memory_bytes") is not None:
+        from edgekit.emulate.resources import memory_plan_line
+
+        say("    " + memory_plan_line(r["planned_memory_bytes"]))
 
 
 def _line(ok: bool, text: str) -> str:
