@@ -7,6 +7,7 @@ built, the comparison, and the cpuinfo text.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 
@@ -119,3 +120,29 @@ def test_the_guest_is_arm_and_sees_the_targets_core(tmp_path):
     assert done.returncode == 0, done.stderr
     assert done.stdout.split("\n")[:3] == ["aarch64", "CPU part\t: 0xd03", "cortex-a53"]
     assert subprocess.run(["uname", "-m"], capture_output=True, text=True).stdout.strip() == "x86_64"
+
+
+@pytest.mark.emulator
+def test_the_rpi_classifier_app_runs_on_the_emulated_board(run_cli, digits_app, tmp_path):
+    """sample_apps/rpi_classifier with only the board's numpy + onnxruntime (no Pillow, no torch, no edgekit)."""
+    from pathlib import Path
+
+    from edgekit.emulator.check import EmulatedCore
+
+    paths = require_emulator()
+    build = tmp_path / "digits-onnx"
+    assert run_cli("build", str(digits_app), "--target", "rpi4", "--format", "onnx", "--out", str(build)).returncode == 0
+    app = Path(__file__).resolve().parent.parent / "sample_apps" / "rpi_classifier"
+    (tmp_path / "work").mkdir()
+    core = EmulatedCore(paths, "cortex-a72", tmp_path / "work")
+    guest = dataclasses.replace(core.guest, binds=core.guest.binds + ((app, "/mnt/app"), (build, "/mnt/build")))
+    samples = sorted(p.name for p in (app / "samples").glob("*.pgm"))
+    done = guest.run(["/opt/edgekit/venv/bin/python", "/mnt/app/classify.py", "/mnt/build",
+                      *[f"/mnt/app/samples/{s}" for s in samples], "--json"], timeout=600)
+    assert done.returncode == 0, done.stderr
+    doc = json.loads(done.stdout)
+    assert doc["runtime"]["name"] == "onnxruntime"
+    results = doc["results"]
+    assert len(results) == len(samples) == 10
+    for name, r in zip(samples, results):
+        assert str(r["top"][0]["label"]) == name.split("-")[1], (name, r)
