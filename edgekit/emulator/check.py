@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -66,7 +67,11 @@ class EmulatedCore:
         """Run `command` (guest paths) under the plugin-loading qemu; its stdout and the count."""
         out = f"{WORK}/{name}.count"
         qemu = [f"{NATIVE}/qemu-aarch64", "-cpu", self.qemu_cpu, "-plugin", f"{NATIVE}/insn_count.so,out={out}"]
-        done = self.guest.run(qemu + command, timeout=TIMEOUT)
+        try:
+            done = self.guest.run(qemu + command, timeout=TIMEOUT)
+        except subprocess.TimeoutExpired:
+            raise EmulationFailed(f"{Path(command[0]).name} did not finish within {TIMEOUT:g} s under qemu "
+                                  f"({self.qemu_cpu})") from None
         if done.returncode != 0:
             tail = "\n".join((done.stdout + done.stderr).strip().splitlines()[-6:])
             raise EmulationFailed(f"{Path(command[0]).name} failed under qemu ({self.qemu_cpu}), exit status "
