@@ -133,3 +133,53 @@ def test_native_runner_kind_and_artifact_type(tmp_path):
         resolve_native_runner(str(binary), ".pte")
     with pytest.raises(UsageError, match="cannot tell which tool"):
         resolve_native_runner(str(tmp_path / "mybench"), ".pte")
+
+
+# --- edgekit-et-runner (the one native tool we build: its real output is tested under
+# emulation in tests/test_emulate.py and tests/test_emulated_board.py; here, the parsing)
+
+
+def test_edgekit_runner_json_is_read_past_the_runtimes_log_lines():
+    from edgekit.deploy.native import parse_edgekit_runner
+
+    text = ('I 00:00:00.04 executorch:threadpool.cpp:66] Resetting threadpool to 4 threads.\n'
+            '{"ok": true, "runner": "edgekit-et-runner", "load_ms": 71.5, "first_ms": 34.2, "mean": 7.5, "std": 0.04, '
+            '"min": 7.4, "p50": 7.5, "p90": 7.6, "p99": 7.7, "max": 7.7, "runs": 3, "peak_rss_kb": 25556, '
+            '"runtime": {"name": "executorch-native", "version": "1.5.1"}, "samples_ms": [7.4, 7.5, 7.7]}\n')
+    out = parse_edgekit_runner(text)
+    assert out["p50"] == 7.5 and out["runs"] == 3 and out["samples_ms"] == [7.4, 7.5, 7.7] and out["version"] == "1.5.1"
+    with pytest.raises(ValueError, match="cannot read x.pte"):
+        parse_edgekit_runner('{"ok": false, "error": "cannot read x.pte", "error_kind": "usage"}\n')
+    with pytest.raises(ValueError):
+        parse_edgekit_runner("Segmentation fault\n")
+
+
+def test_edgekit_runner_by_name_needs_make_emulator(tmp_path, monkeypatch):
+    monkeypatch.setenv("EDGEKIT_CACHE_DIR", str(tmp_path))
+    with pytest.raises(UsageError, match="make emulator"):
+        resolve_native_runner("edgekit-et-runner", ".pte")
+    runner = tmp_path / "emulator" / "bookworm-arm64" / "native" / "edgekit-et-runner"
+    runner.parent.mkdir(parents=True)
+    runner.write_text("")
+    (runner.parent / "libexecutorch.so").write_text("")
+    tool, path = resolve_native_runner("edgekit-et-runner", ".pte")
+    assert path == runner and [p.name for p in tool.companions(path)] == ["libexecutorch.so"]
+
+
+def test_device_facts_say_when_the_board_is_the_emulator():
+    from edgekit.deploy.base import Completed
+    from edgekit.deploy.runners import device_facts_over_shell
+
+    class Shell:
+        def __init__(self, tail):
+            self.tail = tail
+
+        def run(self, argv, timeout=None):
+            cpuinfo = "processor\t: 0\nCPU implementer\t: 0x41\nCPU part\t: 0xd08\n"
+            out = f"{cpuinfo}@@\nRaspberry Pi 4\n\n\n\n\n@@\n4\naarch64\n@@\n{self.tail}"
+            return Completed(argv, 0, out, "")
+
+    marker = '{\n "emulated": true,\n "by": "qemu-user"\n}\n\n@@cpu\ncortex-a72\n'
+    facts = device_facts_over_shell(Shell(marker))
+    assert facts["emulated"] == {"by": "qemu-user", "cpu": "cortex-a72"} and facts["cpu_model"].endswith("Cortex-A72")
+    assert "emulated" not in device_facts_over_shell(Shell("\n@@cpu\n\n"))  # a real board: no marker file
