@@ -7,6 +7,8 @@ Two files, for two kinds of reader:
   the new layer sizes plus the state_dict. `load_transformed` rebuilds the
   model from the user's own factory, resizes each layer and loads the weights,
   so the result is a trainable nn.Module again (what distillation workers need).
+  The sizes include the attention attributes head pruning changes (`num_heads`,
+  `head_dim`, `dim`), which the model's forward reshapes by.
 """
 
 from __future__ import annotations
@@ -17,15 +19,24 @@ FORMAT = "edgekit-transformed/1"
 # Size attributes of the layers pruning changes (Conv, Linear, BN, LayerNorm, GroupNorm).
 _SIZE_ATTRS = ("in_channels", "out_channels", "groups", "in_features", "out_features", "num_features",
                "normalized_shape", "num_channels", "num_groups")
+# Plain int attributes an attention module's forward reshapes by; head pruning changes them
+# (stages/prune.py), so a factory-fresh model must get the pruned values back. Only ints are
+# recorded: other modules use these names for other things (nn.Softmax.dim), restored unchanged.
+_ATTENTION_ATTRS = ("num_heads", "head_dim", "dim")
 
 
 def layer_sizes(model) -> dict:
     sizes = {}
     for name, module in model.named_modules():
         attrs = {a: _plain(getattr(module, a)) for a in _SIZE_ATTRS if hasattr(module, a)}
+        attrs.update({a: getattr(module, a) for a in _ATTENTION_ATTRS if _is_int(getattr(module, a, None))})
         if attrs:
             sizes[name] = attrs
     return sizes
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _plain(value):
