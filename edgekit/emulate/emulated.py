@@ -50,8 +50,11 @@ def emulate_artifact(core, artifact: Path, fmt: str, ref, limit: int | None) -> 
             emulated, count, doc = emu.run_onnx(core, artifact, samples, [s.name for s in spec.inputs], "artifact")
     except emu.EmulationFailed as e:
         return {"ran": True, "cpu": core.qemu_cpu, "failures": [str(e)]}
+    data = ref.get()[3]
+    batch = spec.inputs[0].batch
+    labels = data.labels[: len(samples) * batch] if data.labels is not None else None
     result = {"ran": True, "cpu": core.qemu_cpu, "samples": len(samples), "runtime": doc.get("runtime"),
-              "instructions": count, **emu.compare(host_outputs(artifact, fmt, samples), emulated)}
+              "instructions": count, **emu.compare(host_outputs(artifact, fmt, samples), emulated, labels)}
     if artifact.suffix == ".pte":
         result["planned_memory_bytes"] = doc.get("planned_memory_bytes")  # ExecuTorch's planned arena
         result["float_instructions"] = _float_pte_count(core, ref, samples[:1])
@@ -81,6 +84,8 @@ def describe(fmt: str, r: dict) -> list[str]:
         return [f"✗ {fmt}: emulated {r['cpu']}: {r['failures'][0]}"]
     first = r["outputs"][0]
     agree = f", top-1 agreement {first['top1_agreement']:.2f} %" if first.get("top1_agreement") is not None else ""
+    if first.get("accuracy_emulated") is not None:
+        agree += f", accuracy {first['accuracy_emulated']:.2f} % (host {first['accuracy_host']:.2f} %)"
     lines = [f"{'✗' if r['failures'] else '✓'} {fmt}: emulated {r['cpu']} (qemu) vs host on {r['samples']} samples: "
              f"max abs diff {first['max_abs_error']:.3g}{agree}"]
     lines += [f"    {m}" for m in r["failures"]]

@@ -142,15 +142,18 @@ def _last_json(stdout: str) -> dict:
     raise EmulationFailed("the emulated runner printed no JSON result")
 
 
-def compare(host: list[list[np.ndarray]], emulated: list[list[np.ndarray]]) -> dict:
-    """Emulated ARM run vs host run of the same artifact, per output over all samples."""
+def compare(host: list[list[np.ndarray]], emulated: list[list[np.ndarray]], labels=None) -> dict:
+    """Emulated ARM run vs host run of the same artifact, per output over all samples.
+
+    With `labels`, each row also has the accuracy of both runs (accuracy_float is the host's here)."""
     from edgekit.emulate.parity import compare_output
 
     rows = []
     for i in range(len(host[0])):
         h = np.concatenate([s[i] for s in host])
         e = np.concatenate([s[i] for s in emulated])
-        row = compare_output(h, e, "emulated")
+        row = compare_output(h, e, "emulated", labels)
+        row["accuracy_host"], row["accuracy_emulated"] = row.pop("accuracy_float"), row.pop("accuracy_artifact")
         row["output"] = f"output {i}"
         rows.append(row)
     failures = [f"{r['output']}: {m}" for r in rows for m in r["failures"]]
