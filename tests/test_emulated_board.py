@@ -81,3 +81,14 @@ def test_make_deploy_runs_an_onnx_build_in_the_boards_onnxruntime(board, run_cli
     [run] = json.loads((out / "manifest.json").read_text())["device_runs"]
     assert run["runner"] == "python" and run["runtime"] == "onnxruntime" and run["machine"] == "aarch64"
     assert run["emulated"]["cpu"] == "cortex-a72"
+
+
+def test_a_deploy_without_bench_runs_the_native_runner_once(board, build_copy):
+    """The check stage loads the .pte and runs it once on the board, not only `test -x`."""
+    from edgekit import api
+
+    [record] = api.deploy(build_copy, [board.address], ssh_config=str(board.client_config))
+    assert record["ok"] and record["runner"] == "edgekit-et-runner" and not record.get("bench")
+    check = record["check"]
+    assert check["first_ms"] > 0 and check["load_ms"] > 0 and check["machine"] == "aarch64"
+    assert record["emulated"]["cpu"] == "cortex-a72"

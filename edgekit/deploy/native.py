@@ -37,6 +37,9 @@ class NativeTool:
     parse: Callable[[str], dict]
     # Files the binary needs beside it on the device (shared libraries found via rpath $ORIGIN).
     companions: Callable[[Path], list[Path]] = lambda binary: []
+    # A cheap run that proves the artifact loads, for deploys without --bench: (binary, artifact, threads) -> argv.
+    # None: the tool has no such mode, and being executable is all `check` can verify.
+    check_argv: Callable[..., list[str]] | None = None
 
 
 def _empty() -> dict:
@@ -180,7 +183,8 @@ def _shared_libraries(binary: Path) -> list[Path]:
 
 TOOLS = {
     "edgekit-et-runner": NativeTool("edgekit-et-runner", ".pte", "executorch-native", edgekit_runner_argv,
-                                    parse_edgekit_runner, _shared_libraries),
+                                    parse_edgekit_runner, _shared_libraries,
+                                    lambda binary, artifact, threads: edgekit_runner_argv(binary, artifact, threads, 0, 1, 0)),
     "executor_runner": NativeTool("executor_runner", ".pte", "executorch", executor_runner_argv, parse_executor_runner),
     "benchmark_model": NativeTool("benchmark_model", ".tflite", "litert", benchmark_model_argv, parse_benchmark_model),
     "onnxruntime_perf_test": NativeTool("onnxruntime_perf_test", ".onnx", "onnxruntime", perf_test_argv, parse_perf_test),

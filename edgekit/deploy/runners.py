@@ -197,30 +197,41 @@ class NativeRunner:
         t.check(["chmod", "+x", f"{remote}/{self.binary.name}"], f"chmod +x {self.binary.name}", stage="check")
 
     def check(self, t: Transport, remote: str, build, threads: int, timeout: float) -> dict:
-        # A native tool carries its runtime inside: being executable there is the check.
+        # A native tool carries its runtime inside: being executable there is the check, plus one
+        # inference where the tool has a cheap mode for it (the artifact loads and runs).
         t.check(["test", "-x", f"{remote}/{self.binary.name}"], f"{self.binary.name} is not executable", stage="check",
                 hint="mount the directory without noexec, or use another --remote-dir")
-        return {"ok": True, "runner": self.tool.name, "runtime": {"name": self.tool.runtime, "version": None},
-                "machine": None, "load_ms": None, "first_ms": None, "threads": threads}
+        if self.tool.check_argv is None:
+            return {"ok": True, "runner": self.tool.name, "runtime": {"name": self.tool.runtime, "version": None},
+                    "machine": None, "load_ms": None, "first_ms": None, "threads": threads}
+        argv = self.tool.check_argv(f"{remote}/{self.binary.name}", f"{remote}/{build.artifact.name}", threads)
+        stats = self._run(t, argv, timeout, "check", remote)
+        return {"ok": True, "runner": self.tool.name, "threads": threads, "load_ms": stats["load_ms"],
+                "first_ms": stats["first_ms"], "runtime": {"name": self.tool.runtime, "version": stats.get("version")},
+                "machine": t.arch(), "device": device_facts_over_shell(t)}
 
     def bench(self, t: Transport, remote: str, build, opts, threads: int) -> dict:
         argv = self.tool.argv(f"{remote}/{self.binary.name}", f"{remote}/{build.artifact.name}", threads,
                               opts.warmup, opts.runs, opts.min_seconds)
-        try:
-            done = t.run(reporting_signals(argv), opts.timeout)
-        except DeviceTimeout as e:
-            raise DeviceFailure(f"{self.tool.name} on {t.name} did not finish within {opts.timeout:g} s", stage="bench",
-                                hint="raise --timeout, or lower --runs", detail=e.detail) from None
-        if done.returncode != 0:
-            died = _signal_name(done.returncode)
-            raise t.failure(f"{self.tool.name} {'crashed (' + died + ')' if died else 'failed'} on {t.name}", done, stage="bench",
-                            hint=f"run {remote}/{self.binary.name} by hand on the device to investigate")
-        try:
-            stats = self.tool.parse(done.stdout + "\n" + done.stderr, opts.warmup)
-        except ValueError as e:
-            raise DeviceFailure(f"cannot read {self.tool.name}'s output from {t.name}: {e}", stage="bench",
-                                hint="this build of the tool prints another format; use the Python runner", detail=done.tail()) from None
+        stats = self._run(t, argv, opts.timeout, "bench", remote, opts.warmup)
         facts = device_facts_over_shell(t)
         return {"ok": True, **stats, "threads": threads, "threads_applied": True, "runner": self.tool.name,
                 "runtime": {"name": self.tool.runtime, "version": stats.pop("version", None)}, "python": None,
                 "machine": t.arch(), "device": facts, "warmup": opts.warmup}
+
+    def _run(self, t: Transport, argv: list[str], timeout: float, stage: str, remote: str, warmup: int = 0) -> dict:
+        """Run the tool on the device and parse what it printed; every failure is a DeviceFailure."""
+        try:
+            done = t.run(reporting_signals(argv), timeout)
+        except DeviceTimeout as e:
+            raise DeviceFailure(f"{self.tool.name} on {t.name} did not finish within {timeout:g} s", stage=stage,
+                                hint="raise --timeout, or lower --runs", detail=e.detail) from None
+        if done.returncode != 0:
+            died = _signal_name(done.returncode)
+            raise t.failure(f"{self.tool.name} {'crashed (' + died + ')' if died else 'failed'} on {t.name}", done, stage=stage,
+                            hint=f"run {remote}/{self.binary.name} by hand on the device to investigate")
+        try:
+            return self.tool.parse(done.stdout + "\n" + done.stderr, warmup)
+        except ValueError as e:
+            raise DeviceFailure(f"cannot read {self.tool.name}'s output from {t.name}: {e}", stage=stage,
+                                hint="this build of the tool prints another format; use the Python runner", detail=done.tail()) from None
