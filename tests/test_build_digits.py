@@ -1,4 +1,4 @@
-"""End to end: the bundled digits sample built for rpi4, checked against the issue's bar."""
+"""End to end: the bundled digits sample built for rpi4, checked against its accuracy and size bars."""
 
 from __future__ import annotations
 

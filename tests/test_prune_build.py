@@ -1,4 +1,4 @@
-"""The issue's bar on the digits sample: prune 0.5 + distill, int8, through the CLI;
+"""The bar on the digits sample: prune 0.5 + distill, int8, through the CLI;
 then the saved pruned model reloads in a fresh process and exports again."""
 
 from __future__ import annotations
