@@ -17,6 +17,7 @@ from edgekit.emulator import check as emu
 
 
 def samples_of(ref, limit: int | None) -> list[list[np.ndarray]]:
+    """The first batches of the reference data: the same ones, in the same order, as its artifact_outputs."""
     from edgekit.data import batches
 
     spec, _, _, data, _ = ref.get()
@@ -26,14 +27,6 @@ def samples_of(ref, limit: int | None) -> list[list[np.ndarray]]:
             break
         out.append([t.numpy() for t in b])
     return out
-
-
-def host_outputs(artifact: Path, fmt: str, samples) -> list[list[np.ndarray]]:
-    from edgekit.backends import get_backend
-
-    backend = get_backend(fmt)
-    runner = getattr(backend, "load_for_validation", backend.load)(artifact)
-    return [[np.asarray(o) for o in runner.run(s)] for s in samples]
 
 
 def emulate_artifact(core, artifact: Path, fmt: str, ref, limit: int | None) -> dict:
@@ -54,7 +47,7 @@ def emulate_artifact(core, artifact: Path, fmt: str, ref, limit: int | None) -> 
     batch = spec.inputs[0].batch
     labels = data.labels[: len(samples) * batch] if data.labels is not None else None
     result = {"ran": True, "cpu": core.qemu_cpu, "samples": len(samples), "runtime": doc.get("runtime"),
-              "instructions": count, **emu.compare(host_outputs(artifact, fmt, samples), emulated, labels)}
+              "instructions": count, **emu.compare(ref.artifact_outputs(fmt, artifact)[: len(samples)], emulated, labels)}
     if artifact.suffix == ".pte":
         result["planned_memory_bytes"] = doc.get("planned_memory_bytes")  # ExecuTorch's planned arena
         result["float_instructions"] = _float_pte_count(core, ref, samples[:1])

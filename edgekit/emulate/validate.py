@@ -127,6 +127,7 @@ class FloatReference:
     def __init__(self, manifest: dict, app: str | None, max_samples: int | None, build_dir: Path | None = None):
         self._manifest, self._app, self._max, self._dir = manifest, app, max_samples, build_dir
         self._loaded = None
+        self._artifact: dict[str, list[list[np.ndarray]]] = {}  # per format: artifact_outputs
 
     def get(self):
         if self._loaded is None:
@@ -150,6 +151,20 @@ class FloatReference:
             data = data.take(self._max) if self._max else data
             self._loaded = (spec, model, example_inputs(spec.inputs), data, source)
         return self._loaded
+
+    def artifact_outputs(self, fmt: str, artifact: Path) -> list[list[np.ndarray]]:
+        """The artifact's outputs per batch in its host runtime, computed once per format
+        (parity and the emulated comparison both use them)."""
+        if fmt not in self._artifact:
+            from edgekit.backends import get_backend
+            from edgekit.data import batches
+
+            spec, _, _, data, _ = self.get()
+            backend = get_backend(fmt)
+            runner = getattr(backend, "load_for_validation", backend.load)(artifact)
+            self._artifact[fmt] = [[np.asarray(o) for o in runner.run([t.numpy() for t in b])]
+                                   for b in batches(data, spec.inputs)]
+        return self._artifact[fmt]
 
     def float_outputs(self, flatten) -> list[list[np.ndarray]]:
         """The float model's outputs per batch, computed once for every format."""
@@ -175,17 +190,13 @@ class FloatReference:
 
 
 def _parity(artifact: Path, fmt: str, record: dict, ref: FloatReference, gate: dict | None) -> dict:
-    from edgekit.backends import get_backend
-    from edgekit.data import batches
     from edgekit.emulate.parity import all_outputs, arithmetic, check_parity
 
-    spec, model, _, data, source = ref.get()
+    _, _, _, data, source = ref.get()
     float_out = ref.float_outputs(all_outputs)
-    backend = get_backend(fmt)
-    # Loaded after the float pass: a runtime's worker threads (XNNPACK's pool) running beside
-    # torch's intra-op threads on a small host made each float conv ~100x slower.
-    runner = getattr(backend, "load_for_validation", backend.load)(artifact)
-    art_out = [[np.asarray(o) for o in runner.run([t.numpy() for t in b])] for b in batches(data, spec.inputs)]
+    # The artifact runs after the float pass: a runtime's worker threads (XNNPACK's pool) running
+    # beside torch's intra-op threads on a small host made each float conv ~100x slower.
+    art_out = ref.artifact_outputs(fmt, artifact)
     labels = data.labels[: sum(o[0].shape[0] for o in float_out)] if data.labels is not None else None
     doc = check_parity(float_out, art_out, arithmetic((record.get("quantization") or {}).get("scheme", "static")), labels)
     doc["data"] = source
