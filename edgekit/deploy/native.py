@@ -159,7 +159,9 @@ def edgekit_runner_argv(binary, artifact, threads, warmup, runs, min_seconds):
             "--min-seconds", str(min_seconds)]
 
 
-def parse_edgekit_runner(text: str, warmup: int = 0) -> dict:
+def last_json(text: str) -> dict | None:
+    """The last line of `text` that parses as JSON, if it is an object: a runner's result,
+    printed after whatever its runtime logged."""
     import json
 
     for line in reversed(text.strip().splitlines()):
@@ -167,14 +169,20 @@ def parse_edgekit_runner(text: str, warmup: int = 0) -> dict:
             doc = json.loads(line)
         except ValueError:
             continue
-        if isinstance(doc, dict) and "ok" in doc:
-            if not doc["ok"]:
-                raise ValueError(doc.get("error", "the runner failed"))
-            out = _empty()
-            out.update({k: doc.get(k) for k in STAT_KEYS}, samples_ms=doc.get("samples_ms"),
-                       version=(doc.get("runtime") or {}).get("version"))
-            return out
-    raise ValueError("no JSON result line in edgekit-et-runner output")
+        return doc if isinstance(doc, dict) else None
+    return None
+
+
+def parse_edgekit_runner(text: str, warmup: int = 0) -> dict:
+    doc = last_json(text)
+    if doc is None or "ok" not in doc:
+        raise ValueError("no JSON result line in edgekit-et-runner output")
+    if not doc["ok"]:
+        raise ValueError(doc.get("error", "the runner failed"))
+    out = _empty()
+    out.update({k: doc.get(k) for k in STAT_KEYS}, samples_ms=doc.get("samples_ms"),
+               version=(doc.get("runtime") or {}).get("version"))
+    return out
 
 
 def _shared_libraries(binary: Path) -> list[Path]:

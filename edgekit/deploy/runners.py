@@ -16,12 +16,11 @@ has built it and the user named no runner: the board then needs no torch.
 
 from __future__ import annotations
 
-import json
 import signal
 from pathlib import Path
 
 from edgekit.deploy.base import EXIT_ALARM, Completed, DeviceFailure, DeviceTimeout, Transport, reporting_signals
-from edgekit.deploy.native import TOOLS, NativeTool, built_edgekit_runner, resolve_native_runner
+from edgekit.deploy.native import TOOLS, NativeTool, built_edgekit_runner, last_json, resolve_native_runner
 from edgekit.runtime import RUNNER_PATH
 from edgekit.runtime.runner import cpu_from_cpuinfo, emulated_facts
 
@@ -85,7 +84,7 @@ class PythonRunner:
             raise DeviceFailure(f"the runner on {t.name} did not answer within {timeout:g} s ({stage})",
                                 hint="the device or its python hangs; check it by hand, or raise --timeout for slow boards",
                                 stage=stage, detail=e.detail) from None
-        doc = _last_json(done.stdout)
+        doc = last_json(done.stdout)
         if doc is not None and doc.get("ok"):
             return doc
         raise self._failure(t, done, doc, stage, build, timeout)
@@ -124,16 +123,6 @@ class PythonRunner:
 def _runtime_of(build) -> str:
     return {".pte": "executorch", ".onnx": "onnxruntime", ".ptl": "torch-lite-interpreter", ".tflite": "litert"}.get(
         build.artifact.suffix, "executorch")
-
-
-def _last_json(stdout: str) -> dict | None:
-    for line in reversed(stdout.strip().splitlines()):
-        try:
-            doc = json.loads(line)
-        except ValueError:
-            continue
-        return doc if isinstance(doc, dict) else None
-    return None
 
 
 def _signal_name(code: int) -> str | None:

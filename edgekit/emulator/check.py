@@ -20,7 +20,6 @@ torch build is the multi-GB CUDA one. Such an artifact is reported as not run.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import subprocess
@@ -30,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edgekit.deploy.native import last_json
 from edgekit.emulator.chroot import Guest
 from edgekit.emulator.cpus import cpuinfo_text
 from edgekit.emulator.paths import VENV, EmulatorPaths
@@ -102,7 +102,9 @@ def run_pte(core: EmulatedCore, artifact: Path, samples: list[list[np.ndarray]],
                 f.write(np.ascontiguousarray(array).tobytes())
     stdout, count = core.counted([f"{NATIVE}/edgekit-et-runner", f"{WORK}/{name}.pte", "--inputs", f"{WORK}/{name}.in",
                                   "--outputs", f"{WORK}/{name}.out", "--runs", "1", "--warmup", "0", "--count"], name)
-    doc = _last_json(stdout)
+    doc = last_json(stdout)
+    if doc is None:
+        raise EmulationFailed("the emulated runner printed no JSON result")
     raw = (core.work / f"{name}.out").read_bytes()
     specs = [(tuple(o["shape"]), np.dtype(o["dtype"])) for o in doc["outputs"]]
     per_sample = sum(int(np.prod(s)) * d.itemsize for s, d in specs)
@@ -129,17 +131,6 @@ def run_onnx(core: EmulatedCore, artifact: Path, samples: list[list[np.ndarray]]
     with np.load(core.work / f"{name}-out.npz") as z:
         stacked = [z[f"out{j}"] for j in range(len(z.files))]
     return [[o[k] for o in stacked] for k in range(len(samples))], count, {"runtime": {"name": "onnxruntime (guest)"}}
-
-
-def _last_json(stdout: str) -> dict:
-    for line in reversed(stdout.strip().splitlines()):
-        try:
-            doc = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(doc, dict):
-            return doc
-    raise EmulationFailed("the emulated runner printed no JSON result")
 
 
 def compare(host: list[list[np.ndarray]], emulated: list[list[np.ndarray]], labels=None) -> dict:
