@@ -7,11 +7,12 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 TARGET ?= rpi4
 
-.PHONY: install demo test test-all test-emulator emulator bench clean help deploy
+.PHONY: install demo test test-slow test-all test-emulator emulator bench clean help deploy
 
 help:
 	@echo "make demo      install into $(VENV) and build sample_apps/digits for $(TARGET)"
 	@echo "make test      install into $(VENV) (with test extras) and run the default test suite"
+	@echo "make test-slow the tests marked slow (every real architecture in every format, ...): CI runs them too"
 	@echo "make test-all  the default suite plus tests marked slow"
 	@echo "make emulator  build (once, minutes; root) the arm64 qemu board: rootfs, native ExecuTorch runner, plugin"
 	@echo "make test-emulator  the tests that run artifacts on the emulated ARM cores (after make emulator)"
@@ -35,6 +36,9 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -m "not slow and not emulator"
+
+test-slow: $(STAMP)
+	$(BIN)/python -m pytest -m "slow and not emulator"
 
 test-all: $(STAMP)
 	$(BIN)/python -m pytest -m "not emulator"

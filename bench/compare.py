@@ -1,14 +1,17 @@
 """edgekit's int8 artifacts side by side with the paths users take today (`make bench`).
 
     .venv/bin/python bench/compare.py [--models digits vit_digits mobilenet_v2 resnet18]
+                                      [--real-models efficientnet_lite0 minilm]
                                       [--runs 50] [--warmup 5] [--calib-samples 32] [--quick] [--out bench]
 
 For each model, in this one run: float (PyTorch eager, torch.compile, ONNX
 Runtime fp32), int8 by hand (onnxruntime quantize_static defaults, ExecuTorch
 PT2E + XNNPACK per its tutorial) and edgekit's artifact for each format, timed
 on the same input at 1 thread and at all cores. Also the cost of `edgekit
-build` per model. Writes OUT/RESULTS.md and OUT/results.json; progress goes
-to stderr. A path that fails keeps its row, with its error.
+build` per model. Then the pretrained models (real_models.py): every artifact's
+agreement with float on real inputs beside its latency. Writes OUT/RESULTS.md and
+OUT/results.json; progress goes to stderr. A path that fails keeps its row, with
+its error.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import baselines
 import build_cost
 import edgekit_paths
 import machine
+import real_models
 import results
 from edgekit.quiet import native_stderr_captured
 from measure import Contender, latency_ms, short_error, top1_accuracy
@@ -57,6 +61,11 @@ def main(argv: list[str] | None = None) -> None:
             doc["models"].append(info)
             doc["rows"] += rows
             doc["build_cost"].append(cost)
+        doc["real_models"] = []
+        for name in args.real_models:
+            console.rule(f"[bold]{name} (pretrained)")
+            doc["real_models"] += real_models.bench_real(real_models.REAL_MODELS[name], Path(tmp) / name, args.runs,
+                                                         args.warmup, lambda msg: console.log(f"{name}: {msg}"))
     doc["total_seconds"] = round(time.perf_counter() - start, 1)
     md, js = results.write(args.out, doc)
     console.log(f"wrote {md} and {js} in {doc['total_seconds'] / 60:.1f} min")
@@ -127,6 +136,8 @@ def _measure(c: Contender, threads: int, data, args, accuracy: bool, say) -> dic
 def _parse(argv):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", choices=list(MODELS), default=list(MODELS))
+    parser.add_argument("--real-models", nargs="*", choices=list(real_models.REAL_MODELS),
+                        default=list(real_models.REAL_MODELS), help="pretrained models judged on real inputs")
     parser.add_argument("--runs", type=int, default=50, help="timed runs per path and thread count (default 50)")
     parser.add_argument("--warmup", type=int, default=5, help="untimed runs first (default 5)")
     parser.add_argument("--calib-samples", type=int, default=32,

@@ -90,8 +90,30 @@ def markdown(doc: dict) -> str:
     lines += _headline_lines(doc["headlines"])
     for model in doc["models"]:
         lines += _model_section(model, [r for r in doc["rows"] if r["model"] == model["name"]])
+    lines += _real_models_section(doc.get("real_models") or [])
     lines += _cost_section(doc["build_cost"])
     return "\n".join(lines) + "\n"
+
+
+def _real_models_section(rows: list[dict]) -> list[str]:
+    if not rows:
+        return []
+    lines = ["## Real models: pretrained weights, real inputs", "",
+             "EfficientNet-Lite0 (ImageNet weights) on 32 held-out photo crops and all-MiniLM-L6-v2 on 128 "
+             "held-out sentences (sample_apps/efficientnet_lite0, sample_apps/minilm), calibrated on the apps' "
+             "own calibration sets. Every artifact is judged against the float model by the same code "
+             "(edgekit/compare.py): top-1 agreement for class scores, mean cosine of the outputs (.onnx in the "
+             "reference QDQ arithmetic an ARM board computes, as edgekit validates it). gate: "
+             "edgekit's own verdict on its artifacts. Latency: median at 1 thread on this host.", "",
+             "| model | path | gate | top-1 agreement | cosine | size | 1-thread ms | build s | error |",
+             "|---|---|---|---:|---:|---:|---:|---:|---|"]
+    for r in rows:
+        agree = f"{r['top1_agreement']:.2f} %" if r["top1_agreement"] is not None else "—"
+        cos = f"{r['cosine']:.4f}" if r["cosine"] is not None else "—"
+        build = f"{r['build_s']:.1f}" if r["build_s"] is not None else "—"
+        lines.append(f"| {r['model']} | {r['label']} | {r['gate'] or ''} | {agree} | {cos} | {_size(r['size_bytes'])} | "
+                     f"{_ms(r['median_ms'])} | {build} | {_cell(r['error'] or '')} |")
+    return lines + ["", "edgekit's build seconds cover every format of the model together.", ""]
 
 
 def _busy_machine_note(m: dict, s: dict) -> list[str]:

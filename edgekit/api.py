@@ -6,9 +6,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
-from edgekit.errors import UsageError
+from edgekit.errors import BuildGateFailed, UsageError
 from edgekit.spec import InputSpec, resolve_inputs
 
 DEFAULT_BUILD_ROOT = Path("build")
@@ -30,6 +31,9 @@ def build(
     per_channel: bool = True,
     calib_samples: int | None = None,
     max_accuracy_drop: float | None = None,
+    min_cosine: float | None = None,
+    min_agreement: float | None = None,
+    task: str | None = None,
     fallback: bool = True,
     sensitivity: bool = False,
     train: str | Path | None = None,
@@ -58,8 +62,12 @@ def build(
     with `input_shape` ("1,3,32,32") or `inputs` (("ids:1x128:int64", ...)).
     `formats`: ("executorch", "torchscript-lite", "onnx") or ("all",); default the
     target's. The build lands in `out` (default build/<name>-<target>/).
-    Raises GateError (exit 3) when `max_accuracy_drop` can't be met; the build
-    dir then holds the best result.
+    Every artifact must pass the quality gate against the float model on the evaluation
+    data (labels optional): mean cosine >= `min_cosine` (default 0.99) for every output,
+    top-1 agreement >= `min_agreement` percent (default 95) where the output is class
+    scores (`task`: auto, classification, embedding, regression), and an accuracy drop
+    <= `max_accuracy_drop` points when given (needs labels). Raises GateError (exit 3)
+    when an artifact fails it; the build dir then holds every artifact, marked.
     """
     from edgekit.backends.base import QuantConfig, check_calibration_name
     from edgekit.pipeline import BuildOptions, run_build
@@ -77,16 +85,33 @@ def build(
         raise UsageError(f"--calib-samples must be a positive number, got {calib_samples}")
     if max_accuracy_drop is not None and max_accuracy_drop < 0:
         raise UsageError(f"--max-accuracy-drop must be 0 or more points, got {max_accuracy_drop}")
+    _check_gate_thresholds(min_cosine, min_agreement)
+    if task is not None:
+        from edgekit.app import check_task
+
+        spec = dataclasses.replace(spec, task=check_task(task, "--task"))
     check_calibration_name(calibration)
     options = BuildOptions(
         formats=tuple(formats), quant=QuantConfig(scheme=quant, per_channel=per_channel, calibration=calibration),
-        calib_samples=calib_samples, max_accuracy_drop=max_accuracy_drop, fallback=fallback, sensitivity=sensitivity,
-        stages=stages,
+        calib_samples=calib_samples, max_accuracy_drop=max_accuracy_drop, min_cosine=min_cosine,
+        min_agreement=min_agreement, task=spec.task, fallback=fallback, sensitivity=sensitivity, stages=stages,
     )
     out_dir = Path(out) if out else DEFAULT_BUILD_ROOT / f"{spec.name}-{tgt.name}"
-    manifest = run_build(spec, tgt, out_dir, Steps(show=show_progress), options)
+    try:
+        manifest = run_build(spec, tgt, out_dir, Steps(show=show_progress), options)
+    except BuildGateFailed as e:
+        e.manifest["build_dir"] = str(out_dir)
+        raise
     manifest["build_dir"] = str(out_dir)
     return manifest
+
+
+def _check_gate_thresholds(min_cosine: float | None, min_agreement: float | None) -> None:
+    if min_cosine is not None and not -1.0 <= min_cosine <= 1.0:
+        raise UsageError(f"--min-cosine must be between -1 and 1, got {min_cosine:g}", hint="e.g. --min-cosine 0.99")
+    if min_agreement is not None and not 0.0 <= min_agreement <= 100.0:
+        raise UsageError(f"--min-agreement is a percentage between 0 and 100, got {min_agreement:g}",
+                         hint="e.g. --min-agreement 95")
 
 
 def _stage_options(tgt, prune, prune_macs, prune_importance, prune_global, distill, nproc,

@@ -23,7 +23,7 @@ from edgekit.spec import InputSpec, check_dtype
 
 APP_FILE = "edgekit.toml"
 _APP_KEYS = {"name", "model", "inputs", "data"}
-_MODEL_KEYS = {"factory", "weights"}
+_MODEL_KEYS = {"factory", "weights", "task"}
 _INPUT_KEYS = {"name", "shape", "dtype"}
 _DATA_KEYS = {"train", "calib", "eval"}
 
@@ -39,10 +39,20 @@ class ModelSpec:
     eval: Path | None = None
     train: Path | None = None
     source: str = "options"  # the edgekit.toml path, or "options"
+    task: str = "auto"  # what the first output is: edgekit.compare.TASKS (class scores or not)
+    from_app: frozenset[str] = frozenset()  # which of weights/calib/eval/train came from edgekit.toml
 
     def with_overrides(self, **paths: Path | None) -> "ModelSpec":
         """Command-line paths (--weights, --calib, --eval) win over the app file."""
-        return replace(self, **{k: v for k, v in paths.items() if v is not None})
+        given = {k: v for k, v in paths.items() if v is not None}
+        return replace(self, **given, from_app=self.from_app - set(given))
+
+    def origin(self, key: str) -> str:
+        """Where a file path came from, as the user wrote it: `--calib`, or `data.calib in APP/edgekit.toml`."""
+        if key in self.from_app:
+            table = "model" if key == "weights" else "data"
+            return f"{table}.{key} in {self.source}"
+        return f"--{key}"
 
     def to_json(self) -> dict:
         return {
@@ -51,6 +61,7 @@ class ModelSpec:
             "source": self.source,
             "weights": str(self.weights) if self.weights else None,
             "inputs": [s.to_json() for s in self.inputs],
+            "task": self.task,
             "data": {k: str(getattr(self, k)) if getattr(self, k) else None for k in ("train", "calib", "eval")},
         }
 
@@ -93,7 +104,18 @@ def load_app(app_dir: str | Path) -> ModelSpec:
         eval=_rel(root, data.get("eval"), path, "data.eval"),
         train=_rel(root, data.get("train"), path, "data.train"),
         source=str(path),
+        task=check_task(model.get("task", "auto"), f"{path}: 'model.task'"),
+        from_app=frozenset(k for k in ("weights", "calib", "eval", "train")
+                           if (model if k == "weights" else data).get(k) is not None),
     )
+
+
+def check_task(value: Any, where: str) -> str:
+    from edgekit.compare import TASKS
+
+    if value not in TASKS:
+        raise UsageError(f"{where}: unknown task {value!r}", hint=f"use one of: {', '.join(TASKS)}")
+    return value
 
 
 def _check_keys(table: dict, allowed: set[str], path: Path, prefix: str) -> None:
@@ -156,13 +178,18 @@ def _positive_int(d: Any) -> bool:
 
 def build_module(spec: ModelSpec):
     """Call the factory, load the weights, and return the float model in eval mode."""
+    import contextlib
+
     import torch
 
-    factory = _import_factory(spec)
-    try:
-        model = factory()
-    except Exception as e:  # the user's own code failed: say where, not ours
-        raise UsageError(f"model factory '{spec.factory}' raised {type(e).__name__}: {e}") from e
+    # The user's code may print ("Loaded pretrained weights for ..."): to stderr, so that
+    # `--json` on stdout stays one JSON document.
+    with contextlib.redirect_stdout(sys.stderr):
+        factory = _import_factory(spec)
+        try:
+            model = factory()
+        except Exception as e:  # the user's own code failed: say where, not ours
+            raise UsageError(f"model factory '{spec.factory}' raised {type(e).__name__}: {e}") from e
     if not isinstance(model, torch.nn.Module):
         raise UsageError(
             f"model factory '{spec.factory}' returned {type(model).__name__}, not a torch.nn.Module",
@@ -260,12 +287,10 @@ def _load_weights(model, path: Path) -> None:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        raise UsageError(
-            f"weights file '{path}' is not a plain state_dict (refused to unpickle code: {str(e).splitlines()[0]})",
-            hint="save it with torch.save(model.state_dict(), path)",
-        ) from None
-    except Exception as e:
-        raise UsageError(f"weights file '{path}' could not be read: {e}") from None
+        raise UsageError(_refused_pickle(path, str(e)), hint=SAVE_STATE_DICT) from None
+    except Exception as e:  # truncated, empty, or not a torch file at all
+        raise UsageError(f"weights file '{path}' is not a file torch.save wrote ({type(e).__name__}: "
+                         f"{str(e).splitlines()[0] if str(e) else 'unreadable'})", hint=SAVE_STATE_DICT) from None
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]  # a training checkpoint that wraps the state_dict
     if not isinstance(state, dict):
@@ -277,6 +302,25 @@ def _load_weights(model, path: Path) -> None:
             f"weights file '{path}' does not match the model: {str(e).splitlines()[0]} {_first_keys(str(e))}",
             hint="check that --weights belongs to this --model factory",
         ) from None
+
+
+SAVE_STATE_DICT = "save the weights as a plain state_dict: torch.save(model.state_dict(), path)"
+
+
+def _refused_pickle(path: Path, message: str) -> str:
+    """What torch.load(weights_only=True) refused, in full sentences, without torch's advice to load
+    with weights_only=False (that runs whatever code the file holds: edgekit never suggests it)."""
+    import re
+
+    found = re.search(r"GLOBAL ([\w.]+)", message)
+    if found is None:  # not a pickle of objects at all: random or corrupt bytes
+        return f"weights file '{path}' is not a file torch.save wrote (its bytes are no pickle torch reads)"
+    name = found.group(1)
+    if name.startswith("torch.nn.modules.") or name.startswith("torch.nn."):
+        return (f"weights file '{path}' holds a whole pickled model ({name}), not a state_dict; edgekit loads "
+                "weights only, never pickled objects, so no code in the file ran")
+    return (f"weights file '{path}' holds a pickled Python object ({name}), which could run code when loaded; "
+            "edgekit refused it and nothing in the file ran")
 
 
 def _first_keys(message: str) -> str:

@@ -14,7 +14,7 @@ import traceback
 import click
 
 from edgekit import __version__
-from edgekit.errors import EXIT_INTERNAL, EXIT_USAGE, EdgekitError
+from edgekit.errors import EXIT_INTERNAL, EXIT_USAGE, EdgekitError, environment_fault
 
 _DEBUG_ENV = "EDGEKIT_DEBUG"
 
@@ -26,8 +26,9 @@ def cli(debug: bool) -> None:
     """Take a trained PyTorch model to a phone, a Raspberry Pi or any ARM board.
 
     \b
-    Exit codes: 0 ok, 1 internal error (please report), 2 usage or input error,
-    3 a quality gate failed, 4 device or transport error.
+    Exit codes: 0 ok, 1 internal error (please report), 2 usage, input or
+    environment error, 3 a quality gate failed, 4 device or transport error,
+    130 interrupted.
     """
     if debug:
         os.environ[_DEBUG_ENV] = "1"
@@ -46,7 +47,8 @@ def build_options(command):
         click.option("--input", "inputs", multiple=True, metavar="NAME:SHAPE[:DTYPE]", help="One per input, e.g. input_ids:1x128:int64 (repeatable)."),
         click.option("--weights", type=click.Path(dir_okay=False), help="state_dict file (loaded with weights_only=True)."),
         click.option("--calib", type=click.Path(dir_okay=False), help="Calibration .npz: one array per input (or x)."),
-        click.option("--eval", "eval_", type=click.Path(dir_okay=False), help="Evaluation .npz: inputs plus integer labels y."),
+        click.option("--eval", "eval_", type=click.Path(dir_okay=False),
+                     help="Held-out .npz: real inputs, optionally integer labels y (accuracy)."),
         click.option("-f", "--format", "formats", multiple=True, type=click.Choice(_FORMAT_CHOICES),
                      help="Export format (repeatable); `all` builds every one. [default: the target's]"),
         click.option("--quant", type=click.Choice(("static", "dynamic", "fp16")), default="static", show_default=True,
@@ -57,6 +59,12 @@ def build_options(command):
         click.option("--per-tensor", is_flag=True, help="Per-tensor weight scales instead of per-channel (to compare)."),
         click.option("--max-accuracy-drop", type=float, metavar="POINTS",
                      help="Gate: fail (exit 3) if int8 loses more accuracy; first keeps sensitive layers float."),
+        click.option("--min-cosine", type=float, metavar="C",
+                     help="Gate: every output's mean cosine similarity to float must reach C. [default: 0.99; fp16 0.999]"),
+        click.option("--min-agreement", type=float, metavar="PERCENT",
+                     help="Gate: top-1 agreement with float on class scores (clear-cut samples). [default: 95; fp16 99]"),
+        click.option("--task", type=click.Choice(("auto", "classification", "embedding", "regression")),
+                     help="What the output is: class scores get the top-1 check. [default: the app's, else auto: 2-D outputs]"),
         click.option("--no-fallback", is_flag=True, help="With --max-accuracy-drop: only check, don't keep layers float."),
         click.option("--sensitivity", is_flag=True, help="Rank layers by how much quantizing each alone hurts."),
         click.option("--train", type=click.Path(dir_okay=False), help="Training .npz (inputs, labels y) for --distill / taylor pruning."),
@@ -89,8 +97,18 @@ def _run_build(app_dir, as_json, eval_, per_tensor, no_fallback, distill, distil
     options["distill"] = distill
 
     # Progress goes to stderr, so --json stdout stays clean.
-    manifest = api.build(app_dir, eval=eval_, per_channel=not per_tensor, fallback=not no_fallback,
-                         show_progress=True, **options)
+    from edgekit.errors import BuildGateFailed
+
+    try:
+        manifest = api.build(app_dir, eval=eval_, per_channel=not per_tensor, fallback=not no_fallback,
+                             show_progress=True, **options)
+    except BuildGateFailed as e:  # the build dir was written: show it, with every artifact's verdict
+        _show_build(e.manifest, as_json)
+        raise
+    _show_build(manifest, as_json)
+
+
+def _show_build(manifest: dict, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(manifest, indent=2))
     else:
@@ -214,12 +232,24 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:
         click.echo("interrupted", err=True)
         sys.exit(130)
-    except Exception as e:
+    except OSError as e:  # a full disk or a directory we may not write: the machine's to fix, not a bug
+        fault = environment_fault(e)
+        if fault is None:
+            _internal_error(e)
         _debug_traceback()
-        click.secho(f"internal error: {type(e).__name__}: {e}", fg="red", err=True)
-        click.echo("  this is a bug in edgekit: please report it with the output of --debug", err=True)
-        sys.exit(EXIT_INTERNAL)
+        click.secho(f"error: {fault.message}", fg="red", err=True)
+        click.echo(f"  fix: {fault.hint}", err=True)
+        sys.exit(fault.exit_code)
+    except Exception as e:
+        _internal_error(e)
     sys.exit(code if isinstance(code, int) else 0)
+
+
+def _internal_error(e: BaseException) -> None:
+    _debug_traceback()
+    click.secho(f"internal error: {type(e).__name__}: {e}", fg="red", err=True)
+    click.echo("  this is a bug in edgekit: please report it with the output of --debug", err=True)
+    sys.exit(EXIT_INTERNAL)
 
 
 def _debug_traceback() -> None:

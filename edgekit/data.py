@@ -21,6 +21,7 @@ class Dataset:
     arrays: dict[str, np.ndarray]  # input name -> (N, *sample_shape)
     labels: np.ndarray | None  # (N,) int64, or None
     source: str  # file path, or "random"
+    origin: str = ""  # how the user named it: "--eval", "data.eval in app/edgekit.toml"
 
     def __len__(self) -> int:
         return len(next(iter(self.arrays.values())))
@@ -29,7 +30,7 @@ class Dataset:
         if n is None or n >= len(self):
             return self
         labels = None if self.labels is None else self.labels[:n]
-        return Dataset({k: v[:n] for k, v in self.arrays.items()}, labels, self.source)
+        return Dataset({k: v[:n] for k, v in self.arrays.items()}, labels, self.source, self.origin)
 
 
 def load_npz(path: Path, specs: tuple[InputSpec, ...], flag: str, need_labels: bool) -> Dataset:
@@ -50,7 +51,7 @@ def load_npz(path: Path, specs: tuple[InputSpec, ...], flag: str, need_labels: b
         raise UsageError(f"{flag}: '{path}': arrays hold different numbers of samples: {counts}")
     if next(iter(counts.values())) == 0:
         raise UsageError(f"{flag}: '{path}' holds no samples")
-    return Dataset(arrays, labels, str(path))
+    return Dataset(arrays, labels, str(path), flag)
 
 
 def _input_array(stored: dict, spec: InputSpec, path: Path, flag: str, single: bool) -> np.ndarray:
@@ -79,6 +80,7 @@ def _cast(a: np.ndarray, spec: InputSpec, path: Path, flag: str, key: str) -> np
     if spec.is_float:
         if not (np.issubdtype(a.dtype, np.floating) or np.issubdtype(a.dtype, np.integer)):
             raise UsageError(f"{flag}: '{path}' array '{key}' has dtype {a.dtype}, input '{spec.name}' is {spec.dtype}")
+        _check_finite(a, path, flag, key)
         return a.astype(spec.dtype)
     if spec.dtype == "bool":
         return a.astype(bool)
@@ -88,6 +90,35 @@ def _cast(a: np.ndarray, spec: InputSpec, path: Path, flag: str, key: str) -> np
             hint="store token ids and masks as integers",
         )
     return a.astype(spec.dtype)
+
+
+def _check_finite(a: np.ndarray, path: Path, flag: str, key: str) -> None:
+    """NaN or infinity in an input is a data error: observers would turn it into NaN ranges,
+    and every comparison with it is meaningless."""
+    if not np.issubdtype(a.dtype, np.floating):
+        return
+    bad = ~np.isfinite(a)
+    if bad.any():
+        index = tuple(int(i) for i in np.argwhere(bad)[0])
+        raise UsageError(
+            f"{flag}: '{path}' array '{key}' holds {int(bad.sum())} non-finite value(s) "
+            f"(first: {a[index]} at index {list(index)}, sample {index[0]})",
+            hint="remove or repair those samples (numpy.isfinite) and save the file again",
+        )
+
+
+def check_labels(data: Dataset, classes: int, flag: str) -> None:
+    """Labels must index the model's class scores: 0 <= y < number of classes."""
+    if data.labels is None:
+        return
+    bad = (data.labels < 0) | (data.labels >= classes)
+    if bad.any():
+        first = int(np.argmax(bad))
+        raise UsageError(
+            f"{flag or data.origin}: '{data.source}' array 'y' holds {int(bad.sum())} label(s) outside 0..{classes - 1}, "
+            f"the model's {classes} class scores (first: {int(data.labels[first])} at sample {first})",
+            hint="labels are class indices of the model's output; fix y, or check the file belongs to this model",
+        )
 
 
 def _labels(stored: dict, path: Path, flag: str, need: bool) -> np.ndarray | None:

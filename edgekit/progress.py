@@ -54,5 +54,10 @@ class Steps:
         self._live.remove_task(task)
 
     def warn(self, message: str) -> None:
+        """A warning recorded in the manifest and shown."""
         self.warnings.append(message)
+        self.console_warning(message)
+
+    def console_warning(self, message: str) -> None:
+        """Shown only (the manifest already holds it)."""
         self.console.print(f"[bold yellow]warning:[/] {message}")

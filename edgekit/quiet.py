@@ -18,12 +18,19 @@ import warnings
 def quiet_python_logs() -> None:
     """Silence known-noisy loggers and warnings; call before importing torch stacks."""
     # torch.onnx warns that torchvision ops can't be registered when torchvision is absent.
-    for name in ("torchao", "torch.utils._pytree", "torch._export", "torch.export", "executorch", "torch.onnx"):
+    # onnxscript's optimizer logs each constant it fails to fold while torch.onnx.export runs.
+    for name in ("torchao", "torch.utils._pytree", "torch._export", "torch.export", "executorch", "torch.onnx",
+                 "onnxscript"):
         logging.getLogger(name).setLevel(logging.ERROR)
     # Deprecation chatter from inside torch/executorch internals, not the user's code.
     warnings.filterwarnings("ignore", category=DeprecationWarning)
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", message=".*is an Enum subclass.*")
+    # torch.jit.trace warns about every Python branch on a tensor (Hugging Face shape checks): the
+    # artifact's outputs are compared with the float model's on real inputs, which is the real check.
+    from torch.jit import TracerWarning
+
+    warnings.filterwarnings("ignore", category=TracerWarning)
     # torch.ao's eager quantized tensors (what the lite interpreter's QNNPACK ops use) are deprecated upstream.
     warnings.filterwarnings("ignore", message=".*quantized tensor creation functions.*")
 
@@ -45,3 +52,16 @@ def native_stderr_captured():
         finally:
             os.dup2(saved, 2)
             os.close(saved)
+
+
+@contextlib.contextmanager
+def root_logger_quiet():
+    """onnxruntime's quantizer logs its notes ("Axis 1 is out-of-range for weight ...") on the
+    root logger: raise it to ERROR for the block only, so a calling program's logging is untouched."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        root.setLevel(level)

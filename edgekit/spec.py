@@ -41,19 +41,20 @@ class InputSpec:
         return {"name": self.name, "shape": list(self.shape), "dtype": self.dtype}
 
 
+# Positive integers, each pair separated by one comma or one x (the same one throughout; spaces
+# around them are ignored): "1,3,32,32" or "1x3x32x32". "1,x,8" is a typo, not a shape.
+_SHAPE = re.compile(r"^[1-9][0-9]*(?:(?P<sep>[,x×])[1-9][0-9]*(?:(?P=sep)[1-9][0-9]*)*)?$")
+
+
 def parse_shape(text: str, flag: str) -> tuple[int, ...]:
     """'1,3,32,32' or '1x3x32x32' -> (1, 3, 32, 32)."""
-    parts = [p for p in re.split(r"[,x×\s]+", text.strip()) if p]
-    try:
-        shape = tuple(int(p) for p in parts)
-    except ValueError:
-        shape = ()
-    if not shape or any(d <= 0 for d in shape):
+    compact = re.sub(r"\s*([,x×])\s*", r"\1", text.strip()) if isinstance(text, str) else ""
+    if not _SHAPE.match(compact):
         raise UsageError(
             f"{flag}: '{text}' is not a shape",
-            hint=f"give positive integers with the batch first, e.g. {flag} 1,3,32,32",
+            hint=f"give positive integers with the batch first, separated by commas (or x), e.g. {flag} 1,3,32,32",
         )
-    return shape
+    return tuple(int(p) for p in re.split(r"[,x×]", compact))
 
 
 def parse_input(text: str) -> InputSpec:

@@ -6,6 +6,7 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
+from edgekit.report.format import judged_on
 from edgekit.target import Target
 
 
@@ -18,8 +19,13 @@ def print_build_summary(manifest: dict) -> None:
     if manifest.get("sensitivity"):
         console.print(sensitivity_table(manifest["sensitivity"]))
     console.print(_formats_table(manifest))
-    samples = next(iter(manifest["formats"].values()))["metrics"]["samples"]
-    console.print(f"{samples} held-out samples · agree: top-1 agreement with float · in {manifest['build_dir']}/")
+    console.print(f"{_judged_on(manifest)} · agree: top-1 agreement with float · cosine: of the outputs, mean "
+                  f"over samples · in {manifest['build_dir']}/")
+    for record in manifest["formats"].values():
+        for failure in record.get("gate", {}).get("failures", []):
+            console.print(f"[red]✗[/] {record['artifact']['file']}: {failure}")
+    for fmt, why in (manifest.get("skipped_formats") or {}).items():
+        console.print(f"– {fmt} skipped: {why['error']}" + (f"\n  fix: {why['hint']}" if why.get("hint") else ""))
     for record in manifest["formats"].values():
         fallback = record.get("fallback")
         if fallback:
@@ -32,8 +38,6 @@ def print_build_summary(manifest: dict) -> None:
     if manifest.get("cross_agreement"):
         pairs = ", ".join(f"{k.replace('~', ' vs ')} {v:.2f} %" for k, v in manifest["cross_agreement"].items())
         console.print(f"top-1 agreement between formats: {pairs}")
-
-
 def _validation_line(fmt: str, checks: dict, target: str) -> str:
     """What the build's lint and cost model say about one artifact."""
     parts = []
@@ -50,27 +54,47 @@ def _validation_line(fmt: str, checks: dict, target: str) -> str:
     return f"{fmt}: " + " · ".join(parts) if parts else f"{fmt}: no lint or prediction"
 
 
+def _judged_on(manifest: dict) -> str:
+    m = next(iter(manifest["formats"].values()))["metrics"]
+    return judged_on(m.get("data"), m["samples"])
+
+
 def _formats_table(manifest: dict) -> Table:
-    """One row per artifact; fits an 80-column terminal."""
+    """One row per artifact with the gate's verdict; fits an 80-column terminal."""
     flt = manifest["float"]
     first = next(iter(manifest["formats"].values()))["metrics"]
     labelled = first["accuracy_float"] is not None
+    scores = first.get("top1_agreement") is not None
     table = Table(title=f"{manifest['name']} → {manifest['target']} · {manifest['quantization']['scheme']} quantization",
                   box=box.SIMPLE_HEAD, pad_edge=False, padding=(0, 1, 0, 0))
-    columns = ["artifact", "runtime", "calib"] + (["acc %"] if labelled else []) + ["agree %", "max err", "size", "×float"]
+    columns = (["artifact", "runtime", "calib"] + (["acc %"] if labelled else []) + (["agree %"] if scores else [])
+               + ["cosine", "size", "×float"])
     for col in columns:
-        table.add_column(col, justify="left" if col in ("artifact", "runtime", "calib") else "right", no_wrap=True,
-                         min_width=len(col))
+        table.add_column(col, justify="left" if col in ("artifact", "runtime", "calib") else "right",
+                         no_wrap=True, min_width=len(col))
     if labelled:
-        table.add_row("float", "torch", "", f"{first['accuracy_float']:.2f}", "", "", _kb(flt["bytes"]), "", style="dim")
+        table.add_row("  float", "torch", "", f"{first['accuracy_float']:.2f}", *([""] if scores else []), "",
+                      _kb(flt["bytes"]), "", style="dim")
     for r in manifest["formats"].values():
         m, art, q = r["metrics"], r["artifact"], r["quantization"]
-        row = [art["file"], r["backend"], q.get("calibration") or "-"]
+        # ✓: the artifact passed the quality gate; ✗: it did not (the reasons follow the table)
+        mark = "[green]✓[/]" if r.get("gate", {}).get("passed", True) else "[red]✗[/]"
+        row = [f"{mark} {art['file']}", r["backend"], q.get("calibration") or "-"]
         if labelled:
-            row.append(f"{m['accuracy_artifact']:.2f}")
-        row += [f"{m['top1_agreement']:.2f}", f"{m['max_abs_error']:.3g}", _kb(art["bytes"]), f"{art['bytes'] / flt['bytes']:.2f}"]
+            row.append(_num(m["accuracy_artifact"]))
+        if scores:
+            row.append(_num(m["top1_agreement"]))
+        row += [_cosine(m.get("cosine")), _kb(art["bytes"]), f"{art['bytes'] / flt['bytes']:.2f}"]
         table.add_row(*row)
     return table
+
+
+def _cosine(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4f}"
+
+
+def _num(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
 
 
 def sensitivity_table(rows: list[dict]) -> Table:
@@ -79,7 +103,8 @@ def sensitivity_table(rows: list[dict]) -> Table:
         table.add_column(col, justify="left" if col in ("layer", "type") else "right")
     for r in rows:
         drop = "" if r["accuracy_drop"] is None else f"{r['accuracy_drop']:.2f}"
-        table.add_row(r["layer"], r["type"], f"{r['output_sqnr_db']:.1f}", f"{r['top1_agreement']:.2f} %", drop)
+        agree = "" if r["top1_agreement"] is None else f"{r['top1_agreement']:.2f} %"
+        table.add_row(r["layer"], r["type"], f"{r['output_sqnr_db']:.1f}", agree, drop)
     return table
 
 
@@ -114,4 +139,6 @@ def _features(t: Target) -> str:
 
 
 def _kb(n: int) -> str:
+    if n >= 10 * 1024 * 1024:
+        return f"{n / 1024 / 1024:.1f} MB"
     return f"{n / 1024:.0f} KB" if n >= 10 * 1024 else f"{n / 1024:.1f} KB"

@@ -102,7 +102,8 @@ class Target:
 
 
 def targets_dir() -> Path:
-    """The directory of target profiles: `targets/` at the repository top, or $EDGEKIT_TARGETS_DIR.
+    """The directory of target profiles: the package's own (`edgekit/targets`, linked as `targets/`
+    at the repository top), or $EDGEKIT_TARGETS_DIR.
 
     The override lets users keep their own boards outside the tree and lets
     tests use a scratch directory.
@@ -110,7 +111,7 @@ def targets_dir() -> Path:
     override = os.environ.get(TARGETS_DIR_ENV)
     if override:
         return Path(override)
-    return Path(__file__).resolve().parent.parent / "targets"
+    return Path(__file__).resolve().parent / "targets"
 
 
 def target_names() -> list[str]:

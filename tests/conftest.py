@@ -67,3 +67,26 @@ def build_copy(digits_build, tmp_path) -> Path:
     copy = tmp_path / "digits-rpi4"
     shutil.copytree(digits_build["dir"], copy)
     return copy
+
+
+# A test that writes a broken manifest on purpose (to see it refused) leaves this file beside it.
+DELIBERATELY_INVALID = ".deliberately-invalid"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def every_manifest_is_strict_json(tmp_path_factory):
+    """After the session: every manifest.json and device-run record the suite's builds wrote parses
+    as strict JSON (NaN and Infinity refused), as `edgekit report --json` consumers need."""
+    yield
+    from edgekit.manifest import loads_strict
+
+    base = tmp_path_factory.getbasetemp()
+    bad = []
+    for path in [*base.rglob("manifest.json"), *base.rglob("device_runs/*.json")]:
+        if (path.parent / DELIBERATELY_INVALID).exists() or (path.parent.parent / DELIBERATELY_INVALID).exists():
+            continue
+        try:
+            loads_strict(path.read_text())
+        except ValueError as e:
+            bad.append(f"{path}: {e}")
+    assert not bad, "not strict JSON:\n" + "\n".join(bad)

@@ -352,10 +352,13 @@ def test_build_module_refuses_to_unpickle_code(tmp_path):
     weights = tmp_path / "evil.pt"
     torch.save(_Payload(), weights)
     _CALLS.clear()
-    with pytest.raises(UsageError, match=r"is not a plain state_dict \(refused to unpickle code") as info:
+    with pytest.raises(UsageError, match=r"holds a pickled Python object \(test_app_spec\._make_state\), which could "
+                                          r"run code when loaded; edgekit refused it and nothing in the file ran") as info:
         build_module(spec_for(root, weights=weights))
     assert str(weights) in info.value.message
     assert _CALLS == []
+    assert "weights_only=False" not in str(info.value)  # torch's advice to unpickle anyway is never passed on
+    assert "torch.save(model.state_dict(), path)" in info.value.hint
 
 
 class SomeClass:
@@ -367,7 +370,7 @@ def test_build_module_refuses_arbitrary_object(tmp_path):
     root = write_app(tmp_path, files={"model.py": TINY_MODEL})
     weights = tmp_path / "obj.pt"
     torch.save(SomeClass(), weights)
-    with pytest.raises(UsageError, match=re.escape(f"weights file '{weights}' is not a plain state_dict")):
+    with pytest.raises(UsageError, match=re.escape(f"weights file '{weights}' holds a pickled Python object")):
         build_module(spec_for(root, weights=weights))
 
 

@@ -34,7 +34,7 @@ results = _load_results_module()
 def quick_run(tmp_path_factory) -> dict:
     out = tmp_path_factory.mktemp("bench")
     # One thread count keeps the run short (torch.compile compiles once per count).
-    args = ["--quick", "--models", "digits", "--runs", "3", "--threads", "1", "--out", str(out)]
+    args = ["--quick", "--models", "digits", "--real-models", "--runs", "3", "--threads", "1", "--out", str(out)]
     proc = subprocess.run([sys.executable, str(COMPARE), *args],
                           cwd=REPO, capture_output=True, text=True, timeout=300,
                           env={**os.environ, "COLUMNS": "200"})

@@ -3,6 +3,7 @@ place on success and removed on failure, and an older build survives a failed on
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -137,3 +138,57 @@ def test_final_path_is_a_file(tmp_path):
             pytest.fail("the block must not run")
     assert final.read_text() == "not a dir"
     assert [p.name for p in tmp_path.iterdir()] == ["out"]  # no staging dir was made
+
+
+def _dead_pid() -> int:
+    """A pid no process has: a child that has exited and been reaped."""
+    import subprocess
+    import sys
+
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid
+
+
+def test_staging_dirs_of_killed_builds_are_removed_by_the_next_build(tmp_path):
+    """A SIGKILLed build leaves `.out.partial-PID` (its cleanup never ran); once that process is gone,
+    the next build into the same place removes it. A live process's staging dir is left alone."""
+    import os
+
+    dead = _dead_pid()
+    for name in (f".out.partial-{dead}", f".out.old-{dead}"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "model.pte").write_text("half written")
+    live = tmp_path / f".out.partial-{os.getppid()}"  # our parent runs: its build may still be going
+    live.mkdir()
+    (tmp_path / f".other.partial-{dead}").mkdir()  # another output's: not ours to judge
+    with staged_build_dir(tmp_path / "out") as stage:
+        (stage / "v").write_text("new")
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([live.name, f".other.partial-{dead}", "out"])
+
+
+def _finish_a_build(args) -> str:
+    """One process: stage a complete build (three files) and swap it in; returns an error or ''."""
+    final, tag = args
+    try:
+        with staged_build_dir(Path(final)) as stage:
+            for name in ("model.pte", "manifest.json", "report.html"):
+                (stage / name).write_text(json.dumps(tag))  # strict JSON, like every manifest
+        return ""
+    except Exception as e:  # noqa: BLE001 - reported to the test
+        return f"{type(e).__name__}: {e}"
+
+
+def test_builds_finishing_at_once_take_turns_and_one_complete_build_wins(tmp_path):
+    """Racing the final rename from several processes: every build succeeds, the directory holds
+    exactly one of them, whole, and no staging or old directory is left."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    final = tmp_path / "out"
+    with ProcessPoolExecutor(max_workers=4) as pool:
+        for round_ in range(25):
+            errors = list(pool.map(_finish_a_build, [(str(final), f"{round_}-{i}") for i in range(8)]))
+            assert errors == [""] * 8, errors
+            contents = {(final / n).read_text() for n in ("model.pte", "manifest.json", "report.html")}
+            assert len(contents) == 1  # the three files of one build, never a mix
+            assert leftovers(tmp_path, "out") == []

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from edgekit import api
+from edgekit.errors import BuildGateFailed
 
 SUPPORTED = [
     ("executorch", "minmax"), ("executorch", "histogram"),
@@ -50,14 +51,19 @@ def glitched_calib(tmp_path_factory, digits_app):
 
 
 def test_clipping_calibrators_survive_a_glitch_that_ruins_minmax(digits_app, glitched_calib, tmp_path):
-    """minmax stretches the input range to the glitch; entropy and percentile clip it."""
-    acc = {
-        method: api.build(digits_app, calib=glitched_calib, formats=("onnx",), calibration=method,
-                          out=tmp_path / method)["metrics"]["accuracy_artifact"]
-        for method in ("minmax", "entropy", "percentile")
-    }
+    """minmax stretches the input range to the glitch; entropy and percentile clip it. The quality
+    gate fails the ruined artifact (its build is still written, marked) and passes the others."""
+    acc, passed = {}, {}
+    for method in ("minmax", "entropy", "percentile"):
+        try:
+            manifest = api.build(digits_app, calib=glitched_calib, formats=("onnx",), calibration=method,
+                                 out=tmp_path / method)
+        except BuildGateFailed as e:
+            manifest = e.manifest
+        acc[method], passed[method] = manifest["metrics"]["accuracy_artifact"], manifest["formats"]["onnx"]["gate"]["passed"]
     assert acc["minmax"] < 80.0, acc
     assert acc["entropy"] >= 95.0 and acc["percentile"] >= 95.0, acc
+    assert passed == {"minmax": False, "entropy": True, "percentile": True}
 
 
 @pytest.mark.parametrize(

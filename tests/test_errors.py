@@ -79,12 +79,18 @@ def test_calibration_file_of_the_wrong_shape(run_cli, tmp_path):
     _no_build_left(tmp_path)
 
 
-def test_eval_file_without_labels(run_cli, tmp_path):
+def test_eval_file_without_labels_is_judged_against_float(run_cli, tmp_path):
+    """Unlabelled evaluation data is real data: the artifact is compared with the float model on it."""
     (tmp_path / "nets.py").write_text(GOOD_NET)
-    np.savez(tmp_path / "eval.npz", x=np.zeros((10, 3, 4), np.float32))
-    proc = run_cli("build", "--model", "nets:make", "--input-shape", "1,3,4", "--eval", "eval.npz",
-                   "--out", "out", cwd=tmp_path)
-    _assert_user_error(proc, "--eval", "no labels array 'y'")
+    x = np.random.default_rng(0).normal(size=(10, 3, 4)).astype(np.float32)
+    np.savez(tmp_path / "eval.npz", x=x)
+    np.savez(tmp_path / "calib.npz", x=x[::-1])
+    proc = run_cli("build", "--model", "nets:make", "--input-shape", "1,3,4", "--calib", "calib.npz",
+                   "--eval", "eval.npz", "--out", "out", "--json", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    m = json.loads(proc.stdout)["metrics"]
+    assert m["data"] == {"source": str(tmp_path / "eval.npz"), "samples": 10, "held_out": True, "labels": False}
+    assert m["accuracy_float"] is None and m["cosine"] > 0.99 and m["top1_agreement"] is not None
 
 
 def test_weights_of_another_model(run_cli, digits_app, tmp_path):

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from edgekit import api
-from edgekit.errors import GateError, UsageError
+from edgekit.errors import BuildGateFailed, GateError, UsageError
 
 MODEL = textwrap.dedent(
     """
@@ -89,7 +89,10 @@ def _drop(record: dict) -> float:
 
 
 def test_plain_int8_ruins_the_model(outlier_app, tmp_path):
-    m = api.build(outlier_app, formats=("executorch",), calibration="minmax", out=tmp_path / "b")
+    with pytest.raises(BuildGateFailed) as err:  # the label-free gate catches it, no budget needed
+        api.build(outlier_app, formats=("executorch",), calibration="minmax", out=tmp_path / "b")
+    m = err.value.manifest
+    assert not m["formats"]["executorch"]["gate"]["passed"]
     assert m["metrics"]["accuracy_float"] >= 90.0
     assert _drop(m) > 50.0  # far over any sane budget
     assert "fallback" not in m["formats"]["executorch"]
@@ -117,7 +120,7 @@ def test_no_fallback_fails_the_gate_and_keeps_the_build(outlier_app, tmp_path, r
     assert proc.returncode == 3, proc.stderr
     assert "over the --max-accuracy-drop 1 budget" in proc.stderr and "Traceback" not in proc.stderr
     manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest["gate"] == {"max_accuracy_drop": 1.0, "fallback": False}
+    assert manifest["gate"]["max_accuracy_drop"] == 1.0 and manifest["gate"]["fallback"] is False
     assert (out / "model.onnx").is_file()
 
 

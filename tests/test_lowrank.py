@@ -47,3 +47,17 @@ def test_one_by_one_conv_is_factorised_as_two_convs():
 def test_bad_fraction_names_the_flag():
     with pytest.raises(UsageError, match="--lowrank must be"):
         LowRankConfig(rank_fraction=2.0).check()
+
+
+def test_a_factorised_model_saves_and_reloads_without_unpickling(tmp_path):
+    """float_model.pt records each split (kind, sizes, rank): a fresh model from the factory is split
+    the same way and loads the weights with torch.load(weights_only=True); no .pt2 is needed."""
+    from edgekit.stages.saved import load_transformed, save_transformed
+
+    model, x = _low_rank_mlp(), torch.randn(8, 128)
+    factorise(model, LowRankConfig(energy=0.999))
+    save_transformed(model, tmp_path / "float_model.pt")
+    fresh = _low_rank_mlp(rank=3)  # the factory's model: other weights, unsplit
+    load_transformed(fresh, tmp_path / "float_model.pt")
+    assert [type(m).__name__ for m in fresh] == [type(m).__name__ for m in model]
+    assert torch.equal(fresh(x), model(x))

@@ -108,3 +108,27 @@ def test_report_renders_what_other_parts_add(build_copy):
                      "nothing accepts ssh connections", "Slowest operators", "conv2d"):
         assert expected in text, expected
     assert len(page.png_images()) == len(page.images) == 4  # sizes, overview, two distributions
+
+
+def test_a_rebuild_keeps_the_device_runs_of_the_artifact_it_replaces(build_copy, run_cli, digits_app):
+    """Latencies measured on boards are the most expensive data a build holds: rebuilding into the
+    same directory keeps every record, marked with the artifact it measured, and says so."""
+    proc = run_cli("bench", str(build_copy), "--runs", "3", "--warmup", "0", "--threads", "1")
+    assert proc.returncode == 0, proc.stderr
+    before = json.loads((build_copy / "manifest.json").read_text())
+    [run] = before["device_runs"]
+    records = sorted(p.name for p in (build_copy / "device_runs").iterdir())
+
+    proc = run_cli("build", str(digits_app), "--per-tensor", "--out", str(build_copy))  # another artifact
+    assert proc.returncode == 0, proc.stderr
+    assert "kept 1 device run record(s)" in proc.stderr and "previous_device_runs" in proc.stderr
+    after = json.loads((build_copy / "manifest.json").read_text())
+    assert after["artifact"]["sha256"] != before["artifact"]["sha256"]
+    assert after.get("device_runs", []) == []  # none of them measured the new artifact
+    [kept] = after["previous_device_runs"]
+    assert kept["file"] == run["file"] and kept["artifact_sha256"] == before["artifact"]["sha256"]
+    assert sorted(p.name for p in (build_copy / "device_runs").iterdir()) == records
+    assert any("kept 1 device run record(s)" in w for w in after["warnings"])
+
+    data = json.loads(run_cli("report", str(build_copy), "--json", "--no-html").stdout)
+    assert data["runs"] == [] and data["previous_runs"][0]["artifact_sha256"] == before["artifact"]["sha256"]

@@ -11,7 +11,6 @@ import torch
 from edgekit import api
 from edgekit.errors import GateError
 
-from edgekit.emulate.parity import check_parity
 
 
 def _manifest(build) -> dict:
@@ -29,7 +28,11 @@ def test_validate_digits_build(build_copy, run_cli):
     out = parity["outputs"][0]
     assert out["accuracy_float"] >= 97 and out["accuracy_artifact"] >= 97
     assert out["top1_agreement"] >= 97 and out["cosine"] > 0.99
-    assert 0 < out["max_steps"] <= out["tolerance"]["max_steps"]
+    assert 0 < out["max_steps"] < 32  # errors in int8 output levels are measured and recorded
+    # judged by the gate the build recorded, with the build's own code (edgekit/compare.py)
+    manifest = _manifest(build_copy)
+    assert parity["gate"] == {k: manifest["gate"][k] for k in parity["gate"]}
+    assert parity["gate"]["min_agreement"] == 95.0 and parity["gate"]["min_cosine_scores"] == 0.95
 
     assert ex["lint"]["findings"] == [] and ex["lint"]["macs_fast_share"] == 1.0
     pred = ex["prediction"]
@@ -86,17 +89,3 @@ def test_parity_failure_names_the_output_and_exits_3(build_copy, tmp_path):
     assert "output steps" in message or "top-1 agreement" in message
     recorded = _manifest(build_copy)["validation"]
     assert recorded["ok"] is False and recorded["failures"]
-
-
-def test_check_parity_tolerances_in_output_steps():
-    rng = np.random.default_rng(0)
-    f = rng.normal(size=(64, 10)).astype(np.float32)
-    step = (f.max() - f.min()) / 255
-    close = f + rng.uniform(-step, step, size=f.shape).astype(np.float32)  # ~1 int8 level of noise
-    assert check_parity([[f]], [[close]], "int8")["ok"]
-    far = f.copy()
-    far[3, 2] += 40 * step  # one value 40 levels off
-    doc = check_parity([[f], [f]], [[f], [far]], "int8", names=["logits"])
-    assert not doc["ok"]
-    assert doc["failures"][0].startswith("logits: max abs error") and "40.0 output steps" in doc["failures"][0]
-    assert check_parity([[f]], [[f[:, :5]]], "int8")["failures"]  # a shape mismatch is a failure, not a crash

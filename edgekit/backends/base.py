@@ -8,7 +8,7 @@ from typing import Protocol, Sequence
 
 import numpy as np
 
-from edgekit.errors import UsageError
+from edgekit.errors import FormatUnsupported, UsageError
 
 # Quantization schemes a user can ask for (`--quant`).
 SCHEMES = ("static", "dynamic", "fp16")
@@ -112,7 +112,7 @@ def torch_export(model, example_inputs: tuple):
     try:
         return torch.export.export(model, tuple(example_inputs), strict=False)
     except Exception as e:
-        raise UsageError(
+        raise FormatUnsupported(
             f"torch.export could not capture the model with inputs of shapes "
             f"{[tuple(t.shape) for t in example_inputs]}: {type(e).__name__}: {str(e).splitlines()[0]}",
             hint="make the forward pass traceable (no data-dependent Python control flow)",

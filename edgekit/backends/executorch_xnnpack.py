@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from edgekit.backends.base import QuantConfig, layer_selected, torch_export
+from edgekit.backends.pt2e import integer_safe
 from edgekit.quiet import native_stderr_captured, quiet_python_logs
 
 FORMAT = "executorch"
@@ -63,7 +64,7 @@ def _quantizer(cfg: QuantConfig):
         # The quantizer can't take `None` per module; a node filter on the module
         # stack recorded by torch.export does the same job.
         quantizer.set_filter_function(_node_filter(cfg))
-    return quantizer
+    return integer_safe(quantizer)
 
 
 def _node_filter(cfg: QuantConfig):

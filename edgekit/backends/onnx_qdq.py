@@ -19,9 +19,10 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
+from edgekit.backends.activations import onnx_float_nodes
 from edgekit.backends.base import QuantConfig, layer_selected
-from edgekit.errors import UsageError
-from edgekit.quiet import quiet_python_logs
+from edgekit.errors import FormatUnsupported
+from edgekit.quiet import quiet_python_logs, root_logger_quiet
 
 FORMAT = "onnx"
 BACKEND = "onnxruntime"
@@ -47,16 +48,15 @@ class OnnxModel:
 
 def quantize(model, example_inputs: tuple, calib_batches: Iterable[tuple], cfg: QuantConfig) -> OnnxModel:
     quiet_python_logs()
-    from onnxruntime.quantization.shape_inference import quant_pre_process
-
     with tempfile.TemporaryDirectory(prefix="edgekit-onnx-") as tmp:
         float_path, pre_path, out_path = (Path(tmp) / n for n in ("float.onnx", "pre.onnx", "q.onnx"))
         export_float(model, example_inputs, float_path, cfg.input_names)
         if cfg.scheme == "fp16":
             return OnnxModel(_weights_to_fp16(float_path), [])
-        quant_pre_process(str(float_path), str(pre_path))
-        excluded = _nodes_outside(pre_path, cfg)
-        with contextlib.redirect_stdout(io.StringIO()):  # the histogram calibrators print their bin counts
+        _pre_process(float_path, pre_path)
+        excluded = list(dict.fromkeys(_nodes_outside(pre_path, cfg) + _not_quantizable(pre_path)))
+        # The histogram calibrators print their bin counts; the quantizer logs on the root logger.
+        with contextlib.redirect_stdout(io.StringIO()), root_logger_quiet():
             if cfg.scheme == "dynamic":
                 _quantize_dynamic(pre_path, out_path, cfg, excluded)
             else:
@@ -74,7 +74,7 @@ def export_float(model, example_inputs: tuple, path: Path, input_names: Sequence
             torch.onnx.export(model, tuple(example_inputs), str(path), dynamo=True, input_names=names,
                               external_data=False, verbose=False)
         except Exception as e:
-            raise UsageError(
+            raise FormatUnsupported(
                 f"torch.onnx.export failed: {type(e).__name__}: {str(e).splitlines()[0][:300]}",
                 hint="the model must be capturable by torch.export; try --format executorch to compare",
             ) from e
@@ -93,6 +93,28 @@ def _nodes_outside(path: Path, cfg: QuantConfig) -> list[str]:
         if not layer_selected(scopes, cfg):
             excluded.append(node.name)
     return excluded
+
+
+def _pre_process(src: Path, dst: Path) -> None:
+    """onnxruntime's quant_pre_process: shape inference, then graph optimisation (LayerNorm,
+    GELU fusions). Its symbolic shape inference, written for dynamic transformer shapes, fails on
+    some exported graphs (an Expand whose target shape it cannot compute: TypeError in
+    _broadcast_shapes, seen on all-MiniLM-L6-v2); edgekit exports static shapes, which ONNX's own
+    shape inference resolves fully, so that failure is retried without the symbolic pass."""
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    try:
+        quant_pre_process(str(src), str(dst))
+    except Exception:  # noqa: BLE001 - any failure of the symbolic pass; the retry reports its own
+        quant_pre_process(str(src), str(dst), skip_symbolic_shape=True)
+
+
+def _not_quantizable(path: Path) -> list[str]:
+    """Nodes that read or write indices, masks or masked scores: they stay float
+    (the rule every format shares: edgekit/backends/activations.py)."""
+    import onnx
+
+    return onnx_float_nodes(onnx.shape_inference.infer_shapes(onnx.load(str(path))))
 
 
 class _CalibrationReader:

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from edgekit.backends.base import QuantConfig, layer_selected, quantizable_layers
-from edgekit.errors import UsageError
+from edgekit.errors import FormatUnsupported, UsageError
 from edgekit.quiet import quiet_python_logs
 
 FORMAT = "torchscript-lite"
@@ -45,7 +45,8 @@ def quantize(model, example_inputs: tuple, calib_batches: Iterable[tuple], cfg: 
         return _quantize_dynamic(model, cfg)
     from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
 
-    prepared = prepare_fx(copy.deepcopy(model), _qconfig_mapping(model, cfg), tuple(example_inputs))
+    with _fx_limits("trace", traced=False):
+        prepared = prepare_fx(copy.deepcopy(model), _qconfig_mapping(model, cfg), tuple(example_inputs))
     _drop_integer_observers(prepared, example_inputs)
     with torch.no_grad():
         for batch in calib_batches:
@@ -55,14 +56,29 @@ def quantize(model, example_inputs: tuple, calib_batches: Iterable[tuple], cfg: 
 
 
 @contextlib.contextmanager
-def _fx_limits(step: str):
-    """FX graph-mode quantization lacks quantized forms of some ops (e.g. clamp
-    with one bound); those fail deep inside torch. Say so, and which formats cope."""
+def _fx_limits(step: str, traced: bool = True):
+    """Say clearly what FX graph-mode quantization cannot do, and which formats cope.
+
+    Symbolic tracing (prepare_fx) runs the model's Python with proxies instead of tensors, so a
+    forward that branches on a tensor's value or shape, or slices by a size (Hugging Face
+    transformers do both, and transformers 5 ships no FX tracer), cannot be traced. Once traced,
+    FX still lacks quantized forms of some ops (e.g. clamp with one bound)."""
     try:
         yield
-    except (RuntimeError, NotImplementedError, AssertionError) as e:
-        raise UsageError(
-            f"torchscript-lite: FX quantization could not {step} this model: {str(e).splitlines()[0][:200]}",
+    except Exception as e:
+        first = (str(e).splitlines() or [type(e).__name__])[0][:200]
+        if traced and not isinstance(e, (RuntimeError, NotImplementedError, AssertionError)):
+            raise  # not one of FX's limits: a bug, reported as one
+        if not traced:  # anything the user's forward raised under symbolic tracing
+            raise FormatUnsupported(
+                f"torchscript-lite: FX graph-mode quantization cannot trace this model's forward "
+                f"({type(e).__name__}: {first}); static int8 for the lite interpreter needs a forward without "
+                "control flow or slicing on tensor values and shapes",
+                hint="use --quant dynamic (int8 Linear weights: the lite interpreter's path for transformers), "
+                "or --format executorch / --format onnx for static int8",
+            ) from e
+        raise FormatUnsupported(
+            f"torchscript-lite: FX quantization could not {step} this model: {first}",
             hint="the executorch and onnx formats quantize it; use --format executorch or --format onnx",
         ) from e
 

@@ -8,23 +8,17 @@ summarised in manifest.json's `device_runs` list, so everything downstream
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
-import fcntl
-import json
-import os
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 
 from edgekit.errors import UsageError
-from edgekit.manifest import MANIFEST, read_manifest, sha256_file, write_json_atomic
+from edgekit.manifest import inside, read_manifest, sha256_file, update_manifest, write_json_atomic
 
 RUNS_DIR = "device_runs"
 # runtime name the runner reports -> the distribution recorded in manifest["versions"]
 RUNTIME_DISTS = {"executorch": "executorch", "onnxruntime": "onnxruntime", "torch-lite-interpreter": "torch",
                  "litert": "ai-edge-litert"}
-_manifest_lock = threading.Lock()  # devices of one fleet finish in parallel threads
 
 
 @dataclass(frozen=True)
@@ -42,7 +36,7 @@ class BuildInfo:
 
     @property
     def artifact(self) -> Path:
-        return self.dir / self.artifact_record["file"]
+        return inside(self.dir, self.artifact_record["file"], f"the {self.format} artifact")
 
     @property
     def sha256(self) -> str:
@@ -75,21 +69,16 @@ def open_build(build_dir: str | Path, fmt: str | None = None) -> BuildInfo:
     """Read a finished build; a missing or altered artifact is the user's to fix, before any device is touched.
     `fmt` picks one of the build's formats (default: the primary one)."""
     path = Path(build_dir)
-    manifest_path = path / MANIFEST
-    manifest = read_manifest(path)
-    try:
-        available = list(manifest.get("formats") or [manifest["format"]])
-        if fmt is not None and fmt not in available:
-            raise UsageError(f"--format {fmt}: this build has no {fmt} artifact", hint="choose one of: " + ", ".join(available))
-        build = BuildInfo(path, manifest, fmt or manifest["format"])
-        artifact, expected = build.artifact, build.sha256
-        build.target_arch, build.inputs  # noqa: B018 - fail here on an old or foreign manifest
-    except (ValueError, KeyError, TypeError) as e:
-        raise UsageError(f"{manifest_path}: not an edgekit manifest ({type(e).__name__}: {e})", hint="rebuild it with `edgekit build`") from None
+    manifest = read_manifest(path)  # checked: its shape, and every path it names stays inside the build dir
+    available = list(manifest.get("formats") or [manifest["format"]])
+    if fmt is not None and fmt not in available:
+        raise UsageError(f"--format {fmt}: this build has no {fmt} artifact", hint="choose one of: " + ", ".join(available))
+    build = BuildInfo(path, manifest, fmt or manifest["format"])
+    artifact = build.artifact
     if not artifact.is_file():
         raise UsageError(f"{artifact} is missing", hint="rebuild with `edgekit build`")
-    if sha256_file(artifact) != expected:
-        raise UsageError(f"{artifact} does not match the sha256 in {manifest_path} (changed after the build)",
+    if sha256_file(artifact) != build.sha256:
+        raise UsageError(f"{artifact} does not match the sha256 in {path / 'manifest.json'} (changed after the build)",
                          hint="rebuild with `edgekit build` rather than editing the artifact")
     return build
 
@@ -114,24 +103,9 @@ def write_run(build: BuildInfo, device_file_name: str, record: dict) -> Path:
 
 
 def add_to_manifest(build: BuildInfo, summary: dict) -> None:
-    """Append one run summary to manifest.json's device_runs, atomically and under a lock,
+    """Append one run summary to manifest.json's device_runs, atomically and under the manifest lock,
     so parallel deploys (threads, or several edgekit processes) never lose an entry."""
-    with _manifest_lock, _dir_lock(build.dir):
-        path = build.dir / MANIFEST
-        manifest = json.loads(path.read_text())
-        manifest.setdefault("device_runs", []).append(summary)
-        write_json_atomic(path, manifest)
-
-
-@contextlib.contextmanager
-def _dir_lock(directory: Path):
-    """flock on the build directory itself: no lock file is left in the build."""
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)  # closing releases the lock
+    update_manifest(build.dir, lambda doc: doc.setdefault("device_runs", []).append(summary))
 
 
 def summarize_run(record: dict, file: Path, build_dir: Path) -> dict:

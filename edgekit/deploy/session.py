@@ -117,10 +117,26 @@ def deploy_to(build: BuildInfo, device: Device, plan: DeployPlan, transport: Tra
     return record
 
 
+def check_inputs_file(build: BuildInfo, bench: BenchOptions | None) -> None:
+    """--inputs checked here, with the runner's own reader, before anything is pushed: a wrong file is
+    the user's to fix (exit 2, naming their file), not a device failure naming the device-side copy."""
+    if bench is None or bench.inputs is None:
+        return
+    from edgekit.runtime.runner import RunnerError, load_arrays
+
+    try:
+        load_arrays(str(bench.inputs), build.inputs)
+    except RunnerError as e:
+        shapes = ", ".join(f"{i['name']} {i['shape']} {i['dtype']}" for i in build.inputs)
+        raise UsageError(str(e), hint=f"the build takes {shapes}: save one array per input "
+                                      "(numpy.savez(path, NAME=array)), batch first") from None
+
+
 def deploy_all(build: BuildInfo, devices: list[Device], plan: DeployPlan,
                on_done: Callable[[dict], None] | None = None) -> list[dict]:
     """Deploy to every device in parallel; raise DeployFailed after all finished if any failed."""
     _check_unique(devices)
+    check_inputs_file(build, plan.bench)
     for d in devices:  # usage errors (bad --native-runner, --ssh-option) stop everything before any device is touched
         select_runner(build.artifact.suffix, d.python, d.native_runner)
         d.open()
@@ -144,6 +160,7 @@ def bench_host(build: BuildInfo, options: BenchOptions, python: str) -> dict:
     The host is never the target's architecture, so the arch check only records that."""
     from edgekit.deploy.local import LocalTransport
 
+    check_inputs_file(build, options)
     device = Device("host", "local", None, python=python)
     with tempfile.TemporaryDirectory(prefix="edgekit-bench-") as scratch:
         record = deploy_to(build, device, DeployPlan(bench=options, allow_arch_mismatch=True), LocalTransport("host", scratch))

@@ -2,7 +2,6 @@
 artifact is right, runs on the target's fast kernels, fits its memory, and how fast it may be.
 
     validate.py       the command: sha256, then the checks, merged into manifest.json
-    parity.py         artifact vs float model, per-format tolerances in output steps
     lint.py           ops off the target runtime's fast path, read from the artifact
     graph.py          per-op MACs and tensor sizes from the exported float graph
     cost.py           the calibrated latency model (docs/cost_model.md)

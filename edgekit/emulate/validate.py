@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from edgekit.errors import GateError, UsageError
-from edgekit.manifest import MANIFEST, read_manifest, sha256_file, write_json_atomic
+from edgekit.manifest import MANIFEST, format_records, inside, read_manifest, sha256_file, update_manifest
 
 CHECKS = ("parity", "lint", "cost", "resources", "profile")
 BUILD_CHECKS = ("lint", "cost")
@@ -59,17 +59,13 @@ class ValidateOptions:
 
 
 def read_verified(build_dir: Path) -> dict:
-    """The manifest, after checking every artifact it names against its sha256 (exit 2 otherwise)."""
+    """The manifest, after checking every artifact it names against its sha256 (exit 2 otherwise).
+    read_manifest has already refused a wrong shape and any path leaving the build dir."""
     path = build_dir / MANIFEST
     manifest = read_manifest(build_dir)
-    try:
-        records = manifest.get("formats") or {manifest["format"]: manifest}
-        artifacts = {fmt: rec["artifact"] for fmt, rec in records.items()}
-    except (ValueError, KeyError, TypeError) as e:
-        raise UsageError(f"{path}: not an edgekit manifest ({type(e).__name__}: {e})",
-                         hint="rebuild with `edgekit build`") from None
-    for fmt, art in artifacts.items():
-        file = build_dir / art["file"]
+    for fmt, record in format_records(manifest).items():
+        art = record["artifact"]
+        file = inside(build_dir, art["file"], f"{path}: the {fmt} artifact")
         if not file.is_file():
             raise UsageError(f"{file} is missing ({fmt} artifact named in {path})", hint="copy the whole build directory, or rebuild")
         found = sha256_file(file)
@@ -84,13 +80,19 @@ def read_verified(build_dir: Path) -> dict:
 # ---------------------------------------------------------------- the float model and its data
 
 
-def _spec(manifest: dict, app: str | None):
-    """The build's model spec, rebuilt from the manifest (or from `app` when the source moved)."""
+def _spec(manifest: dict, app: str | None, build_dir: Path | None = None):
+    """The build's model spec, rebuilt from the manifest (or from `app` when the source moved).
+
+    The float model is the user's code: from `--app`, or the app the manifest records. Code inside
+    the build directory itself is never run: a build dir may come from someone else."""
     from edgekit.app import ModelSpec, load_app
     from edgekit.spec import InputSpec
 
     model = manifest["model"]
     source = Path(app) / "edgekit.toml" if app else Path(model.get("source") or "")
+    if not app and build_dir is not None and source.name and source.resolve().is_relative_to(Path(build_dir).resolve()):
+        raise UsageError(f"the manifest names model code inside the build directory ({source}); edgekit does not run "
+                         "code that comes with a build", hint="pass --app APP_DIR with your own copy of the app")
     if source.name == "edgekit.toml":
         if not source.is_file():
             source = _app_file_near(model) or source
@@ -122,7 +124,9 @@ class FloatReference:
 
     # A build with compression stages (prune, distill, low-rank) keeps the transformed float model
     # beside the artifact (edgekit/stages/run.py): that, not the user's original, is the reference.
-    TRANSFORMED = "float_model.pt2"
+    # Its weights_only-safe form: the factory's model, resized and loaded (never the .pt2 beside it,
+    # which torch.export.load would unpickle from a build dir someone else may have made).
+    TRANSFORMED = "float_model.pt"
 
     def __init__(self, manifest: dict, app: str | None, max_samples: int | None, build_dir: Path | None = None):
         self._manifest, self._app, self._max, self._dir = manifest, app, max_samples, build_dir
@@ -134,18 +138,18 @@ class FloatReference:
             from edgekit.app import build_module
             from edgekit.data import example_inputs, load_npz, random_dataset
 
-            spec = _spec(self._manifest, self._app)
+            spec = _spec(self._manifest, self._app, self._dir)
+            model = build_module(spec)
             transformed = self._dir / self.TRANSFORMED if self._dir else None
             if transformed is not None and transformed.is_file():
-                import torch
+                from edgekit.stages.saved import load_transformed
 
-                model = torch.export.load(str(transformed)).module()
-            else:
-                model = build_module(spec)
+                model = load_transformed(model, inside(self._dir, self.TRANSFORMED, "the transformed float model"))
             if spec.eval:
-                data, source = load_npz(spec.eval, spec.inputs, "eval", need_labels=True), "evaluation data"
+                data, source = load_npz(spec.eval, spec.inputs, "eval", need_labels=False), "evaluation data"
             elif spec.calib:
-                data, source = load_npz(spec.calib, spec.inputs, "calib", need_labels=False), "calibration data (no eval set)"
+                data, source = (load_npz(spec.calib, spec.inputs, "calib", need_labels=False),
+                                "calibration data (not held out: no eval set)")
             else:
                 data, source = random_dataset(spec.inputs, 32), "random inputs (no data files)"
             data = data.take(self._max) if self._max else data
@@ -190,24 +194,24 @@ class FloatReference:
 
 
 def _parity(artifact: Path, fmt: str, record: dict, ref: FloatReference, gate: dict | None) -> dict:
-    from edgekit.emulate.parity import all_outputs, arithmetic, check_parity
+    """The artifact against the float model, judged by the gate the build recorded (its defaults
+    for builds made before there was one): the same code and thresholds as the build's."""
+    from edgekit.compare import GATES, Gate, all_outputs, arithmetic, compare_runs
 
     _, _, _, data, source = ref.get()
     float_out = ref.float_outputs(all_outputs)
     # The artifact runs after the float pass: a runtime's worker threads (XNNPACK's pool) running
     # beside torch's intra-op threads on a small host made each float conv ~100x slower.
     art_out = ref.artifact_outputs(fmt, artifact)
-    labels = data.labels[: sum(o[0].shape[0] for o in float_out)] if data.labels is not None else None
-    doc = check_parity(float_out, art_out, arithmetic((record.get("quantization") or {}).get("scheme", "static")), labels)
+    kind = arithmetic((record.get("quantization") or {}).get("scheme", "static"))
+    judged_by = Gate.from_json(gate) if gate and "min_cosine" in gate else GATES[kind].with_overrides(
+        max_accuracy_drop=(gate or {}).get("max_accuracy_drop"))
+    doc = compare_runs(float_out, art_out, judged_by, kind, data.labels, task=(gate or {}).get("task", "auto"))
     doc["data"] = source
+    doc["gate"] = judged_by.to_json()
     first = doc["outputs"][0] if doc["outputs"] else {}
-    if gate and gate.get("max_accuracy_drop") is not None and first.get("accuracy_float") is not None:
-        drop = round(first["accuracy_float"] - first["accuracy_artifact"], 2)
-        doc["accuracy_drop"] = drop
-        if drop > gate["max_accuracy_drop"]:
-            doc["failures"].append(f"accuracy drops {drop:.2f} points, over the build's --max-accuracy-drop "
-                                   f"{gate['max_accuracy_drop']:g}")
-            doc["ok"] = False
+    if first.get("accuracy_float") is not None:
+        doc["accuracy_drop"] = round(first["accuracy_float"] - first["accuracy_artifact"], 2)
     return doc
 
 
@@ -269,7 +273,7 @@ def validate(build_dir: str | Path, options: ValidateOptions = ValidateOptions()
     manifest = read_verified(build_dir)
     say(f"✓ sha256 of every artifact matches {MANIFEST}")
     target = load_target(options.target or manifest["target"])
-    records = manifest.get("formats") or {manifest["format"]: manifest}
+    records = format_records(manifest)
     formats = options.formats or tuple(records)
     missing = [f for f in formats if f not in records]
     if missing:
@@ -412,17 +416,15 @@ def _now() -> str:
 
 def _merge(build_dir: Path, manifest: dict, doc: dict, target) -> None:
     """validation + prediction into manifest.json, atomically, under the build's lock (deploys append runs)."""
-    from edgekit.deploy.records import _dir_lock, _manifest_lock
-
     primary = manifest["format"]
-    with _manifest_lock, _dir_lock(build_dir):
-        path = build_dir / MANIFEST
-        current = json.loads(path.read_text())
+
+    def merge(current: dict) -> None:
         current["validation"] = doc
         pred = (doc["formats"].get(primary) or {}).get("prediction")
         if pred is not None and target.name == current.get("target"):
             current["prediction"] = pred  # the report compares it with runs on the build's target
-        write_json_atomic(path, current)
+
+    update_manifest(build_dir, merge)
 
 
 def _record_host_run(build_dir: Path, manifest: dict, fmt: str, res: dict, target) -> None:

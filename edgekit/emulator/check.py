@@ -87,9 +87,9 @@ class EmulationFailed(Exception):
 
 @contextmanager
 def emulated_core(target):
+    cpu = qemu_cpu_of(target)  # a target qemu cannot emulate is refused first, built emulator or not
     paths = EmulatorPaths.default()
     require_ready(paths)
-    cpu = qemu_cpu_of(target)
     with tempfile.TemporaryDirectory(prefix="edgekit-emulate-") as tmp:
         yield EmulatedCore(paths, cpu, Path(tmp))
 
@@ -134,18 +134,12 @@ def run_onnx(core: EmulatedCore, artifact: Path, samples: list[list[np.ndarray]]
 
 
 def compare(host: list[list[np.ndarray]], emulated: list[list[np.ndarray]], labels=None) -> dict:
-    """Emulated ARM run vs host run of the same artifact, per output over all samples.
+    """Emulated ARM run vs host run of the same artifact, per output over all samples (compare.GATES["emulated"]).
 
-    With `labels`, each row also has the accuracy of both runs (accuracy_float is the host's here)."""
-    from edgekit.emulate.parity import compare_output
+    With `labels`, each row also has the accuracy of both runs."""
+    from edgekit.compare import GATES, compare_runs
 
-    rows = []
-    for i in range(len(host[0])):
-        h = np.concatenate([s[i] for s in host])
-        e = np.concatenate([s[i] for s in emulated])
-        row = compare_output(h, e, "emulated", labels)
+    result = compare_runs(host, emulated, GATES["emulated"], "emulated", labels)
+    for row in result["outputs"]:
         row["accuracy_host"], row["accuracy_emulated"] = row.pop("accuracy_float"), row.pop("accuracy_artifact")
-        row["output"] = f"output {i}"
-        rows.append(row)
-    failures = [f"{r['output']}: {m}" for r in rows for m in r["failures"]]
-    return {"outputs": rows, "failures": failures}
+    return {"outputs": result["outputs"], "failures": result["failures"]}

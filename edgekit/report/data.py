@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 
 from edgekit.errors import UsageError
-from edgekit.manifest import read_manifest
+from edgekit.manifest import format_records, inside, read_manifest
 
 RUNS_DIR = "device_runs"
 RUN_KEYS = ("load_ms", "first_ms", "mean", "std", "min", "p50", "p90", "p99", "max", "runs", "peak_rss_kb")
@@ -22,6 +22,9 @@ def build_report(build_dir: str | Path) -> dict:
     build_dir = Path(build_dir)
     manifest = read_manifest(build_dir)
     runs = [_run(build_dir, entry) for entry in manifest.get("device_runs", [])]
+    # Runs an earlier build into the same directory measured: its artifact, not this one (builddir.py).
+    previous = [{**_run(build_dir, entry), "artifact_sha256": entry.get("artifact_sha256")}
+                for entry in manifest.get("previous_device_runs") or []]
     return {
         "name": manifest.get("name"), "target": manifest.get("target"), "format": manifest.get("format"),
         "backend": manifest.get("backend"), "created": manifest.get("created"), "build_dir": str(build_dir),
@@ -31,7 +34,8 @@ def build_report(build_dir: str | Path) -> dict:
         "sensitivity": manifest.get("sensitivity") or [],
         "fallbacks": _fallbacks(manifest),
         "runs": runs,
-        "failed_runs": _failed_runs(build_dir),
+        "previous_runs": previous,
+        "failed_runs": _failed_runs(build_dir, {r["artifact"]["sha256"] for r in format_records(manifest).values()}),
         "prediction": _prediction(manifest, runs),
         "warnings": manifest.get("warnings") or [],
         "versions": manifest.get("versions") or {},
@@ -49,11 +53,16 @@ def _quality(manifest: dict) -> list[dict]:
     rows = []
     for fmt, rec in formats.items():
         m, art = rec.get("metrics") or {}, rec.get("artifact") or {}
+        gate = rec.get("gate") or {}
         rows.append({
             "format": fmt, "backend": rec.get("backend"), "file": art.get("file"),
             "accuracy_float": m.get("accuracy_float"), "accuracy_artifact": m.get("accuracy_artifact"),
-            "top1_agreement": m.get("top1_agreement"), "max_abs_error": m.get("max_abs_error"),
+            "top1_agreement": m.get("top1_agreement"), "cosine": m.get("cosine"), "sqnr_db": m.get("sqnr_db"),
+            "max_abs_error": m.get("max_abs_error"),
             "float_bytes": float_bytes, "artifact_bytes": art.get("bytes"), "samples": m.get("samples"),
+            "data": m.get("data"),
+            # None for builds made before the gate: not judged, which is not the same as passed
+            "gate_passed": gate.get("passed"), "gate_failures": gate.get("failures") or [],
         })
     return rows
 
@@ -82,7 +91,7 @@ def _stages(steps: list[dict]) -> list[dict]:
 
 def _run(build_dir: Path, entry: dict) -> dict:
     """A manifest run summary joined with its record's numbers, samples and device facts."""
-    record = _load(build_dir / entry["file"]) if entry.get("file") else {}
+    record = _load(inside(build_dir, entry["file"], "a device_runs entry")) if entry.get("file") else {}
     result = record.get("bench") or record.get("check") or {}
     device = result.get("device") or {}
     run = {
@@ -111,13 +120,15 @@ def _load(path: Path) -> dict:
         return {}  # a record deleted or damaged by hand: the manifest summary still shows
 
 
-def _failed_runs(build_dir: Path) -> list[dict]:
+def _failed_runs(build_dir: Path, current: set[str]) -> list[dict]:
     rows = []
     for path in sorted((build_dir / RUNS_DIR).glob("*.json")):
-        record = _load(path)
+        record = _load(inside(build_dir, f"{RUNS_DIR}/{path.name}", "a device run record"))
         if record and not record.get("ok", True):
+            measured = (record.get("build") or {}).get("sha256")
             rows.append({"device": record.get("device"), "time": record.get("time"), "stage": record.get("stage"),
-                         "error": record.get("error"), "hint": record.get("hint"), "file": f"{RUNS_DIR}/{path.name}"})
+                         "error": record.get("error"), "hint": record.get("hint"), "file": f"{RUNS_DIR}/{path.name}",
+                         "previous_build": measured is not None and measured not in current})
     return sorted(rows, key=lambda r: r["time"] or "", reverse=True)  # newest first
 
 

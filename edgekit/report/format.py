@@ -18,7 +18,27 @@ def pct(value) -> str:
 
 
 def bytes_kb(n) -> str:
-    return "–" if n is None else f"{n / 1024:.1f} KB"
+    """KB below 10 MB, MB above: a 90 MB encoder reads as 86.6 MB, not 88662.3 KB."""
+    if n is None:
+        return "–"
+    return f"{n / 1024:.1f} KB" if n < 10 * 1024 * 1024 else f"{n / 1024 / 1024:.1f} MB"
+
+
+def cosine(value) -> str:
+    return "–" if value is None else f"{value:.4f}"
+
+
+def verdict(passed) -> str:
+    """The quality gate's verdict on an artifact; None: built before edgekit had the gate."""
+    return {True: "✓ passed", False: "✗ failed", None: "not judged"}[passed]
+
+
+def judged_on(data: dict | None, samples) -> str:
+    """What the artifacts were compared with float on, said plainly."""
+    data = data or {}
+    if not data.get("held_out", True):
+        return f"{samples} calibration samples (not held out: no --eval data)"
+    return f"{samples} held-out samples" + ("" if data.get("labels", True) else " (no labels)")
 
 
 def run_flags(run: dict) -> list[str]:

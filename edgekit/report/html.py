@@ -7,8 +7,9 @@ import base64
 from html import escape
 from pathlib import Path
 
+from edgekit.manifest import write_text_atomic
 from edgekit.report import plots
-from edgekit.report.format import bytes_kb, ms, pct, run_flags
+from edgekit.report.format import bytes_kb, cosine, judged_on, ms, pct, run_flags, verdict
 
 MAX_DISTRIBUTIONS = 12  # newest runs get a histogram each; older ones stay in the table
 
@@ -40,9 +41,7 @@ def render(data: dict) -> str:
 def write_html(build_dir: str | Path, data: dict) -> Path:
     """BUILD/report.html, written to a temp name and renamed."""
     path = Path(build_dir) / "report.html"
-    tmp = path.with_name(".report.html.tmp")
-    tmp.write_text(render(data), encoding="utf-8")
-    tmp.replace(path)
+    write_text_atomic(path, render(data))
     return path
 
 
@@ -51,7 +50,7 @@ def _img(png: bytes, alt: str, caption: str) -> str:
     return f'<figure><img alt="{escape(alt)}" src="{src}"><figcaption>{escape(caption)}</figcaption></figure>'
 
 
-TEXT_COLUMNS = {"format", "stage", "device", "runtime", "cpu", "when (UTC)", "error", "op", "within range"}
+TEXT_COLUMNS = {"format", "quality gate", "stage", "device", "runtime", "cpu", "when (UTC)", "error", "op", "within range"}
 
 
 def _table(headers: list[str], rows: list[list[str]]) -> str:
@@ -71,14 +70,23 @@ def _versions(v: dict) -> str:
 
 
 def _quality(data: dict) -> str:
-    rows = [[escape(f"{q['format']} ({q['backend']})"), pct(q["accuracy_float"]), pct(q["accuracy_artifact"]),
-             pct(q["top1_agreement"]), escape(f"{q['max_abs_error']:.4g}" if q["max_abs_error"] is not None else "–"),
+    rows = [[escape(f"{q['format']} ({q['backend']})"), _verdict(q["gate_passed"]), pct(q["accuracy_float"]),
+             pct(q["accuracy_artifact"]), pct(q["top1_agreement"]), cosine(q["cosine"]),
+             escape(f"{q['max_abs_error']:.4g}" if q["max_abs_error"] is not None else "–"),
              bytes_kb(q["float_bytes"]), bytes_kb(q["artifact_bytes"]) + _ratio(q)] for q in data["quality"]]
-    samples = data["quality"][0].get("samples") if data["quality"] else None
+    first = data["quality"][0] if data["quality"] else {}
+    failures = "".join(f'<p class="bad">✗ {escape(q["file"] or q["format"])}: {escape(f)}</p>'
+                       for q in data["quality"] for f in q["gate_failures"])
     return ("<h2>Accuracy and size</h2>" +
-            _table(["format", "float accuracy", "artifact accuracy", "top-1 agreement", "max abs error", "float size", "artifact size"], rows) +
-            (f'<p class="note">{samples} held-out samples.</p>' if samples else "") +
+            _table(["format", "quality gate", "float accuracy", "artifact accuracy", "top-1 agreement", "cosine",
+                    "max abs error", "float size", "artifact size"], rows) + failures +
+            (f'<p class="note">Judged against the float model on {escape(judged_on(first.get("data"), first["samples"]))}.</p>'
+             if first.get("samples") else "") +
             _img(plots.sizes(data["quality"]), "model sizes", "float state_dict vs artifact size"))
+
+
+def _verdict(passed) -> str:
+    return f'<span class="bad">{verdict(passed)}</span>' if passed is False else verdict(passed)
 
 
 def _ratio(q: dict) -> str:
@@ -102,7 +110,7 @@ def _sensitivity(data: dict) -> str:
         return ""
     parts = ["<h2>Quantization sensitivity</h2>"]
     if data["sensitivity"]:
-        rows = [[escape(r["layer"]), escape(r["type"]), f"{r['output_sqnr_db']:.1f}", f"{r['top1_agreement']:.2f} %",
+        rows = [[escape(r["layer"]), escape(r["type"]), f"{r['output_sqnr_db']:.1f}", pct(r["top1_agreement"]),
                  "–" if r["accuracy_drop"] is None else f"{r['accuracy_drop']:.2f}"] for r in data["sensitivity"]]
         parts.append(_table(["layer (most harmful first)", "type", "output SQNR dB", "agreement", "accuracy drop"], rows))
         parts.append('<p class="note">Each Conv/Linear layer quantized alone, the rest float.</p>')
@@ -169,7 +177,8 @@ def _prediction(data: dict) -> str:
 def _failed(failed: list[dict]) -> str:
     if not failed:
         return ""
-    rows = [[escape(f["device"] or "?"), _when(f["time"]), escape(f["stage"] or "?"),
+    rows = [[escape(f["device"] or "?") + (" (earlier build)" if f.get("previous_build") else ""), _when(f["time"]),
+             escape(f["stage"] or "?"),
              '<span class="bad">' + escape(f["error"] or "") + "</span>" + (f"<br>fix: {escape(f['hint'])}" if f["hint"] else "")]
             for f in failed]
     return "<h2>Failed runs</h2>" + _table(["device", "when (UTC)", "stage", "error"], rows)

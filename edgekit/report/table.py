@@ -5,7 +5,7 @@ from __future__ import annotations
 from rich.console import Console
 from rich.table import Table
 
-from edgekit.report.format import bytes_kb, ms, pct, run_flags
+from edgekit.report.format import bytes_kb, cosine, judged_on, ms, pct, run_flags, verdict
 
 
 def print_runs(records: list[dict], console: Console | None = None) -> None:
@@ -39,12 +39,19 @@ def print_runs(records: list[dict], console: Console | None = None) -> None:
 def print_report(data: dict, console: Console | None = None) -> None:
     console = console or Console()
     quality = Table(title=f"{data['name']} → {data['target']} ({data['format']}, {data['backend']})")
-    for col in ("format", "float acc", "artifact acc", "agreement", "float size", "artifact size"):
-        quality.add_column(col, justify="left" if col == "format" else "right")
+    for col in ("format", "gate", "float acc", "artifact acc", "agreement", "cosine", "artifact size"):
+        quality.add_column(col, justify="left" if col in ("format", "gate") else "right")
     for q in data["quality"]:
-        quality.add_row(q["format"], pct(q["accuracy_float"]), pct(q["accuracy_artifact"]), pct(q["top1_agreement"]),
-                        bytes_kb(q["float_bytes"]), bytes_kb(q["artifact_bytes"]))
+        quality.add_row(q["format"], verdict(q["gate_passed"]), pct(q["accuracy_float"]), pct(q["accuracy_artifact"]),
+                        pct(q["top1_agreement"]), cosine(q["cosine"]), bytes_kb(q["artifact_bytes"]))
     console.print(quality)
+    if data["quality"]:
+        first = data["quality"][0]
+        console.print(f"[dim]judged on {judged_on(first['data'], first['samples'])}; float size "
+                      f"{bytes_kb(first['float_bytes'])}[/]")
+    for q in data["quality"]:
+        for failure in q["gate_failures"]:
+            console.print(f"[red]✗[/] {q['file']}: {failure}")
     stages = Table(title="build stages")
     has_cost = any(s["macs"] is not None or s["params"] is not None for s in data["stages"])
     for col in ("stage", "seconds", *(("MACs", "params") if has_cost else ())):
@@ -82,4 +89,8 @@ def _print_latency(data: dict, console: Console) -> None:
             f"{r['device']} p50 {ms(r['measured_p50'])} ({'within' if r['within'] else 'outside'})"
             for r in pred["runs"] if r["comparable"]) or "no run on the target yet")
     for f in data["failed_runs"]:
-        console.print(f"[red]failed[/] {f['device']} ({f['stage']}, {(f['time'] or '')[:19]}): {f['error']}")
+        earlier = " [dim](an earlier build's artifact)[/]" if f.get("previous_build") else ""
+        console.print(f"[red]failed[/] {f['device']} ({f['stage']}, {(f['time'] or '')[:19]}): {f['error']}{earlier}")
+    if data.get("previous_runs"):
+        console.print(f"{len(data['previous_runs'])} earlier run(s) measured the artifact this build replaced: "
+                      "`edgekit report --json` lists them under previous_runs")

@@ -20,8 +20,8 @@ from edgekit.stages.lowrank import LowRankConfig
 from edgekit.stages.prune import PruneConfig
 from edgekit.stages.sparsity import SparsityConfig
 
-FLOAT_MODEL = "float_model.pt"  # layer sizes + state_dict (weights_only-safe; rebuilt with the factory)
-FLOAT_PROGRAM = "float_model.pt2"  # torch.export program: reloads and exports with no Python code
+FLOAT_MODEL = "float_model.pt"  # splits, layer sizes + state_dict (weights_only-safe; rebuilt with the factory)
+FLOAT_PROGRAM = "float_model.pt2"  # torch.export program, for the user: reloads with no Python code (unpickles)
 
 
 @dataclass(frozen=True)
@@ -96,8 +96,7 @@ def apply_stages(model, spec, example: tuple, evaluation, steps, options: StageO
             rec["float_deflate_bytes"] = {"before": zipped_before, "after": _zipped_state(student)}
             rec["note"] = "dense kernels: MACs and latency unchanged; the gain is the compressed size"
             _record(steps, rec, student, example, evaluation, spec, count(teacher, example))
-    if not options.lowrank:  # layer sizes cannot describe a split layer; the .pt2 program can
-        save_transformed(student, out_dir / FLOAT_MODEL)
+    save_transformed(student, out_dir / FLOAT_MODEL)
     save_exported(student, example, out_dir / FLOAT_PROGRAM)
     return student
 
@@ -151,7 +150,7 @@ def load_training_data(spec):
     if spec.eval is None:
         raise UsageError("distillation needs labelled evaluation data (held-out accuracy, early stop)",
                          hint="pass --eval eval.npz (x and y)")
-    return _train_data(spec, "--distill"), load_npz(spec.eval, spec.inputs, "--eval", need_labels=True)
+    return _train_data(spec, "--distill"), load_npz(spec.eval, spec.inputs, spec.origin("eval"), need_labels=True)
 
 
 def _train_data(spec, flag: str):
@@ -159,7 +158,7 @@ def _train_data(spec, flag: str):
 
     if spec.train is None:
         raise UsageError(f"{flag} needs training data", hint="pass --train train.npz (x and labels y), or set data.train in edgekit.toml")
-    return load_npz(spec.train, spec.inputs, "--train", need_labels=flag != "--distill")
+    return load_npz(spec.train, spec.inputs, spec.origin("train"), need_labels=flag != "--distill")
 
 
 def _taylor_batches(train, spec, n: int = 4, size: int = 64):

@@ -1,14 +1,17 @@
 """Save a transformed (pruned, factorised) float model so a fresh process can use it again.
 
 Two files, for two kinds of reader:
-- `float_model.pt2` (torch.export.save): the graph and weights, no Python code
-  needed; `torch.export.load(p).module()` runs and exports again.
 - `float_model.pt` (this module's format, `torch.load(weights_only=True)`-safe):
-  the new layer sizes plus the state_dict. `load_transformed` rebuilds the
-  model from the user's own factory, resizes each layer and loads the weights,
-  so the result is a trainable nn.Module again (what distillation workers need).
-  The sizes include the attention attributes head pruning changes (`num_heads`,
-  `head_dim`, `dim`), which the model's forward reshapes by.
+  the new layer sizes, the layers low-rank factorisation split in two, and the
+  state_dict. `load_transformed` rebuilds the model from the user's own factory,
+  re-splits and resizes each layer and loads the weights, so the result is a
+  trainable nn.Module again (what distillation workers and `edgekit validate`
+  use). The sizes include the attention attributes head pruning changes
+  (`num_heads`, `head_dim`, `dim`), which the model's forward reshapes by.
+- `float_model.pt2` (torch.export.save): the graph and weights for your own
+  use; `torch.export.load(p).module()` runs and exports again with no Python
+  code. torch.export.load unpickles, so edgekit itself never loads one from a
+  build directory (a build dir may come from someone else).
 """
 
 from __future__ import annotations
@@ -23,6 +26,13 @@ _SIZE_ATTRS = ("in_channels", "out_channels", "groups", "in_features", "out_feat
 # (stages/prune.py), so a factory-fresh model must get the pruned values back. Only ints are
 # recorded: other modules use these names for other things (nn.Softmax.dim), restored unchanged.
 _ATTENTION_ATTRS = ("num_heads", "head_dim", "dim")
+
+
+def layer_splits(model) -> dict:
+    """{layer name: its low-rank split (kind, in, out, rank, bias)} for every factorised layer."""
+    from edgekit.stages import lowrank
+
+    return {name: m.split for name, m in model.named_modules() if isinstance(m, lowrank.LowRank)}
 
 
 def layer_sizes(model) -> dict:
@@ -47,7 +57,8 @@ def save_transformed(model, path: Path) -> None:
     import torch
 
     tmp = path.with_name(f".{path.name}.tmp")
-    torch.save({"format": FORMAT, "sizes": layer_sizes(model), "state_dict": model.state_dict()}, tmp)
+    torch.save({"format": FORMAT, "splits": layer_splits(model), "sizes": layer_sizes(model),
+                "state_dict": model.state_dict()}, tmp)
     tmp.replace(path)
 
 
@@ -68,6 +79,15 @@ def load_transformed(model, path: Path):
     doc = torch.load(path, map_location="cpu", weights_only=True)
     if not isinstance(doc, dict) or doc.get("format") != FORMAT:
         raise UsageError(f"'{path}' is not a model saved by edgekit ({FORMAT})", hint="pass BUILD/float_model.pt")
+    from edgekit.stages.lowrank import split_layer
+
+    for name, split in (doc.get("splits") or {}).items():  # low-rank layers first: they change the module tree
+        parent_name, _, leaf = name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        if not hasattr(parent, leaf):
+            raise UsageError(f"'{path}' splits layer '{name}' that the model factory does not build",
+                             hint="load it with the factory that made the build")
+        setattr(parent, leaf, split_layer(split["kind"], split["in"], split["out"], split["rank"], split["bias"]))
     modules = dict(model.named_modules())
     for name, attrs in doc["sizes"].items():
         if name not in modules:

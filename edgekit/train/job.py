@@ -10,6 +10,7 @@ from pathlib import Path
 def spec_to_job(spec) -> dict:
     doc = {f.name: getattr(spec, f.name) for f in dataclasses.fields(spec)}
     doc["inputs"] = [s.to_json() for s in spec.inputs]
+    doc["from_app"] = sorted(spec.from_app)
     return {k: str(v) if isinstance(v, Path) else v for k, v in doc.items()}
 
 
@@ -19,7 +20,8 @@ def spec_from_job(doc: dict):
 
     paths = {k: Path(doc[k]) if doc.get(k) else None for k in ("root", "weights", "calib", "eval", "train")}
     inputs = tuple(InputSpec(i["name"], tuple(i["shape"]), i["dtype"]) for i in doc["inputs"])
-    return ModelSpec(name=doc["name"], factory=doc["factory"], inputs=inputs, source=doc["source"], **paths)
+    return ModelSpec(name=doc["name"], factory=doc["factory"], inputs=inputs, source=doc["source"],
+                     task=doc.get("task", "auto"), from_app=frozenset(doc.get("from_app") or ()), **paths)
 
 
 def write_job(path: Path, **job) -> None:
