@@ -22,6 +22,7 @@ import fcntl
 import os
 import re
 import shutil
+import stat
 from pathlib import Path
 
 from edgekit.errors import UsageError
@@ -35,7 +36,7 @@ def staged_build_dir(final: Path, warn=None):
     """Yields the staging directory; on success swaps it in as `final`. `warn(message)` hears
     about device runs carried over from the build it replaced."""
     final = Path(final)
-    if final.exists() and not final.is_dir():
+    if _is_non_directory(final):
         raise UsageError(f"--out: '{final}' exists and is not a directory", hint="choose another --out")
     final.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_staging(final)
@@ -57,6 +58,14 @@ def staged_build_dir(final: Path, warn=None):
         _replace_dir(staging, final)
     if message and warn is not None:
         warn(message)
+
+
+def _is_non_directory(path: Path) -> bool:
+    """One stat: another build may be swapping `path` at this very moment (exists, then gone)."""
+    try:
+        return not stat.S_ISDIR(os.stat(path).st_mode)
+    except FileNotFoundError:
+        return False
 
 
 def remove_stale_staging(final: Path) -> list[Path]:
