@@ -87,10 +87,10 @@ def compiled(model, sample: np.ndarray) -> Contender:
 
 
 def _onnx_runner(path: Path):
-    from edgekit.backends import onnx_qdq
+    from edgekit.formats import onnx as onnx_format
 
     def runner(threads: int):
-        session = onnx_qdq.load(path, threads=threads)
+        session = onnx_format.load(path, threads=threads)
         return lambda x: session.run([x])[0]
 
     return runner
@@ -171,7 +171,7 @@ def pt2e_xnnpack(model, sample: np.ndarray, calib: list[np.ndarray], out: Path) 
         from executorch.exir import to_edge_transform_and_lower
         from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
-        from edgekit.backends import executorch_xnnpack
+        from edgekit.formats import executorch as executorch_format
 
         inputs = (torch.from_numpy(sample),)
         with stage(c, "torch.export"):
@@ -193,7 +193,7 @@ def pt2e_xnnpack(model, sample: np.ndarray, calib: list[np.ndarray], out: Path) 
         c.size_bytes = path.stat().st_size
 
         def runner(threads: int):
-            method = executorch_xnnpack.load(path, threads=threads)
+            method = executorch_format.load(path, threads=threads)
             return lambda x: method.run([x])[0]
 
         c.runner = runner

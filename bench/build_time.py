@@ -32,7 +32,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for i in range(args.repeat):
             t0 = time.perf_counter() if i else start
-            manifest = api.build(REPO / "sample_apps" / "digits", target=args.target, out=Path(tmp) / f"b{i}")
+            manifest = api.build(REPO / "sample_apps" / "digits", args.target, out=Path(tmp) / f"b{i}")
             runs.append((time.perf_counter() - t0, manifest["steps"]))
 
     table = Table(title=f"digits → {args.target}: build seconds per stage")

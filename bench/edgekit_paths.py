@@ -31,7 +31,8 @@ def other_formats(model, calib_path: Path, out: Path) -> list[Contender]:
     try:
         from edgekit import api
 
-        api.build(**model.build_args(calib_path), formats=OTHER_FORMATS, out=out)
+        source, options = model.build_args(calib_path)
+        api.build(source, "rpi4", api.recipe(formats=OTHER_FORMATS, **options), out=out)
         build_error = None
     except Exception as e:  # noqa: BLE001 - a failed build is a result
         build_error = short_error(e)
@@ -57,9 +58,9 @@ def _from_build(build_dir: Path, fmt: str, error: str | None) -> Contender:
     path = build_dir / record["artifact"]["file"]
 
     def runner(threads: int):
-        from edgekit.backends import get_backend
+        from edgekit.formats import get_format
 
-        loaded = get_backend(fmt).load(path, threads=threads)
+        loaded = get_format(fmt).load(path, threads=threads)
         return lambda x: loaded.run([x])[0]
 
     contender.runner = runner

@@ -37,17 +37,20 @@ def artifacts(name: str, spec: dict, work: Path) -> tuple[dict[str, Path], np.nd
     import torch
 
     from edgekit import api
-    from edgekit.backends import executorch_xnnpack
+    from edgekit.formats import executorch as executorch_format
 
-    source = {"app": spec["app"]} if "app" in spec else {"model": spec["model"], "input_shape": spec["input_shape"]}
+    source = api.source(spec.get("app"), model=spec.get("model"), input_shape=spec.get("input_shape"))
+    # Random weights (the zoo's MobileNetV2): no outputs to keep, so the gate is opened (counts only).
+    gate = {} if "app" in spec else {"min_cosine": -1.0, "min_agreement": 0.0}
     out = {}
-    manifest = api.build(**source, target="rpi4", formats=("executorch",), out=work / f"{name}-int8")
+    manifest = api.build(source, "rpi4", api.recipe(formats=("executorch",), **gate), out=work / f"{name}-int8")
     out["int8"] = work / f"{name}-int8" / manifest["artifact"]["file"]
     if spec["prune"]:
-        pruned = api.build(**source, target="rpi4", formats=("executorch",), prune=0.5, out=work / f"{name}-pruned")
+        pruned = api.build(source, "rpi4", api.recipe(formats=("executorch",), prune=0.5, **gate),
+                           out=work / f"{name}-pruned")
         out["int8 pruned 0.5"] = work / f"{name}-pruned" / pruned["artifact"]["file"]
     if "app" in spec:
-        from edgekit.app import build_module, load_app
+        from edgekit.model.app import build_module, load_app
 
         model = build_module(load_app(spec["app"]))
         sample = np.load(spec["app"] / "eval.npz")["x"][:1].astype(np.float32)
@@ -60,15 +63,15 @@ def artifacts(name: str, spec: dict, work: Path) -> tuple[dict[str, Path], np.nd
     sample = sample.reshape(manifest["model"]["inputs"][0]["shape"])
     out["float"] = work / f"{name}-float.pte"
     with torch.no_grad():
-        executorch_xnnpack.export(model, (torch.from_numpy(sample),), out["float"])
+        executorch_format.export(model, (torch.from_numpy(sample),), out["float"])
     return out, sample
 
 
 def count(paths, cpu: str, artifact: Path, sample: np.ndarray, work: Path) -> int | None:
-    from edgekit.emulator.check import EmulatedCore, run_pte
+    from edgekit.emulator.check import EmulatedCore, run_native_pte
 
     work.mkdir(parents=True, exist_ok=True)
-    _, n, _ = run_pte(EmulatedCore(paths, cpu, work), artifact, [[sample]], "a")
+    _, n, _ = run_native_pte(EmulatedCore(paths, cpu, work), artifact, [[sample]], "a")
     return n
 
 

@@ -29,8 +29,8 @@ class BenchModel:
 
     def load(self):
         """The float model in eval mode, loaded exactly as edgekit loads it."""
-        from edgekit.app import ModelSpec, build_module, load_app
-        from edgekit.spec import InputSpec
+        from edgekit.model.app import ModelSpec, build_module, load_app
+        from edgekit.model.spec import InputSpec
 
         if self.app is not None:
             return build_module(load_app(self.app))
@@ -48,13 +48,15 @@ class BenchModel:
         images = rng.standard_normal((calib_samples + 1, *self.input_shape[1:])).astype(np.float32)
         return BenchData(images[:-1], images[-1:], None, None)
 
-    def build_args(self, calib_path: Path) -> dict:
-        """Keywords for edgekit.api.build naming this model (app dir, or --model + shape) and
-        the calibration file every int8 path of the run shares."""
+    def build_args(self, calib_path: Path) -> tuple:
+        """(the model source for edgekit.api.build: app dir, or --model + shape, with the calibration
+        file every int8 path of the run shares; recipe options this model needs)."""
+        from edgekit import api
+
         if self.app is not None:
-            return {"app": self.app, "calib": calib_path}
-        return {"model": self.factory, "input_shape": ",".join(map(str, self.input_shape)), "calib": calib_path,
-                **RANDOM_WEIGHTS_GATE}
+            return api.source(self.app, calib=calib_path), {}
+        return (api.source(model=self.factory, input_shape=",".join(map(str, self.input_shape)), calib=calib_path),
+                dict(RANDOM_WEIGHTS_GATE))
 
     def cli_args(self, calib_path: Path) -> list[str]:
         """The same, as `edgekit build` arguments."""

@@ -34,9 +34,11 @@ def build_all(name: str, ratios: list[float], out: Path) -> list[dict]:
     spec = MODELS[name]
     rows = []
     for ratio in ratios:
-        kwargs = {"prune": ratio} if ratio > 0 else {}
-        m = api.build(spec.get("app"), model=spec.get("model"), input_shape=spec.get("input_shape"),
-                      formats=("executorch",), out=out / f"{name}-{ratio}", **kwargs)
+        options = {"prune": ratio} if ratio > 0 else {}
+        if "model" in spec:  # random weights: nothing to keep, the gate is opened (timing only)
+            options.update(min_cosine=-1.0, min_agreement=0.0)
+        source = api.source(spec.get("app"), model=spec.get("model"), input_shape=spec.get("input_shape"))
+        m = api.build(source, "rpi4", api.recipe(formats=("executorch",), **options), out=out / f"{name}-{ratio}")
         steps = {s["stage"]: s for s in m["steps"]}
         macs = steps["prune"]["macs"] if "prune" in steps else None
         if "measure" in steps:  # the unpruned model's count, for the ratio-0 row
@@ -51,9 +53,9 @@ def build_all(name: str, ratios: list[float], out: Path) -> list[dict]:
 def time_side_by_side(rows: list[dict], threads: int, rounds: int, runs: int) -> None:
     import numpy as np
 
-    from edgekit.backends import get_backend
+    from edgekit.formats import get_format
 
-    backend = get_backend("executorch")
+    backend = get_format("executorch")
     runners = [backend.load(r["dir"] / r["file"], threads=threads) for r in rows]
     x = np.random.default_rng(0).standard_normal(_input_shape(rows[0])).astype(np.float32)
     samples = [[] for _ in rows]

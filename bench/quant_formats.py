@@ -36,10 +36,10 @@ def bench_app(app: Path, out: Path, threads: int, warmup: int, runs: int) -> lis
     import torch
 
     from edgekit import api
-    from edgekit.app import build_module, load_app
-    from edgekit.backends import get_backend
+    from edgekit.model.app import build_module, load_app
+    from edgekit.formats import get_format
 
-    manifest = api.build(app, formats=("all",), out=out)
+    manifest = api.build(app, "rpi4", api.recipe(formats=("all",)), out=out)
     torch.set_num_threads(threads)
     x = np.load(app / "eval.npz")["x"][:1]
     model = build_module(load_app(app))
@@ -47,7 +47,7 @@ def bench_app(app: Path, out: Path, threads: int, warmup: int, runs: int) -> lis
         eager = median_ms(lambda: model(torch.from_numpy(x)), warmup, runs)
     rows = [(app.name, "float eager (PyTorch)", eager, 1.0, manifest["float"]["bytes"], manifest["metrics"]["accuracy_float"])]
     for fmt, record in manifest["formats"].items():
-        runner = get_backend(fmt).load(out / record["artifact"]["file"], threads=threads)
+        runner = get_format(fmt).load(out / record["artifact"]["file"], threads=threads)
         ms = median_ms(lambda: runner.run([x]), warmup, runs)
         rows.append((app.name, f"{fmt} int8 ({record['backend']})", ms, ms / eager, record["artifact"]["bytes"],
                      record["metrics"]["accuracy_artifact"]))

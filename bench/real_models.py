@@ -4,7 +4,7 @@ EfficientNet-Lite0 with its ImageNet weights on photo crops, and all-MiniLM-L6-v
 real sentences (sample_apps/efficientnet_lite0, sample_apps/minilm: weights from
 registry packages, data from their data.py). For each model, in one run:
 
-    edgekit           `edgekit.api.build(app, formats=("all",))`: .pte, .onnx (and .ptl where
+    edgekit           `edgekit build APP --format all`: .pte, .onnx (and .ptl, .tflite where
                       it can), with the quality gate's verdict
     tutorial          ExecuTorch's PT2E + XNNPACK flow as its tutorial writes it
     ort static        onnxruntime quantize_static with only its required arguments
@@ -73,10 +73,10 @@ def _timed(path: Candidate, build) -> Candidate:
 
 
 def _ort_runner(artifact: Path):
-    from edgekit.backends import onnx_qdq
+    from edgekit.formats import onnx as onnx_format
 
     def factory(threads: int):
-        session = onnx_qdq.load(artifact, threads=threads)
+        session = onnx_format.load(artifact, threads=threads)
         return lambda arrays: session.run(arrays)
 
     return factory
@@ -89,16 +89,16 @@ def _judging_runner(artifact: Path, timed):
     timed session otherwise."""
     if artifact.suffix != ".onnx":
         return timed
-    from edgekit.backends import onnx_qdq
+    from edgekit.formats import onnx as onnx_format
 
-    return onnx_qdq.load_for_validation(artifact).run
+    return onnx_format.load_for_validation(artifact).run
 
 
 def _pte_runner(artifact: Path):
-    from edgekit.backends import executorch_xnnpack
+    from edgekit.formats import executorch as executorch_format
 
     def factory(threads: int):
-        method = executorch_xnnpack.load(artifact, threads=threads)
+        method = executorch_format.load(artifact, threads=threads)
         return lambda arrays: method.run(arrays)
 
     return factory
@@ -106,13 +106,14 @@ def _pte_runner(artifact: Path):
 
 def _edgekit(model: RealModel, calib: Path, evaluation: Path, work: Path) -> list[Candidate]:
     from edgekit import api
-    from edgekit.backends import get_backend
+    from edgekit.formats import get_format
     from edgekit.errors import BuildGateFailed
 
     out = work / "edgekit"
     start = time.perf_counter()
     try:
-        manifest = api.build(APPS / model.app, calib=calib, eval=evaluation, formats=("all",), target="rpi5", out=out)
+        manifest = api.build(api.source(APPS / model.app, calib=calib, eval=evaluation), "rpi5",
+                             api.recipe(formats=("all",)), out=out)
     except BuildGateFailed as e:  # the artifacts are written, marked: measured like the others
         manifest = e.manifest
     except Exception as e:  # noqa: BLE001
@@ -123,7 +124,7 @@ def _edgekit(model: RealModel, calib: Path, evaluation: Path, work: Path) -> lis
         artifact = out / record["artifact"]["file"]
         p = Candidate(f"edgekit_{fmt}", f"edgekit {artifact.suffix}", artifact, seconds=seconds,
                   gate="✓" if record["gate"]["passed"] else "✗")
-        backend = get_backend(fmt)
+        backend = get_format(fmt)
         p.run_factory = lambda threads, b=backend, a=artifact: b.load(a, threads=threads).run
         paths.append(p)
     for fmt, why in (manifest.get("skipped_formats") or {}).items():
@@ -236,7 +237,7 @@ def _batches(path: Path, names) -> list[tuple]:
 def bench_real(model: RealModel, work: Path, runs: int, warmup: int, say) -> list[dict]:
     import torch
 
-    from edgekit.app import build_module, load_app
+    from edgekit.model.app import build_module, load_app
     from edgekit.compare import GATES, all_outputs, compare_runs, summary
 
     work.mkdir(parents=True, exist_ok=True)

@@ -10,6 +10,7 @@ import json
 import os
 import sys
 import traceback
+from pathlib import Path
 
 import click
 
@@ -34,91 +35,134 @@ def cli(debug: bool) -> None:
         os.environ[_DEBUG_ENV] = "1"
 
 
-_FORMAT_CHOICES = ("executorch", "torchscript-lite", "onnx", "all")
+_FORMAT_CHOICES = ("executorch", "torchscript-lite", "onnx", "litert", "all")
 
 
-def build_options(command):
-    """Options shared by `build` and `quantize`, defined once."""
-    options = [
-        click.argument("app_dir", required=False, type=click.Path(file_okay=False)),
-        click.option("-t", "--target", default="rpi4", show_default=True, help="Target profile name (see `edgekit targets`) or a .toml path."),
-        click.option("--model", metavar="MODULE:FACTORY", help="Your own model, without an app dir: a factory returning an nn.Module."),
-        click.option("--input-shape", metavar="SHAPE", help="Shape of the one float input, batch first: 1,3,32,32."),
-        click.option("--input", "inputs", multiple=True, metavar="NAME:SHAPE[:DTYPE]", help="One per input, e.g. input_ids:1x128:int64 (repeatable)."),
-        click.option("--weights", type=click.Path(dir_okay=False), help="state_dict file (loaded with weights_only=True)."),
-        click.option("--calib", type=click.Path(dir_okay=False), help="Calibration .npz: one array per input (or x)."),
-        click.option("--eval", "eval_", type=click.Path(dir_okay=False),
-                     help="Held-out .npz: real inputs, optionally integer labels y (accuracy)."),
-        click.option("-f", "--format", "formats", multiple=True, type=click.Choice(_FORMAT_CHOICES),
-                     help="Export format (repeatable); `all` builds every one. [default: the target's]"),
-        click.option("--quant", type=click.Choice(("static", "dynamic", "fp16")), default="static", show_default=True,
-                     help="static int8, dynamic int8 (Linear/LSTM-heavy models), or fp16 (targets with fp16)."),
-        click.option("--calibration", type=click.Choice(("minmax", "histogram", "percentile", "entropy")),
-                     help="How activation ranges are chosen. [default: each backend's own]"),
-        click.option("--calib-samples", type=int, metavar="N", help="Use only the first N calibration samples."),
-        click.option("--per-tensor", is_flag=True, help="Per-tensor weight scales instead of per-channel (to compare)."),
-        click.option("--max-accuracy-drop", type=float, metavar="POINTS",
-                     help="Gate: fail (exit 3) if int8 loses more accuracy; first keeps sensitive layers float."),
-        click.option("--min-cosine", type=float, metavar="C",
-                     help="Gate: every output's mean cosine similarity to float must reach C. [default: 0.99; fp16 0.999]"),
-        click.option("--min-agreement", type=float, metavar="PERCENT",
-                     help="Gate: top-1 agreement with float on class scores (clear-cut samples). [default: 95; fp16 99]"),
-        click.option("--task", type=click.Choice(("auto", "classification", "embedding", "regression")),
-                     help="What the output is: class scores get the top-1 check. [default: the app's, else auto: 2-D outputs]"),
-        click.option("--no-fallback", is_flag=True, help="With --max-accuracy-drop: only check, don't keep layers float."),
-        click.option("--sensitivity", is_flag=True, help="Rank layers by how much quantizing each alone hurts."),
-        click.option("--train", type=click.Path(dir_okay=False), help="Training .npz (inputs, labels y) for --distill / taylor pruning."),
-        click.option("--prune", type=float, metavar="RATIO", help="Channel pruning: remove this fraction of channels (DepGraph; rounded to the target's multiple)."),
-        click.option("--prune-macs", type=float, metavar="FRACTION", help="Channel pruning until at most this fraction of the MACs is left."),
-        click.option("--prune-importance", type=click.Choice(("l1", "l2", "taylor", "bn-scale")), default="l2", show_default=True,
-                     help="How channels are ranked."),
-        click.option("--prune-global", is_flag=True, help="Rank channels across layers (uneven widths) instead of per layer."),
-        click.option("--distill", is_flag=True, help="Recover accuracy by distillation from the model as loaded (needs --train or data.train)."),
-        click.option("--distill-epochs", type=int, metavar="N", help="Distillation epochs (early stop on --eval). [default: 20]"),
-        click.option("--nproc", type=int, default=1, show_default=True, help="Distillation processes (DDP via torchrun)."),
-        click.option("--lowrank", type=float, metavar="FRACTION", help="SVD-factorise Linear/1x1 Conv layers, keeping this fraction of the rank (where it saves MACs)."),
-        click.option("--lowrank-energy", type=float, metavar="E", help="Instead of --lowrank: the smallest rank keeping this share of sum(s^2)."),
-        click.option("--sparsity", type=float, metavar="S", help="Zero this fraction of each layer's weights (L1); shrinks the zipped artifact, not latency."),
-        click.option("-o", "--out", type=click.Path(file_okay=False), help="Build directory [default: build/<name>-<target>]."),
-        click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON instead of the summary table."),
-    ]
-    for option in reversed(options):
-        command = option(command)
-    return command
+def _options(*options):
+    """A group of click options applied as one decorator: each group is defined once."""
+    def apply(command):
+        for option in reversed(options):
+            command = option(command)
+        return command
+    return apply
 
 
-def _run_build(app_dir, as_json, eval_, per_tensor, no_fallback, distill, distill_epochs, **options) -> None:
+# What to build: an app directory, or your own model with its inputs and data files.
+source_options = _options(
+    click.argument("app_dir", required=False, type=click.Path(file_okay=False)),
+    click.option("--model", metavar="MODULE:FACTORY", help="Your own model, without an app dir: a factory returning an nn.Module."),
+    click.option("--input-shape", metavar="SHAPE", help="Shape of the one float input, batch first: 1,3,32,32."),
+    click.option("--input", "inputs", multiple=True, metavar="NAME:SHAPE[:DTYPE]", help="One per input, e.g. input_ids:1x128:int64 (repeatable)."),
+    click.option("--weights", type=click.Path(dir_okay=False), help="state_dict file (loaded with weights_only=True)."),
+    click.option("--calib", type=click.Path(dir_okay=False), help="Calibration .npz: one array per input (or x)."),
+    click.option("--eval", "eval_", type=click.Path(dir_okay=False),
+                 help="Held-out .npz: real inputs, optionally integer labels y (accuracy)."),
+    click.option("--train", type=click.Path(dir_okay=False), help="Training .npz (inputs, labels y) for --distill / taylor pruning."),
+)
+
+# How to build: the recipe (edgekit/recipe.py). Unset options leave the --recipe file's (or the app's) values.
+recipe_options = _options(
+    click.option("--recipe", "recipe_file", type=click.Path(dir_okay=False),
+                 help="A build recipe: a TOML file with a [recipe] table, or a build's manifest.json to replay it."),
+    click.option("-f", "--format", "formats", multiple=True, type=click.Choice(_FORMAT_CHOICES),
+                 help="Export format (repeatable); `all` builds every one. [default: the target's]"),
+    click.option("--quant", type=click.Choice(("static", "dynamic", "fp16")),
+                 help="static int8 (default), dynamic int8 (Linear/LSTM-heavy models), or fp16 (targets with fp16)."),
+    click.option("--calibration", type=click.Choice(("minmax", "histogram", "percentile", "entropy")),
+                 help="How activation ranges are chosen. [default: each format's own]"),
+    click.option("--calib-samples", type=int, metavar="N", help="Use only the first N calibration samples."),
+    click.option("--per-tensor", is_flag=True, default=None, help="Per-tensor weight scales instead of per-channel (to compare)."),
+    click.option("--max-accuracy-drop", type=float, metavar="POINTS",
+                 help="Gate: fail (exit 3) if int8 loses more accuracy; first keeps sensitive layers float."),
+    click.option("--min-cosine", type=float, metavar="C",
+                 help="Gate: mean cosine similarity to float for every output. [default: 0.99, class scores 0.95; fp16 0.999]"),
+    click.option("--min-agreement", type=float, metavar="PERCENT",
+                 help="Gate: top-1 agreement with float on class scores (clear-cut samples). [default: 95; fp16 99]"),
+    click.option("--task", type=click.Choice(("auto", "classification", "embedding", "regression")),
+                 help="What the output is: class scores get the top-1 check. [default: the app's, else auto: 2-D outputs]"),
+    click.option("--no-fallback", is_flag=True, default=None, help="With --max-accuracy-drop: only check, don't keep layers float."),
+    click.option("--sensitivity", is_flag=True, default=None, help="Rank layers by how much quantizing each alone hurts."),
+    click.option("--prune", type=float, metavar="RATIO", help="Channel pruning: remove this fraction of channels (DepGraph; rounded to the target's multiple)."),
+    click.option("--prune-macs", type=float, metavar="FRACTION", help="Channel pruning until at most this fraction of the MACs is left."),
+    click.option("--prune-importance", type=click.Choice(("l1", "l2", "taylor", "bn-scale")),
+                 help="How channels are ranked. [default: l2]"),
+    click.option("--prune-global", is_flag=True, default=None, help="Rank channels across layers (uneven widths) instead of per layer."),
+    click.option("--distill", is_flag=True, default=None, help="Recover accuracy by distillation from the model as loaded (needs --train or data.train)."),
+    click.option("--distill-epochs", type=int, metavar="N", help="Distillation epochs (early stop on --eval). [default: 20]"),
+    click.option("--nproc", type=int, help="Distillation processes (DDP via torchrun). [default: 1]"),
+    click.option("--lowrank", type=float, metavar="FRACTION", help="SVD-factorise Linear/1x1 Conv layers, keeping this fraction of the rank (where it saves MACs)."),
+    click.option("--lowrank-energy", type=float, metavar="E", help="Instead of --lowrank: the smallest rank keeping this share of sum(s^2)."),
+    click.option("--sparsity", type=float, metavar="S", help="Zero this fraction of each layer's weights (L1); shrinks the zipped artifact, not latency."),
+)
+
+output_options = _options(
+    click.option("-t", "--target", help="Target profile name (see `edgekit targets`) or a .toml path. [default: rpi4]"),
+    click.option("-o", "--out", type=click.Path(file_okay=False), help="Build directory [default: build/<name>-<target>]."),
+    click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON instead of the summary table."),
+)
+
+
+def _source_of(app_dir, model, input_shape, inputs, weights, calib, eval_, train, replay: dict | None = None):
+    """The model spec from the source options; replaying a manifest without one rebuilds its model."""
     from edgekit import api
 
-    if distill and distill_epochs is not None:
-        from edgekit.stages.distill import DistillConfig
+    if app_dir is None and model is None and replay is not None:
+        recorded = replay["model"]
+        if recorded.get("source", "options") != "options":
+            app_dir = str(Path(recorded["source"]).parent)
+        else:
+            model = recorded["factory"]
+            inputs = tuple(f"{i['name']}:{'x'.join(map(str, i['shape']))}:{i['dtype']}" for i in recorded["inputs"])
+            data = recorded.get("data") or {}
+            weights, calib = weights or recorded.get("weights"), calib or data.get("calib")
+            eval_, train = eval_ or data.get("eval"), train or data.get("train")
+    return api.source(app_dir, model=model, input_shape=input_shape, inputs=inputs, weights=weights, calib=calib,
+                      eval=eval_, train=train)
 
-        distill = DistillConfig(epochs=distill_epochs)
-    options["distill"] = distill
 
-    # Progress goes to stderr, so --json stdout stays clean.
+def _run_build(app_dir, model, input_shape, inputs, weights, calib, eval_, train, target, out, as_json, **recipe) -> None:
+    from edgekit import api
     from edgekit.errors import BuildGateFailed
 
+    replay = _replayed_manifest(recipe.get("recipe_file"))
+    spec = _source_of(app_dir, model, input_shape, inputs, weights, calib, eval_, train, replay)
+    from edgekit.recipe import app_recipe, recipe_from_options
+
+    built_recipe = recipe_from_options(app_recipe(spec), **recipe)
+    target = target or (replay or {}).get("target") or "rpi4"
+    # Progress goes to stderr, so --json stdout stays clean.
     try:
-        manifest = api.build(app_dir, eval=eval_, per_channel=not per_tensor, fallback=not no_fallback,
-                             show_progress=True, **options)
+        manifest = api.build(spec, target, built_recipe, out=out, progress=True)
     except BuildGateFailed as e:  # the build dir was written: show it, with every artifact's verdict
         _show_build(e.manifest, as_json)
         raise
     _show_build(manifest, as_json)
 
 
+def _replayed_manifest(recipe_file) -> dict | None:
+    """The manifest `--recipe BUILD/manifest.json` names (its model and target are the defaults then)."""
+    if not recipe_file or not str(recipe_file).endswith(".json"):
+        return None
+    try:
+        doc = json.loads(Path(recipe_file).read_text())
+    except (OSError, ValueError):
+        return None  # BuildRecipe.from_file says what is wrong with it
+    return doc if isinstance(doc, dict) and isinstance(doc.get("model"), dict) else None
+
+
 def _show_build(manifest: dict, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(manifest, indent=2))
     else:
-        from edgekit.summary import print_build_summary
+        from edgekit.report.terminal import print_build_summary
 
         print_build_summary(manifest)
 
 
 @cli.command()
-@build_options
+@source_options
+@recipe_options
+@output_options
 def build(**options):
     """Quantize, export and validate a model for a target.
 
@@ -126,12 +170,15 @@ def build(**options):
     edgekit build sample_apps/digits --target rpi4
     edgekit build sample_apps/digits --format all --max-accuracy-drop 0.5
     edgekit build --model mynets:make_net --input-shape 1,3,32,32 --calib calib.npz --eval eval.npz
+    edgekit build --recipe build/digits-rpi4/manifest.json      # the same build again
     """
     _run_build(**options)
 
 
 @cli.command()
-@build_options
+@source_options
+@recipe_options
+@output_options
 def quantize(**options):
     """The same as build; with --sensitivity, also prints the per-layer ranking.
 
@@ -142,13 +189,7 @@ def quantize(**options):
 
 
 @cli.command()
-@click.argument("app_dir", required=False, type=click.Path(file_okay=False))
-@click.option("--model", metavar="MODULE:FACTORY", help="The teacher, without an app dir.")
-@click.option("--input-shape", metavar="SHAPE", help="Shape of the one float input, batch first: 1,3,32,32.")
-@click.option("--input", "inputs", multiple=True, metavar="NAME:SHAPE[:DTYPE]", help="One per input (repeatable).")
-@click.option("--weights", type=click.Path(dir_okay=False), help="The teacher's state_dict.")
-@click.option("--train", type=click.Path(dir_okay=False), help="Training .npz: inputs, and labels y (optional: without, pure distillation).")
-@click.option("--eval", "eval_", type=click.Path(dir_okay=False), help="Held-out .npz with labels y (accuracy, early stop).")
+@source_options
 @click.option("--student", metavar="MODULE:FACTORY", help="The student's factory (a smaller model).")
 @click.option("--student-weights", type=click.Path(dir_okay=False), help="The student's starting state_dict.")
 @click.option("--prune", type=float, metavar="RATIO", help="Instead of --student: the teacher with this fraction of channels pruned.")
@@ -165,7 +206,8 @@ def quantize(**options):
 @click.option("--nproc", type=int, default=1, show_default=True, help="Processes: > 1 runs DDP through torchrun (gloo on CPU, nccl on GPUs).")
 @click.option("-o", "--out", type=click.Path(file_okay=False), help="Output directory [default: build/<name>-distilled].")
 @click.option("--json", "as_json", is_flag=True, help="Print the result record as JSON.")
-def distill(app_dir, eval_, as_json, epochs, batch_size, lr, temperature, alpha, feature_weight, features, patience, seed, **options):
+def distill(app_dir, model, input_shape, inputs, weights, calib, eval_, train, student, student_weights, prune, target,
+            nproc, out, as_json, **training):
     """Train a smaller student from a teacher (logit + feature distillation).
 
     \b
@@ -173,12 +215,21 @@ def distill(app_dir, eval_, as_json, epochs, batch_size, lr, temperature, alpha,
     edgekit distill sample_apps/digits --prune 0.5 --nproc 2
     edgekit distill --model nets:big --weights big.pt --input-shape 1,3,32,32 --student nets:small --train train.npz --eval eval.npz
     """
-    from edgekit import api
-    from edgekit.stages.distill import DistillConfig
+    import dataclasses
 
-    cfg = DistillConfig(epochs=epochs, batch_size=batch_size, lr=lr, temperature=temperature, alpha=alpha,
-                        feature_weight=feature_weight, features=tuple(features), patience=patience, seed=seed)
-    record = api.distill(app_dir, eval=eval_, config=cfg, show_progress=True, **options)
+    from edgekit import api
+    from edgekit.stages.options import StageOptions
+    from edgekit.stages.prune import PruneConfig
+    from edgekit.train.distill import DistillConfig
+
+    spec = api.source(app_dir, model=model, input_shape=input_shape, inputs=inputs, weights=weights, calib=calib,
+                      eval=eval_, train=train)
+    student_spec = dataclasses.replace(spec, factory=student, weights=Path(student_weights).resolve() if student_weights else None,
+                                       from_app=spec.from_app - {"weights"}) if student else None
+    training["features"] = tuple(training["features"])
+    stages = StageOptions(prune=PruneConfig(ratio=prune) if prune is not None else None,
+                          distill=DistillConfig(**training), nproc=nproc)
+    record = api.distill(spec, target, stages, student=student_spec, out=out, progress=True)
     if as_json:
         click.echo(json.dumps(record, indent=2))
         return
@@ -193,7 +244,7 @@ def distill(app_dir, eval_, as_json, epochs, batch_size, lr, temperature, alpha,
 def targets(ctx):
     """List the target profiles (`edgekit targets show NAME` for one)."""
     if ctx.invoked_subcommand is None:
-        from edgekit.summary import print_targets
+        from edgekit.report.terminal import print_targets
         from edgekit.target import list_targets
 
         print_targets(list_targets())
@@ -203,7 +254,7 @@ def targets(ctx):
 @click.argument("name")
 def targets_show(name):
     """Print one target profile."""
-    from edgekit.summary import print_target
+    from edgekit.report.terminal import print_target
     from edgekit.target import load_target
 
     print_target(load_target(name))
@@ -211,6 +262,10 @@ def targets_show(name):
 
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: maps errors to the documented exit codes."""
+    if not (os.environ.get(_DEBUG_ENV) or "--debug" in (argv if argv is not None else sys.argv[1:])):
+        # torch's C++ warnings (a deprecation per quantized op, cpuinfo probes) are not the user's to act
+        # on; read by c10 when torch loads, so set before any command imports it. --debug shows them.
+        os.environ.setdefault("TORCH_CPP_LOG_LEVEL", "ERROR")
     try:
         # Without standalone mode click returns --help/--version's exit code
         # instead of exiting, and lets our own errors through to be mapped here.
@@ -334,7 +389,7 @@ def _progress_line(record: dict) -> None:
 
 
 def _show_runs(records: list, as_json: bool) -> None:
-    from edgekit.report.table import print_runs
+    from edgekit.report.terminal import print_runs
 
     if as_json:
         click.echo(json.dumps(records, indent=2))
@@ -370,7 +425,7 @@ def bench(build_dir, python, as_json, format_, **bench_settings):
 def report(build_dir, as_json, no_html):
     """Accuracy, size, stages and latency of a build: tables, and BUILD/report.html."""
     from edgekit import api
-    from edgekit.report.table import print_report
+    from edgekit.report.terminal import print_report
 
     data = api.report(build_dir, html=not no_html)
     if as_json:
@@ -395,11 +450,9 @@ def emulator_build(mirror, rebuild):
     Needs root, binfmt_misc and Debian's qemu-user-static, qemu-user, debootstrap, g++-aarch64-linux-gnu
     and zstd. The first build takes several minutes; later ones restore the cached archive in seconds.
     """
-    from edgekit.emulator.paths import EmulatorPaths
-    from edgekit.emulator.setup import build as build_emulator
-    from edgekit.progress import Steps
+    from edgekit import api
 
-    doc = build_emulator(EmulatorPaths.default(), Steps(), mirror=mirror, rebuild=rebuild)
+    doc = api.emulator_build(mirror=mirror, rebuild=rebuild)
     click.echo(f"emulator ready: {doc['rootfs']} ({doc['qemu']}); runner {doc['runner']}")
 
 
@@ -407,10 +460,9 @@ def emulator_build(mirror, rebuild):
 @click.option("--json", "as_json", is_flag=True)
 def emulator_status(as_json):
     """Whether the emulator is built, where, and with which runtimes (exit 2 when it is not)."""
-    from edgekit.emulator.paths import EmulatorPaths
-    from edgekit.emulator.setup import require_ready
+    from edgekit import api
 
-    doc = require_ready(EmulatorPaths.default())
+    doc = api.emulator_status()
     click.echo(json.dumps(doc, indent=2) if as_json else
                "\n".join(f"{k:9} {v if not isinstance(v, dict) else ', '.join(f'{a} {b}' for a, b in v.items())}" for k, v in doc.items()))
 
@@ -427,27 +479,17 @@ def emulator_board(target, port, authorized_key, state):
     Then: make deploy DEVICE=root@127.0.0.1:PORT BUILD=build/digits-rpi4. Its timings are emulated and are
     marked so in the records and the report: they are not latency.
     """
-    import tempfile
     from pathlib import Path
 
-    from edgekit.emulator.board import Board
-    from edgekit.emulator.check import qemu_cpu_of
-    from edgekit.emulator.paths import EmulatorPaths
-    from edgekit.emulator.setup import require_ready
-    from edgekit.target import load_target
+    from edgekit import api
 
-    paths = EmulatorPaths.default()
-    require_ready(paths)
-    cpu = qemu_cpu_of(load_target(target))
-    with tempfile.TemporaryDirectory(prefix="edgekit-board-") as tmp:
-        board = Board(paths, cpu, Path(state or tmp), port, Path(authorized_key).read_text())
-        with board:
-            click.echo(f"emulated {target} ({cpu}) listening: ssh -p {port} root@127.0.0.1   host key:\n"
-                       f"[127.0.0.1]:{port} {board.host_public_key()}\nCtrl-C stops it.")
-            try:
-                board.proc.wait()
-            except KeyboardInterrupt:
-                pass
+    with api.emulator_board(target, port=port, authorized_key=Path(authorized_key).read_text(), state=state) as board:
+        click.echo(f"emulated {target} ({board.qemu_cpu}) listening: ssh -p {port} root@127.0.0.1   host key:\n"
+                   f"[127.0.0.1]:{port} {board.host_public_key()}\nCtrl-C stops it.")
+        try:
+            board.proc.wait()
+        except KeyboardInterrupt:
+            pass
 
 
 @cli.command()

@@ -25,6 +25,7 @@ import threading
 from importlib import metadata
 from pathlib import Path
 
+from edgekit import __version__
 from edgekit.errors import UsageError
 
 MANIFEST = "manifest.json"
@@ -45,7 +46,6 @@ def sha256_bytes(data: bytes) -> str:
 
 def versions() -> dict:
     """Versions of what made the artifact: needed to reproduce or explain a result."""
-    from edgekit import __version__
 
     found = {"edgekit": __version__, "python": platform.python_version()}
     for dist in ("torch", "executorch", "torchao", "onnx", "onnxruntime"):

@@ -24,7 +24,14 @@ class Steps:
     @contextlib.contextmanager
     def step(self, stage: str, config: dict | None = None, label: str | None = None) -> Iterator[dict]:
         """Run one stage; the caller may add facts (e.g. an output digest) to the record."""
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            SpinnerColumn,
+            TextColumn,
+            TimeElapsedColumn,
+        )
 
         record = {"stage": stage, "config": config or {}}
         start = time.perf_counter()
@@ -60,4 +67,6 @@ class Steps:
 
     def console_warning(self, message: str) -> None:
         """Shown only (the manifest already holds it)."""
-        self.console.print(f"[bold yellow]warning:[/] {message}")
+        from rich.markup import escape
+
+        self.console.print(f"[bold yellow]warning:[/] {escape(message)}")

@@ -13,6 +13,10 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 DIGITS_APP = REPO / "sample_apps" / "digits"
 
+# Every build in the suite quantizes and exports for real: a step reused from the user's cache would
+# make a test's result depend on what ran before it. The cache's own tests turn it on, in a temp dir.
+os.environ["EDGEKIT_STEP_CACHE"] = "off"
+
 
 def run_edgekit(*args: str, cwd: Path | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
     """`python -m edgekit ARGS` in a child process: exit codes and output as a user sees them."""
@@ -21,6 +25,17 @@ def run_edgekit(*args: str, cwd: Path | None = None, timeout: float = 300) -> su
         [sys.executable, "-m", "edgekit", *args],
         cwd=cwd or REPO, env=env, capture_output=True, text=True, timeout=timeout,
     )
+
+
+def require_litert() -> None:
+    """Skip without the litert extra, except in CI: there `make install` installs it, so its absence is a failure."""
+    from edgekit.formats import get_format
+
+    why = get_format("litert").available()
+    if why is not None:
+        if os.environ.get("CI"):
+            pytest.fail(f"litert: {why}: CI installs the litert extra, its tests must run")
+        pytest.skip(f"litert: {why} (pip install 'edgekit[litert]'; make install installs it)")
 
 
 @pytest.fixture(scope="session")

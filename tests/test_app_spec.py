@@ -16,9 +16,9 @@ import pytest
 import torch
 from torch import nn
 
-from edgekit.app import APP_FILE, ModelSpec, build_module, load_app
+from edgekit.model.app import APP_FILE, ModelSpec, build_module, load_app
 from edgekit.errors import UsageError
-from edgekit.spec import InputSpec
+from edgekit.model.spec import InputSpec
 
 REPO = Path(__file__).resolve().parent.parent
 DIGITS = REPO / "sample_apps" / "digits"

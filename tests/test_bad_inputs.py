@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import DIGITS_APP, REPO
+from conftest import DIGITS_APP
 
 NET = "from torch import nn\ndef make():\n    return nn.Sequential(nn.Flatten(), nn.Linear(12, 3))\n"
 NAN_NET = textwrap.dedent("""

@@ -63,7 +63,7 @@ def test_pte_runs_in_the_executorch_runtime_and_agrees_with_float(digits_build, 
     """Independently of the build's own validation: load, run, compare with the float model."""
     from executorch.runtime import Runtime
 
-    from edgekit.app import build_module, load_app
+    from edgekit.model.app import build_module, load_app
 
     method = Runtime.get().load_program(str(digits_build["dir"] / "model.pte")).load_method("forward")
     model = build_module(load_app(digits_app))
@@ -102,7 +102,7 @@ def test_rebuild_replaces_the_previous_build(digits_build, run_cli, tmp_path):
 
 def test_summary_table_says_what_the_demo_promises(digits_build, capsys):
     """`make demo` ends with float vs int8 accuracy, sizes, the artifact path, lint and the prediction."""
-    from edgekit.summary import print_build_summary
+    from edgekit.report.terminal import print_build_summary
 
     print_build_summary(digits_build["manifest"] | {"build_dir": "build/digits-rpi4"})
     out = capsys.readouterr().out

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from edgekit.builddir import staged_build_dir
+from edgekit.build.builddir import staged_build_dir
 from edgekit.errors import UsageError
 
 

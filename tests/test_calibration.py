@@ -20,7 +20,7 @@ def calibrated(tmp_path_factory, digits_app):
     """One build per (format, method) on the digits sample, 32 calibration images each."""
     root = tmp_path_factory.mktemp("calib")
     return {
-        (fmt, method): api.build(digits_app, formats=(fmt,), calibration=method, calib_samples=32,
+        (fmt, method): api.build(digits_app, "rpi4", api.recipe(formats=(fmt,), calibration=method, calib_samples=32),
                                  out=root / f"{fmt}-{method}")
         for fmt, method in SUPPORTED
     }
@@ -56,8 +56,8 @@ def test_clipping_calibrators_survive_a_glitch_that_ruins_minmax(digits_app, gli
     acc, passed = {}, {}
     for method in ("minmax", "entropy", "percentile"):
         try:
-            manifest = api.build(digits_app, calib=glitched_calib, formats=("onnx",), calibration=method,
-                                 out=tmp_path / method)
+            manifest = api.build(api.source(digits_app, calib=glitched_calib), "rpi4",
+                                 api.recipe(formats=("onnx",), calibration=method), out=tmp_path / method)
         except BuildGateFailed as e:
             manifest = e.manifest
         acc[method], passed[method] = manifest["metrics"]["accuracy_artifact"], manifest["formats"]["onnx"]["gate"]["passed"]

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from edgekit.emulate import cost
+from edgekit.validate import cost
 from edgekit.target import load_target
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "cost_model.md"

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from edgekit.data import Dataset, batches, example_inputs, load_npz, random_dataset
+from edgekit.model.data import Dataset, batches, example_inputs, load_npz, random_dataset
 from edgekit.errors import UsageError
-from edgekit.spec import InputSpec
+from edgekit.model.spec import InputSpec
 
 REPO = Path(__file__).resolve().parent.parent
 DIGITS = REPO / "sample_apps" / "digits"

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import pytest
 
+from edgekit.formats import get_format
 from edgekit.deploy.native import (
     TOOLS,
     parse_benchmark_model,
@@ -126,13 +127,13 @@ def test_unrecognised_output_is_an_error_not_zeros(parse):
 def test_native_runner_kind_and_artifact_type(tmp_path):
     binary = tmp_path / "benchmark_model_android_arm64"
     binary.write_text("")
-    tool, path = resolve_native_runner(str(binary), ".tflite")
+    tool, path = resolve_native_runner(str(binary), get_format("litert"))
     assert tool is TOOLS["benchmark_model"] and path == binary
     assert split_native_runner("onnxruntime_perf_test=/opt/a=b") == ("onnxruntime_perf_test", "/opt/a=b")
-    with pytest.raises(UsageError, match="runs .tflite files"):
-        resolve_native_runner(str(binary), ".pte")
+    with pytest.raises(UsageError, match="runs litert artifacts, this build's is executorch"):
+        resolve_native_runner(str(binary), get_format("executorch"))
     with pytest.raises(UsageError, match="cannot tell which tool"):
-        resolve_native_runner(str(tmp_path / "mybench"), ".pte")
+        resolve_native_runner(str(tmp_path / "mybench"), get_format("executorch"))
 
 
 # --- edgekit-et-runner (the one native tool we build: its real output is tested under
@@ -157,12 +158,12 @@ def test_edgekit_runner_json_is_read_past_the_runtimes_log_lines():
 def test_edgekit_runner_by_name_needs_make_emulator(tmp_path, monkeypatch):
     monkeypatch.setenv("EDGEKIT_CACHE_DIR", str(tmp_path))
     with pytest.raises(UsageError, match="make emulator"):
-        resolve_native_runner("edgekit-et-runner", ".pte")
+        resolve_native_runner("edgekit-et-runner", get_format("executorch"))
     runner = tmp_path / "emulator" / "bookworm-arm64" / "native" / "edgekit-et-runner"
     runner.parent.mkdir(parents=True)
     runner.write_text("")
     (runner.parent / "libexecutorch.so").write_text("")
-    tool, path = resolve_native_runner("edgekit-et-runner", ".pte")
+    tool, path = resolve_native_runner("edgekit-et-runner", get_format("executorch"))
     assert path == runner and [p.name for p in tool.companions(path)] == ["libexecutorch.so"]
 
 

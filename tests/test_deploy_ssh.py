@@ -82,7 +82,7 @@ def test_make_deploy_benchmarks_a_build_on_the_ssh_device(ssh_device, build_copy
     on_device = device_root / slug
     assert hashlib.sha256((on_device / "model.pte").read_bytes()).hexdigest() == manifest["artifact"]["sha256"]
     assert (on_device / "runner.py").read_bytes() == RUNNER_PATH.read_bytes()
-    assert json.loads((on_device / "inputs.json").read_text()) == {"inputs": manifest["model"]["inputs"]}
+    assert json.loads((on_device / "inputs.json").read_text()) == {"inputs": manifest["model"]["inputs"], "runtime": "executorch"}
 
 
 def test_fleet_deploys_in_parallel_and_reports_each_device(ssh_device, build_copy, tmp_path, run_cli):

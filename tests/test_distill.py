@@ -9,7 +9,9 @@ import torch
 from torch import nn
 
 from edgekit.errors import UsageError
-from edgekit.stages.distill import DistillConfig, make_trainable
+from edgekit.stages.options import StageOptions
+from edgekit.stages.prune import PruneConfig
+from edgekit.train.distill import DistillConfig, make_trainable
 
 
 class _Net(nn.Module):
@@ -53,8 +55,8 @@ def test_two_ddp_processes_match_one_process(digits_app, tmp_path):
     from edgekit import api
 
     cfg = DistillConfig(epochs=5, patience=5)
-    one = api.distill(digits_app, prune=0.5, config=cfg, nproc=1, out=tmp_path / "one")
-    two = api.distill(digits_app, prune=0.5, config=cfg, nproc=2, out=tmp_path / "two")
+    one = api.distill(digits_app, "rpi4", StageOptions(prune=PruneConfig(ratio=0.5), distill=cfg, nproc=1), out=tmp_path / "one")
+    two = api.distill(digits_app, "rpi4", StageOptions(prune=PruneConfig(ratio=0.5), distill=cfg, nproc=2), out=tmp_path / "two")
     assert two["processes"] == 2 and two["backend"] == "gloo"
     assert one["processes"] == 1
     assert len(two["history"]) == len(one["history"]) == 5

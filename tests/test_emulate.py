@@ -14,6 +14,7 @@ import subprocess
 import numpy as np
 import pytest
 
+from conftest import require_litert
 from emulator_fixture import require_emulator
 
 
@@ -84,7 +85,7 @@ def test_validate_emulate_runs_the_pte_on_the_emulated_core(build_copy, run_cli)
 
 @pytest.mark.emulator
 def test_instruction_counts_are_deterministic(digits_build, tmp_path):
-    from edgekit.emulator.check import EmulatedCore, run_pte
+    from edgekit.emulator.check import EmulatedCore, run_native_pte
 
     paths = require_emulator()
     sample = [[np.full((1, 1, 8, 8), 0.5, np.float32)]]
@@ -92,7 +93,7 @@ def test_instruction_counts_are_deterministic(digits_build, tmp_path):
     for i in range(2):
         work = tmp_path / str(i)
         work.mkdir()
-        out, count, _ = run_pte(EmulatedCore(paths, "cortex-a72", work), digits_build["dir"] / "model.pte", sample, "m")
+        out, count, _ = run_native_pte(EmulatedCore(paths, "cortex-a72", work), digits_build["dir"] / "model.pte", sample, "m")
         counts.append(count)
         outputs.append(out[0][0])
     assert counts[0] == counts[1] > 0
@@ -109,6 +110,20 @@ def test_validate_emulate_onnx_in_the_guest_onnxruntime(run_cli, digits_app, tmp
     emulated = json.loads(proc.stdout)["formats"]["onnx"]["emulated"]
     assert emulated["cpu"] == "cortex-a76" and emulated["outputs"][0]["top1_agreement"] == 100.0
     assert emulated["instructions"] > 100_000 and "float_instructions" not in emulated
+
+
+@pytest.mark.emulator
+def test_validate_emulate_tflite_in_the_guest_ai_edge_litert(run_cli, digits_app, tmp_path):
+    """The aarch64 ai-edge-litert (1.4.0) on an emulated Cortex-A76 computes what the host's 2.3 computed."""
+    require_emulator()
+    require_litert()
+    out = tmp_path / "digits-litert"
+    assert run_cli("build", str(digits_app), "--target", "rpi5", "--format", "litert", "--out", str(out)).returncode == 0
+    proc = run_cli("validate", str(out), "--emulate", "--check", "parity", "--samples", "8", "--json")
+    assert proc.returncode == 0, proc.stderr
+    emulated = json.loads(proc.stdout)["formats"]["litert"]["emulated"]
+    assert emulated["cpu"] == "cortex-a76" and emulated["outputs"][0]["top1_agreement"] == 100.0
+    assert emulated["instructions"] > 10_000
 
 
 @pytest.mark.emulator

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import require_litert
 from emulator_fixture import require_emulator
 from sshd import free_port, keygen
 
@@ -80,6 +81,18 @@ def test_make_deploy_runs_an_onnx_build_in_the_boards_onnxruntime(board, run_cli
     assert proc.returncode == 0, proc.stdout + proc.stderr
     [run] = json.loads((out / "manifest.json").read_text())["device_runs"]
     assert run["runner"] == "python" and run["runtime"] == "onnxruntime" and run["machine"] == "aarch64"
+    assert run["emulated"]["cpu"] == "cortex-a72"
+
+
+def test_make_deploy_runs_a_tflite_build_in_the_boards_ai_edge_litert(board, run_cli, digits_app, tmp_path):
+    """The board's ai-edge-litert is the aarch64 1.4.0 wheel: it reads what the host's converter wrote."""
+    require_litert()
+    out = tmp_path / "digits-litert"
+    assert run_cli("build", str(digits_app), "--target", "rpi4", "--format", "litert", "--out", str(out)).returncode == 0
+    proc = make_deploy(board, out)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    [run] = json.loads((out / "manifest.json").read_text())["device_runs"]
+    assert run["runner"] == "python" and run["runtime"] == "litert" and run["machine"] == "aarch64"
     assert run["emulated"]["cpu"] == "cortex-a72"
 
 

@@ -90,7 +90,7 @@ def _drop(record: dict) -> float:
 
 def test_plain_int8_ruins_the_model(outlier_app, tmp_path):
     with pytest.raises(BuildGateFailed) as err:  # the label-free gate catches it, no budget needed
-        api.build(outlier_app, formats=("executorch",), calibration="minmax", out=tmp_path / "b")
+        api.build(outlier_app, "rpi4", api.recipe(formats=("executorch",), calibration="minmax"), out=tmp_path / "b")
     m = err.value.manifest
     assert not m["formats"]["executorch"]["gate"]["passed"]
     assert m["metrics"]["accuracy_float"] >= 90.0
@@ -100,7 +100,8 @@ def test_plain_int8_ruins_the_model(outlier_app, tmp_path):
 
 @pytest.mark.parametrize("fmt", ["executorch", "onnx", "torchscript-lite"])
 def test_budget_is_met_by_keeping_the_outlier_layer_float(outlier_app, tmp_path, fmt):
-    m = api.build(outlier_app, formats=(fmt,), calibration="minmax", max_accuracy_drop=1.0, out=tmp_path / "b")
+    m = api.build(outlier_app, "rpi4", api.recipe(formats=(fmt,), calibration="minmax", max_accuracy_drop=1.0),
+                  out=tmp_path / "b")
     record = m["formats"][fmt]
     assert _drop(record) <= 1.0
     fallback = record["fallback"]
@@ -126,15 +127,15 @@ def test_no_fallback_fails_the_gate_and_keeps_the_build(outlier_app, tmp_path, r
 
 def test_gate_error_is_raised_from_the_api(outlier_app, tmp_path):
     with pytest.raises(GateError, match="budget"):
-        api.build(outlier_app, formats=("onnx",), calibration="minmax", max_accuracy_drop=1.0, fallback=False,
-                  out=tmp_path / "b")
+        api.build(outlier_app, "rpi4", api.recipe(formats=("onnx",), calibration="minmax", max_accuracy_drop=1.0,
+                                                no_fallback=True), out=tmp_path / "b")
 
 
 def test_budget_needs_labelled_data(outlier_app, tmp_path, monkeypatch):
     monkeypatch.chdir(outlier_app)  # --model imports from the current directory
     with pytest.raises(UsageError, match="labelled evaluation data"):
-        api.build(model="model:make", input_shape="1,65", calib="calib.npz", formats=("onnx",),
-                  max_accuracy_drop=1.0, out=tmp_path / "b")
+        api.build(api.source(model="model:make", input_shape="1,65", calib="calib.npz"), "rpi4",
+                  api.recipe(formats=("onnx",), max_accuracy_drop=1.0), out=tmp_path / "b")
 
 
 def test_fallback_puts_the_best_try_back_on_disk(monkeypatch):
@@ -143,8 +144,8 @@ def test_fallback_puts_the_best_try_back_on_disk(monkeypatch):
     (The build step is scripted here; the real backends are covered above.)"""
     from types import SimpleNamespace
 
-    from edgekit import pipeline
-    from edgekit.backends.base import QuantConfig
+    from edgekit.build import fallback
+    from edgekit.formats.base import QuantConfig
 
     drops = {(): 40.0, ("a",): 3.0, ("a", "b"): 9.0}  # budget 1: never met; best is ("a",)
     built = []
@@ -155,11 +156,11 @@ def test_fallback_puts_the_best_try_back_on_disk(monkeypatch):
         return {"format": "x", "quantization": cfg.to_json(),
                 "metrics": {"accuracy_float": 90.0, "accuracy_artifact": acc}}
 
-    monkeypatch.setattr(pipeline, "_build_format", fake_build)
+    monkeypatch.setattr(fallback, "build_format", fake_build)
     ctx = SimpleNamespace(steps=SimpleNamespace(console=SimpleNamespace(print=lambda *a, **k: None)))
     ranking = [{"layer": "a", "output_sqnr_db": 5.0}, {"layer": "b", "output_sqnr_db": 9.0}]
     first = fake_build(ctx, None, QuantConfig())
-    best = pipeline._fall_back(ctx, None, QuantConfig(), ranking, 1.0, first)
+    best = fallback.fall_back(ctx, None, QuantConfig(), ranking, 1.0, first)
     assert built == [(), ("a",), ("a", "b"), ("a",)]  # the last build is the best one again
     assert best["quantization"]["float_layers"] == ["a"]
     assert best["fallback"]["met"] is False
@@ -168,7 +169,7 @@ def test_fallback_puts_the_best_try_back_on_disk(monkeypatch):
 
 def test_report_shows_the_ranking_and_the_layers_kept_float(outlier_app, tmp_path):
     out = tmp_path / "b"
-    api.build(outlier_app, formats=("onnx",), calibration="minmax", max_accuracy_drop=1.0, out=out)
+    api.build(outlier_app, "rpi4", api.recipe(formats=("onnx",), calibration="minmax", max_accuracy_drop=1.0), out=out)
     data = api.report(out)
     assert data["sensitivity"][0]["layer"] == "embed"
     assert data["fallbacks"] == [{"format": "onnx", "budget_points": 1.0, "met": True,

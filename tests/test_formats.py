@@ -1,4 +1,4 @@
-"""`--format all`: three artifacts per sample, each run in its own real runtime."""
+"""`--format all`: three artifacts per sample (four with the litert extra), each run in its own real runtime."""
 
 from __future__ import annotations
 
@@ -7,21 +7,24 @@ import pytest
 import torch
 
 from edgekit import api
+from edgekit.formats import get_format
 
 APPS = ["digits", "vit_digits"]
 FILES = {"executorch": "model.pte", "torchscript-lite": "model.ptl", "onnx": "model.onnx"}
+if get_format("litert").available() is None:  # the extra is installed: `all` includes it
+    FILES["litert"] = "model.tflite"
 
 
 @pytest.fixture(scope="module", params=APPS)
 def built(request, tmp_path_factory, digits_app):
     app = digits_app.parent / request.param
     out = tmp_path_factory.mktemp("formats") / request.param
-    return {"app": app, "out": out, "manifest": api.build(app, target="rpi4", formats=("all",), out=out)}
+    return {"app": app, "out": out, "manifest": api.build(app, "rpi4", api.recipe(formats=("all",)), out=out)}
 
 
 def test_one_build_dir_holds_three_artifacts(built):
     m = built["manifest"]
-    assert list(m["formats"]) == ["executorch", "torchscript-lite", "onnx"]  # the target's format first
+    assert list(m["formats"]) == list(FILES)  # the target's format first
     assert m["format"] == "executorch" and m["artifact"] == m["formats"]["executorch"]["artifact"]
     for fmt, name in FILES.items():
         record = m["formats"][fmt]
@@ -39,7 +42,8 @@ def test_each_int8_artifact_keeps_accuracy(built):
 
 def test_formats_agree_with_each_other(built):
     pairs = built["manifest"]["cross_agreement"]
-    assert set(pairs) == {"executorch~torchscript-lite", "executorch~onnx", "torchscript-lite~onnx"}
+    names = list(FILES)
+    assert set(pairs) == {f"{a}~{b}" for i, a in enumerate(names) for b in names[i + 1:]}
     assert all(v >= 97.0 for v in pairs.values()), pairs
 
 

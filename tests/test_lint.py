@@ -6,9 +6,9 @@ import pytest
 import torch
 from torch import nn
 
-from edgekit.backends import executorch_xnnpack as et
-from edgekit.emulate.graph import model_work
-from edgekit.emulate.lint import lint
+from edgekit.formats import executorch as et
+from edgekit.validate.graph import model_work
+from edgekit.validate.lint import lint
 
 
 class NotAllXnnpack(nn.Module):

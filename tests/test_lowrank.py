@@ -52,7 +52,7 @@ def test_bad_fraction_names_the_flag():
 def test_a_factorised_model_saves_and_reloads_without_unpickling(tmp_path):
     """float_model.pt records each split (kind, sizes, rank): a fresh model from the factory is split
     the same way and loads the weights with torch.load(weights_only=True); no .pt2 is needed."""
-    from edgekit.stages.saved import load_transformed, save_transformed
+    from edgekit.model.saved import load_transformed, save_transformed
 
     model, x = _low_rank_mlp(), torch.randn(8, 128)
     factorise(model, LowRankConfig(energy=0.999))

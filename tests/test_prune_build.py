@@ -48,11 +48,11 @@ def test_pruned_model_reloads_in_a_fresh_process_and_exports_again(pruned_build,
     out = pruned_build["_out"]
     script = textwrap.dedent(f"""
         import json, numpy as np, torch
-        from edgekit.app import build_module, load_app
-        from edgekit.backends import get_backend
-        from edgekit.backends.base import QuantConfig
-        from edgekit.data import batches, load_npz
-        from edgekit.stages.saved import load_transformed
+        from edgekit.model.app import build_module, load_app
+        from edgekit.formats import get_format
+        from edgekit.formats.base import QuantConfig
+        from edgekit.model.data import batches, load_npz
+        from edgekit.model.saved import load_transformed
 
         spec = load_app({str(digits_app)!r})
         program = torch.export.load({str(out / 'float_model.pt2')!r}).module()
@@ -60,7 +60,7 @@ def test_pruned_model_reloads_in_a_fresh_process_and_exports_again(pruned_build,
         x = torch.from_numpy(np.load({str(digits_app / 'eval.npz')!r})["x"][:16])
         # the program keeps the build's static batch of 1
         same = all(torch.allclose(program(x[i:i + 1]), rebuilt(x[i:i + 1]), atol=1e-5) for i in range(len(x)))
-        backend = get_backend("executorch")
+        backend = get_format("executorch")
         calib = load_npz(spec.calib, spec.inputs, "--calib", need_labels=False).take(32)
         cfg = QuantConfig(input_names=("x",))
         q = backend.quantize(program, (x[:1],), batches(calib, spec.inputs), cfg)

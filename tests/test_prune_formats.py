@@ -9,8 +9,8 @@ import pytest
 def test_pruned_mobilenet_v2_builds_in_every_format(tmp_path):
     from edgekit import api
 
-    m = api.build(model="edgekit.zoo.mobilenet_v2:build_small", input_shape="1,3,32,32", formats=("all",),
-                  prune=0.5, calib_samples=16, out=tmp_path / "mbv2")
+    m = api.build(api.source(model="edgekit.zoo.mobilenet_v2:build_small", input_shape="1,3,32,32"), "rpi4",
+                  api.recipe(formats=("all",), prune=0.5, calib_samples=16), out=tmp_path / "mbv2")
     steps = {s["stage"]: s for s in m["steps"]}
     assert steps["prune"]["macs"] < 0.6 * steps["measure"]["macs"]
     assert set(m["formats"]) == {"executorch", "torchscript-lite", "onnx"}

@@ -121,7 +121,7 @@ def _digits_l2_channels(digits_app, weights: dict) -> set[int]:
 def test_importance_runs_end_to_end_on_the_digits_cnn(importance, digits_app, digits_weights, tmp_path):
     from edgekit import api
 
-    m = api.build(app=digits_app, target="rpi4", prune=0.5, prune_importance=importance, out=tmp_path / "b")
+    m = api.build(digits_app, "rpi4", api.recipe(prune=0.5, prune_importance=importance), out=tmp_path / "b")
     steps = {s["stage"]: s for s in m["steps"]}
     assert steps["prune"]["config"]["importance"] == importance
     assert steps["prune"]["macs"] <= 0.55 * steps["measure"]["macs"]

@@ -19,7 +19,7 @@ from torch import nn
 
 from edgekit.stages.macs import count
 from edgekit.stages.prune import PruneConfig, prune
-from edgekit.stages.saved import load_transformed, save_transformed
+from edgekit.model.saved import load_transformed, save_transformed
 
 VIT_APP = Path(__file__).resolve().parent.parent / "sample_apps" / "vit_digits"
 UNPRUNED_FLOAT_ACCURACY = 97.78  # the committed vit_digits weights on eval.npz (its README)
@@ -195,13 +195,13 @@ def pruned_vit_build(tmp_path_factory) -> dict:
     from edgekit import api
 
     out = tmp_path_factory.mktemp("vit") / "vit_digits-rpi4"
-    manifest = api.build(app=VIT_APP, target="rpi4", prune=0.5, distill=_distill_config(), out=out)
+    manifest = api.build(VIT_APP, "rpi4", api.recipe(prune=0.5, distill=True, distill_epochs=_distill_config().epochs), out=out)
     manifest["_out"] = out
     return manifest
 
 
 def _distill_config():
-    from edgekit.stages.distill import DistillConfig
+    from edgekit.train.distill import DistillConfig
 
     return DistillConfig(epochs=6)  # 6 epochs: held-out accuracy is back above the unpruned model's
 
@@ -227,11 +227,11 @@ def test_pruned_vit_reloads_in_a_fresh_process_and_exports_again(pruned_vit_buil
     out = pruned_vit_build["_out"]
     script = textwrap.dedent(f"""
         import json, numpy as np, torch
-        from edgekit.app import build_module, load_app
-        from edgekit.backends import get_backend
-        from edgekit.backends.base import QuantConfig
-        from edgekit.data import batches, load_npz
-        from edgekit.stages.saved import load_transformed
+        from edgekit.model.app import build_module, load_app
+        from edgekit.formats import get_format
+        from edgekit.formats.base import QuantConfig
+        from edgekit.model.data import batches, load_npz
+        from edgekit.model.saved import load_transformed
 
         spec = load_app({str(VIT_APP)!r})
         program = torch.export.load({str(out / 'float_model.pt2')!r}).module()
@@ -240,7 +240,7 @@ def test_pruned_vit_reloads_in_a_fresh_process_and_exports_again(pruned_vit_buil
         with torch.no_grad():
             same = all(torch.allclose(program(x[i:i + 1]), rebuilt(x[i:i + 1]), atol=1e-5) for i in range(len(x)))
             batch = rebuilt(x).shape[0] == 16  # the reshapes follow the pruned head count at any batch
-        backend = get_backend("onnx")
+        backend = get_format("onnx")
         calib = load_npz(spec.calib, spec.inputs, "--calib", need_labels=False).take(32)
         q = backend.quantize(rebuilt, (x[:1],), batches(calib, spec.inputs), QuantConfig(input_names=("x",)))
         backend.export(q, (x[:1],), {str(tmp_path / 'again.onnx')!r})

@@ -21,7 +21,10 @@ import numpy as np
 import pytest
 
 from conftest import REPO
+from edgekit.formats import get_format
 
+# `--format all` builds LiteRT too when its extra is installed (`make install` installs it).
+LITERT = {"litert"} if get_format("litert").available() is None else set()
 APPS = REPO / "sample_apps"
 TESTS = Path(__file__).resolve().parent
 
@@ -80,7 +83,7 @@ def test_hf_encoder_with_a_mask_builds_in_every_format_that_can_take_it(real_dat
                  *_data(real_data, "ids"), "--format", "all", "--target", "rpi5", "--out", str(out))
     assert proc.returncode == 0, proc.stderr
     m = manifest_of(out)
-    assert set(m["formats"]) == {"executorch", "onnx"}
+    assert set(m["formats"]) == {"executorch", "onnx"} | LITERT
     for fmt, record in m["formats"].items():
         assert record["gate"]["passed"] and record["metrics"]["cosine"] > 0.999, fmt
         assert record["metrics"]["data"]["held_out"] and not record["metrics"]["data"]["labels"]
@@ -190,7 +193,7 @@ def test_architecture_builds_in_every_format_or_names_the_limit(name, real_data,
     assert proc.returncode in (0, 3), proc.stderr
     assert "internal error" not in proc.stderr and "Traceback" not in proc.stderr
     m = manifest_of(out)
-    assert set(m["formats"]) == built
+    assert set(m["formats"]) == built | LITERT
     for fmt in {"executorch", "torchscript-lite", "onnx"} - built:
         assert HF_TORCHSCRIPT_LIMIT in m["skipped_formats"][fmt]["error"]
     passed = {fmt: r["gate"]["passed"] for fmt, r in m["formats"].items()}

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from edgekit import api
-from edgekit.backends import executorch_xnnpack as et
+from edgekit.formats import executorch as et
 from edgekit.errors import EXIT_GATE, GateError
 from edgekit.manifest import sha256_file
 

@@ -31,11 +31,18 @@ def run_runner(artifact: Path, *args: str, python: str = sys.executable, timeout
 
 
 def device_dir(tmp_path: Path, artifact: Path, inputs: list[dict]) -> Path:
-    """A directory laid out as deploy lays it out on a device: artifact + inputs.json."""
+    """A directory laid out as deploy lays it out on a device: artifact + inputs.json (with the runtime)."""
     copy = tmp_path / artifact.name
     shutil.copyfile(artifact, copy)
-    (tmp_path / "inputs.json").write_text(json.dumps({"inputs": inputs}))
+    write_spec(tmp_path, inputs, copy)
     return copy
+
+
+def write_spec(directory: Path, inputs: list[dict], artifact: Path) -> None:
+    """inputs.json as deploy writes it: the inputs, and the runtime the artifact's format names."""
+    from edgekit.formats import for_artifact
+
+    (directory / "inputs.json").write_text(json.dumps({"inputs": inputs, "runtime": for_artifact(artifact).DEVICE_RUNTIME}))
 
 
 def test_runner_imports_nothing_of_edgekit():
@@ -63,7 +70,7 @@ def test_runner_times_the_digits_artifact_on_real_inputs(digits_build, tmp_path)
 
 
 def test_runner_runs_onnx_with_onnxruntime(tmp_path):
-    """The runtime is chosen by the suffix: a tiny ONNX graph (made with onnx.helper) runs in onnxruntime."""
+    """The runtime is the one the spec file names: a tiny ONNX graph (made with onnx.helper) runs in onnxruntime."""
     onnx = pytest.importorskip("onnx")
     from onnx import TensorProto, helper
 
@@ -74,7 +81,7 @@ def test_runner_runs_onnx_with_onnxruntime(tmp_path):
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     onnx.save(model, tmp_path / "model.onnx")
-    (tmp_path / "inputs.json").write_text(json.dumps({"inputs": [{"name": "x", "shape": [2, 4], "dtype": "float32"}]}))
+    write_spec(tmp_path, [{"name": "x", "shape": [2, 4], "dtype": "float32"}], tmp_path / "model.onnx")
     proc, doc = run_runner(tmp_path / "model.onnx", "--threads", "1", "--runs", "5", "--warmup", "1")
     assert proc.returncode == 0, proc.stderr
     assert doc["runtime"]["name"] == "onnxruntime" and doc["threads_applied"] is True
@@ -86,7 +93,7 @@ def test_runner_reports_a_corrupt_artifact_as_json(tmp_path):
     pytest.importorskip("onnxruntime")
     artifact = tmp_path / "model.onnx"
     artifact.write_bytes(b"not a protobuf" * 64)
-    (tmp_path / "inputs.json").write_text(json.dumps({"inputs": [{"name": "x", "shape": [1, 4]}]}))
+    write_spec(tmp_path, [{"name": "x", "shape": [1, 4]}], artifact)
     proc, doc = run_runner(artifact, "--check")
     assert proc.returncode == 1
     assert doc["ok"] is False and doc["error_kind"] == "load_failed" and "model.onnx" in doc["error"]
@@ -96,7 +103,7 @@ def test_runner_reports_a_corrupt_artifact_as_json(tmp_path):
 def test_runner_names_the_missing_runtime(tmp_path):
     artifact = tmp_path / "model.pte"
     artifact.write_bytes(b"\0" * 16)
-    (tmp_path / "inputs.json").write_text(json.dumps({"inputs": [{"name": "x", "shape": [1, 4]}]}))
+    write_spec(tmp_path, [{"name": "x", "shape": [1, 4]}], artifact)
     proc, doc = run_runner(artifact, python=SYSTEM_PYTHON)
     assert proc.returncode == 3
     assert doc["error_kind"] == "runtime_missing" and doc["package"] == "executorch"

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from edgekit.errors import EXIT_USAGE, UsageError
-from edgekit.spec import DTYPES, InputSpec, check_dtype, parse_input, parse_shape, resolve_inputs
+from edgekit.model.spec import DTYPES, InputSpec, check_dtype, parse_input, parse_shape, resolve_inputs
 
 # ---------------------------------------------------------------- parse_shape
 

@@ -26,6 +26,10 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
+from edgekit.deploy.adb import AdbTransport
+from edgekit.deploy.local import LocalTransport
+from edgekit.deploy.native import split_native_runner
+from edgekit.deploy.ssh import SshTransport, parse_address
 from edgekit.errors import UsageError
 
 TRANSPORT_KEYS = ("ssh", "adb", "local")
@@ -49,14 +53,11 @@ class Device:
     def open(self):
         """The transport that reaches this device."""
         if self.transport == "ssh":
-            from edgekit.deploy.ssh import SshTransport
 
             return SshTransport(self.address, self.name, self.ssh_config, self.ssh_options)
         if self.transport == "adb":
-            from edgekit.deploy.adb import AdbTransport
 
             return AdbTransport(self.address, self.name)
-        from edgekit.deploy.local import LocalTransport
 
         return LocalTransport(self.name)
 
@@ -77,7 +78,6 @@ def parse_device(text: str, defaults: dict) -> Device:
         serial = text.partition(":")[2] or None
         return Device(text, "adb", serial, **defaults)
     address = text.removeprefix("ssh:")
-    from edgekit.deploy.ssh import parse_address
 
     parse_address(address)  # a bad address is a usage error now, not a device failure later
     return Device(address, "ssh", address, **defaults)
@@ -120,7 +120,6 @@ def _device_from_table(name: str, table, path: Path, defaults: dict) -> Device:
     if not isinstance(address, str) or (kind == "ssh" and not address):
         raise UsageError(f"{where}: '{kind}' must be a string", hint='e.g. ssh = "pi@192.168.1.20:22"')
     if kind == "ssh":
-        from edgekit.deploy.ssh import parse_address
 
         parse_address(address)
     return Device(name, kind, address or None, **settings)
@@ -134,7 +133,6 @@ def _checked(value, kind: type, key: str, where: str, path: Path):
     if not isinstance(value, str) or not value:
         raise UsageError(f"{where}: '{key}' must be a non-empty string")
     if key in PATH_KEYS:
-        from edgekit.deploy.native import split_native_runner
 
         kind, rest = split_native_runner(value) if key == "native_runner" else (None, value)
         resolved = str((path.parent / Path(rest).expanduser()).resolve())

@@ -1,8 +1,10 @@
 """Native benchmark binaries a user can point to, and parsers for what they print.
 
-    ExecuTorch  executor_runner        (.pte)    examples/portable/executor_runner
-    LiteRT      benchmark_model        (.tflite) tensorflow/lite/tools/benchmark
-    ONNX Rt     onnxruntime_perf_test  (.onnx)   onnxruntime/test/perftest
+    ExecuTorch  executor_runner        examples/portable/executor_runner
+    LiteRT      benchmark_model        tensorflow/lite/tools/benchmark
+    ONNX Rt     onnxruntime_perf_test  onnxruntime/test/perftest
+
+Which tool runs which format is the format's to say (NATIVE_TOOLS in its module).
 
 Each tool prints text, not JSON; `parse` turns it into the keys the Python
 runner prints (load_ms, first_ms, mean, std, min, p50, p90, p99, max, runs,
@@ -21,7 +23,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from edgekit.emulator.paths import EmulatorPaths
 from edgekit.errors import UsageError
+from edgekit.formats import all_formats
+from edgekit.runtime import last_json
 from edgekit.runtime.runner import summarize
 
 _NUM = r"([0-9]+(?:\.[0-9]+)?(?:[eE][-+]?[0-9]+)?)"
@@ -31,7 +36,6 @@ STAT_KEYS = ("load_ms", "first_ms", "mean", "std", "min", "p50", "p90", "p99", "
 @dataclass(frozen=True)
 class NativeTool:
     name: str
-    suffix: str  # the artifact type it runs
     runtime: str
     argv: Callable[..., list[str]]  # (binary, artifact, threads, warmup, runs, min_seconds) -> argv
     parse: Callable[[str], dict]
@@ -159,20 +163,6 @@ def edgekit_runner_argv(binary, artifact, threads, warmup, runs, min_seconds):
             "--min-seconds", str(min_seconds)]
 
 
-def last_json(text: str) -> dict | None:
-    """The last line of `text` that parses as JSON, if it is an object: a runner's result,
-    printed after whatever its runtime logged."""
-    import json
-
-    for line in reversed(text.strip().splitlines()):
-        try:
-            doc = json.loads(line)
-        except ValueError:
-            continue
-        return doc if isinstance(doc, dict) else None
-    return None
-
-
 def parse_edgekit_runner(text: str, warmup: int = 0) -> dict:
     doc = last_json(text)
     if doc is None or "ok" not in doc:
@@ -190,12 +180,12 @@ def _shared_libraries(binary: Path) -> list[Path]:
 
 
 TOOLS = {
-    "edgekit-et-runner": NativeTool("edgekit-et-runner", ".pte", "executorch-native", edgekit_runner_argv,
+    "edgekit-et-runner": NativeTool("edgekit-et-runner", "executorch-native", edgekit_runner_argv,
                                     parse_edgekit_runner, _shared_libraries,
                                     lambda binary, artifact, threads: edgekit_runner_argv(binary, artifact, threads, 0, 1, 0)),
-    "executor_runner": NativeTool("executor_runner", ".pte", "executorch", executor_runner_argv, parse_executor_runner),
-    "benchmark_model": NativeTool("benchmark_model", ".tflite", "litert", benchmark_model_argv, parse_benchmark_model),
-    "onnxruntime_perf_test": NativeTool("onnxruntime_perf_test", ".onnx", "onnxruntime", perf_test_argv, parse_perf_test),
+    "executor_runner": NativeTool("executor_runner", "executorch", executor_runner_argv, parse_executor_runner),
+    "benchmark_model": NativeTool("benchmark_model", "litert", benchmark_model_argv, parse_benchmark_model),
+    "onnxruntime_perf_test": NativeTool("onnxruntime_perf_test", "onnxruntime", perf_test_argv, parse_perf_test),
 }
 
 
@@ -205,8 +195,9 @@ def split_native_runner(text: str) -> tuple[str | None, str]:
     return (kind, path) if sep and kind in TOOLS else (None, text)
 
 
-def resolve_native_runner(text: str, artifact_suffix: str) -> tuple[NativeTool, Path]:
-    """The tool and the local binary for `--native-runner [KIND=]PATH`; the kind defaults to the file name."""
+def resolve_native_runner(text: str, fmt) -> tuple[NativeTool, Path]:
+    """The tool and the local binary for `--native-runner [KIND=]PATH`; the kind defaults to the file name.
+    `fmt`: the build's format module, which names the tools that run it."""
     kind, path = split_native_runner(text)
     if path == "edgekit-et-runner" and not Path(path).exists():
         kind, path = "edgekit-et-runner", str(built_edgekit_runner(required=True))
@@ -217,17 +208,17 @@ def resolve_native_runner(text: str, artifact_suffix: str) -> tuple[NativeTool, 
                          hint="write KIND=PATH with KIND one of: " + ", ".join(TOOLS))
     if not binary.is_file():
         raise UsageError(f"--native-runner {text}: no such file", hint="point it at the tool built for the device")
-    tool = TOOLS[kind]
-    if tool.suffix != artifact_suffix:
-        others = [t.name for t in TOOLS.values() if t.suffix == artifact_suffix]
-        raise UsageError(f"--native-runner {kind} runs {tool.suffix} files, this build's artifact is {artifact_suffix}",
-                         hint=(f"use {' or '.join(others)}, or " if others else "use ") + "the Python runner (leave out --native-runner)")
-    return tool, binary
+    if kind not in fmt.NATIVE_TOOLS:
+
+        runs = [f.NAME for f in all_formats() if kind in f.NATIVE_TOOLS]
+        raise UsageError(f"--native-runner {kind} runs {' or '.join(runs) or 'no'} artifacts, this build's is {fmt.NAME}",
+                         hint=(f"use {' or '.join(fmt.NATIVE_TOOLS)}, or " if fmt.NATIVE_TOOLS else "use ")
+                         + "the Python runner (leave out --native-runner)")
+    return TOOLS[kind], binary
 
 
 def built_edgekit_runner(required: bool = False) -> Path | None:
     """The edgekit-et-runner `make emulator` cross-compiled for aarch64, if it exists."""
-    from edgekit.emulator.paths import EmulatorPaths
 
     runner = EmulatorPaths.default().runner
     if runner.is_file():

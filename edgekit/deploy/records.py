@@ -13,7 +13,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edgekit.errors import UsageError
-from edgekit.manifest import inside, read_manifest, sha256_file, update_manifest, write_json_atomic
+from edgekit.formats import get_format
+from edgekit.manifest import (
+    inside,
+    read_manifest,
+    sha256_file,
+    update_manifest,
+    write_json_atomic,
+)
 
 RUNS_DIR = "device_runs"
 # runtime name the runner reports -> the distribution recorded in manifest["versions"]
@@ -59,6 +66,16 @@ class BuildInfo:
     @property
     def inputs(self) -> list[dict]:
         return self.manifest["model"]["inputs"]
+
+    @property
+    def format_module(self):
+
+        return get_format(self.format)
+
+    @property
+    def runtime(self) -> str:
+        """The device runner's runtime for this artifact (runtime/runner.py)."""
+        return self.format_module.DEVICE_RUNTIME
 
     def built_with(self, runtime: str) -> str | None:
         """The runtime version the artifact was made with (manifest versions)."""

@@ -10,8 +10,9 @@ Two kinds, one interface (files to push, prepare, check, bench -> the runner JSO
   shell one-liner.
 
 `select_runner` chooses from what the user said; `prefer_native` then swaps in
-edgekit-et-runner for a `.pte` on a Linux aarch64 board when `make emulator`
-has built it and the user named no runner: the board then needs no torch.
+the format's preferred native tool (edgekit-et-runner for ExecuTorch) on a
+Linux aarch64 board when `make emulator` has built it and the user named no
+runner: the board then needs no torch.
 """
 
 from __future__ import annotations
@@ -19,30 +20,44 @@ from __future__ import annotations
 import signal
 from pathlib import Path
 
-from edgekit.deploy.base import EXIT_ALARM, Completed, DeviceFailure, DeviceTimeout, Transport, reporting_signals
-from edgekit.deploy.native import TOOLS, NativeTool, built_edgekit_runner, last_json, resolve_native_runner
-from edgekit.runtime import RUNNER_PATH
+from edgekit.deploy.base import (
+    EXIT_ALARM,
+    Completed,
+    DeviceFailure,
+    DeviceTimeout,
+    Transport,
+    reporting_signals,
+)
+from edgekit.deploy.native import (
+    TOOLS,
+    NativeTool,
+    built_edgekit_runner,
+    resolve_native_runner,
+)
+from edgekit.runtime import RUNNER_PATH, last_json
 from edgekit.runtime.runner import cpu_from_cpuinfo, emulated_facts
 
 TIMEOUT_GRACE = 5.0  # seconds the host waits past the device-side deadline before cutting the link
 
 
-def select_runner(artifact_suffix: str, python: str, native_runner: str | None):
+def select_runner(build, python: str, native_runner: str | None):
     if native_runner:
-        return NativeRunner(*resolve_native_runner(native_runner, artifact_suffix))
+        return NativeRunner(*resolve_native_runner(native_runner, build.format_module))
     return PythonRunner(python)
 
 
 DEFAULT_PYTHON = "python3"
 
 
-def prefer_native(runner, artifact_suffix: str, transport_kind: str, arch: str):
-    """edgekit-et-runner instead of the default Python runner for a .pte on a Linux aarch64 board.
+def prefer_native(runner, build, transport_kind: str, arch: str):
+    """The format's preferred native tool (edgekit-et-runner for a .pte) instead of the default
+    Python runner on a Linux aarch64 board.
 
     Only when the user chose neither a runner nor a python (--python says "use my
     runtime") and the runner has been built; Android (adb) boards keep their own tools.
     """
-    if (isinstance(runner, PythonRunner) and runner.python == DEFAULT_PYTHON and artifact_suffix == ".pte"
+    if (isinstance(runner, PythonRunner) and runner.python == DEFAULT_PYTHON
+            and build.format_module.PREFERRED_NATIVE_TOOL == "edgekit-et-runner"
             and transport_kind == "ssh" and arch == "aarch64"):
         built = built_edgekit_runner()
         if built is not None:
@@ -101,7 +116,7 @@ class PythonRunner:
         if doc is not None:
             hint = "see the runner's message; run it by hand on the device to investigate"
             if doc.get("error_kind") == "load_failed":
-                hint = (f"the device's runtime may not read this artifact (built with {build.built_with(_runtime_of(build))}); "
+                hint = (f"the device's runtime may not read this artifact (built with {build.built_with(build.runtime)}); "
                         "install the same runtime version on the device")
             return DeviceFailure(f"the runner failed on {t.name} ({stage}): {doc['error']}", hint=hint, stage=stage, detail=detail)
         if code in (127, 126):
@@ -118,11 +133,6 @@ class PythonRunner:
         last = detail.splitlines()[-1] if detail else "no output"
         return DeviceFailure(f"the runner failed on {t.name} ({stage}) with exit status {code}: {last}", stage=stage, detail=detail,
                              hint="run it by hand on the device to investigate")
-
-
-def _runtime_of(build) -> str:
-    return {".pte": "executorch", ".onnx": "onnxruntime", ".ptl": "torch-lite-interpreter", ".tflite": "litert"}.get(
-        build.artifact.suffix, "executorch")
 
 
 def _signal_name(code: int) -> str | None:

@@ -22,10 +22,17 @@ from typing import Callable
 
 from edgekit.deploy.base import DeviceFailure, Transport
 from edgekit.deploy.devices import Device
-from edgekit.deploy.records import BuildInfo, add_to_manifest, summarize_run, timestamp, write_run
+from edgekit.deploy.local import LocalTransport
+from edgekit.deploy.records import (
+    BuildInfo,
+    add_to_manifest,
+    summarize_run,
+    timestamp,
+    write_run,
+)
 from edgekit.deploy.runners import prefer_native, select_runner
 from edgekit.errors import DeviceError, UsageError
-from edgekit.runtime.runner import SPEC_FILE
+from edgekit.runtime.runner import SPEC_FILE, RunnerError, load_arrays
 
 MAX_PARALLEL = 8  # concurrent devices; sshd's default MaxStartups (10) would refuse more from one host
 CHECK_KEYS = ("ok", "runtime", "threads", "threads_applied", "machine", "python", "load_ms", "first_ms")
@@ -77,12 +84,12 @@ def deploy_to(build: BuildInfo, device: Device, plan: DeployPlan, transport: Tra
     """Run the steps on one device; returns its record (also written to device_runs/)."""
     record = _new_record(build, device, plan)
     try:
-        runner = select_runner(build.artifact.suffix, device.python, device.native_runner)
+        runner = select_runner(build, device.python, device.native_runner)
         record["runner"] = runner.label
         t = transport or device.open()
         record["transport"] = t.kind
         record["arch"] = _check_arch(t, build, plan.allow_arch_mismatch, record)
-        runner = prefer_native(runner, build.artifact.suffix, t.kind, ARCH_ALIASES.get(record["arch"]["device"], ""))
+        runner = prefer_native(runner, build, t.kind, ARCH_ALIASES.get(record["arch"]["device"], ""))
         record["runner"] = runner.label
         record["stage"] = "push"
         remote = f"{_base_dir(t, device)}/{build.slug}"
@@ -122,7 +129,6 @@ def check_inputs_file(build: BuildInfo, bench: BenchOptions | None) -> None:
     the user's to fix (exit 2, naming their file), not a device failure naming the device-side copy."""
     if bench is None or bench.inputs is None:
         return
-    from edgekit.runtime.runner import RunnerError, load_arrays
 
     try:
         load_arrays(str(bench.inputs), build.inputs)
@@ -138,7 +144,7 @@ def deploy_all(build: BuildInfo, devices: list[Device], plan: DeployPlan,
     _check_unique(devices)
     check_inputs_file(build, plan.bench)
     for d in devices:  # usage errors (bad --native-runner, --ssh-option) stop everything before any device is touched
-        select_runner(build.artifact.suffix, d.python, d.native_runner)
+        select_runner(build, d.python, d.native_runner)
         d.open()
         if d.native_runner and plan.bench and plan.bench.inputs:
             raise UsageError(f"--inputs works with the Python runner only ({d.name} uses {d.native_runner})",
@@ -158,7 +164,6 @@ def deploy_all(build: BuildInfo, devices: list[Device], plan: DeployPlan,
 def bench_host(build: BuildInfo, options: BenchOptions, python: str) -> dict:
     """`edgekit bench`: the same steps on this computer, in a scratch directory removed afterwards.
     The host is never the target's architecture, so the arch check only records that."""
-    from edgekit.deploy.local import LocalTransport
 
     check_inputs_file(build, options)
     device = Device("host", "local", None, python=python)
@@ -219,7 +224,7 @@ def _base_dir(t: Transport, device: Device) -> str:
 def _push_all(t: Transport, remote: str, build: BuildInfo, runner, bench: BenchOptions | None) -> list[dict]:
     with tempfile.TemporaryDirectory(prefix="edgekit-push-") as tmp:
         spec = Path(tmp) / SPEC_FILE
-        spec.write_text(json.dumps({"inputs": build.inputs}, indent=1) + "\n")
+        spec.write_text(json.dumps({"inputs": build.inputs, "runtime": build.runtime}, indent=1) + "\n")
         files = [(build.artifact, build.artifact.name), *runner.files(), (spec, SPEC_FILE)]
         if bench and bench.inputs:
             files.append((Path(bench.inputs), bench.inputs_name))

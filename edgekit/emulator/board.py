@@ -6,7 +6,7 @@ starts Debian's arm64 /usr/sbin/sshd inside the rootfs (chroot in a private
 mount namespace, QEMU_CPU and /proc/cpuinfo of the target's core), so that
 `make deploy DEVICE=root@127.0.0.1:2222 BUILD=...` exercises the whole device
 path on ARM code: ssh, push and checksum with the board's own tools, and the
-runner (edgekit-et-runner for .pte, onnxruntime in /opt/edgekit/venv for .onnx).
+runner (edgekit-et-runner for .pte; onnxruntime and ai-edge-litert in /opt/edgekit/venv for the others).
 
 Everything the board writes goes to tmpfs (/root, /tmp) and disappears when it
 stops; its host key, authorized_keys and config are in a directory of the

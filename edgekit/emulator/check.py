@@ -3,7 +3,8 @@
 For each artifact the build has:
 
 - `.pte` runs in edgekit-et-runner (the native ExecuTorch runner a Linux board
-  gets), `.onnx` in onnxruntime under the guest's python; both with QEMU_CPU
+  gets); `.onnx` and `.tflite` under the guest's python with the device runner's
+  own runtime classes (onnxruntime, ai-edge-litert); all with QEMU_CPU
   and a /proc/cpuinfo matching the target (cortex-a72 for rpi4, ...), so that
   XNNPACK and MLAS take the code paths that core takes;
 - its outputs on the evaluation samples are compared with the same artifact run
@@ -29,12 +30,13 @@ from pathlib import Path
 
 import numpy as np
 
-from edgekit.deploy.native import last_json
+from edgekit.compare import GATES, compare_runs
 from edgekit.emulator.chroot import Guest
 from edgekit.emulator.cpus import cpuinfo_text
 from edgekit.emulator.paths import VENV, EmulatorPaths
 from edgekit.emulator.setup import require_ready
 from edgekit.errors import UsageError
+from edgekit.runtime import RUNNER_PATH, last_json
 
 GUEST_PREDICT = Path(__file__).resolve().parent / "guest_predict.py"
 DEFAULT_SAMPLES = 32  # emulated inference is slow: enough to catch a wrong kernel, not a full accuracy run
@@ -94,7 +96,8 @@ def emulated_core(target):
         yield EmulatedCore(paths, cpu, Path(tmp))
 
 
-def run_pte(core: EmulatedCore, artifact: Path, samples: list[list[np.ndarray]], name: str) -> tuple[list[list[np.ndarray]], int | None, dict]:
+def run_native_pte(core: EmulatedCore, artifact: Path, samples: list[list[np.ndarray]], name: str) -> tuple[list[list[np.ndarray]], int | None, dict]:
+    """An ExecuTorch program in edgekit-et-runner (native, no torch): (outputs per sample, guest instructions, JSON)."""
     shutil.copy2(artifact, core.work / f"{name}.pte")
     with open(core.work / f"{name}.in", "wb") as f:
         for sample in samples:
@@ -122,22 +125,27 @@ def run_pte(core: EmulatedCore, artifact: Path, samples: list[list[np.ndarray]],
     return outputs, count, doc
 
 
-def run_onnx(core: EmulatedCore, artifact: Path, samples: list[list[np.ndarray]], names: list[str], name: str):
-    shutil.copy2(artifact, core.work / f"{name}.onnx")
+def run_in_guest_python(core: EmulatedCore, artifact: Path, samples: list[list[np.ndarray]], names: list[str],
+                        name: str, runtime: str):
+    """An artifact in the guest venv's python with the device runner's `runtime` (onnxruntime, litert):
+    (outputs per sample, guest instructions, JSON)."""
+    guest_file = f"{name}{artifact.suffix}"
+    shutil.copy2(artifact, core.work / guest_file)
     shutil.copy2(GUEST_PREDICT, core.work / "guest_predict.py")
+    shutil.copy2(RUNNER_PATH, core.work / "runner.py")
+    # np.savez keeps the order given: the inputs reach the runtime in the model's order
     np.savez(core.work / f"{name}-in.npz", **{n: np.stack([s[i] for s in samples]) for i, n in enumerate(names)})
-    _, count = core.counted([f"{VENV}/bin/python", f"{WORK}/guest_predict.py", f"{WORK}/{name}.onnx",
+    _, count = core.counted([f"{VENV}/bin/python", f"{WORK}/guest_predict.py", runtime, f"{WORK}/{guest_file}",
                              f"{WORK}/{name}-in.npz", f"{WORK}/{name}-out.npz", "--count"], name)
     with np.load(core.work / f"{name}-out.npz") as z:
         stacked = [z[f"out{j}"] for j in range(len(z.files))]
-    return [[o[k] for o in stacked] for k in range(len(samples))], count, {"runtime": {"name": "onnxruntime (guest)"}}
+    return [[o[k] for o in stacked] for k in range(len(samples))], count, {"runtime": {"name": f"{runtime} (guest)"}}
 
 
 def compare(host: list[list[np.ndarray]], emulated: list[list[np.ndarray]], labels=None) -> dict:
     """Emulated ARM run vs host run of the same artifact, per output over all samples (compare.GATES["emulated"]).
 
     With `labels`, each row also has the accuracy of both runs."""
-    from edgekit.compare import GATES, compare_runs
 
     result = compare_runs(host, emulated, GATES["emulated"], "emulated", labels)
     for row in result["outputs"]:

@@ -11,22 +11,16 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
+
+from edgekit.cache import cache_dir
 
 SUITE = "bookworm"  # Debian 12: python3.11, the Python the aarch64 wheels are built for
 ARCH = "arm64"
 VENV = "/opt/edgekit/venv"  # inside the rootfs
 MARKER = "/etc/edgekit-emulator.json"  # inside the rootfs: the runner reports its board as emulated
 RUNNER_NAME = "edgekit-et-runner"
-
-
-def cache_dir() -> Path:
-    if os.environ.get("EDGEKIT_CACHE_DIR"):
-        return Path(os.environ["EDGEKIT_CACHE_DIR"])
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "edgekit"
 
 
 @dataclass(frozen=True)

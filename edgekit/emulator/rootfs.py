@@ -2,7 +2,7 @@
 
 First build (several minutes, needs the Debian mirror and PyPI):
 debootstrap --foreign on the host, its second stage inside the rootfs under
-qemu, then a venv at /opt/edgekit/venv with onnxruntime and numpy installed
+qemu, then a venv at /opt/edgekit/venv with numpy and the formats' runtimes installed
 from aarch64 wheels downloaded on the host (pip inside the guest would work
 but takes many times longer under emulation). The result is packed into
 rootfs.tar.zst; later builds restore that in seconds.
@@ -48,11 +48,14 @@ def apt_mirror() -> str:
     return DEFAULT_MIRROR
 
 
-def wheel_versions() -> dict[str, str]:
-    """The guest gets the host's versions, so host and emulated runs use the same runtime."""
+def wheel_versions(guest_wheels: dict[str, str | None]) -> dict[str, str]:
+    """Exact versions for the guest: numpy and executorch as on the host, plus each format's
+    guest wheels (formats/*.py GUEST_WHEELS; None: the host's version), so host and emulated
+    runs use the same runtime wherever an aarch64 wheel of it exists."""
     from importlib.metadata import version
 
-    return {name: version(name) for name in ("onnxruntime", "numpy", "executorch")}
+    wanted = {"numpy": None, "executorch": None, **guest_wheels}
+    return {name: pinned or version(name) for name, pinned in sorted(wanted.items())}
 
 
 def download_wheels(dest: Path, versions: dict[str, str], run) -> list[Path]:
@@ -87,7 +90,8 @@ def finish(paths: EmulatorPaths, partial: Path, versions: dict[str, str], run, s
     """Runtimes and the marker into a bootstrapped rootfs, then pack it and make it the rootfs."""
     with steps.step("wheels", label="aarch64 runtimes into " + VENV):
         wheels = download_wheels(paths.wheels, {k: v for k, v in versions.items() if k != "executorch"}, run)
-        wanted = [w for w in wheels if w.name.split("-")[0] in ("numpy", "onnxruntime")]
+        guest = {name.replace("_", "-").lower() for name in versions if name != "executorch"}
+        wanted = [w for w in wheels if w.name.split("-")[0].replace("_", "-").lower() in guest]
         with _guest(partial, binds=((paths.wheels, "/mnt/wheels"),)) as guest:
             run(guest.argv(["/usr/bin/python3", "-m", "venv", VENV]), "create the guest venv", env=guest.env())
             run(guest.argv([f"{VENV}/bin/pip", "install", "--quiet", "--no-index", "--no-deps",

@@ -12,9 +12,11 @@ from edgekit.errors import UsageError
 from edgekit.manifest import write_json_atomic
 
 
-def build(paths: EmulatorPaths, steps, mirror: str | None = None, rebuild: bool = False) -> dict:
+def build(paths: EmulatorPaths, steps, guest_wheels: dict[str, str | None], mirror: str | None = None,
+          rebuild: bool = False) -> dict:
+    """`guest_wheels`: what the formats run in the guest's python (formats/*.py GUEST_WHEELS)."""
     host.check_host()
-    versions = rootfs.wheel_versions()  # the guest gets the host's runtimes, so their outputs compare
+    versions = rootfs.wheel_versions(guest_wheels)  # the guest gets the host's runtimes, so their outputs compare
     paths.root.mkdir(parents=True, exist_ok=True)
     run = rootfs.checked_run
     if rebuild:

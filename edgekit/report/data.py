@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from edgekit.errors import UsageError
 from edgekit.manifest import format_records, inside, read_manifest
 
 RUNS_DIR = "device_runs"

@@ -9,7 +9,15 @@ from pathlib import Path
 
 from edgekit.manifest import write_text_atomic
 from edgekit.report import plots
-from edgekit.report.format import bytes_kb, cosine, judged_on, ms, pct, run_flags, verdict
+from edgekit.report.format import (
+    bytes_kb,
+    cosine,
+    judged_on,
+    ms,
+    pct,
+    run_flags,
+    verdict,
+)
 
 MAX_DISTRIBUTIONS = 12  # newest runs get a histogram each; older ones stay in the table
 

@@ -2,19 +2,21 @@
 """edgekit device runner: load one artifact, time it, print ONE JSON object.
 
 This file is copied to the device as-is, so it imports nothing of edgekit:
-the standard library plus exactly one runtime, chosen by the artifact suffix
+the standard library plus exactly one runtime, the one the build's format
+names (`--runtime`, or "runtime" in the spec file deploy writes):
 
-    .pte     executorch.runtime      (pip: executorch; brings torch)
-    .onnx    onnxruntime             (pip: onnxruntime; brings numpy)
-    .ptl     torch lite interpreter  (pip: torch)
-    .tflite  ai_edge_litert, else tflite_runtime (pip: ai-edge-litert)
+    executorch               executorch.runtime      (pip: executorch; brings torch)
+    onnxruntime              onnxruntime             (pip: onnxruntime; brings numpy)
+    torch-lite-interpreter   torch.jit.mobile        (pip: torch)
+    litert                   ai_edge_litert, else tflite_runtime (pip: ai-edge-litert)
 
     python3 runner.py model.pte --threads 4 --warmup 10 --runs 50
     python3 runner.py model.pte --check          # runtime importable + artifact loads
+    python3 runner.py model.onnx --runtime onnxruntime --input-spec '[{"name": "x", "shape": [1, 3, 8, 8]}]'
 
 Inputs: random (seeded) tensors with the shapes/dtypes in `inputs.json` beside
-the artifact (deploy writes the manifest's inputs there), or `--input-spec`,
-or real ones from `--inputs file.npz|.npy`.
+the artifact (deploy writes the manifest's inputs and the runtime there), or
+`--input-spec`, or real ones from `--inputs file.npz|.npy`.
 
 Output (stdout, one JSON object): load_ms, first_ms, mean, std, min, p50, p90,
 p99, max (all ms), samples_ms, runs, threads, threads_applied, peak_rss_kb,
@@ -211,7 +213,9 @@ class LiteRtRuntime(NumpyInputs):
             try:
                 from ai_edge_litert.interpreter import Interpreter
             except ImportError:
-                from tflite_runtime.interpreter import Interpreter  # older boards: pip tflite-runtime
+                from tflite_runtime.interpreter import (
+                    Interpreter,  # older boards: pip tflite-runtime
+                )
         except ImportError as e:
             raise _missing(self.module, self.package, e) from None
         self.np, self._interpreter_cls, self._threads = np, Interpreter, None
@@ -226,24 +230,43 @@ class LiteRtRuntime(NumpyInputs):
     def load(self, path: str):
         self._interp = self._interpreter_cls(model_path=path, num_threads=self._threads)
         self._interp.allocate_tensors()
-        self._inputs = [d["index"] for d in self._interp.get_input_details()]
-        self._outputs = [d["index"] for d in self._interp.get_output_details()]
+        self._inputs = self._interp.get_input_details()
+        self._outputs = self._interp.get_output_details()
 
     def run(self, inputs):
-        for index, value in zip(self._inputs, inputs):
-            self._interp.set_tensor(index, value)
+        # An int8 model takes int8 inputs with its own scale: float inputs are quantized as an app would.
+        for detail, value in zip(self._inputs, inputs):
+            self._interp.set_tensor(detail["index"], litert_input(self.np, value, detail))
         self._interp.invoke()
-        return [self._interp.get_tensor(i) for i in self._outputs]
+        return [litert_output(self.np, self._interp.get_tensor(d["index"]), d) for d in self._outputs]
 
 
-RUNTIMES = {".pte": ExecutorchRuntime, ".onnx": OnnxRuntime, ".ptl": LiteInterpreterRuntime, ".tflite": LiteRtRuntime}
+def litert_input(np, value, detail):
+    """`value` as a LiteRT input tensor: quantized with the tensor's (scale, zero point) when the
+    model takes integers but gets floats; cast otherwise."""
+    dtype, (scale, zero) = detail["dtype"], detail["quantization"]
+    value = np.asarray(value)
+    if np.issubdtype(dtype, np.integer) and scale and np.issubdtype(value.dtype, np.floating):
+        info = np.iinfo(dtype)
+        return np.clip(np.round(value / scale) + zero, info.min, info.max).astype(dtype)
+    return value.astype(dtype)
 
 
-def runtime_for(artifact: str):
-    suffix = os.path.splitext(artifact)[1].lower()
-    if suffix not in RUNTIMES:
-        raise RunnerError("usage", f"unknown artifact type '{suffix}' ({artifact}); expected one of {', '.join(RUNTIMES)}", EXIT_USAGE)
-    return RUNTIMES[suffix]()
+def litert_output(np, value, detail):
+    """A LiteRT output tensor in float: dequantized when it is quantized."""
+    scale, zero = detail["quantization"]
+    return ((value.astype(np.float32) - zero) * scale).astype(np.float32) if scale else value.copy()
+
+
+RUNTIMES = {"executorch": ExecutorchRuntime, "onnxruntime": OnnxRuntime, "torch-lite-interpreter": LiteInterpreterRuntime,
+            "litert": LiteRtRuntime}
+
+
+def runtime_for(name: str | None):
+    if name not in RUNTIMES:
+        raise RunnerError("usage", f"unknown runtime {name!r}: pass --runtime with one of {', '.join(RUNTIMES)} "
+                          "(edgekit deploy writes it into inputs.json)", EXIT_USAGE)
+    return RUNTIMES[name]()
 
 
 def _dist_version(dist: str):
@@ -260,6 +283,11 @@ def _dist_version(dist: str):
 
 def load_specs(artifact: str, spec_arg: str | None) -> list[dict]:
     """Input specs from --input-spec (a JSON file or inline JSON) or inputs.json beside the artifact."""
+    return _load_spec_doc(artifact, spec_arg)[0]
+
+
+def _load_spec_doc(artifact: str, spec_arg: str | None) -> tuple[list[dict], str | None]:
+    """(input specs, the runtime the spec file names if it names one)."""
     if spec_arg and spec_arg.lstrip().startswith(("[", "{")):
         doc, where = _parse_json(spec_arg, "--input-spec"), "--input-spec"
     else:
@@ -274,7 +302,7 @@ def load_specs(artifact: str, spec_arg: str | None) -> list[dict]:
         specs = [{"dtype": "float32", **s} if isinstance(s, dict) else s for s in specs]
     if not isinstance(specs, list) or not specs or not all(_valid_spec(s) for s in specs):
         raise RunnerError("usage", f"{where}: expected {{\"inputs\": [{{\"name\", \"shape\", \"dtype\"}}, ...]}}", EXIT_USAGE)
-    return specs
+    return specs, doc.get("runtime") if isinstance(doc, dict) else None
 
 
 def _parse_json(text: str, where: str):
@@ -424,9 +452,9 @@ def _ms(start_ns: int) -> float:
 
 
 def benchmark(args) -> dict:
-    specs = load_specs(args.artifact, args.input_spec)  # bad input specs fail before the slow runtime import
+    specs, named = _load_spec_doc(args.artifact, args.input_spec)  # bad input specs fail before the slow runtime import
     start = time.perf_counter_ns()
-    rt = runtime_for(args.artifact)
+    rt = runtime_for(args.runtime or named)
     import_ms = _ms(start)
     arrays = load_arrays(args.inputs, specs) if args.inputs else None
     applied = rt.set_threads(args.threads)
@@ -490,6 +518,7 @@ def parse_args(argv):
     p.add_argument("--min-seconds", type=float, default=0.0)
     p.add_argument("--inputs", help=".npz (one array per input) or .npy of real inputs")
     p.add_argument("--input-spec", help=f"JSON file or inline JSON of the inputs [default: {SPEC_FILE} beside the artifact]")
+    p.add_argument("--runtime", choices=sorted(RUNTIMES), help="the artifact's runtime [default: the spec file's]")
     p.add_argument("--timeout", type=float, default=0.0, help="kill the run after this many seconds (0: never)")
     p.add_argument("--check", action="store_true", help="import the runtime, load the artifact, run once; no benchmark")
     args = p.parse_args(argv)

@@ -11,9 +11,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from torch import nn
-
 from edgekit.errors import UsageError
+from edgekit.model.layers import split_layer
 
 
 @dataclass(frozen=True)
@@ -43,35 +42,18 @@ def _rank(s, cfg: LowRankConfig) -> int:
 
 
 def _factorisable(module) -> bool:
+    from torch import nn
+
     if isinstance(module, nn.Linear):
         return True
     return (isinstance(module, nn.Conv2d) and module.kernel_size == (1, 1) and module.groups == 1
             and module.stride == (1, 1) and module.padding in ((0, 0), "valid"))
 
 
-def split_layer(kind: str, in_f: int, out_f: int, rank: int, bias: bool):
-    """The two layers that replace one: (in -> rank, no bias) then (rank -> out). `kind`:
-    "linear" or "conv1x1". Used to factorise, and to rebuild a saved factorised model
-    (stages/saved.py) before its weights are loaded."""
-    if kind == "linear":
-        return LowRank(nn.Linear(in_f, rank, bias=False), nn.Linear(rank, out_f, bias=bias))
-    return LowRank(nn.Conv2d(in_f, rank, 1, bias=False), nn.Conv2d(rank, out_f, 1, bias=bias))
-
-
-class LowRank(nn.Sequential):
-    """A layer factorised in two (a marker type: saved.py records these splits)."""
-
-    @property
-    def split(self) -> dict:
-        first, second = self[0], self[1]
-        kind = "linear" if isinstance(first, nn.Linear) else "conv1x1"
-        return {"kind": kind, "in": first.weight.shape[1], "out": second.weight.shape[0],
-                "rank": first.weight.shape[0], "bias": second.bias is not None}
-
-
 def _factor(module, cfg: LowRankConfig):
     """The two-layer replacement, or None where the rank would not save MACs."""
     import torch
+    from torch import nn
 
     w = module.weight.detach().reshape(module.weight.shape[0], -1)  # (out, in)
     out_f, in_f = w.shape

@@ -31,7 +31,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from edgekit.errors import UsageError
+from edgekit.errors import EdgekitError, UsageError
+from edgekit.model.layers import output_layers
+from edgekit.stages.macs import count
 
 IMPORTANCE = ("l1", "l2", "taylor", "bn-scale")
 # --prune-macs prunes in this many equal steps of ratio up to MAX_RATIO and stops
@@ -46,7 +48,7 @@ class PruneConfig:
     macs_target: float | None = None  # keep at most this fraction of the MACs instead of a fixed ratio
     importance: str = "l2"
     global_pruning: bool = False
-    round_to: int = 8
+    round_to: int | None = None  # channel multiple; None: the target profile's (stages/options.py fills it)
 
     def check(self) -> None:
         if (self.ratio is None) == (self.macs_target is None):
@@ -57,22 +59,12 @@ class PruneConfig:
             raise UsageError(f"--prune-macs must be between 0 and 1 (the fraction of MACs kept), got {self.macs_target}")
         if self.importance not in IMPORTANCE:
             raise UsageError(f"--prune-importance '{self.importance}' is not one of {', '.join(IMPORTANCE)}")
-        if self.round_to < 1:
+        if self.round_to is not None and self.round_to < 1:
             raise UsageError(f"round_to must be a positive number of channels, got {self.round_to}")
 
     def to_json(self) -> dict:
         return {"ratio": self.ratio, "macs_target": self.macs_target, "importance": self.importance,
                 "global": self.global_pruning, "round_to": self.round_to}
-
-
-def output_layers(model) -> list:
-    """The layer that produces the model's output (the classifier): never pruned,
-    or the number of classes would change. Taken as the last Conv/Linear
-    registered, which is where every classifier we know of defines its head."""
-    from torch import nn
-
-    leaves = [m for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv2d, nn.Conv1d))]
-    return leaves[-1:] if leaves else []
 
 
 # The names attention code conventionally gives its projections (timm, HF, diffusers, the ViT sample).
@@ -186,7 +178,6 @@ def prune(model, example: tuple, cfg: PruneConfig, calib_batches=None):
 
     import torch
 
-    from edgekit.errors import EdgekitError
 
     cfg.check()
     if cfg.importance == "taylor" and not calib_batches:
@@ -240,7 +231,6 @@ def _output_shapes(out) -> list:
 def _prune(model, example: tuple, cfg: PruneConfig, calib_batches, attention: list) -> None:
     import warnings
 
-    from edgekit.stages.macs import count
 
     ratio = cfg.ratio if cfg.ratio is not None else MAX_RATIO
     steps = 1 if cfg.ratio is not None else MACS_STEPS

@@ -13,17 +13,18 @@ import os
 import sys
 from pathlib import Path
 
+from edgekit.model.app import build_module
+from edgekit.model.data import example_inputs, load_npz
+from edgekit.model.saved import load_transformed, save_transformed
+from edgekit.progress import Steps
+from edgekit.train.distill import DistillConfig, distill
+from edgekit.train.job import read_job, spec_from_job
+
 
 def main(job_path: str) -> None:
     import torch
     import torch.distributed as dist
 
-    from edgekit.app import build_module
-    from edgekit.data import example_inputs, load_npz
-    from edgekit.progress import Steps
-    from edgekit.stages.distill import DistillConfig, distill
-    from edgekit.stages.saved import load_transformed, save_transformed
-    from edgekit.train.job import read_job, spec_from_job
 
     # One thread per process: N processes on N cores, not N x N threads fighting.
     torch.set_num_threads(int(os.environ.get("EDGEKIT_THREADS_PER_PROC", "1")))
@@ -52,8 +53,6 @@ def main(job_path: str) -> None:
 
 def _student_from_factory(job: dict):
     """A user's own smaller student: `--student module:factory` (+ optional weights)."""
-    from edgekit.app import build_module
-    from edgekit.train.job import spec_from_job
 
     return build_module(spec_from_job(job["student_spec"]))
 

@@ -6,17 +6,19 @@ import dataclasses
 import json
 from pathlib import Path
 
+from edgekit.model.app import ModelSpec
+from edgekit.model.spec import InputSpec
+
 
 def spec_to_job(spec) -> dict:
     doc = {f.name: getattr(spec, f.name) for f in dataclasses.fields(spec)}
     doc["inputs"] = [s.to_json() for s in spec.inputs]
     doc["from_app"] = sorted(spec.from_app)
+    doc["recipe"] = None  # the workers train; how the build goes on is not theirs to know
     return {k: str(v) if isinstance(v, Path) else v for k, v in doc.items()}
 
 
 def spec_from_job(doc: dict):
-    from edgekit.app import ModelSpec
-    from edgekit.spec import InputSpec
 
     paths = {k: Path(doc[k]) if doc.get(k) else None for k in ("root", "weights", "calib", "eval", "train")}
     inputs = tuple(InputSpec(i["name"], tuple(i["shape"]), i["dtype"]) for i in doc["inputs"])

@@ -19,6 +19,9 @@ import tempfile
 from pathlib import Path
 
 from edgekit.errors import EdgekitError
+from edgekit.model.app import build_module
+from edgekit.model.saved import load_transformed, save_transformed
+from edgekit.train.job import spec_to_job, write_job
 
 ENTRY = "edgekit.train.ddp"
 
@@ -32,7 +35,6 @@ def torchrun_command(job: Path, nproc: int) -> list[str]:
 
 def run_ddp(job: dict, nproc: int, workdir: Path) -> dict:
     """Run the job on `nproc` local processes; returns rank 0's result record."""
-    from edgekit.train.job import write_job
 
     job_file = workdir / "distill_job.json"
     write_job(job_file, **job, result=str(workdir / "distill_result.json"))
@@ -58,9 +60,6 @@ def distill_ddp(spec, cfg, nproc: int, student=None, student_spec=None):
     (`student_spec`). Returns (trained student, rank 0's result record)."""
     import dataclasses
 
-    from edgekit.app import build_module
-    from edgekit.stages.saved import load_transformed, save_transformed
-    from edgekit.train.job import spec_to_job
 
     with tempfile.TemporaryDirectory(prefix="edgekit-ddp-") as tmp:
         work = Path(tmp)

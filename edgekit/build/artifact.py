@@ -1,0 +1,146 @@
+"""One format's artifact: quantize -> export -> judge, with the step cache.
+
+Quantization and export are one cached step: its key is (format, quantization
+config, the float model's digest, the calibration data's digest, the example
+shapes, the versions). A rebuild of an unchanged recipe copies the cached
+artifact back (byte for byte the same file) instead of calibrating and
+lowering again. Judging the artifact against the float model always runs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from edgekit.cache import StepCache, step_key
+from edgekit.compare import Gate, arithmetic, compare_runs, is_class_scores, summary
+from edgekit.formats.base import QuantConfig
+from edgekit.manifest import sha256_file
+from edgekit.model.data import batches
+from edgekit.model.loaded import LoadedModel, data_digest
+
+
+@dataclass
+class BuildContext:
+    """What every format's build reads: the float reference, where to write, the gate, the cache."""
+
+    loaded: LoadedModel
+    stage: Path  # the staging build directory
+    steps: object  # edgekit.progress.Steps
+    gate: Gate
+    cache: StepCache
+    model_digest: str  # of loaded.model: the cache key's input
+
+    @property
+    def spec(self):
+        return self.loaded.spec
+
+
+def build_format(ctx: BuildContext, fmt, cfg: QuantConfig) -> dict:
+    """The artifact of one format (quantized, exported, judged); returns its manifest record."""
+    steps, loaded = ctx.steps, ctx.loaded
+    artifact = ctx.stage / f"model{fmt.SUFFIX}"
+    config = {"format": fmt.NAME, **cfg.to_json(fmt)}
+    key = step_key("quantize+export", config, {"model": ctx.model_digest, "calib": data_digest(loaded.calib),
+                                                "example": [list(t.shape) for t in loaded.example]})
+    hit = ctx.cache.get(key)
+    if hit is not None:
+        lowering = _from_cache(ctx, fmt, config, artifact, hit)
+    else:
+        lowering = _quantize_and_export(ctx, fmt, cfg, config, artifact, key)
+    for warning in lowering.pop("warnings", []):
+        steps.warn(warning)
+    record = judge(ctx, fmt, cfg, artifact)
+    record["lowering"] = lowering
+    return record
+
+
+def _quantize_and_export(ctx: BuildContext, fmt, cfg: QuantConfig, config: dict, artifact: Path, key: str) -> dict:
+    steps, loaded = ctx.steps, ctx.loaded
+    start = time.perf_counter()
+    scheme = "int8" if cfg.scheme != "fp16" else "fp16"
+    with steps.step("quantize", {**config, "calibration_data": loaded.calib.source, "samples": len(loaded.calib)},
+                    f"quantize {cfg.scheme} {scheme} ({fmt.BACKEND})"):
+        total = len(loaded.calib) // ctx.spec.inputs[0].batch
+        calib_iter = steps.track(batches(loaded.calib, ctx.spec.inputs), total, "calibrating")
+        qmodel = fmt.quantize(loaded.model, loaded.example, calib_iter, cfg)
+    with steps.step("export", {"format": fmt.NAME}, f"export {artifact.name}") as rec:
+        lowering = export_atomic(fmt, qmodel, loaded.example, artifact)
+        rec["output"] = sha256_file(artifact)
+    seconds = round(time.perf_counter() - start, 3)
+    with tempfile.TemporaryDirectory(prefix="edgekit-step-") as tmp:
+        meta = Path(tmp) / "lowering.json"
+        meta.write_text(json.dumps(lowering))
+        ctx.cache.put(key, {artifact.name: artifact, "lowering.json": meta}, {"stage": "quantize+export",
+                                                                             "seconds": seconds})
+    return lowering
+
+
+def _from_cache(ctx: BuildContext, fmt, config: dict, artifact: Path, hit) -> dict:
+    entry, stored = hit
+    with ctx.steps.step("quantize+export", {**config, "cached": True}, f"{artifact.name} from the step cache") as rec:
+        try:
+            shutil.copy2(entry / artifact.name, artifact)
+        except OSError as e:  # the error is the destination's (a full build disk), whatever path copy2 names
+            raise OSError(e.errno, e.strerror, str(artifact)) from e
+        rec.update(cached=True, saved_seconds=stored["seconds"], output=sha256_file(artifact))
+    return json.loads((entry / "lowering.json").read_text())
+
+
+def export_atomic(fmt, qmodel, example: tuple, artifact: Path) -> dict:
+    """Write under a temp name, rename when complete."""
+    tmp = artifact.with_name(f".{artifact.name}.tmp")
+    try:
+        info = fmt.export(qmodel, example, tmp)
+        os.replace(tmp, artifact)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return info
+
+
+def judge(ctx: BuildContext, fmt, cfg: QuantConfig, artifact: Path) -> dict:
+    """The artifact in its runtime, as the device computes it, against the float model: its record."""
+    steps, loaded = ctx.steps, ctx.loaded
+    with steps.step("validate", {"format": fmt.NAME, "data": loaded.evaluation.source, "samples": len(loaded.evaluation)},
+                    f"validate {artifact.name} in {fmt.BACKEND}"):
+        runner = fmt.load_for_validation(artifact)
+        total = len(loaded.evaluation) // ctx.spec.inputs[0].batch
+        outputs = [[np.asarray(o) for o in runner.run([t.numpy() for t in b])]
+                   for b in steps.track(batches(loaded.evaluation, ctx.spec.inputs), total, "evaluating")]
+        result = compare_runs(loaded.float_outputs(), outputs, ctx.gate, arithmetic(cfg.scheme),
+                              loaded.evaluation.labels, task=ctx.spec.task)
+        metrics = {**summary(result), "data": _data_record(loaded), "outputs": [_row(o) for o in result["outputs"]]}
+        if runner.validated_as:
+            metrics["validated_as"] = runner.validated_as
+    first = np.nan_to_num(np.concatenate([b[0] for b in outputs]))
+    return {
+        "format": fmt.NAME,
+        "display_name": fmt.DISPLAY_NAME,
+        "backend": fmt.BACKEND,
+        "runtime": fmt.DEVICE_RUNTIME,
+        "quantization": cfg.to_json(fmt),
+        "artifact": {"file": artifact.name, "sha256": sha256_file(artifact), "bytes": artifact.stat().st_size},
+        "metrics": metrics,
+        "gate": {"passed": result["ok"], "failures": result["failures"]},
+        # for cross-format agreement; not written
+        "_predictions": first.argmax(axis=-1) if is_class_scores(first.shape, ctx.spec.task) else None,
+    }
+
+
+def _data_record(loaded: LoadedModel) -> dict:
+    """What the artifact was judged on, said plainly: held-out data, or the calibration inputs."""
+    return {"source": loaded.evaluation.source, "samples": len(loaded.evaluation), "held_out": loaded.held_out,
+            "labels": loaded.evaluation.labels is not None}
+
+
+def _row(output: dict) -> dict:
+    """One output's comparison for the manifest (its failures are in the gate record)."""
+    return {k: v for k, v in output.items() if k != "failures"}

@@ -1,0 +1,385 @@
+"""ExecuTorch `.pte` lowered to the XNNPACK delegate, quantized with PT2E.
+
+PT2E + XNNPACKQuantizer is ExecuTorch's own int8 path: the quantizer annotates
+exactly the patterns XNNPACK has int8 kernels for (conv, linear, add, pooling...),
+so what is quantized is what the delegate will take. Ops it does not annotate
+(embeddings, integer indexing, masks) stay as they are; integer and mask
+tensors are kept out of quantization on purpose (formats/pt2e.py).
+
+Everything edgekit knows about the format is here: quantize, export, the host
+runtime, the lint (ops outside the delegate run on ExecuTorch's portable
+kernels), the per-op profile (ETDump + Inspector), the device runtime's
+footprint, the native runners and how the emulated board runs it.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+import tempfile
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+
+from edgekit.emulator.check import EmulationFailed, run_native_pte
+from edgekit.formats.base import (
+    DYNAMIC_SHAPE,
+    QuantConfig,
+    finding,
+    layer_selected,
+    torch_export,
+)
+from edgekit.formats.pt2e import integer_safe
+from edgekit.quiet import native_stderr_captured, quiet_python_logs
+
+NAME = "executorch"
+DISPLAY_NAME = "ExecuTorch .pte (XNNPACK)"
+SUFFIX = ".pte"
+BACKEND = "xnnpack"
+DEVICE_RUNTIME = "executorch"  # runtime/runner.py's name for executorch.runtime
+DELEGATE_ID = "XnnpackBackend"
+SCHEMES = ("static", "dynamic", "fp16")
+# torchao's PT2E observers: MinMax, and XNNPACK's own default, the histogram
+# observer (searches the clipping range minimising quantization error).
+CALIBRATIONS = ("minmax", "histogram")
+DEFAULT_CALIBRATION = "histogram"
+# The device runs the native ExecuTorch runner (~12 MB deployed with its libraries, no torch), while
+# the Python runtime on this host imports torch (~350 MB resident): count 16 MB on the device (ESTIMATE).
+DEVICE_RUNTIME_MB = 16
+# Ops outside the XNNPACK delegate run on ExecuTorch's portable kernels: scalar C++, one thread.
+OFF_FAST_PATH_IS_SCALAR = True
+NATIVE_TOOLS = ("edgekit-et-runner", "executor_runner")
+GUEST_WHEELS: dict[str, str | None] = {}  # runs in edgekit-et-runner, built from the executorch wheel (emulator/native_build.py)
+PREFERRED_NATIVE_TOOL = "edgekit-et-runner"  # a Linux aarch64 board then needs no torch
+
+
+def available() -> str | None:
+    return None  # executorch is a dependency of edgekit itself
+
+
+# ---------------------------------------------------------------- quantize and export
+
+
+def quantize(model, example_inputs: tuple, calib_batches: Iterable[tuple], cfg: QuantConfig):
+    """static: export -> prepare_pt2e -> calibrate -> convert_pt2e; dynamic: weights int8,
+    activations quantized per call; fp16: the whole graph in half precision."""
+    import torch
+
+    quiet_python_logs()
+    if cfg.scheme == "fp16":
+        return float16_model(model).eval()
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+
+    graph = torch_export(model, example_inputs).module()
+    prepared = prepare_pt2e(graph, _quantizer(cfg))
+    # Dynamic quantization needs no activation statistics, but the weight
+    # observers only see the weights during a forward pass: one is enough.
+    batches = calib_batches if cfg.scheme == "static" else [tuple(example_inputs)]
+    with torch.no_grad():
+        for batch in batches:
+            prepared(*batch)
+    return convert_pt2e(prepared)
+
+
+def _quantizer(cfg: QuantConfig):
+    from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
+        XNNPACKQuantizer,
+        get_symmetric_quantization_config,
+    )
+
+
+    config = get_symmetric_quantization_config(is_per_channel=cfg.per_channel, is_dynamic=cfg.scheme == "dynamic")
+    if cfg.scheme == "static" and (cfg.calibration or DEFAULT_CALIBRATION) == "minmax":
+        config = _with_activation_observer(config, "MinMaxObserver")
+    quantizer = XNNPACKQuantizer().set_global(config)
+    if cfg.skip_layers or cfg.only_layers is not None:
+        # The quantizer can't take `None` per module; a node filter on the module
+        # stack recorded by torch.export does the same job.
+        quantizer.set_filter_function(_node_filter(cfg))
+    return integer_safe(quantizer)
+
+
+def _node_filter(cfg: QuantConfig):
+    """Select the nodes of the chosen layers.
+
+    XNNPACK annotates fused patterns (conv -> batch_norm -> relu) only when every
+    node passes the filter, so a layer quantized alone brings its epilogue: the
+    unweighted ops fed by it.
+    """
+
+    def selected(node, depth: int = 0) -> bool:
+        if node.op != "call_function":
+            # Weights and folded batch-norm biases (get_attr) carry no module
+            # stack; the op that uses them decides.
+            return True
+        if layer_selected(_node_scopes(node), cfg):
+            return True
+        if cfg.only_layers is None or depth >= _EPILOGUE_DEPTH or _is_weighted(node):
+            return False
+        return any(selected(arg, depth + 1) for arg in node.all_input_nodes if arg.op == "call_function")
+
+    return selected
+
+
+# conv -> batch_norm -> relu: the longest epilogue XNNPACK fuses.
+_EPILOGUE_DEPTH = 2
+
+
+def _is_weighted(node) -> bool:
+    name = str(node.target)
+    return "conv" in name or "linear" in name
+
+
+def _with_activation_observer(config, observer_name: str):
+    from torchao.quantization.pt2e import observer
+
+    ctr = getattr(observer, observer_name).with_args(eps=2**-12)  # eps as in XNNPACK's own config
+    act = dataclasses.replace(config.input_activation, observer_or_fake_quant_ctr=ctr)
+    return dataclasses.replace(config, input_activation=act, output_activation=act)
+
+
+def _node_scopes(node) -> list[str]:
+    return [path for path, _ in (node.meta.get("nn_module_stack") or {}).values()]
+
+
+def float16_model(inner):
+    """The model computing in half precision, with float32 inputs/outputs at its edges
+    so callers and the runner feed it the same arrays as the float model."""
+    import torch
+
+    class Float16Model(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.inner = copy.deepcopy(inner).half()
+
+        def forward(self, *xs):
+            xs = [x.half() if x.is_floating_point() else x for x in xs]
+            out = self.inner(*xs)
+            return out.float() if isinstance(out, torch.Tensor) else tuple(o.float() for o in out)
+
+    return Float16Model()
+
+
+def export(qmodel, example_inputs: tuple, path: Path) -> dict:
+    """Lower to XNNPACK and write the `.pte`; return what the partitioner delegated."""
+    quiet_python_logs()
+    from executorch.backends.xnnpack.partition.xnnpack_partitioner import (
+        XnnpackPartitioner,
+    )
+    from executorch.exir import to_edge_transform_and_lower
+
+    edge = to_edge_transform_and_lower(torch_export(qmodel, example_inputs), partitioner=[XnnpackPartitioner()])
+    # Read the partition before to_executorch(), which rewrites ops into out-variants and allocs.
+    outside = _ops_outside_delegate(edge.exported_program().graph_module)
+    program = edge.to_executorch()
+    Path(path).write_bytes(program.buffer)
+    plan = program.executorch_program.execution_plan[0]
+    delegates = [d.id for d in plan.delegates]
+    # The memory plan: the arena ExecuTorch allocates for the graph's own tensors, fixed here
+    # (buffer 0 is reserved). Read now: deserializing a big .pte later costs its size in memory.
+    planned = sum(plan.non_const_buffer_sizes)
+    delegated = DELEGATE_ID in delegates
+    warnings = [] if delegated else [f"nothing was delegated to {BACKEND}: the artifact runs on portable CPU kernels"]
+    return {"delegates": delegates, "xnnpack_delegated": delegated, "ops_outside_delegate": outside,
+            "planned_memory_bytes": planned, "warnings": warnings}
+
+
+def _ops_outside_delegate(graph_module) -> list[str]:
+    """Call targets left in the top-level graph: they run on ExecuTorch's portable CPU kernels."""
+    skip = {"executorch_call_delegate", "getitem", "_to_dim_order_copy"}  # dtype casts at the edges
+    ops = []
+    for node in graph_module.graph.nodes:
+        if node.op == "call_function":
+            name = getattr(node.target, "__name__", str(node.target))
+            parts = name.split(".")  # "aten.embedding.default" -> "embedding"
+            name = parts[-2] if len(parts) >= 3 else parts[0]
+            if name not in skip:
+                ops.append(name)
+    return sorted(set(ops))
+
+
+# ---------------------------------------------------------------- the host runtime
+
+
+class ExecutorchRunner:
+    """A `.pte` loaded by ExecuTorch's Python runtime (the same C++ runtime as on the device)."""
+
+    runtime = "executorch"
+    validated_as = None  # the host's XNNPACK computes what the device's does
+
+    def __init__(self, path: Path, threads: int | None = None):
+        quiet_python_logs()
+        from executorch.runtime import Runtime
+
+        with native_stderr_captured():
+            if threads:
+                # XNNPACK's threadpool is process-wide; the pybindings expose no safer knob.
+                from executorch.extension.pybindings.portable_lib import (
+                    _unsafe_reset_threadpool,
+                )
+
+                _unsafe_reset_threadpool(threads)
+            program = Runtime.get().load_program(str(path))
+            self._method = program.load_method("forward")
+
+    def run(self, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
+        import torch
+
+        tensors = [torch.as_tensor(np.ascontiguousarray(a)) for a in inputs]
+        return [o.detach().numpy().copy() for o in self._method.execute(tensors)]
+
+
+def load(path: Path, threads: int | None = None) -> ExecutorchRunner:
+    return ExecutorchRunner(path, threads)
+
+
+def load_for_validation(path: Path) -> ExecutorchRunner:
+    return ExecutorchRunner(path)
+
+
+# ---------------------------------------------------------------- lint
+
+NOT_COMPUTE = {"quantize_per_tensor", "dequantize_per_tensor", "_to_dim_order_copy", "_clone_dim_order"}
+ADVICE = {
+    "cumsum": "XNNPACK has no cumsum: compute it outside the model, or as a matmul with a triangular ones matrix",
+    "sort": "sorting stays on portable kernels: do it after the model (e.g. top-k in the app)",
+    "topk": "top-k stays on portable kernels: run it on the outputs in the app",
+    "embedding": "embedding lookups are not delegated (cheap gathers); fine unless the table is large",
+    "index": "advanced indexing is not delegated: use slicing, or move it out of forward()",
+    "grid_sampler_2d": "grid_sample is not delegated: precompute the grid or resample outside the model",
+    "native_layer_norm": "layer norm outside XNNPACK: check the export kept it as one op (affine, last dim)",
+}
+GENERIC_ADVICE = ("runs on ExecuTorch's portable kernels (scalar, one thread): replace it with ops XNNPACK takes "
+                  "(conv, linear, add/mul, pooling, clamp/relu, softmax) or move it out of forward()")
+DYNAMIC_ADVICE = ("ExecuTorch plans memory for the upper bound and XNNPACK rebuilds its operators whenever the shape "
+                  "changes: export with the shape the device feeds (--input-shape) unless it really varies")
+
+
+def lint(path: Path) -> dict:
+    """Ops the XNNPACK delegate did not take (KernelCalls in the program itself), and inputs whose
+    shape is not static. Each finding carries its MACs, read from the program's own tensor sizes."""
+    program = _program(path)
+    findings = [finding(op, r["count"], ADVICE.get(op, GENERIC_ADVICE), "ExecuTorch portable kernels", macs=r["macs"])
+                for op, r in sorted(ops_outside(program).items())]
+    findings += [finding(DYNAMIC_SHAPE, 1, DYNAMIC_ADVICE, f"input {name}", macs=0) for name in _dynamic_inputs(program)]
+    return {"fast_path": "XNNPACK delegate", "findings": findings}
+
+
+def _program(path: Path):
+    from executorch.exir._serialize._program import deserialize_pte_binary
+
+    return deserialize_pte_binary(Path(path).read_bytes()).program
+
+
+def ops_outside(program) -> dict[str, dict]:
+    """{op short name: {"count", "macs"}} for KernelCalls outside every delegate.
+
+    MACs: convolution: out elements x weight elements per output channel; linear/mm/addmm/bmm:
+    out elements x the input's last dim; other ops: 0 (elementwise, data movement).
+    """
+    found: dict[str, dict] = {}
+    for plan in program.execution_plan:
+        for chain in plan.chains:
+            for ins in chain.instructions:
+                args = ins.instr_args
+                if type(args).__name__ != "KernelCall":
+                    continue
+                name = plan.operators[args.op_index].name.split("::")[-1]
+                if name in NOT_COMPUTE:
+                    continue
+                row = found.setdefault(name, {"count": 0, "macs": 0})
+                row["count"] += 1
+                row["macs"] += _kernel_macs(name, [_sizes(plan.values[i].val) for i in args.args])
+    return found
+
+
+def _sizes(val) -> list[int] | None:
+    sizes = getattr(val, "sizes", None)
+    return list(sizes) if sizes is not None else None
+
+
+def _kernel_macs(name: str, sizes: list) -> int:
+    tensors = [s for s in sizes if s is not None]
+    if len(tensors) < 2:
+        return 0
+    out = math.prod(tensors[-1])  # out-variant kernels take their output last
+    if name in ("convolution", "_convolution"):
+        return out * math.prod(tensors[1][1:])  # weight (Cout, Cin/groups, k...)
+    if name in ("linear", "mm", "addmm", "bmm", "matmul"):
+        x = tensors[1] if name == "addmm" else tensors[0]
+        return out * x[-1]
+    return 0
+
+
+def _dynamic_inputs(program) -> list[str]:
+    found = []
+    for plan in program.execution_plan:
+        for n, index in enumerate(plan.inputs):
+            val = plan.values[index].val
+            dynamism = getattr(val, "shape_dynamism", None)
+            if dynamism is not None and int(getattr(dynamism, "value", dynamism)) != 0:  # 0: TensorShapeDynamism.STATIC
+                found.append(f"{n} of {plan.name} (sizes {list(val.sizes)} at most)")
+    return found
+
+
+# ---------------------------------------------------------------- profile
+
+# ExecuTorch events that are containers, not operators.
+_ET_SKIP = {"DELEGATE_CALL", "Method::execute", "OPERATOR_CALL"}
+
+
+def profile(path: Path, batch: list[np.ndarray], runs: int, threads: int) -> list[dict]:
+    """ETDump (`_load_for_executorch(enable_etdump=True)`) read by `executorch.devtools.Inspector`:
+    XNNPACK's per-operator events inside the delegate."""
+    import warnings
+
+    import torch
+    from executorch.devtools import Inspector
+    from executorch.extension.pybindings import portable_lib as pl
+
+    inputs = [torch.as_tensor(np.ascontiguousarray(a)) for a in batch]
+    with tempfile.TemporaryDirectory(prefix="edgekit-etdump-") as tmp, native_stderr_captured():
+        pl._unsafe_reset_threadpool(threads)
+        module = pl._load_for_executorch(str(path), enable_etdump=True, debug_buffer_size=0)
+        for _ in range(runs):
+            module.forward(inputs)
+        etdump = Path(tmp) / "run.etdp"
+        module.write_etdump_result_to_file(str(etdump))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "Output Buffer not found": we asked for times only
+            inspector = Inspector(etdump_path=str(etdump))
+    rows = []
+    for block in inspector.event_blocks:
+        if block.name != "Execute":
+            continue
+        for event in block.events:
+            if event.name in _ET_SKIP or event.perf_data is None:
+                continue
+            raw = list(event.perf_data.raw)
+            rows.append({"name": event.name, "ms": round(float(np.mean(raw)), 4), "calls": 1,
+                         "delegated": bool(event.is_delegated_op)})
+    return rows
+
+
+# ---------------------------------------------------------------- the emulated board
+
+
+def emulate(core, artifact: Path, samples: list[list[np.ndarray]], input_names: list[str]):
+    """In edgekit-et-runner, the native runner a Linux board gets (no torch in the guest)."""
+
+    return run_native_pte(core, artifact, samples, "artifact")
+
+
+def emulated_baseline(core, model, example: tuple, one_sample) -> int | None:
+    """Guest instructions of the float model lowered to XNNPACK the same way: what int8 is judged by."""
+
+    with tempfile.TemporaryDirectory(prefix="edgekit-float-pte-") as tmp:
+        path = Path(tmp) / "float.pte"
+        export(model, example, path)
+        try:
+            _, count, _ = run_native_pte(core, path, one_sample, "float")
+        except EmulationFailed:
+            return None
+    return count

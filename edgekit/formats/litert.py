@@ -1,0 +1,217 @@
+"""LiteRT `.tflite` (TensorFlow Lite's successor), static int8 through litert-torch's own PT2E path.
+
+The float model is captured with torch.export, annotated by litert-torch's
+PT2EQuantizer (wrapped so integer and mask tensors stay float: formats/pt2e.py),
+calibrated and converted with torchao's `convert_pt2e(fold_quantize=False)` (the
+folded form fails in litert-torch's lowering), then `litert_torch.convert` with the
+quantizer in its QuantConfig writes a fully int8 flatbuffer: int8 inputs and
+outputs with their scales, conv/linear/pooling in int8. Inputs arrive as float32
+here and on the device: the runner quantizes them with the model's own input
+scale and dequantizes the outputs, as an app on the board would.
+
+Validated in `ai_edge_litert`'s interpreter. tflite-runtime 2.14 (the last
+release of that package) cannot be used beside numpy 2 and does not read every
+current converter's file: on a board, install ai-edge-litert (or tflite-runtime
+with numpy < 2).
+
+An optional extra (`pip install 'edgekit[litert]'`: litert-torch pulls jax and
+LiteRT's converter, ~750 MB); without it the format names the extra.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+
+from edgekit.emulator.check import run_in_guest_python
+from edgekit.formats.base import QuantConfig, finding, torch_export
+from edgekit.formats.pt2e import integer_safe
+from edgekit.quiet import native_stderr_captured, quiet_python_logs
+from edgekit.runtime.runner import litert_input, litert_output
+
+NAME = "litert"
+DISPLAY_NAME = "LiteRT .tflite (int8)"
+SUFFIX = ".tflite"
+BACKEND = "litert"
+DEVICE_RUNTIME = "litert"
+SCHEMES = ("static",)
+UNSUPPORTED_WHY = {"dynamic": "edgekit builds LiteRT as static int8 only; use --format executorch or onnx",
+                   "fp16": "edgekit builds LiteRT as static int8 only; use --format executorch or onnx"}
+# litert-torch's PT2E observers: the same two torchao offers the ExecuTorch format.
+CALIBRATIONS = ("minmax", "histogram")
+DEFAULT_CALIBRATION = "histogram"
+INSTALL_HINT = "pip install 'edgekit[litert]' (litert-torch and ai-edge-litert), then build again"
+DEVICE_RUNTIME_MB = None  # ai-edge-litert's Python interpreter runs on the device as on this host
+OFF_FAST_PATH_IS_SCALAR = False  # float ops run on LiteRT's optimized (XNNPACK) float kernels
+NATIVE_TOOLS = ("benchmark_model",)
+PREFERRED_NATIVE_TOOL = None
+# The newest aarch64 ai-edge-litert for Python 3.11 is 1.4.0 (the host's 2.3 has no aarch64 wheel);
+# it reads what litert-torch 0.10 writes. It needs numpy only at run time.
+GUEST_WHEELS = {"ai-edge-litert": "1.4.0"}
+# Quiet by default: litert-torch prints a progress tree on stdout, the converter logs via absl (C++).
+_QUIET_ENV = {"LITERT_TORCH_SHOW_PROGRESS": "0", "TF_CPP_MIN_LOG_LEVEL": "2"}
+
+
+def available() -> str | None:
+    import importlib.util
+
+    missing = [m for m in ("litert_torch", "ai_edge_litert") if importlib.util.find_spec(m) is None]
+    if missing:
+        return f"needs the litert extra ({', '.join(missing)} not installed)"
+    return None
+
+
+@dataclass
+class LiteRtQuantized:
+    """A converted PT2E graph and the quantizer that annotated it (litert_torch.convert needs both)."""
+
+    module: object
+    quantizer: object
+
+
+def quantize(model, example_inputs: tuple, calib_batches: Iterable[tuple], cfg: QuantConfig) -> LiteRtQuantized:
+    quiet_python_logs()  # before the imports: torchao logs its optional CUDA kernels while it is imported
+    import torch
+    from litert_torch.quantize.pt2e_quantizer import (
+        PT2EQuantizer,
+        get_symmetric_quantization_config,
+    )
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+
+    config = get_symmetric_quantization_config(is_per_channel=cfg.per_channel)
+    if (cfg.calibration or DEFAULT_CALIBRATION) == "minmax":
+        config = _minmax(config)
+    quantizer = PT2EQuantizer().set_global(config)
+    for name in cfg.skip_layers:  # the accuracy fallback's float layers
+        quantizer.set_module_name(name, None)
+    graph = torch_export(model, example_inputs).module()
+    prepared = prepare_pt2e(graph, integer_safe(quantizer))
+    with torch.no_grad():
+        for batch in calib_batches:
+            prepared(*batch)
+    converted = convert_pt2e(prepared, fold_quantize=False)  # litert-torch lowers the unfolded form only
+    converted.training = False  # litert-torch warns about "training mode" from this flag alone
+    return LiteRtQuantized(converted, quantizer)
+
+
+def _minmax(config):
+    import dataclasses
+
+    from torchao.quantization.pt2e import observer
+
+    ctr = observer.MinMaxObserver.with_args(eps=2**-12)
+    act = dataclasses.replace(config.input_activation, observer_or_fake_quant_ctr=ctr)
+    return dataclasses.replace(config, input_activation=act, output_activation=act)
+
+
+def export(qmodel: LiteRtQuantized, example_inputs: tuple, path: Path) -> dict:
+    for key, value in _QUIET_ENV.items():
+        os.environ.setdefault(key, value)
+    import litert_torch
+    from litert_torch.quantize.quant_config import QuantConfig as LiteRtQuantConfig
+
+    with native_stderr_captured():
+        # enable_x64: int64 inputs (token ids) stay int64, as the manifest and the runner feed them.
+        edge = litert_torch.convert(qmodel.module, tuple(example_inputs),
+                                    quant_config=LiteRtQuantConfig(pt2e_quantizer=qmodel.quantizer), enable_x64=True)
+        edge.export(str(path))
+    ops = operators(Path(path))
+    return {"operators": sorted(set(ops)), "quantize_ops": ops.count("QUANTIZE"), "dequantize_ops": ops.count("DEQUANTIZE"),
+            "warnings": []}
+
+
+def operators(path: Path) -> list[str]:
+    """The builtin op of every operator in the flatbuffer, in graph order (LiteRT's own schema reader)."""
+    return [name for name, _, _ in _walk(path)]
+
+
+def _walk(path: Path):
+    """(builtin op name, operator, its subgraph) for every operator, read with LiteRT's own schema."""
+    from ai_edge_litert import schema_py_generated as schema
+    from ai_edge_litert.tools import flatbuffer_utils
+
+    model = flatbuffer_utils.read_model(str(path))
+    names = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
+    for graph in model.subgraphs:
+        for op in graph.operators:
+            code = model.operatorCodes[op.opcodeIndex]
+            # Builtin codes above 127 live in builtinCode; older files keep them in the deprecated field.
+            builtin = max(code.builtinCode, code.deprecatedBuiltinCode)
+            yield names.get(builtin, str(builtin)), op, graph
+
+
+# ---------------------------------------------------------------- the host runtime
+
+
+class LiteRtRunner:
+    """A `.tflite` in ai_edge_litert's interpreter. Float inputs are quantized with each input's own
+    scale and zero point, outputs dequantized (the device runner's own helpers: host, board and
+    emulator do the same arithmetic): the caller sees the model's float interface."""
+
+    runtime = "litert"
+    validated_as = None
+
+    def __init__(self, path: Path, threads: int | None = None):
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+        from ai_edge_litert.interpreter import Interpreter
+
+        with native_stderr_captured():  # "INFO: Created TensorFlow Lite XNNPACK delegate for CPU."
+            self._interp = Interpreter(model_path=str(path), num_threads=threads or 1)
+            self._interp.allocate_tensors()
+        self._inputs = self._interp.get_input_details()
+        self._outputs = self._interp.get_output_details()
+
+    def run(self, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
+        for detail, value in zip(self._inputs, inputs):
+            self._interp.set_tensor(detail["index"], litert_input(np, value, detail))
+        self._interp.invoke()
+        return [litert_output(np, self._interp.get_tensor(d["index"]), d) for d in self._outputs]
+
+
+def load(path: Path, threads: int | None = None) -> LiteRtRunner:
+    return LiteRtRunner(path, threads)
+
+
+def load_for_validation(path: Path) -> LiteRtRunner:
+    return LiteRtRunner(path)
+
+
+# ---------------------------------------------------------------- lint
+
+# Ops that do arithmetic worth int8: left in float they matter.
+COMPUTE = {"CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "BATCH_MATMUL", "TRANSPOSE_CONV", "CONV_3D"}
+ADVICE = ("runs in float in LiteRT (between DEQUANTIZE and QUANTIZE): litert-torch's PT2E quantizer covers conv, "
+          "linear, add, max/avg pooling; other ops stay float")
+
+
+def lint(path: Path) -> dict:
+    """Compute ops that read a float (dequantized) tensor instead of an int8 one."""
+    from ai_edge_litert import schema_py_generated as schema
+
+    counts: dict[str, int] = {}
+    for name, op, graph in _walk(path):
+        first = graph.tensors[op.inputs[0]] if len(op.inputs) else None
+        if name in COMPUTE and first is not None and first.type == schema.TensorType.FLOAT32:
+            counts[name] = counts.get(name, 0) + 1
+    return {"fast_path": "LiteRT int8 kernels",
+            "findings": [finding(op, n, ADVICE, "LiteRT, float") for op, n in sorted(counts.items())]}
+
+
+PROFILE_UNSUPPORTED = "ai_edge_litert's Python interpreter has no per-op profiler; use benchmark_model on the device"
+
+
+def profile(path: Path, batch: list[np.ndarray], runs: int, threads: int) -> list[dict]:
+    raise NotImplementedError(PROFILE_UNSUPPORTED)
+
+
+# ---------------------------------------------------------------- the emulated board
+
+
+def emulate(core, artifact: Path, samples: list[list[np.ndarray]], input_names: list[str]):
+    """In ai-edge-litert's interpreter under the guest's python (its aarch64 wheel, as on a Pi)."""
+
+    return run_in_guest_python(core, artifact, samples, input_names, "artifact", DEVICE_RUNTIME)

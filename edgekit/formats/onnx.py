@@ -1,0 +1,426 @@
+"""ONNX `.onnx` run by ONNX Runtime, int8 in QDQ form with onnxruntime's own quantizer.
+
+The float graph comes from `torch.onnx.export(dynamo=True)`; onnxruntime's
+`quant_pre_process` (shape inference + graph optimization) prepares it and
+`quantize_static` inserts QuantizeLinear/DequantizeLinear pairs (QDQ), which
+ORT's CPU provider fuses into its int8 kernels: U8 activations / S8 weights,
+per-channel weights, as ORT recommends for ARM. Nodes that touch indices, masks
+or masked scores stay float (formats/activations.py).
+
+Also here: the host runtime (and the reference arithmetic an ARM board computes,
+for x86 hosts without VNNI), the lint (compute ops not between QDQ pairs run in
+float), onnxruntime's own per-node profile, and the emulated board's guest
+onnxruntime.
+"""
+
+from __future__ import annotations
+
+import ast
+import contextlib
+import io
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+
+from edgekit.emulator.check import run_in_guest_python
+from edgekit.errors import FormatUnsupported
+from edgekit.formats.activations import onnx_float_nodes
+from edgekit.formats.base import (
+    DYNAMIC_SHAPE,
+    QuantConfig,
+    finding,
+    layer_selected,
+    op_row,
+)
+from edgekit.quiet import quiet_python_logs, root_logger_quiet
+
+NAME = "onnx"
+DISPLAY_NAME = "ONNX Runtime .onnx (QDQ)"
+BACKEND = "onnxruntime"
+SUFFIX = ".onnx"
+DEVICE_RUNTIME = "onnxruntime"
+# The Python onnxruntime that runs on this host runs on the device too: its footprint is measured here.
+DEVICE_RUNTIME_MB = None
+# Float leftovers in an .onnx still run on ORT's vectorized, multi-threaded float kernels.
+OFF_FAST_PATH_IS_SCALAR = False
+NATIVE_TOOLS = ("onnxruntime_perf_test",)
+GUEST_WHEELS = {"onnxruntime": None}  # the host's version on the emulated board: host and guest outputs compare
+PREFERRED_NATIVE_TOOL = None
+SCHEMES = ("static", "dynamic", "fp16")
+# onnxruntime's calibrators. It has no plain "histogram" method: its histogram
+# calibrators are entropy and percentile.
+CALIBRATIONS = ("minmax", "percentile", "entropy")
+DEFAULT_CALIBRATION = "minmax"
+_SCOPES_KEY = "pkg.torch.onnx.name_scopes"  # module path of each node, written by the dynamo exporter
+# fp16 weight storage pays off only for tensors of some size; small ones (shapes,
+# scalars) stay float32 so no Cast is spent on them.
+_FP16_MIN_ELEMENTS = 64
+
+
+@dataclass
+class OnnxModel:
+    """A quantized ONNX model in memory, with what the quantizer was told."""
+
+    data: bytes
+    excluded_nodes: list[str]
+
+
+def available() -> str | None:
+    return None  # onnx, onnxruntime and onnxscript are dependencies of edgekit
+
+
+def quantize(model, example_inputs: tuple, calib_batches: Iterable[tuple], cfg: QuantConfig) -> OnnxModel:
+    quiet_python_logs()
+    with tempfile.TemporaryDirectory(prefix="edgekit-onnx-") as tmp:
+        float_path, pre_path, out_path = (Path(tmp) / n for n in ("float.onnx", "pre.onnx", "q.onnx"))
+        export_float(model, example_inputs, float_path, cfg.input_names)
+        if cfg.scheme == "fp16":
+            return OnnxModel(_weights_to_fp16(float_path), [])
+        _pre_process(float_path, pre_path)
+        excluded = list(dict.fromkeys(_nodes_outside(pre_path, cfg) + _not_quantizable(pre_path)))
+        # The histogram calibrators print their bin counts; the quantizer logs on the root logger.
+        with contextlib.redirect_stdout(io.StringIO()), root_logger_quiet():
+            if cfg.scheme == "dynamic":
+                _quantize_dynamic(pre_path, out_path, cfg, excluded)
+            else:
+                _quantize_static(pre_path, out_path, calib_batches, cfg, excluded)
+        return OnnxModel(out_path.read_bytes(), excluded)
+
+
+def export_float(model, example_inputs: tuple, path: Path, input_names: Sequence[str] = ()) -> None:
+    """torch.onnx.export (dynamo); its progress chatter on stdout is kept off the user's terminal."""
+    import torch
+
+    names = list(input_names) or None
+    with contextlib.redirect_stdout(io.StringIO()):
+        try:
+            torch.onnx.export(model, tuple(example_inputs), str(path), dynamo=True, input_names=names,
+                              external_data=False, verbose=False)
+        except Exception as e:
+            raise FormatUnsupported(
+                f"torch.onnx.export failed: {type(e).__name__}: {str(e).splitlines()[0][:300]}",
+                hint="the model must be capturable by torch.export; try --format executorch to compare",
+            ) from e
+
+
+def _nodes_outside(path: Path, cfg: QuantConfig) -> list[str]:
+    """ONNX node names that belong to layers kept float (or outside the selected ones)."""
+    if not cfg.skip_layers and cfg.only_layers is None:
+        return []
+    import onnx
+
+    excluded = []
+    for node in onnx.load(str(path)).graph.node:
+        props = {p.key: p.value for p in node.metadata_props}
+        scopes = ast.literal_eval(props[_SCOPES_KEY]) if _SCOPES_KEY in props else []
+        if not layer_selected(scopes, cfg):
+            excluded.append(node.name)
+    return excluded
+
+
+def _pre_process(src: Path, dst: Path) -> None:
+    """onnxruntime's quant_pre_process: shape inference, then graph optimisation (LayerNorm,
+    GELU fusions). Its symbolic shape inference, written for dynamic transformer shapes, fails on
+    some exported graphs (an Expand whose target shape it cannot compute: TypeError in
+    _broadcast_shapes, seen on all-MiniLM-L6-v2); edgekit exports static shapes, which ONNX's own
+    shape inference resolves fully, so that failure is retried without the symbolic pass."""
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    try:
+        quant_pre_process(str(src), str(dst))
+    except Exception:  # noqa: BLE001 - any failure of the symbolic pass; the retry reports its own
+        quant_pre_process(str(src), str(dst), skip_symbolic_shape=True)
+
+
+def _not_quantizable(path: Path) -> list[str]:
+    """Nodes that read or write indices, masks or masked scores: they stay float
+    (the rule every format shares: edgekit/formats/activations.py)."""
+    import onnx
+
+    return onnx_float_nodes(onnx.shape_inference.infer_shapes(onnx.load(str(path))))
+
+
+class _CalibrationReader:
+    """Feeds calibration batches to onnxruntime's calibrator, by input name."""
+
+    def __init__(self, path: Path, batches: Iterable[tuple]):
+        import onnx
+
+        self._names = [i.name for i in onnx.load(str(path)).graph.input]
+        self._batches = iter(batches)
+
+    def get_next(self):
+        batch = next(self._batches, None)
+        return None if batch is None else {n: t.numpy() for n, t in zip(self._names, batch)}
+
+    def rewind(self):  # onnxruntime may call it; one pass is all we feed
+        pass
+
+
+def _quantize_static(src: Path, dst: Path, batches, cfg: QuantConfig, excluded: list[str]) -> None:
+    from onnxruntime.quantization import (
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+
+    method = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
+              "entropy": CalibrationMethod.Entropy}[cfg.calibration or DEFAULT_CALIBRATION]
+    with _entropy_histogram_bins():
+        quantize_static(
+            str(src), str(dst), _CalibrationReader(src, batches), quant_format=QuantFormat.QDQ,
+            per_channel=cfg.per_channel, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+            calibrate_method=method, nodes_to_exclude=excluded,
+            extra_options={"CalibPercentile": PERCENTILE},
+        )
+
+
+# Percentile calibration keeps this share of each activation's values inside the
+# range. 99.99 (not onnxruntime's 99.999) clips a glitch of one value in ~10^4,
+# the rate of a single bad pixel in a few hundred small calibration images.
+PERCENTILE = 99.99
+# The KL-divergence (entropy) search picks a clipping threshold among histogram
+# bins; it needs many more bins than quantized levels to have anything to
+# choose from (TensorRT's recipe: 2048 bins searched down to 128 levels).
+_ENTROPY_BINS = {"num_bins": 2048, "num_quantized_bins": 128}
+
+
+@contextlib.contextmanager
+def _entropy_histogram_bins():
+    """quantize_static builds its entropy calibrator with 128 bins for 128 levels
+    and forwards no option to change that: with equal counts the search has one
+    candidate (the full min/max range), so 'entropy' would silently be 'minmax'.
+    Give the calibrator factory quantize_static calls the bins it needs."""
+    import importlib
+
+    # The module, not the `quantize` function the package re-exports under that name.
+    ort_quantize = importlib.import_module("onnxruntime.quantization.quantize")
+    original = ort_quantize.create_calibrator
+
+    def create_calibrator(*args, extra_options=None, **kwargs):
+        return original(*args, extra_options={**_ENTROPY_BINS, **(extra_options or {})}, **kwargs)
+
+    ort_quantize.create_calibrator = create_calibrator
+    try:
+        yield
+    finally:
+        ort_quantize.create_calibrator = original
+
+
+def _quantize_dynamic(src: Path, dst: Path, cfg: QuantConfig, excluded: list[str]) -> None:
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    # Like the other backends, dynamic int8 is for matmul-heavy layers: ConvInteger
+    # has no fast ARM kernel in ORT, so convolutions stay float.
+    quantize_dynamic(str(src), str(dst), per_channel=cfg.per_channel, weight_type=QuantType.QInt8,
+                     nodes_to_exclude=excluded, op_types_to_quantize=["MatMul", "Gemm", "LSTM", "GRU", "Attention"])
+
+
+def _weights_to_fp16(path: Path) -> bytes:
+    """Weight-only fp16: large float32 initializers stored as fp16, cast back on load.
+
+    Halves the weight bytes; compute stays float32, so it runs on every ORT CPU
+    build (ORT's fp16 CPU kernels cover few ops).
+    """
+    import onnx
+    from onnx import helper, numpy_helper
+
+    model = onnx.load(str(path))
+    graph = model.graph
+    casts = []
+    for init in list(graph.initializer):
+        if init.data_type != onnx.TensorProto.FLOAT:
+            continue
+        array = numpy_helper.to_array(init)
+        if array.size < _FP16_MIN_ELEMENTS:
+            continue
+        stored = f"{init.name}__fp16"
+        graph.initializer.remove(init)
+        graph.initializer.append(numpy_helper.from_array(array.astype(np.float16), stored))
+        casts.append(helper.make_node("Cast", [stored], [init.name], name=f"cast_{stored}", to=onnx.TensorProto.FLOAT))
+    for i, cast in enumerate(casts):
+        graph.node.insert(i, cast)  # before every consumer: nodes must stay topologically sorted
+    return model.SerializeToString()
+
+
+def export(qmodel: OnnxModel, example_inputs: tuple, path: Path) -> dict:
+    import onnx
+
+    Path(path).write_bytes(qmodel.data)
+    ops = [n.op_type for n in onnx.load(str(path)).graph.node]
+    return {
+        "operators": sorted(set(ops)),
+        "qdq_pairs": ops.count("QuantizeLinear"),
+        "excluded_nodes": qmodel.excluded_nodes,
+        "warnings": [],
+    }
+
+
+def host_saturates_u8s8() -> bool:
+    """True on x86 CPUs without VNNI: ORT's fused U8S8 int8 kernels there sum
+    pairs of products in int16 and saturate when activations span the full
+    0..255 range and weights reach +-127 (ORT documents this and suggests
+    reduce_range). ARM's int8 kernels accumulate in int32 and never saturate."""
+    import platform
+
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        return False
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_vnni" not in flags and "avx_vnni" not in flags
+
+
+REFERENCE_ARITHMETIC = ("reference QDQ arithmetic: this x86 host lacks VNNI, where onnxruntime's fused int8 "
+                        "kernels saturate; ARM kernels do not")
+
+
+class OrtRunner:
+    """An `.onnx` in an onnxruntime CPU session.
+
+    `exact=True` runs the QDQ graph as written (dequantize -> float op ->
+    quantize) with graph optimizations off: the int8 arithmetic of the ARM
+    kernels without x86's int16 saturation. Validation uses it on hosts where
+    saturation would understate what the device computes.
+    """
+
+    runtime = "onnxruntime"
+
+    def __init__(self, path: Path, threads: int | None = None, exact: bool = False):
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = threads
+        if exact:
+            options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        self.validated_as = REFERENCE_ARITHMETIC if exact else None
+        self._session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        self._names = [i.name for i in self._session.get_inputs()]
+
+    def run(self, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
+        return self._session.run(None, {n: np.ascontiguousarray(a) for n, a in zip(self._names, inputs)})
+
+
+def load(path: Path, threads: int | None = None) -> OrtRunner:
+    """For timing: the optimized session, as a device runs it."""
+    return OrtRunner(path, threads)
+
+
+def load_for_validation(path: Path) -> OrtRunner:
+    """For accuracy: what an ARM device computes (see host_saturates_u8s8)."""
+    return OrtRunner(path, exact=host_saturates_u8s8())
+
+
+# ---------------------------------------------------------------- lint
+
+COMPUTE = {"Conv", "ConvTranspose", "Gemm", "MatMul", "LSTM", "GRU", "Attention", "Einsum"}
+# Pure data movement: a QDQ chain stays quantized through these.
+PASSTHROUGH = {"Reshape", "Flatten", "Squeeze", "Unsqueeze", "Transpose", "Identity", "Shape", "Gather",
+               "Slice", "Concat", "Cast", "Constant"}
+ADVICE = ("runs in float on ORT's CPU provider: quantize it (check quantize_static's op_types_to_quantize) "
+          "or keep it if it is cheap")
+DYNAMIC_ADVICE = ("ONNX Runtime's mobile execution providers (XNNPACK, NNAPI) take fixed shapes only, and so do the "
+                  "native benchmark tools: fix it (python -m onnxruntime.tools.make_dynamic_shape_fixed) or export "
+                  "with --input-shape")
+
+
+def lint(path: Path) -> dict:
+    """Compute ops not between DequantizeLinear and QuantizeLinear (ORT runs them in float: no QDQ
+    fusion), and inputs with a symbolic or missing dim."""
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    producer = {o: n for n in graph.node for o in n.output}
+    consumers: dict[str, list] = {}
+    for n in graph.node:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n)
+    initializers = {i.name for i in graph.initializer}
+
+    def from_dq(name: str, depth=0) -> bool:
+        if name in initializers or not name:
+            return True  # weights/biases: ORT quantizes them with the op when the activations are QDQ
+        n = producer.get(name)
+        if n is None or depth > 8:
+            return False
+        if n.op_type == "DequantizeLinear":
+            return True
+        return n.op_type in PASSTHROUGH and from_dq(n.input[0], depth + 1)
+
+    def into_q(name: str, depth=0) -> bool:
+        users = consumers.get(name, [])
+        if not users or depth > 8:
+            return False
+        return all(u.op_type == "QuantizeLinear" or (u.op_type in PASSTHROUGH and all(into_q(o, depth + 1) for o in u.output))
+                   for u in users)
+
+    counts: dict[str, list[str]] = {}
+    for n in graph.node:
+        if n.op_type in ("QuantizeLinear", "DequantizeLinear") or n.op_type in PASSTHROUGH:
+            continue
+        data_inputs = [i for i in n.input if i and i not in initializers]
+        quantized = all(from_dq(i) for i in data_inputs) and all(into_q(o) for o in n.output)
+        if not quantized and (n.op_type in COMPUTE or data_inputs):
+            counts.setdefault(n.op_type, []).append(n.name)
+    findings = [finding(op, len(names), ADVICE, "ONNX Runtime CPU, float") for op, names in sorted(counts.items())]
+    findings += [finding(DYNAMIC_SHAPE, 1, DYNAMIC_ADVICE, f"input {name}", macs=0) for name in _dynamic_inputs(graph)]
+    return {"fast_path": "QDQ int8 kernels", "findings": findings}
+
+
+def _dynamic_inputs(graph) -> list[str]:
+    initializers = {i.name for i in graph.initializer}
+    found = []
+    for i in graph.input:
+        if i.name in initializers:
+            continue
+        dims = i.type.tensor_type.shape.dim
+        loose = [f"dim {k} '{d.dim_param}'" if d.dim_param else f"dim {k} unknown"
+                 for k, d in enumerate(dims) if not d.HasField("dim_value")]
+        if loose:
+            found.append(f"{i.name} ({', '.join(loose)})")
+    return found
+
+
+# ---------------------------------------------------------------- profile
+
+
+def profile(path: Path, batch: list[np.ndarray], runs: int, threads: int) -> list[dict]:
+    """onnxruntime's own profiler (SessionOptions.enable_profiling): per-node kernel time."""
+    import json
+
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.enable_profiling = True
+    options.intra_op_num_threads = threads
+    with tempfile.TemporaryDirectory(prefix="edgekit-ortprof-") as tmp:
+        options.profile_file_prefix = str(Path(tmp) / "ort")
+        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        feed = {i.name: a for i, a in zip(session.get_inputs(), batch)}
+        for _ in range(runs):
+            session.run(None, feed)
+        events = json.loads(Path(session.end_profiling()).read_text())
+    totals: dict[str, list] = {}
+    for e in events:
+        if e.get("cat") == "Node" and e.get("name", "").endswith("_kernel_time"):
+            node = e["name"][: -len("_kernel_time")]
+            name = f"{e.get('args', {}).get('op_name', '?')} {node}"
+            t = totals.setdefault(name, [0.0, 0])
+            t[0] += e.get("dur", 0) / 1000.0  # us -> ms
+            t[1] += 1
+    return [op_row(name, ms, calls, runs) for name, (ms, calls) in totals.items()]
+
+
+# ---------------------------------------------------------------- the emulated board
+
+
+def emulate(core, artifact: Path, samples: list[list[np.ndarray]], input_names: list[str]):
+    """In onnxruntime under the guest's python (the aarch64 wheel, as on a Pi)."""
+
+    return run_in_guest_python(core, artifact, samples, input_names, "artifact", DEVICE_RUNTIME)

@@ -1,0 +1,117 @@
+"""PT2E quantizers that quantize activations only (the rule: edgekit/formats/activations.py).
+
+`integer_safe` wraps any PT2E quantizer (XNNPACK's, LiteRT's) and fixes two
+things upstream does not:
+
+- XNNPACKQuantizer.transform_for_annotation lifts every scalar argument of
+  aten.add/mul into a *float32* buffer, so `arange(16) + 0` becomes float and
+  the index it feeds fails at calibration ("tensors used as indices must be
+  long, int, byte or bool tensors"). Reported as pytorch/executorch#22062,
+  fixed upstream by #22065 after executorch 1.5.1: here the lifted constant
+  keeps the node's own dtype.
+- Quantizers annotate ops by pattern (add, mul, linear ...) whatever their
+  inputs are, so an integer add, a mask add or a linear over a masked tensor
+  gets observers. An op with any edge that is not quantizable loses its whole
+  annotation and stays float: a half-annotated op (a quantized weight under a
+  float input) is no pattern a backend lowers.
+"""
+
+from __future__ import annotations
+
+from edgekit.formats.activations import fx_quantizable
+
+_ANNOTATION = "quantization_annotation"
+
+
+def integer_safe(quantizer):
+    """`quantizer` wrapped so integer and mask tensors stay out of quantization."""
+    from torchao.quantization.pt2e.quantizer import Quantizer
+
+    class IntegerSafeQuantizer(Quantizer):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def transform_for_annotation(self, model):
+            return _lift_scalars_keeping_dtype(model) if _lifts_scalars(self.inner) else \
+                self.inner.transform_for_annotation(model)
+
+        def annotate(self, model):
+            model = self.inner.annotate(model)
+            keep_float_where_not_quantizable(model)
+            return model
+
+        def validate(self, model) -> None:
+            self.inner.validate(model)
+
+    return IntegerSafeQuantizer(quantizer)
+
+
+def _lifts_scalars(quantizer) -> bool:
+    """XNNPACKQuantizer (and its subclasses) run the float-only scalar lift."""
+    from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import XNNPACKQuantizer
+
+    return isinstance(quantizer, XNNPACKQuantizer)
+
+
+def _lift_scalars_keeping_dtype(model):
+    """XNNPACK's scalar-to-attribute pass, with the constant in the op's own dtype
+    (the change upstream made in pytorch/executorch#22065)."""
+    import torch
+    from torchao.quantization.pt2e.utils import get_new_attr_name_with_prefix
+
+    lifted_ops = (torch.ops.aten.add.Tensor, torch.ops.aten.mul.Tensor)  # the ops XNNPACK's pass lifts scalars of
+    for node in model.graph.nodes:
+        if node.op != "call_function" or node.target not in lifted_ops:
+            continue
+        val = node.meta.get("val")
+        args = list(node.args)
+        for i, arg in enumerate(args):
+            if isinstance(arg, torch.fx.Node) or not isinstance(arg, (int, float, bool)):
+                continue
+            constant = torch.tensor(arg, dtype=val.dtype)
+            name = get_new_attr_name_with_prefix("_tensor_constant_")(model)
+            model.register_buffer(name, constant)
+            with model.graph.inserting_before(node):
+                attr = model.graph.create_node("get_attr", name, (), {})
+                attr.meta["val"] = val.fake_mode.from_tensor(constant, static_shapes=True)
+            args[i] = attr
+        node.args = tuple(args)
+    model.recompile()
+    return model
+
+
+def keep_float_where_not_quantizable(model) -> list[str]:
+    """Remove the annotation of every op that reads or writes a tensor int8 may not touch, and of
+    every op whose annotation shares an observer with one removed (SharedQuantizationSpec: it would
+    point an activation's observer at a mask). Returns the names of the ops kept float."""
+    from torchao.quantization.pt2e.quantizer import SharedQuantizationSpec
+
+    quantizable = fx_quantizable(model)
+    annotated = [n for n in model.graph.nodes if n.meta.get(_ANNOTATION) is not None]
+    kept_float = [n for n in annotated if n not in quantizable or any(
+        arg not in quantizable for arg in n.meta[_ANNOTATION].input_qspec_map)]
+    dropped: set = set()
+
+    def drop(node) -> None:
+        ann = node.meta[_ANNOTATION]
+        dropped.add(node)
+        dropped.update((arg, node) for arg in ann.input_qspec_map)
+        ann.input_qspec_map.clear()
+        ann.output_qspec = None
+
+    for node in kept_float:
+        drop(node)
+    changed = bool(kept_float)
+    while changed:  # shared specs chain: repeat until none points at a dropped edge or node
+        changed = False
+        for node in annotated:
+            if node in dropped:
+                continue
+            ann = node.meta[_ANNOTATION]
+            specs = [*ann.input_qspec_map.values(), ann.output_qspec]
+            if any(isinstance(s, SharedQuantizationSpec) and s.edge_or_node in dropped for s in specs):
+                drop(node)
+                kept_float.append(node)
+                changed = True
+    return [n.name for n in kept_float]

@@ -1,0 +1,243 @@
+"""Every table edgekit prints on the terminal (rich): the build summary, the target profiles,
+device runs, and the report.
+
+They fit an 80-column terminal; names are never cut.
+"""
+
+from __future__ import annotations
+
+from rich import box
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from edgekit.report.format import (
+    bytes_kb,
+    cosine,
+    judged_on,
+    ms,
+    pct,
+    run_flags,
+    verdict,
+)
+from edgekit.target import Target
+
+
+def _console() -> Console:
+    return Console()
+
+
+def print_build_summary(manifest: dict) -> None:
+    console = _console()
+    if manifest.get("sensitivity"):
+        console.print(sensitivity_table(manifest["sensitivity"]))
+    console.print(_formats_table(manifest))
+    console.print(f"{_judged_on(manifest)} · agree: top-1 agreement with float · cosine: of the outputs, mean "
+                  f"over samples · in {manifest['build_dir']}/")
+    for record in manifest["formats"].values():
+        for failure in record.get("gate", {}).get("failures", []):
+            console.print(f"[red]✗[/] {record['artifact']['file']}: {escape(failure)}")
+    for fmt, why in (manifest.get("skipped_formats") or {}).items():
+        console.print(escape(f"– {fmt} skipped: {why['error']}" + (f"\n  fix: {why['hint']}" if why.get("hint") else "")))
+    for record in manifest["formats"].values():
+        fallback = record.get("fallback")
+        if fallback:
+            layers = ", ".join(f["layer"] for f in fallback["float_layers"]) or "none"
+            verdict = "met" if fallback["met"] else "NOT met"
+            console.print(f"{record['format']}: kept float to meet the {fallback['budget_points']:g}-point budget "
+                          f"({verdict}): [bold]{layers}[/]")
+    for fmt, checks in ((manifest.get("validation") or {}).get("formats") or {}).items():
+        console.print(_validation_line(fmt, checks, manifest["target"]))
+    if manifest.get("cross_agreement"):
+        pairs = ", ".join(f"{k.replace('~', ' vs ')} {v:.2f} %" for k, v in manifest["cross_agreement"].items())
+        console.print(f"top-1 agreement between formats: {pairs}")
+def _validation_line(fmt: str, checks: dict, target: str) -> str:
+    """What the build's lint and cost model say about one artifact."""
+    parts = []
+    lint = checks.get("lint") or {}
+    if lint.get("checked"):
+        findings = lint.get("findings") or []
+        share = lint.get("macs_fast_share")
+        fast = f"{share * 100:.0f} % of MACs on {lint.get('fast_path')}" if share is not None else lint.get("fast_path", "")
+        parts.append(f"lint: {len(findings)} finding(s), {fast}" if findings else f"lint: clean, {fast}")
+    p = checks.get("prediction")
+    if p:
+        parts.append(f"predicted on {target}: {p['low_ms']:.3g}–{p['high_ms']:.3g} ms at {p['threads']} threads "
+                     f"(cost model, docs/cost_model.md)")
+    return f"{fmt}: " + " · ".join(parts) if parts else f"{fmt}: no lint or prediction"
+
+
+def _judged_on(manifest: dict) -> str:
+    m = next(iter(manifest["formats"].values()))["metrics"]
+    return judged_on(m.get("data"), m["samples"])
+
+
+def _formats_table(manifest: dict) -> Table:
+    """One row per artifact with the gate's verdict; fits an 80-column terminal."""
+    flt = manifest["float"]
+    first = next(iter(manifest["formats"].values()))["metrics"]
+    labelled = first["accuracy_float"] is not None
+    scores = first.get("top1_agreement") is not None
+    table = Table(title=f"{manifest['name']} → {manifest['target']} · {manifest['quantization']['scheme']} quantization",
+                  box=box.SIMPLE_HEAD, pad_edge=False, padding=(0, 1, 0, 0))
+    columns = (["artifact", "runtime", "calib"] + (["acc %"] if labelled else []) + (["agree %"] if scores else [])
+               + ["cosine", "size", "×float"])
+    for col in columns:
+        table.add_column(col, justify="left" if col in ("artifact", "runtime", "calib") else "right",
+                         no_wrap=True, min_width=len(col))
+    if labelled:
+        table.add_row("  float", "torch", "", f"{first['accuracy_float']:.2f}", *([""] if scores else []), "",
+                      _kb(flt["bytes"]), "", style="dim")
+    for r in manifest["formats"].values():
+        m, art, q = r["metrics"], r["artifact"], r["quantization"]
+        # ✓: the artifact passed the quality gate; ✗: it did not (the reasons follow the table)
+        mark = "[green]✓[/]" if r.get("gate", {}).get("passed", True) else "[red]✗[/]"
+        row = [f"{mark} {art['file']}", r["backend"], q.get("calibration") or "-"]
+        if labelled:
+            row.append(_num(m["accuracy_artifact"]))
+        if scores:
+            row.append(_num(m["top1_agreement"]))
+        row += [_cosine(m.get("cosine")), _kb(art["bytes"]), f"{art['bytes'] / flt['bytes']:.2f}"]
+        table.add_row(*row)
+    return table
+
+
+def _cosine(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4f}"
+
+
+def _num(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
+def sensitivity_table(rows: list[dict]) -> Table:
+    table = Table(title="layer sensitivity (each layer quantized alone; most harmful first)")
+    for col in ("layer", "type", "output SQNR dB", "agreement", "accuracy drop"):
+        table.add_column(col, justify="left" if col in ("layer", "type") else "right")
+    for r in rows:
+        drop = "" if r["accuracy_drop"] is None else f"{r['accuracy_drop']:.2f}"
+        agree = "" if r["top1_agreement"] is None else f"{r['top1_agreement']:.2f} %"
+        table.add_row(r["layer"], r["type"], f"{r['output_sqnr_db']:.1f}", agree, drop)
+    return table
+
+
+def print_targets(targets: list[Target]) -> None:
+    table = Table(title="target profiles")
+    for col in ("name", "cpu", "cores", "GHz", "RAM", "features", "format", "threads", "transport"):
+        table.add_column(col, justify="right" if col in ("cores", "GHz", "RAM", "threads") else "left")
+    for t in targets:
+        table.add_row(t.name, t.cpu, str(t.cores), f"{t.clock_ghz:g}", f"{t.ram_mb} MB", _features(t),
+                      t.format, str(t.threads), t.transport)
+    _console().print(table)
+
+
+def print_target(t: Target) -> None:
+    table = Table(title=f"{t.name}: {t.description}", show_header=False)
+    table.add_column("key", style="bold")
+    table.add_column("value")
+    rows = [
+        ("file", str(t.path)), ("arch", t.arch), ("cpu", t.cpu), ("cores", str(t.cores)),
+        ("clock", f"{t.clock_ghz:g} GHz"), ("RAM", f"{t.ram_mb} MB"), ("memory bandwidth", f"{t.mem_bandwidth_gbs:g} GB/s"),
+        ("ISA features", _features(t)), ("format / backend", f"{t.format} / {t.backend}"), ("threads", str(t.threads)),
+        ("transport", t.transport), ("channel rounding", str(t.round_to)), ("emulated as", t.qemu_cpu or "host (no emulation)"),
+    ]
+    for key, value in rows:
+        table.add_row(key, value)
+    _console().print(table)
+
+
+def _features(t: Target) -> str:
+    on = [name for name in ("neon", "dotprod", "fp16") if getattr(t.features, name)]
+    return ", ".join(on) or "-"
+
+
+def _kb(n: int) -> str:
+    if n >= 10 * 1024 * 1024:
+        return f"{n / 1024 / 1024:.1f} MB"
+    return f"{n / 1024:.0f} KB" if n >= 10 * 1024 else f"{n / 1024:.1f} KB"
+
+
+def print_runs(records: list[dict], console: Console | None = None) -> None:
+    """One row per device of a deploy/bench: its latency, or what failed and the fix."""
+    console = console or Console()
+    table = Table(title="device runs")
+    for col in ("device", "status", "runtime", "threads", "load", "first", "p50", "p90", "p99", "runs", "notes"):
+        table.add_column(col, justify="right" if col in ("threads", "load", "first", "p50", "p90", "p99", "runs") else "left")
+    for r in records:
+        result = r.get("bench") or r.get("check") or {}
+        runtime = result.get("runtime") or {}
+        if r["ok"]:
+            status = "[green]ok[/]"
+            notes = "; ".join(r.get("warnings") or [])
+            if r["transport"] == "local":
+                notes = notes or "this computer, not the target"
+            elif (r.get("arch") or {}).get("mismatch"):
+                notes = "; ".join(filter(None, [notes, f"not the target's arch ({r['arch']['device']})"]))
+        else:
+            status = f"[red]failed ({r['stage']})[/]"
+            notes = r["error"] + (f"\nfix: {r['hint']}" if r.get("hint") else "")
+        table.add_row(r["device"], status, f"{runtime.get('name') or ''} {runtime.get('version') or ''}".strip(),
+                      str(result.get("threads") or ""), ms(result.get("load_ms")), ms(result.get("first_ms")),
+                      ms(result.get("p50")), ms(result.get("p90")), ms(result.get("p99")), str(result.get("runs") or ""), notes)
+    console.print(table)
+    files = [r["record_file"] for r in records if r.get("record_file")]
+    if files:
+        console.print("[dim]times in ms · records: " + ", ".join(files) + "[/]")
+
+
+def print_report(data: dict, console: Console | None = None) -> None:
+    console = console or Console()
+    quality = Table(title=f"{data['name']} → {data['target']} ({data['format']}, {data['backend']})")
+    for col in ("format", "gate", "float acc", "artifact acc", "agreement", "cosine", "artifact size"):
+        quality.add_column(col, justify="left" if col in ("format", "gate") else "right")
+    for q in data["quality"]:
+        quality.add_row(q["format"], verdict(q["gate_passed"]), pct(q["accuracy_float"]), pct(q["accuracy_artifact"]),
+                        pct(q["top1_agreement"]), cosine(q["cosine"]), bytes_kb(q["artifact_bytes"]))
+    console.print(quality)
+    if data["quality"]:
+        first = data["quality"][0]
+        console.print(f"[dim]judged on {judged_on(first['data'], first['samples'])}; float size "
+                      f"{bytes_kb(first['float_bytes'])}[/]")
+    for q in data["quality"]:
+        for failure in q["gate_failures"]:
+            console.print(f"[red]✗[/] {q['file']}: {failure}")
+    stages = Table(title="build stages")
+    has_cost = any(s["macs"] is not None or s["params"] is not None for s in data["stages"])
+    for col in ("stage", "seconds", *(("MACs", "params") if has_cost else ())):
+        stages.add_column(col, justify="left" if col == "stage" else "right")
+    for s in data["stages"]:
+        stages.add_row(str(s["stage"]), f"{s['seconds']:.2f}" if s["seconds"] is not None else "–",
+                       *((str(s["macs"] or "–"), str(s["params"] or "–")) if has_cost else ()))
+    console.print(stages)
+    if data["sensitivity"]:
+        console.print(sensitivity_table(data["sensitivity"]))
+    for fb in data["fallbacks"]:
+        layers = ", ".join(f"{f['layer']} ({f['why']})" for f in fb["float_layers"]) or "none"
+        console.print(f"{fb['format']}: kept float for the {fb['budget_points']:g}-point budget "
+                      f"({'met' if fb['met'] else 'NOT met'}): {layers}")
+    _print_latency(data, console)
+
+
+def _print_latency(data: dict, console: Console) -> None:
+    if not data["runs"]:
+        console.print("no device runs yet: `edgekit bench BUILD` (this computer) or `edgekit deploy BUILD --device user@host --bench`")
+    else:
+        table = Table(title="latency (ms)")
+        for col in ("device", "runtime", "threads", "load", "first", "p50", "p90", "p99", "runs", "when (UTC)", "notes"):
+            table.add_column(col, justify="right" if col in ("threads", "load", "first", "p50", "p90", "p99", "runs") else "left")
+        for r in data["runs"]:
+            table.add_row(r["device"], f"{r['runtime'] or '?'} {r['runtime_version'] or ''}".strip(), str(r["threads"]),
+                          ms(r["load_ms"]), ms(r["first_ms"]), ms(r["p50"]), ms(r["p90"]), ms(r["p99"]),
+                          str(r["runs"] or "–"), (r["time"] or "")[:19], ", ".join(run_flags(r)))
+        console.print(table)
+    pred = data["prediction"]
+    if pred:
+        console.print(f"predicted on {pred['target']}: {ms(pred['low_ms'])}–{ms(pred['high_ms'])} ms; " + ", ".join(
+            f"{r['device']} p50 {ms(r['measured_p50'])} ({'within' if r['within'] else 'outside'})"
+            for r in pred["runs"] if r["comparable"]) or "no run on the target yet")
+    for f in data["failed_runs"]:
+        earlier = " [dim](an earlier build's artifact)[/]" if f.get("previous_build") else ""
+        console.print(f"[red]failed[/] {f['device']} ({f['stage']}, {(f['time'] or '')[:19]}): {f['error']}{earlier}")
+    if data.get("previous_runs"):
+        console.print(f"{len(data['previous_runs'])} earlier run(s) measured the artifact this build replaced: "
+                      "`edgekit report --json` lists them under previous_runs")

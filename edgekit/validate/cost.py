@@ -1,0 +1,222 @@
+"""Predicted latency on the target: a roofline-style cost model over the exported graph.
+
+For every op (rows from `edgekit.validate.graph`):
+
+    compute_s = MACs / (clock * MAC_PER_CYCLE[dtype, ISA] * CORE_EFFICIENCY[core] * KIND_EFFICIENCY[kind] * threads_eff)
+    memory_s  = bytes moved / (mem_bandwidth * BANDWIDTH_EFFICIENCY)
+    op_s      = max(compute_s, memory_s) + OP_OVERHEAD_S
+
+and the model's latency is the sum over ops. Ops outside the delegate run on
+ExecuTorch's portable (scalar, single-threaded) kernels. The result is a range
+(point / BAND, point * BAND), wider for cores no published figure calibrates.
+
+Only CORE_EFFICIENCY is fitted: one number per core, on the two published
+MobileNetV2 figures of that core (fp32 and int8; see PUBLISHED). The int8/fp32
+ratio is NOT fitted: it follows from MAC_PER_CYCLE (SIMD width, dot-product) and
+the bytes each dtype moves, so the residual error on the published pairs is a
+real test of the model's shape. docs/cost_model.md shows the calibration.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from edgekit.validate.graph import model_work
+
+# --- ISA throughput per core per cycle (peak), from the cores' public microarchitecture docs ------
+# fp32: Cortex-A72 and A76 have 2x128-bit NEON FMA pipes -> 2 x 4 lanes = 8 fp32 MAC/cycle
+#   (Arm Cortex-A72 / A76 Software Optimization Guides: FMLA Q-form, throughput 2/cycle).
+# int8 without dot-product (ARMv8.0): XNNPACK's QS8 GEMMs widen int8 to int16 and use SMULL/SMLAL2
+#   (8 MACs each); on 2 pipes that is 16 int8 MAC/cycle at best.
+# int8 with dot-product (ARMv8.2 SDOT): 16 MACs per 128-bit instruction, 2 pipes -> 32 MAC/cycle.
+# Cortex-A53: 64-bit NEON datapath, a 128-bit op takes 2 cycles -> half the A72 figures
+#   (A53 TRM: in-order, dual-issue, 64-bit NEON): ESTIMATE, not calibrated.
+MAC_PER_CYCLE = {
+    ("fp32", False): 8.0,
+    ("int8", False): 16.0,
+    ("int8", True): 32.0,
+    ("fp32", True): 8.0,  # dot-product does not help fp32
+}
+NARROW_NEON_CORES = {"a53": 0.5}  # cores whose NEON datapath is 64-bit: scale the peak
+
+# --- what a real kernel reaches of that peak, per op kind (ESTIMATES, see docs/cost_model.md) -----
+# Dense conv / linear are GEMMs: the reference (1.0); the fitted core efficiency scales it.
+# Depthwise 3x3: 9 MACs per output from 9 loads with no reuse across channels, so it is
+#   bound by load throughput (1 128-bit load/cycle vs 2 FMA/cycle on A72/A76) -> at most 0.5
+#   of GEMM; XNNPACK's dwconv micro-kernels get about 2/3 of that -> 0.35.
+# matmul between activations (attention): packed on the fly, ~0.7 of a weight GEMM.
+KIND_EFFICIENCY = {"dense_conv": 1.0, "linear": 1.0, "depthwise_conv": 0.35, "matmul": 0.7}
+
+# Sustained/theoretical DRAM bandwidth: STREAM-like copies on LPDDR4 SoCs reach ~40-60 % of the
+# bus's theoretical peak (the Pi 4 profile's 12.8 GB/s is theoretical); ESTIMATE 0.5.
+BANDWIDTH_EFFICIENCY = 0.5
+# Multi-threaded GEMM scaling: XNNPACK's pthreadpool splits each op in tiles; with per-op barriers
+# 4 threads give ~3.2x on MobileNet-sized layers (ESTIMATE 0.8 per added thread's share).
+PARALLEL_EFFICIENCY = 0.8
+# Per-op fixed cost: operator dispatch + threadpool barrier, ~10 us on a 1.8 GHz A72 (ESTIMATE),
+# i.e. ~18k cycles: scaled by clock.
+OP_OVERHEAD_CYCLES = 18_000
+# Portable (non-delegated) ExecuTorch kernels: scalar C++, one thread: ~1 MAC/cycle (ESTIMATE).
+PORTABLE_MAC_PER_CYCLE = 1.0
+# Ops XNNPACK fuses into the preceding conv/linear (folded batch norm, clamps): no cost of their own.
+FUSED_OPS = {"batch_norm", "_native_batch_norm_legit_no_training", "relu", "relu_", "relu6", "hardtanh",
+             "hardtanh_", "clamp", "_native_batch_norm_legit", "dropout"}
+
+# --- calibration: fraction of the peak a whole network reaches on each core, fitted on PUBLISHED ----
+# Fitted by `calibrate()` (geometric-mean fit of the two figures per core); `python -m
+# edgekit.validate.cost` prints the fit and its residuals. Values are rounded to 3 digits.
+CORE_EFFICIENCY = {"a72": 0.184, "a76": 0.533}
+# A53 (Pi Zero 2): no published figure with our setup. In-order, dual-issue: Arm quotes the A72 at
+# ~1.9x the A53's per-clock performance on general code -> ESTIMATE a72 / 1.9.
+DERIVED_EFFICIENCY = {"a53": ("a72", 1 / 1.9)}
+# Uncertainty band (multiplicative): calibrated cores reproduce their figures within ~1.2x, but a
+# different network (other op mix, cache fit) moves further; uncalibrated cores get a wider band.
+BAND_CALIBRATED = 1.5
+BAND_DERIVED = 2.0
+
+# The published figures (ENVIRONMENT.md "Published numbers"): MobileNetV2 1.0 224x224, all 4 cores.
+PUBLISHED = [
+    # (source, core, clock_ghz, dotprod, mem_bandwidth_gbs, dtype, ms)
+    ("XNNPACK README, Raspberry Pi 4", "a72", 1.8, False, 12.8, "fp32", 46.0),
+    ("XNNPACK README, Raspberry Pi 4", "a72", 1.8, False, 12.8, "int8", 17.0),
+    ("ExecuTorch + XNNPACK, Raspberry Pi 5", "a76", 2.4, True, 17.0, "fp32", 10.9),
+    ("ExecuTorch + XNNPACK, Raspberry Pi 5", "a76", 2.4, True, 17.0, "int8", 4.0),
+]
+
+
+@dataclass(frozen=True)
+class Machine:
+    """The parts of a target profile the model reads."""
+
+    core: str  # "a72", "a76", "a53"
+    clock_ghz: float
+    dotprod: bool
+    mem_bandwidth_gbs: float
+    threads: int
+
+    @classmethod
+    def from_target(cls, target) -> "Machine | None":
+        core = core_class(target.cpu)
+        if core is None:
+            return None
+        return cls(core, target.clock_ghz, target.features.dotprod, target.mem_bandwidth_gbs,
+                   min(target.threads, target.cores))
+
+
+def core_class(cpu: str) -> str | None:
+    """'cortex-a72' -> 'a72'; None for cores the model knows nothing about (x86 hosts)."""
+    cpu = cpu.lower()
+    for core in ("a72", "a76", "a53"):
+        if core in cpu:
+            return core
+    return None
+
+
+def efficiency(core: str, fitted: dict | None = None) -> tuple[float, bool]:
+    """(fraction of peak, calibrated?) for a core class."""
+    table = fitted or CORE_EFFICIENCY
+    if core in table:
+        return table[core], True
+    base, scale = DERIVED_EFFICIENCY[core]
+    return table[base] * scale, False
+
+
+def op_seconds(row, dtype: str, delegated: bool, m: Machine, core_eff: float) -> float:
+    """Seconds for one op. `row` has kind, op, macs, weight_elems, in_elems, out_elems."""
+    if row["kind"] == "view" or row["op"] in FUSED_OPS:
+        return 0.0
+    hz = m.clock_ghz * 1e9
+    bytes_per = 1 if dtype == "int8" else 4
+    moved = (row["weight_elems"] + row["in_elems"] + row["out_elems"]) * bytes_per
+    memory_s = moved / (m.mem_bandwidth_gbs * 1e9 * BANDWIDTH_EFFICIENCY)
+    if not delegated:  # portable kernels: scalar fp32, one thread
+        return max(row["macs"] / (hz * PORTABLE_MAC_PER_CYCLE), memory_s) + OP_OVERHEAD_CYCLES / hz
+    peak = MAC_PER_CYCLE[(dtype, m.dotprod)] * NARROW_NEON_CORES.get(m.core, 1.0)
+    threads_eff = 1 + (m.threads - 1) * PARALLEL_EFFICIENCY
+    rate = hz * peak * core_eff * KIND_EFFICIENCY.get(row["kind"], 1.0) * threads_eff
+    compute_s = row["macs"] / rate if row["macs"] else 0.0
+    return max(compute_s, memory_s) + OP_OVERHEAD_CYCLES / hz
+
+
+def predict_ms(rows, dtype: str, m: Machine, outside: set[str] = frozenset(), fitted: dict | None = None) -> float:
+    """Point estimate in ms. `rows`: OpWork rows or their dicts; `outside`: op names the delegate did not take."""
+    eff, _ = efficiency(m.core, fitted)
+    total = 0.0
+    for r in rows:
+        row = r if isinstance(r, dict) else r.to_json()
+        total += op_seconds(row, dtype, row["op"] not in outside, m, eff)
+    return total * 1e3
+
+
+def predict(rows, dtype: str, target, outside: set[str] = frozenset()) -> dict | None:
+    """The manifest's `prediction`: {low_ms, high_ms, latency_ms, target, ...}; None for non-ARM targets."""
+    m = Machine.from_target(target)
+    if m is None:
+        return None
+    _, calibrated = efficiency(m.core)
+    band = BAND_CALIBRATED if calibrated else BAND_DERIVED
+    point = predict_ms(rows, dtype, m, outside)
+    macs = sum((r if isinstance(r, dict) else r.to_json())["macs"] for r in rows)
+    return {
+        "target": target.name, "latency_ms": round(point, 3),
+        "low_ms": round(point / band, 3), "high_ms": round(point * band, 3),
+        "dtype": dtype, "threads": m.threads, "macs": macs, "core": m.core, "calibrated": calibrated,
+        "source": "edgekit cost model (docs/cost_model.md)",
+    }
+
+
+# --- calibration -----------------------------------------------------------------------------------
+
+
+def mobilenet_v2_rows():
+    """Per-op work of the standard MobileNetV2 1.0 at 224x224 (the published figures' network)."""
+    import torch
+
+    from edgekit.zoo.mobilenet_v2 import build_model  # the zoo's models are torch modules: imported with torch
+
+
+    return [r.to_json() for r in model_work(build_model(), (torch.zeros(1, 3, 224, 224),))]
+
+
+def _machine(entry) -> Machine:
+    _, core, clock, dotprod, bw, _, _ = entry
+    return Machine(core, clock, dotprod, bw, threads=4)
+
+
+def calibrate(rows) -> dict:
+    """Fit CORE_EFFICIENCY: per core, the efficiency whose predictions match its published
+    figures in geometric mean. Latency is ~1/efficiency where compute dominates, so a few
+    fixed-point rounds of the log-mean ratio converge."""
+    fitted = {}
+    for core in sorted({e[1] for e in PUBLISHED}):
+        entries = [e for e in PUBLISHED if e[1] == core]
+        eff = 0.2
+        for _ in range(30):
+            ratios = [predict_ms(rows, e[5], _machine(e), fitted={core: eff}) / e[6] for e in entries]
+            eff *= math.exp(sum(math.log(r) for r in ratios) / len(ratios))
+        fitted[core] = eff
+    return fitted
+
+
+def calibration_table(rows, fitted: dict | None = None) -> list[dict]:
+    """Each published figure with the model's prediction, range and error ratio."""
+    out = []
+    for e in PUBLISHED:
+        m = _machine(e)
+        point = predict_ms(rows, e[5], m, fitted=fitted)
+        out.append({"source": e[0], "core": e[1], "dtype": e[5], "published_ms": e[6],
+                    "predicted_ms": round(point, 2), "low_ms": round(point / BAND_CALIBRATED, 2),
+                    "high_ms": round(point * BAND_CALIBRATED, 2), "ratio": round(point / e[6], 3)})
+    return out
+
+
+if __name__ == "__main__":  # python -m edgekit.validate.cost: refit and show the table in docs/cost_model.md
+    rows = mobilenet_v2_rows()
+    fitted = calibrate(rows)
+    print("fitted CORE_EFFICIENCY:", {k: round(v, 3) for k, v in fitted.items()})
+    print("| figure | dtype | published ms | predicted ms (range) | predicted / published |")
+    print("|---|---|---|---|---|")
+    for r in calibration_table(rows):
+        print(f"| {r['source']} | {r['dtype']} | {r['published_ms']} | {r['predicted_ms']} "
+              f"({r['low_ms']}–{r['high_ms']}) | {r['ratio']} |")
