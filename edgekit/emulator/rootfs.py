@@ -31,7 +31,11 @@ from edgekit.errors import EdgekitError
 # emulated board's sshd; ca-certificates: pip over https if a user adds packages.
 PACKAGES = ("python3", "python3-venv", "ca-certificates", "openssh-server")
 DEFAULT_MIRROR = "http://deb.debian.org/debian"
-AARCH64_PLATFORM = "manylinux_2_28_aarch64"
+# Every wheel tag bookworm's glibc 2.36 runs. pip takes --platform literally (one tag
+# does not imply the older ones), and ai-edge-litert 1.4.0 ships manylinux_2_17 only.
+GUEST_GLIBC_MINOR = 36
+AARCH64_PLATFORMS = (*[f"manylinux_2_{minor}_aarch64" for minor in range(GUEST_GLIBC_MINOR, 16, -1)],
+                     "manylinux2014_aarch64")
 
 
 def apt_mirror() -> str:
@@ -62,7 +66,8 @@ def download_wheels(dest: Path, versions: dict[str, str], run) -> list[Path]:
     dest.mkdir(parents=True, exist_ok=True)
     specs = [f"{name}=={v}" for name, v in versions.items()]
     run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary=:all:", "--python-version", "3.11",
-         "--platform", AARCH64_PLATFORM, "--dest", str(dest), *specs], "download aarch64 wheels")
+         *[arg for tag in AARCH64_PLATFORMS for arg in ("--platform", tag)], "--dest", str(dest), *specs],
+        "download aarch64 wheels")
     return sorted(dest.glob("*.whl"))
 
 
