@@ -6,7 +6,8 @@ Every build step has a key, the sha256 of (stage, its config, its input digest, 
 versions of what runs it): the Olive footprint idea. A step whose key is in the
 cache is not run again: its output files are copied back and its record says
 `cached` and how many seconds the first run took. A changed model, data file,
-option or library gives another key. Entries are evicted oldest first beyond
+option or library gives another key, and so does another edgekit: its own
+source is digested too (an editable install's edit changes no version number). Entries are evicted oldest first beyond
 $EDGEKIT_STEP_CACHE_MB (default 2048 MB); they live in $EDGEKIT_STEP_CACHE_DIR
 (default: steps/ in the user cache); `EDGEKIT_STEP_CACHE=off` turns reuse off.
 """
@@ -17,6 +18,7 @@ import hashlib
 import json
 import os
 import shutil
+from functools import lru_cache
 from pathlib import Path
 
 from edgekit.manifest import versions
@@ -34,8 +36,18 @@ def cache_dir() -> Path:
 def step_key(stage: str, config: dict, inputs: dict) -> str:
     """The key of one step: what it is, how it is configured, what it reads, what runs it."""
 
-    doc = {"stage": stage, "config": config, "inputs": inputs, "versions": versions()}
+    doc = {"stage": stage, "config": config, "inputs": inputs, "versions": versions(), "edgekit": code_digest()}
     return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()
+
+
+@lru_cache(maxsize=1)
+def code_digest() -> str:
+    """sha256 over edgekit's own Python files (about 1 MB: milliseconds, once per process)."""
+    package = Path(__file__).resolve().parent
+    h = hashlib.sha256()
+    for path in sorted(package.rglob("*.py")):
+        h.update(str(path.relative_to(package)).encode() + b"\0" + path.read_bytes())
+    return h.hexdigest()
 
 
 class StepCache:

@@ -125,3 +125,11 @@ def test_a_changed_forward_is_another_model_for_the_cache(tmp_path):
     (app / "model.py").write_text(source.replace("    def forward(", "    # an edited forward: another model\n    def forward(", 1))
     proc = _cli("build", str(app), "--format", "onnx", "--out", str(tmp_path / "b"), "--json", env=env)
     assert not any(s.get("cached") for s in json.loads(proc.stdout)["steps"])
+
+
+def test_another_edgekit_source_is_another_key_for_the_cache(monkeypatch):
+    from edgekit import cache
+
+    before = cache.step_key("quantize+export", {"format": "onnx"}, {"model": "abc"})
+    monkeypatch.setattr(cache, "code_digest", lambda: "0" * 64)  # what an edited edgekit would digest to
+    assert cache.step_key("quantize+export", {"format": "onnx"}, {"model": "abc"}) != before
