@@ -222,7 +222,6 @@ def recipe_from_options(base: BuildRecipe | None = None, *, recipe_file=None, fo
             stages.prune, importance=prune_importance or stages.prune.importance,
             global_pruning=bool(prune_global) or stages.prune.global_pruning))
     elif prune_importance or prune_global:
-
         raise UsageError("--prune-importance/--prune-global apply to pruning", hint="add --prune RATIO or --prune-macs FRACTION")
     if distill or distill_epochs is not None:
         base_distill = stages.distill or DistillConfig()

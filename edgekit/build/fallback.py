@@ -28,7 +28,6 @@ def over_budget(record: dict, budget: float | None) -> bool:
 
 
 def rank(ctx: BuildContext, cfg: QuantConfig) -> list[dict]:
-
     with ctx.steps.step("sensitivity", {"method": "pt2e-simulation", "layers": "Conv/Linear"}, "rank layer sensitivity"):
         return rank_layers(ctx.loaded, cfg, ctx.steps)
 

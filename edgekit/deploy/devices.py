@@ -53,10 +53,8 @@ class Device:
     def open(self):
         """The transport that reaches this device."""
         if self.transport == "ssh":
-
             return SshTransport(self.address, self.name, self.ssh_config, self.ssh_options)
         if self.transport == "adb":
-
             return AdbTransport(self.address, self.name)
 
         return LocalTransport(self.name)
@@ -120,7 +118,6 @@ def _device_from_table(name: str, table, path: Path, defaults: dict) -> Device:
     if not isinstance(address, str) or (kind == "ssh" and not address):
         raise UsageError(f"{where}: '{kind}' must be a string", hint='e.g. ssh = "pi@192.168.1.20:22"')
     if kind == "ssh":
-
         parse_address(address)
     return Device(name, kind, address or None, **settings)
 
@@ -133,7 +130,6 @@ def _checked(value, kind: type, key: str, where: str, path: Path):
     if not isinstance(value, str) or not value:
         raise UsageError(f"{where}: '{key}' must be a non-empty string")
     if key in PATH_KEYS:
-
         kind, rest = split_native_runner(value) if key == "native_runner" else (None, value)
         resolved = str((path.parent / Path(rest).expanduser()).resolve())
         return f"{kind}={resolved}" if kind else resolved

@@ -209,7 +209,6 @@ def resolve_native_runner(text: str, fmt) -> tuple[NativeTool, Path]:
     if not binary.is_file():
         raise UsageError(f"--native-runner {text}: no such file", hint="point it at the tool built for the device")
     if kind not in fmt.NATIVE_TOOLS:
-
         runs = [f.NAME for f in all_formats() if kind in f.NATIVE_TOOLS]
         raise UsageError(f"--native-runner {kind} runs {' or '.join(runs) or 'no'} artifacts, this build's is {fmt.NAME}",
                          hint=(f"use {' or '.join(fmt.NATIVE_TOOLS)}, or " if fmt.NATIVE_TOOLS else "use ")

@@ -69,7 +69,6 @@ class BuildInfo:
 
     @property
     def format_module(self):
-
         return get_format(self.format)
 
     @property

@@ -120,7 +120,6 @@ def _recipe_table(table, path: Path) -> dict | None:
 
 
 def check_task(value: Any, where: str) -> str:
-
     if value not in TASKS:
         raise UsageError(f"{where}: unknown task {value!r}", hint=f"use one of: {', '.join(TASKS)}")
     return value

@@ -13,7 +13,6 @@ from edgekit.report.html import (
 
 
 def write_html(build_dir, data):
-
     return _write(build_dir, data)
 
 

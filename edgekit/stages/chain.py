@@ -183,7 +183,6 @@ def _accuracy(model, loaded: LoadedModel):
 
 
 def _prune(model, cfg, ctx: StageContext):
-
     taylor = _taylor_batches(ctx.train(labels=True, who="--prune-importance taylor"), ctx.spec) \
         if cfg.importance == "taylor" else None
     prune(model, ctx.loaded.example, cfg, taylor)
@@ -191,7 +190,6 @@ def _prune(model, cfg, ctx: StageContext):
 
 
 def _lowrank(model, cfg, ctx: StageContext):
-
     reference = _outputs(model, ctx.loaded)
     layers = factorise(model, cfg)
     return model, {"layers": layers, "max_abs_diff": _max_diff(reference, _outputs(model, ctx.loaded))}
@@ -200,18 +198,15 @@ def _lowrank(model, cfg, ctx: StageContext):
 def _distill(model, cfg, ctx: StageContext):
     train = ctx.train(labels=False)
     if ctx.nproc > 1:
-
         model, result = distill_ddp(ctx.spec, cfg, ctx.nproc, student=None if ctx.student_spec else model,
                                     student_spec=ctx.student_spec)
     else:
-
         result = distill(model, ctx.loaded.model, train, ctx.loaded.evaluation, ctx.spec.inputs, cfg, ctx.steps,
                          ctx.loaded.example)
     return model, {"result": {k: v for k, v in result.items() if k != "config"}}
 
 
 def _sparsity(model, cfg, ctx: StageContext):
-
     zipped_before = _zipped_state(model)
     facts = sparsify(model, cfg)
     facts["float_deflate_bytes"] = {"before": zipped_before, "after": _zipped_state(model)}

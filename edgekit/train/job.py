@@ -19,7 +19,6 @@ def spec_to_job(spec) -> dict:
 
 
 def spec_from_job(doc: dict):
-
     paths = {k: Path(doc[k]) if doc.get(k) else None for k in ("root", "weights", "calib", "eval", "train")}
     inputs = tuple(InputSpec(i["name"], tuple(i["shape"]), i["dtype"]) for i in doc["inputs"])
     return ModelSpec(name=doc["name"], factory=doc["factory"], inputs=inputs, source=doc["source"],

@@ -72,6 +72,5 @@ def describe(fmt: str, r: dict) -> list[str]:
             line += f", {r['instructions'] / r['float_instructions']:.2f}x the float model's"
         lines.append(line + " (relative cost; wall time under emulation is not latency)")
     if r.get("planned_memory_bytes") is not None:
-
         lines.append("    " + memory_plan_line(r["planned_memory_bytes"]))
     return lines

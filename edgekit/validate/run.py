@@ -147,7 +147,7 @@ class FloatReference:
     """The float model, its example inputs and evaluation batches, built once on first use."""
 
     # A build with compression stages (prune, distill, low-rank) keeps the transformed float model
-    # beside the artifact (edgekit/stages/run.py): that, not the user's original, is the reference.
+    # beside the artifact (edgekit/stages/chain.py): that, not the user's original, is the reference.
     # Its weights_only-safe form: the factory's model, resized and loaded (never the .pt2 beside it,
     # which torch.export.load would unpickle from a build dir someone else may have made).
     TRANSFORMED = "float_model.pt"
@@ -159,12 +159,10 @@ class FloatReference:
 
     def get(self):
         if self._loaded is None:
-
             spec = _spec(self._manifest, self._app, self._dir)
             model = build_module(spec)
             transformed = self._dir / self.TRANSFORMED if self._dir else None
             if transformed is not None and transformed.is_file():
-
                 model = load_transformed(model, inside(self._dir, self.TRANSFORMED, "the transformed float model"))
             if spec.eval:
                 data, source = load_npz(spec.eval, spec.inputs, "eval", need_labels=False), "evaluation data"
@@ -181,7 +179,6 @@ class FloatReference:
         """The artifact's outputs per batch in its host runtime, computed once per format
         (parity and the emulated comparison both use them)."""
         if fmt not in self._artifact:
-
             spec, _, _, data, _ = self.get()
             runner = get_format(fmt).load_for_validation(artifact)
             self._artifact[fmt] = [[np.asarray(o) for o in runner.run([t.numpy() for t in b])]
@@ -192,7 +189,6 @@ class FloatReference:
         """The float model's outputs per batch, computed once for every format."""
         if getattr(self, "_float", None) is None:
             import torch
-
 
             spec, model, _, data, _ = self.get()
             # One intra-op thread: batches are single samples, and on a loaded 2-core host OpenMP's
@@ -243,7 +239,6 @@ def format_checks(artifact: Path, record: dict, target, checks: tuple[str, ...],
     if "lint" in checks or "cost" in checks:
         out["lint"] = lint(artifact, work)
     if "cost" in checks and work is not None:
-
         outside = graph_names(out["lint"].get("ops_outside") or [])
         if not for_artifact(artifact).OFF_FAST_PATH_IS_SCALAR:
             outside = set()  # float leftovers there still run on vectorized kernels
@@ -276,7 +271,6 @@ def build_checks(model, example: tuple, build_dir: Path, records: dict, target) 
 
 
 def validate(build_dir: str | Path, options: ValidateOptions = ValidateOptions(), say=print) -> dict:
-
     build_dir = Path(build_dir)
     unknown = [c for c in options.checks if c not in CHECKS]
     if unknown:
@@ -336,7 +330,6 @@ def _check_format(build_dir: Path, manifest: dict, fmt: str, rec: dict, target, 
         say(f"  {fmt}: predicted on {p['target']}: {p['low_ms']:.3g}–{p['high_ms']:.3g} ms "
             f"(point {p['latency_ms']:.3g} ms, {p['dtype']}, {p['threads']} threads, cost model)")
     if "resources" in options.checks:
-
         res["resources"] = _resources(artifact, manifest, target, options)
         planned = (rec.get("lowering") or {}).get("planned_memory_bytes")  # recorded by the export
         if planned is not None:
@@ -346,7 +339,6 @@ def _check_format(build_dir: Path, manifest: dict, fmt: str, rec: dict, target, 
             failures.append(f"{fmt} on {target.name}: {why}")
         _say_resources(fmt, res["resources"], why, target, say)
     if "profile" in options.checks:
-
         threads = min(target.threads, len(os.sched_getaffinity(0)))
         res["profile"] = profile(artifact, _one_batch(manifest), runs=options.runs, threads=threads)
         top = ", ".join(f"{o['name']} {o['ms']:.3g} ms" for o in res["profile"]["ops"][:3])
@@ -355,7 +347,6 @@ def _check_format(build_dir: Path, manifest: dict, fmt: str, rec: dict, target, 
 
 
 def _emulate(core, artifact: Path, fmt: str, ref: FloatReference, options: ValidateOptions, res: dict, say) -> list[str]:
-
     res["emulated"] = emulate_artifact(core, artifact, fmt, ref, options.max_samples)
     for line in describe(fmt, res["emulated"]):
         say(line)
@@ -381,7 +372,6 @@ def _say_resources(fmt: str, r: dict, why: str | None, target, say) -> None:
         say(f"    host latency on {len(r['cores'])} core(s), {r['threads']} thread(s): p50 {lat['p50']} ms, "
             f"p90 {lat['p90']} ms, p99 {lat['p99']} ms, load {lat['load_ms']} ms (this computer, not the target)")
     if r.get("planned_memory_bytes") is not None:
-
         say("    " + memory_plan_line(r["planned_memory_bytes"]))
 
 
@@ -390,7 +380,6 @@ def _line(ok: bool, text: str) -> str:
 
 
 def _work(ref: FloatReference) -> list[dict] | None:
-
     try:
         _, model, example, _, _ = ref.get()
     except UsageError:
@@ -410,7 +399,6 @@ def _one_batch(manifest: dict) -> list[np.ndarray]:
 
 
 def _resources(artifact: Path, manifest: dict, target, options: ValidateOptions) -> dict:
-
     return measure(artifact, manifest["model"]["inputs"], target, runs=options.runs, warmup=options.warmup)
 
 
