@@ -223,6 +223,23 @@ def validate(
 __all__ += ["validate"]
 
 
+# --- the numeric debugger -----------------------------------------------------------------------
+
+
+def debug(build_dir: str | Path, *, format: str | None = None, app: str | Path | None = None, samples: int = 16,
+          baseline: str | None = None, top: int = 8) -> dict:
+    """Where a build's int8 artifact departs from float, layer by layer (edgekit/debug.py); the result
+    is also kept in the manifest under `numeric_debug`. `baseline="tutorial"` adds the format's stock
+    quantizer's SQNR per layer. Only the PT2E formats (executorch, litert)."""
+    from edgekit.debug import debug_build
+
+    return debug_build(build_dir, fmt=format, app=str(app) if app else None, samples=samples, baseline=baseline,
+                       top=top)
+
+
+__all__ += ["debug"]
+
+
 # --- the emulated board -------------------------------------------------------------------------
 
 

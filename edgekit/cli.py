@@ -16,6 +16,7 @@ import click
 
 from edgekit import __version__
 from edgekit.errors import EXIT_INTERNAL, EXIT_USAGE, EdgekitError, environment_fault
+from edgekit.quiet import quiet_model_libraries
 
 _DEBUG_ENV = "EDGEKIT_DEBUG"
 
@@ -33,6 +34,8 @@ def cli(debug: bool) -> None:
     """
     if debug:
         os.environ[_DEBUG_ENV] = "1"
+    else:
+        quiet_model_libraries()
 
 
 _FORMAT_CHOICES = ("executorch", "torchscript-lite", "onnx", "litert", "all")
@@ -434,6 +437,29 @@ def report(build_dir, as_json, no_html):
     print_report(data)
     if "html" in data:
         click.echo(f"report: {data['html']}")
+
+
+@cli.command("debug")
+@click.argument("build_dir", type=click.Path(file_okay=False))
+@click.option("--format", "format_", metavar="FORMAT", help="Which artifact of the build (executorch or litert). [default: the primary]")
+@click.option("--baseline", type=click.Choice(["tutorial"]), help="Also replay the format's stock quantizer (ExecuTorch's PT2E tutorial) and show its SQNR per layer.")
+@click.option("--samples", type=click.IntRange(min=1), default=16, show_default=True, help="Evaluation samples to compare on.")
+@click.option("--top", type=click.IntRange(min=1), default=8, show_default=True, help="How many offenders to diagnose.")
+@click.option("--all-layers", is_flag=True, help="Print every layer, not only the offenders.")
+@click.option("--app", type=click.Path(file_okay=False), help="The app dir, when the build was made elsewhere.")
+@click.option("--json", "as_json", is_flag=True, help="Print the comparison as JSON.")
+def debug_command(build_dir, format_, baseline, samples, top, all_layers, app, as_json):
+    """Where the int8 model departs from float, layer by layer: SQNR and cosine of every
+    intermediate output on the build's evaluation inputs, the layers where the error enters,
+    and why. Kept in BUILD/manifest.json under 'numeric_debug'."""
+    from edgekit import api
+    from edgekit.report.terminal import print_numeric_debug
+
+    doc = api.debug(build_dir, format=format_, app=app, samples=samples, baseline=baseline, top=top)
+    if as_json:
+        click.echo(json.dumps(doc, indent=2))
+        return
+    print_numeric_debug(doc, all_layers=all_layers)
 
 
 @cli.group()

@@ -15,6 +15,14 @@ import tempfile
 import warnings
 
 
+def quiet_model_libraries() -> None:
+    """What the libraries a user's model factory loads print on their own (set before they are
+    imported; a value the user exported wins): Hugging Face's per-file "Loading weights" bars
+    and transformers' info/warning logs."""
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # read by huggingface_hub, used by transformers
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+
 def quiet_python_logs() -> None:
     """Silence known-noisy loggers and warnings; call before importing torch stacks."""
     # torch.onnx warns that torchvision ops can't be registered when torchvision is absent.

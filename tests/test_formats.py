@@ -9,7 +9,8 @@ import torch
 from edgekit import api
 from edgekit.formats import get_format
 
-APPS = ["digits", "vit_digits"]
+# The ViT's `--format all` build (four formats, ~2 minutes) runs with the slow tests.
+APPS = ["digits", pytest.param("vit_digits", marks=pytest.mark.slow)]
 FILES = {"executorch": "model.pte", "torchscript-lite": "model.ptl", "onnx": "model.onnx"}
 if get_format("litert").available() is None:  # the extra is installed: `all` includes it
     FILES["litert"] = "model.tflite"

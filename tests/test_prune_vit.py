@@ -210,6 +210,7 @@ def _step(manifest: dict, stage: str) -> dict:
     return next(s for s in manifest["steps"] if s["stage"] == stage)
 
 
+@pytest.mark.slow  # the ViT build with prune + 6 epochs of distillation: the digits CNN's runs by default
 def test_vit_prune_distill_cuts_macs_and_keeps_int8_accuracy(pruned_vit_build):
     before, pruned, distilled = (_step(pruned_vit_build, s) for s in ("measure", "prune", "distill"))
     assert before["accuracy_float"] == pytest.approx(UNPRUNED_FLOAT_ACCURACY, abs=0.01)
@@ -221,6 +222,7 @@ def test_vit_prune_distill_cuts_macs_and_keeps_int8_accuracy(pruned_vit_build):
     assert pruned_vit_build["metrics"]["accuracy_artifact"] >= UNPRUNED_FLOAT_ACCURACY - 1.5
 
 
+@pytest.mark.slow
 def test_pruned_vit_reloads_in_a_fresh_process_and_exports_again(pruned_vit_build, tmp_path):
     """The factory-rebuilt model (its forward reshaping by the restored num_heads) quantizes and exports
     again; ONNX here because the digits test already re-exports a .pt2 program to ExecuTorch."""

@@ -108,6 +108,7 @@ def test_hf_encoder_for_the_lite_interpreter_alone_is_a_named_limit_and_dynamic_
     assert record["gate"]["passed"] and record["metrics"]["cosine"] > 0.999
 
 
+@pytest.mark.slow  # 2.5 minutes; the default run keeps the pretrained CNN and a masked HF encoder
 def test_pretrained_sentence_encoder_on_real_sentences_is_judged_by_its_embeddings(real_data, tmp_path):
     """all-MiniLM-L6-v2 (real weights) on 128 real sentences, no labels. Integer masks no longer
     crash or ruin it (cosine 0.34 before); plain int8 still costs its embeddings too much (BERT's
@@ -129,38 +130,65 @@ def test_pretrained_sentence_encoder_on_real_sentences_is_judged_by_its_embeddin
     assert f"{m['formats']['executorch']['artifact']['file']}: output 0: cosine similarity" in proc.stderr
     assert "under the gate's 0.99" in proc.stderr and "--min-cosine" in proc.stderr
     assert "✗ model.pte" in proc.stdout and "✗ model.onnx" in proc.stdout  # the table marks them
+    assert "Loading weights" not in proc.stderr  # transformers' progress bars stay off the terminal
 
 
-def test_pretrained_efficientnet_lite0_pte_fails_the_gate_onnx_passes(real_data, tmp_path):
-    """EfficientNet-Lite0 with its ImageNet weights on photo crops: the PT2E/XNNPACK tutorial path
-    loses most of its top-1 decisions (exit 3, never a ✓ again); onnxruntime's QDQ keeps them."""
+def test_pretrained_efficientnet_lite0_keeps_its_predictions_in_int8(real_data, tmp_path):
+    """EfficientNet-Lite0 with its ImageNet weights on photo crops. ExecuTorch's tutorial path
+    keeps the float top-1 on about half of them (its ReLU6 ranges are the convs' pre-activation
+    ranges, bench/RESULTS.md); edgekit's .pte keeps >= 90 % with cosine >= 0.99, fully on the
+    XNNPACK delegate. The gate still judges it: on the crops where float is confident it asks
+    95 %, and a .pte under that is marked and exits 3, never a ✓."""
     data = real_data / "efficientnet_lite0"
     out = tmp_path / "b"
     proc = build(str(APPS / "efficientnet_lite0"), "--calib", str(data / "calib.npz"), "--eval", str(data / "eval.npz"),
                  "--format", "executorch", "--format", "onnx", "--target", "rpi5", "--out", str(out))
-    assert proc.returncode == 3, proc.stderr
+    assert proc.returncode in (0, 3), proc.stderr
     m = manifest_of(out)
     pte, onnx = m["formats"]["executorch"], m["formats"]["onnx"]
-    assert not pte["gate"]["passed"] and pte["metrics"]["top1_agreement"] < 80
+    assert pte["metrics"]["top1_agreement"] >= 90 and pte["metrics"]["cosine"] >= 0.99, pte["metrics"]
+    assert pte["lowering"]["ops_outside_delegate"] == [] and pte["lowering"]["quantizer"]["clamps_observed_after"] > 0
     assert onnx["gate"]["passed"] and onnx["metrics"]["cosine"] > 0.99
-    assert "ship model.onnx, which passed" in proc.stderr
+    assert proc.returncode == (0 if pte["gate"]["passed"] else 3)
+    mark = "✓" if pte["gate"]["passed"] else "✗"
+    assert f"{mark} model.pte" in proc.stdout and "✓ model.onnx" in proc.stdout
+    assert pte["gate"]["passed"] or "ship model.onnx, which passed" in proc.stderr
     assert "32 held-out samples (no labels)" in proc.stdout
 
     # validate and report judge the same artifacts the same way, without labels
     env = {**os.environ, "COLUMNS": "200"}
     proc = subprocess.run([sys.executable, "-m", "edgekit", "validate", str(out), "--check", "parity", "--json"],
                           capture_output=True, text=True, env=env, cwd=REPO)
-    assert proc.returncode == 3, proc.stderr
+    assert proc.returncode == (0 if pte["gate"]["passed"] else 3), proc.stderr
     doc = json.loads(proc.stdout) if proc.stdout.strip() else manifest_of(out)["validation"]
     parity = {fmt: r["parity"] for fmt, r in doc["formats"].items()}
-    assert not parity["executorch"]["ok"] and parity["onnx"]["ok"]
+    assert parity["executorch"]["ok"] == pte["gate"]["passed"] and parity["onnx"]["ok"]
     assert parity["onnx"]["outputs"][0]["cosine"] == pytest.approx(onnx["metrics"]["cosine"], abs=1e-6)
     report = subprocess.run([sys.executable, "-m", "edgekit", "report", str(out), "--json", "--no-html"],
                             capture_output=True, text=True, env=env, cwd=REPO)
     assert report.returncode == 0, report.stderr
     rows = {q["format"]: q for q in json.loads(report.stdout)["quality"]}
-    assert rows["executorch"]["gate_passed"] is False and rows["onnx"]["gate_passed"] is True
+    assert rows["executorch"]["gate_passed"] is pte["gate"]["passed"] and rows["onnx"]["gate_passed"] is True
     assert rows["onnx"]["cosine"] == onnx["metrics"]["cosine"]
+
+
+@pytest.mark.slow
+def test_a_second_pretrained_cnn_keeps_its_predictions_with_the_same_method(tmp_path):
+    """EfficientNet-Lite2's own ImageNet weights at 260x260: nothing was tuned on it. ExecuTorch's
+    tutorial path keeps 75 % of its top-1 decisions on these crops (cosine 0.945); edgekit's .pte
+    the same >= 90 % / 0.99 the Lite0 test asks, on the delegate throughout."""
+    import real_models as R
+
+    np.savez(tmp_path / "calib.npz", x=R.photo_crops(32, 0, 260))
+    np.savez(tmp_path / "eval.npz", x=R.photo_crops(32, 1, 260))
+    out = tmp_path / "b"
+    proc = build("--model", "real_models:efficientnet_lite2_pretrained", "--input", "x:1x3x260x260",
+                 "--calib", str(tmp_path / "calib.npz"), "--eval", str(tmp_path / "eval.npz"),
+                 "--format", "executorch", "--target", "rpi5", "--out", str(out))
+    assert proc.returncode in (0, 3), proc.stderr
+    pte = manifest_of(out)["formats"]["executorch"]
+    assert pte["metrics"]["top1_agreement"] >= 90 and pte["metrics"]["cosine"] >= 0.99, pte["metrics"]
+    assert pte["lowering"]["ops_outside_delegate"] == [] and pte["lowering"]["quantizer"]["clamps_observed_after"] > 0
 
 
 # ---------------------------------------------------------------- slow: every architecture, every format

@@ -31,7 +31,7 @@ from edgekit.formats.base import (
     layer_selected,
     torch_export,
 )
-from edgekit.formats.pt2e import integer_safe
+from edgekit.formats.pt2e import integer_safe, record_report, report_of
 from edgekit.quiet import native_stderr_captured, quiet_python_logs
 
 NAME = "executorch"
@@ -73,14 +73,30 @@ def quantize(model, example_inputs: tuple, calib_batches: Iterable[tuple], cfg: 
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
     graph = torch_export(model, example_inputs).module()
-    prepared = prepare_pt2e(graph, _quantizer(cfg))
+    quantizer = _quantizer(cfg)
+    prepared = prepare_pt2e(graph, quantizer)
     # Dynamic quantization needs no activation statistics, but the weight
     # observers only see the weights during a forward pass: one is enough.
     batches = calib_batches if cfg.scheme == "static" else [tuple(example_inputs)]
     with torch.no_grad():
         for batch in batches:
             prepared(*batch)
-    return convert_pt2e(prepared)
+    converted = convert_pt2e(prepared)
+    record_report(converted, quantizer)
+    return converted
+
+
+def pt2e_quantizer(cfg: QuantConfig, tutorial: bool = False):
+    """The PT2E quantizer this format annotates with (`edgekit debug` replays it). `tutorial`:
+    XNNPACKQuantizer exactly as ExecuTorch's PT2E tutorial configures it, for comparison."""
+    if not tutorial:
+        return _quantizer(cfg)
+    from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
+        XNNPACKQuantizer,
+        get_symmetric_quantization_config,
+    )
+
+    return XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=cfg.per_channel))
 
 
 def _quantizer(cfg: QuantConfig):
@@ -88,7 +104,6 @@ def _quantizer(cfg: QuantConfig):
         XNNPACKQuantizer,
         get_symmetric_quantization_config,
     )
-
 
     config = get_symmetric_quantization_config(is_per_channel=cfg.per_channel, is_dynamic=cfg.scheme == "dynamic")
     if cfg.scheme == "static" and (cfg.calibration or DEFAULT_CALIBRATION) == "minmax":
@@ -183,7 +198,7 @@ def export(qmodel, example_inputs: tuple, path: Path) -> dict:
     delegated = DELEGATE_ID in delegates
     warnings = [] if delegated else [f"nothing was delegated to {BACKEND}: the artifact runs on portable CPU kernels"]
     return {"delegates": delegates, "xnnpack_delegated": delegated, "ops_outside_delegate": outside,
-            "planned_memory_bytes": planned, "warnings": warnings}
+            "planned_memory_bytes": planned, "quantizer": report_of(qmodel), "warnings": warnings}
 
 
 def _ops_outside_delegate(graph_module) -> list[str]:

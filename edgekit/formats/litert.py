@@ -29,7 +29,7 @@ import numpy as np
 
 from edgekit.emulator.check import run_in_guest_python
 from edgekit.formats.base import QuantConfig, finding, torch_export
-from edgekit.formats.pt2e import integer_safe
+from edgekit.formats.pt2e import integer_safe, record_report, report_of
 from edgekit.quiet import native_stderr_captured, quiet_python_logs
 from edgekit.runtime.runner import litert_input, litert_output
 
@@ -76,26 +76,43 @@ class LiteRtQuantized:
 def quantize(model, example_inputs: tuple, calib_batches: Iterable[tuple], cfg: QuantConfig) -> LiteRtQuantized:
     quiet_python_logs()  # before the imports: torchao logs its optional CUDA kernels while it is imported
     import torch
-    from litert_torch.quantize.pt2e_quantizer import (
-        PT2EQuantizer,
-        get_symmetric_quantization_config,
-    )
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
-    config = get_symmetric_quantization_config(is_per_channel=cfg.per_channel)
-    if (cfg.calibration or DEFAULT_CALIBRATION) == "minmax":
-        config = _minmax(config)
-    quantizer = PT2EQuantizer().set_global(config)
-    for name in cfg.skip_layers:  # the accuracy fallback's float layers
-        quantizer.set_module_name(name, None)
+    quantizer = _litert_quantizer(cfg)
     graph = torch_export(model, example_inputs).module()
-    prepared = prepare_pt2e(graph, integer_safe(quantizer))
+    safe = integer_safe(quantizer)
+    prepared = prepare_pt2e(graph, safe)
     with torch.no_grad():
         for batch in calib_batches:
             prepared(*batch)
     converted = convert_pt2e(prepared, fold_quantize=False)  # litert-torch lowers the unfolded form only
     converted.training = False  # litert-torch warns about "training mode" from this flag alone
+    record_report(converted, safe)
     return LiteRtQuantized(converted, quantizer)
+
+
+def _litert_quantizer(cfg: QuantConfig, tutorial: bool = False):
+    from litert_torch.quantize.pt2e_quantizer import (
+        PT2EQuantizer,
+        get_symmetric_quantization_config,
+    )
+
+    config = get_symmetric_quantization_config(is_per_channel=cfg.per_channel)
+    if tutorial:  # litert-torch's README: the global symmetric config, nothing else
+        return PT2EQuantizer().set_global(config)
+    if (cfg.calibration or DEFAULT_CALIBRATION) == "minmax":
+        config = _minmax(config)
+    quantizer = PT2EQuantizer().set_global(config)
+    for name in cfg.skip_layers:  # the accuracy fallback's float layers
+        quantizer.set_module_name(name, None)
+    return quantizer
+
+
+def pt2e_quantizer(cfg: QuantConfig, tutorial: bool = False):
+    """The PT2E quantizer this format annotates with (`edgekit debug` replays it); `tutorial`:
+    litert-torch's documented default, for comparison."""
+    quantizer = _litert_quantizer(cfg, tutorial)
+    return quantizer if tutorial else integer_safe(quantizer)
 
 
 def _minmax(config):
@@ -121,7 +138,7 @@ def export(qmodel: LiteRtQuantized, example_inputs: tuple, path: Path) -> dict:
         edge.export(str(path))
     ops = operators(Path(path))
     return {"operators": sorted(set(ops)), "quantize_ops": ops.count("QUANTIZE"), "dequantize_ops": ops.count("DEQUANTIZE"),
-            "warnings": []}
+            "quantizer": report_of(qmodel.module), "warnings": []}
 
 
 def operators(path: Path) -> list[str]:

@@ -32,6 +32,7 @@ def build_report(build_dir: str | Path) -> dict:
         "stages": _stages(manifest.get("steps") or []),
         "sensitivity": manifest.get("sensitivity") or [],
         "fallbacks": _fallbacks(manifest),
+        "numeric_debug": manifest.get("numeric_debug") or {},  # edgekit debug, per format
         "runs": runs,
         "previous_runs": previous,
         "failed_runs": _failed_runs(build_dir, {r["artifact"]["sha256"] for r in format_records(manifest).values()}),

@@ -40,7 +40,7 @@ def render(data: dict) -> str:
         f"<h1>{escape(title)}</h1>",
         f'<p class="sub">built {escape(str(data["created"]))} · {escape(_profile(data["target_profile"]))} · '
         f'{escape(_versions(data["versions"]))}</p>',
-        _quality(data), _stages(data["stages"]), _sensitivity(data), _latency(data), _prediction(data), _failed(data["failed_runs"]),
+        _quality(data), _stages(data["stages"]), _sensitivity(data), _numeric_debug(data), _latency(data), _prediction(data), _failed(data["failed_runs"]),
         _warnings(data["warnings"]), "</body></html>",
     ]
     return "\n".join(p for p in parts if p)
@@ -58,7 +58,8 @@ def _img(png: bytes, alt: str, caption: str) -> str:
     return f'<figure><img alt="{escape(alt)}" src="{src}"><figcaption>{escape(caption)}</figcaption></figure>'
 
 
-TEXT_COLUMNS = {"format", "quality gate", "stage", "device", "runtime", "cpu", "when (UTC)", "error", "op", "within range"}
+TEXT_COLUMNS = {"format", "quality gate", "stage", "device", "runtime", "cpu", "when (UTC)", "error", "op", "within range",
+                "layer", "diagnosis"}
 
 
 def _table(headers: list[str], rows: list[list[str]]) -> str:
@@ -127,6 +128,32 @@ def _sensitivity(data: dict) -> str:
         verdict = "met" if fb["met"] else "NOT met"
         parts.append(f"<p>{escape(fb['format'])}: kept float for the {fb['budget_points']:g}-point accuracy budget "
                      f"({verdict}): {layers}</p>")
+    return "\n".join(parts)
+
+
+def _numeric_debug(data: dict) -> str:
+    """`edgekit debug`: per format, the layers where int8 error enters, with the diagnosis."""
+    if not data.get("numeric_debug"):
+        return ""
+    parts = ["<h2>Where the int8 error enters (edgekit debug)</h2>"]
+    for fmt, doc in data["numeric_debug"].items():
+        layers = {g["node"]: g for g in doc["layers"]}
+        baseline = doc.get("baseline")
+        headers = ["layer", "op", "SQNR dB", "added dB"] + ([f"{baseline} SQNR dB"] if baseline else []) + ["diagnosis"]
+        rows = []
+        for node in doc["top"]:
+            g = layers[node]
+            row = [escape(g["layer"] or node), escape(g["op"]), f"{g['sqnr_db']:.1f}", f"{g['added_db']:.1f}"]
+            if baseline:
+                row.append("–" if g.get("baseline_sqnr_db") is None else f"{g['baseline_sqnr_db']:.1f}")
+            rows.append(row + [escape(g["diagnosis"] or "")])
+        out = doc["layers"][-1] if doc["layers"] else None
+        parts.append(f"<p>{escape(doc['artifact'])} ({escape(fmt)}): output SQNR "
+                     f"{'–' if out is None else format(out['sqnr_db'], '.1f')} dB on {doc['samples']} samples</p>")
+        parts.append(_table(headers, rows))
+    parts.append('<p class="note">SQNR: signal over error power against the float model at each layer\'s output; '
+                 "added: SQNR of the error the layer itself adds (lower is worse). "
+                 "The build's quantization replayed with torchao's PT2E numeric debugger.</p>")
     return "\n".join(parts)
 
 

@@ -241,3 +241,58 @@ def _print_latency(data: dict, console: Console) -> None:
     if data.get("previous_runs"):
         console.print(f"{len(data['previous_runs'])} earlier run(s) measured the artifact this build replaced: "
                       "`edgekit report --json` lists them under previous_runs")
+
+
+def print_numeric_debug(doc: dict, all_layers: bool = False, console: Console | None = None) -> None:
+    """`edgekit debug`: the offenders (or every layer) with their SQNR, then one line of diagnosis each."""
+    console = console or _console()
+    layers = {g["node"]: g for g in doc["layers"]}
+    shown = list(layers.values()) if all_layers else [layers[n] for n in doc["top"]]
+    baseline = doc.get("baseline")
+    title = f"{doc['artifact']}: " + ("every layer" if all_layers else "where the error enters") + \
+        " (dB: SQNR vs float; added: SQNR of the error the layer adds, lower is worse)"
+    table = Table(title=title, box=box.SIMPLE_HEAD, pad_edge=False, padding=(0, 1, 0, 0))
+    table.add_column("layer", overflow="fold")
+    table.add_column("op", no_wrap=True)
+    table.add_column("SQNR", justify="right", no_wrap=True)
+    table.add_column("added", justify="right", no_wrap=True)  # SQNR of the error this layer adds
+    if baseline:
+        table.add_column(f"{baseline} SQNR", justify="right", no_wrap=True)
+    for g in shown:
+        row = [escape(g["layer"] or g["node"]), g["op"], f"{g['sqnr_db']:.1f}", f"{g['added_db']:.1f}"]
+        if baseline:
+            row.append("-" if g.get("baseline_sqnr_db") is None else f"{g['baseline_sqnr_db']:.1f}")
+        table.add_row(*row)
+    console.print(table)
+    for i, node in enumerate(doc["top"], 1):
+        g = layers[node]
+        console.print(f"{i}. {escape(g['layer'] or g['node'])} ({g['op']}): {escape(g['diagnosis'] or '')}",
+                      highlight=False)
+    if doc.get("baseline_top"):
+        _print_baseline_offenders(doc, console)
+    last = doc["layers"][-1] if doc["layers"] else None
+    if last is not None:
+        tail = ""
+        if baseline and last.get("baseline_sqnr_db") is not None:
+            tail = f"; {baseline}: {last['baseline_sqnr_db']:.1f} dB"
+        console.print(f"output: SQNR {last['sqnr_db']:.1f} dB, cosine {last['cosine']:.4f}{tail} · "
+                      f"{doc['samples']} samples of the {escape(doc['data'])} · {escape(doc['method'])}",
+                      highlight=False)
+
+
+def _print_baseline_offenders(doc: dict, console: Console) -> None:
+    """Where the stock quantizer loses, and what edgekit's quantization gives at the same layers."""
+    name = doc["baseline"]
+    table = Table(title=f"where the {name} path loses, and edgekit at the same layers (dB)", box=box.SIMPLE_HEAD,
+                  pad_edge=False, padding=(0, 1, 0, 0))
+    table.add_column("layer", overflow="fold")
+    table.add_column("op", no_wrap=True)
+    for col in (f"{name} SQNR", "added", "edgekit SQNR", "added"):
+        table.add_column(col, justify="right", no_wrap=True)
+    for g in doc["baseline_top"]:
+        ours = ["-", "-"] if g["ours_sqnr_db"] is None else [f"{g['ours_sqnr_db']:.1f}", f"{g['ours_added_db']:.1f}"]
+        table.add_row(escape(g["layer"] or g["node"]), g["op"], f"{g['sqnr_db']:.1f}", f"{g['added_db']:.1f}", *ours)
+    console.print(table)
+    for i, g in enumerate(doc["baseline_top"], 1):
+        console.print(f"{i}. {escape(g['layer'] or g['node'])} ({g['op']}), {name}: {escape(g['diagnosis'] or '')}",
+                      highlight=False)
