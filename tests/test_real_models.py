@@ -193,18 +193,20 @@ def test_a_second_pretrained_cnn_keeps_its_predictions_with_the_same_method(tmp_
 
 # ---------------------------------------------------------------- slow: every architecture, every format
 
-# name -> (input options, data stem, formats that build, whether every artifact passes the gate)
+# name -> (input options, data stem, formats that build, whether every artifact passes the gate).
+# LiteRT's converter cannot take Hugging Face MobileNetV2 (litert-torch 0.10's NHWC layout pass
+# fails on it): skipped, and named.
 ARCHITECTURES = {
-    "bert": (TEXT, "text", {"executorch", "onnx"}, True),
-    "distilbert": (TEXT, "text", {"executorch", "onnx"}, True),
-    "roberta": (TEXT, "text", {"executorch", "onnx"}, True),
-    "llama": (["--input", "input_ids:1x16:int64"], "ids", {"executorch", "onnx"}, True),
-    "gpt2": (["--input", "input_ids:1x16:int64"], "ids", {"executorch", "onnx"}, True),
-    "whisper_encoder": (["--input", "input_features:1x80x200"], "mel", {"executorch", "onnx"}, True),
-    "vit": (["--input", "pixel_values:1x3x64x64"], "img64", {"executorch", "onnx"}, None),
+    "bert": (TEXT, "text", {"executorch", "onnx", "litert"}, True),
+    "distilbert": (TEXT, "text", {"executorch", "onnx", "litert"}, True),
+    "roberta": (TEXT, "text", {"executorch", "onnx", "litert"}, True),
+    "llama": (["--input", "input_ids:1x16:int64"], "ids", {"executorch", "onnx", "litert"}, True),
+    "gpt2": (["--input", "input_ids:1x16:int64"], "ids", {"executorch", "onnx", "litert"}, True),
+    "whisper_encoder": (["--input", "input_features:1x80x200"], "mel", {"executorch", "onnx", "litert"}, True),
+    "vit": (["--input", "pixel_values:1x3x64x64"], "img64", {"executorch", "onnx", "litert"}, None),
     "mobilenet_v2_tf_padding": (["--input", "pixel_values:1x3x96x96"], "img96", {"executorch", "onnx"}, None),
-    "efficientnet_b0": (["--input-shape", "1,3,224,224"], "img224", {"executorch", "onnx"}, None),
-    "mobilenet_v3_small": (["--input-shape", "1,3,224,224"], "img224", {"executorch", "torchscript-lite", "onnx"}, None),
+    "efficientnet_b0": (["--input-shape", "1,3,224,224"], "img224", {"executorch", "onnx", "litert"}, None),
+    "mobilenet_v3_small": (["--input-shape", "1,3,224,224"], "img224", {"executorch", "torchscript-lite", "onnx", "litert"}, None),
 }
 
 
@@ -221,9 +223,11 @@ def test_architecture_builds_in_every_format_or_names_the_limit(name, real_data,
     assert proc.returncode in (0, 3), proc.stderr
     assert "internal error" not in proc.stderr and "Traceback" not in proc.stderr
     m = manifest_of(out)
-    assert set(m["formats"]) == built | LITERT
+    assert set(m["formats"]) == (built if LITERT else built - {"litert"})
     for fmt in {"executorch", "torchscript-lite", "onnx"} - built:
         assert HF_TORCHSCRIPT_LIMIT in m["skipped_formats"][fmt]["error"]
+    if LITERT and "litert" not in built:
+        assert "litert-torch could not convert this model" in m["skipped_formats"]["litert"]["error"]
     passed = {fmt: r["gate"]["passed"] for fmt, r in m["formats"].items()}
     assert proc.returncode == (0 if all(passed.values()) else 3)
     for fmt, record in m["formats"].items():

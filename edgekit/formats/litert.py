@@ -28,6 +28,7 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from edgekit.emulator.check import run_in_guest_python
+from edgekit.errors import FormatUnsupported
 from edgekit.formats.base import QuantConfig, finding, torch_export
 from edgekit.formats.pt2e import integer_safe, record_report, report_of
 from edgekit.quiet import native_stderr_captured, quiet_python_logs
@@ -132,9 +133,18 @@ def export(qmodel: LiteRtQuantized, example_inputs: tuple, path: Path) -> dict:
     from litert_torch.quantize.quant_config import QuantConfig as LiteRtQuantConfig
 
     with native_stderr_captured():
-        # enable_x64: int64 inputs (token ids) stay int64, as the manifest and the runner feed them.
-        edge = litert_torch.convert(qmodel.module, tuple(example_inputs),
-                                    quant_config=LiteRtQuantConfig(pt2e_quantizer=qmodel.quantizer), enable_x64=True)
+        try:
+            # enable_x64: int64 inputs (token ids) stay int64, as the manifest and the runner feed them.
+            edge = litert_torch.convert(qmodel.module, tuple(example_inputs),
+                                        quant_config=LiteRtQuantConfig(pt2e_quantizer=qmodel.quantizer),
+                                        enable_x64=True)
+        except Exception as e:  # noqa: BLE001 - the converter's own limits surface as assorted errors
+            # e.g. on Hugging Face MobileNetV2, its NHWC layout pass: "Attempting to convert non-NHWC
+            # compatible node to NHWC: dequantize_per_tensor_11" (litert-torch 0.10's layout pass)
+            raise FormatUnsupported(
+                f"litert-torch could not convert this model: {type(e).__name__}: {(str(e).splitlines() or [''])[0][:300]}",
+                hint="--format executorch or --format onnx build it; --format all skips LiteRT and builds the others",
+            ) from e
         edge.export(str(path))
     ops = operators(Path(path))
     return {"operators": sorted(set(ops)), "quantize_ops": ops.count("QUANTIZE"), "dequantize_ops": ops.count("DEQUANTIZE"),

@@ -101,7 +101,7 @@ def export_float(model, example_inputs: tuple, path: Path, input_names: Sequence
                               external_data=False, verbose=False)
         except Exception as e:
             raise FormatUnsupported(
-                f"torch.onnx.export failed: {type(e).__name__}: {str(e).splitlines()[0][:300]}",
+                f"torch.onnx.export failed: {type(e).__name__}: {(str(e).splitlines() or [''])[0][:300]}",
                 hint="the model must be capturable by torch.export; try --format executorch to compare",
             ) from e
 
