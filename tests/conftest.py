@@ -28,14 +28,12 @@ def run_edgekit(*args: str, cwd: Path | None = None, timeout: float = 300) -> su
 
 
 def require_litert() -> None:
-    """Skip without the litert extra, except in CI: there `make install` installs it, so its absence is a failure."""
+    """Skip without the litert extra (optional, and not in `make install`: see pyproject.toml)."""
     from edgekit.formats import get_format
 
     why = get_format("litert").available()
     if why is not None:
-        if os.environ.get("CI"):
-            pytest.fail(f"litert: {why}: CI installs the litert extra, its tests must run")
-        pytest.skip(f"litert: {why} (pip install 'edgekit[litert]'; make install installs it)")
+        pytest.skip(f"litert: {why} (pip install 'edgekit[litert]' into the environment to run these)")
 
 
 @pytest.fixture(scope="session")
