@@ -22,11 +22,13 @@ help:
 
 # Reinstall when the dependency list changes. torch is pinned in pyproject.toml:
 # pip then takes the CPU wheel instead of resolving a multi-GB CUDA build.
-$(STAMP): pyproject.toml
+# The litert extra comes with constraints.txt (the tested versions): from scratch, without them,
+# pip's resolver gives up on it beside executorch's pins.
+$(STAMP): pyproject.toml constraints.txt
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info[:2] == (3, 11) else "edgekit needs Python 3.11 (executorch 1.5.1 wheels); set PYTHON=python3.11")'
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test]'
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[test,litert]'
 	@touch $@
 
 install: $(STAMP)

@@ -23,7 +23,7 @@ import pytest
 from conftest import REPO
 from edgekit.formats import get_format
 
-# `--format all` builds LiteRT too when its extra is installed (optional; not in `make install`).
+# `--format all` builds LiteRT too when its extra is installed (`make install` installs it).
 LITERT = {"litert"} if get_format("litert").available() is None else set()
 APPS = REPO / "sample_apps"
 TESTS = Path(__file__).resolve().parent
