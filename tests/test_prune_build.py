@@ -43,6 +43,7 @@ def test_prune_distill_cuts_macs_and_keeps_int8_accuracy(pruned_build):
     assert "MACs 2,409,738 -> " in pruned_build["_stderr"]
 
 
+@pytest.mark.slow  # a second build in a fresh process (~30 s); the pruned build itself runs by default
 def test_pruned_model_reloads_in_a_fresh_process_and_exports_again(pruned_build, digits_app, tmp_path):
     """float_model.pt2 needs no model code; float_model.pt is rebuilt through the app's factory."""
     out = pruned_build["_out"]

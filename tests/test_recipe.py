@@ -113,6 +113,7 @@ def test_an_unchanged_recipe_reuses_its_cached_steps_and_says_how_long_they_took
     assert "reused 2 cached step(s)" in second.stderr
 
 
+@pytest.mark.slow  # two builds (~20 s); the default run keeps the cache-hit test above
 def test_a_changed_forward_is_another_model_for_the_cache(tmp_path):
     """Same weights, edited forward(): the step key changes, nothing stale is reused."""
     env = {"EDGEKIT_STEP_CACHE": "on", "EDGEKIT_STEP_CACHE_DIR": str(tmp_path / "cache")}

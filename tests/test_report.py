@@ -8,6 +8,8 @@ import json
 from html.parser import HTMLParser
 from pathlib import Path
 
+import pytest
+
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
@@ -110,6 +112,7 @@ def test_report_renders_what_other_parts_add(build_copy):
     assert len(page.png_images()) == len(page.images) == 4  # sizes, overview, two distributions
 
 
+@pytest.mark.slow  # a rebuild (~35 s)
 def test_a_rebuild_keeps_the_device_runs_of_the_artifact_it_replaces(build_copy, run_cli, digits_app):
     """Latencies measured on boards are the most expensive data a build holds: rebuilding into the
     same directory keeps every record, marked with the artifact it measured, and says so."""
