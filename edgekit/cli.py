@@ -74,6 +74,9 @@ recipe_options = _options(
     click.option("--calibration", type=click.Choice(("minmax", "histogram", "percentile", "entropy")),
                  help="How activation ranges are chosen. [default: each format's own]"),
     click.option("--calib-samples", type=int, metavar="N", help="Use only the first N calibration samples."),
+    click.option("--quality", type=click.Choice(("auto", "fast")),
+                 help="auto: if int8 misses the gate on held-out calibration samples, try other calibrations, "
+                 "then dynamic activations (transformers); fast: one pass. [default: auto]"),
     click.option("--per-tensor", is_flag=True, default=None, help="Per-tensor weight scales instead of per-channel (to compare)."),
     click.option("--max-accuracy-drop", type=float, metavar="POINTS",
                  help="Gate: fail (exit 3) if int8 loses more accuracy; first keeps sensitive layers float."),

@@ -46,6 +46,7 @@ from edgekit.formats.base import QuantConfig, torch_export
 from edgekit.manifest import update_manifest
 from edgekit.model.data import batches, load_npz, random_dataset
 from edgekit.model.loaded import RANDOM_CALIB_SAMPLES
+from edgekit.quiet import quiet_python_logs
 from edgekit.validate.run import FloatReference, read_verified
 
 SQNR_CAP_DB = 100.0  # an exact tensor (the float input itself) counts as 100 dB, not infinity
@@ -74,6 +75,7 @@ class LayerGap:
 def debug_build(build_dir: str | Path, *, fmt: str | None = None, app: str | None = None, samples: int = 16,
                 baseline: str | None = None, top: int = TOP, record: bool = True) -> dict:
     """The layer-by-layer comparison of one format of a build (see the module doc)."""
+    quiet_python_logs()  # before torchao loads: its CUDA-kernel warnings are not the user's business
     build_dir = Path(build_dir)
     manifest = read_verified(build_dir)
     fmt = fmt or manifest["format"]
@@ -182,7 +184,8 @@ def _replay(model, example, quantizer, calib, data, spec, outside: set) -> list[
         for batch in batches(data, spec.inputs):
             float_logged(*batch)
             int8_logged(*batch)
-            summaries = compare_results(extract_results_from_loggers(float_logged), _int8_results(int8_logged))
+            summaries = compare_results(_tensor_results(extract_results_from_loggers(float_logged)),
+                                        _tensor_results(_int8_results(int8_logged)))
             for summary in summaries.values():
                 for r in summary.results:
                     if _is_float_tensor(r.ref) and _is_float_tensor(r.actual) and r.ref.shape == r.actual.shape:
@@ -297,6 +300,14 @@ def _int8_results(converted) -> dict:
             continue
         out[logger.debug_info] = (logger.node_name, logger.nn_module_stack, logger.stats)
     return out
+
+
+def _tensor_results(results: dict) -> dict:
+    """Only the nodes that output tensors: compare_results raises on the others (an exported
+    transformer's `_assert_tensor_metadata` checks log None)."""
+    import torch
+
+    return {k: v for k, v in results.items() if v[2] and all(isinstance(t, torch.Tensor) for t in v[2])}
 
 
 def _quantize_ops() -> set:

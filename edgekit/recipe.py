@@ -3,6 +3,7 @@
     formats       () for the target's own, ("all",) for every format this installation has
     quant         scheme (static, dynamic, fp16), per-channel weights, calibration method
     calib_samples use only the first N calibration samples
+    quality       auto: when int8 misses the gate, recover (build/quality.py); fast: one pass
     gate          the quality gate's thresholds, the accuracy fallback, what the output is
     stages        compression before quantization: prune, low-rank, distill, sparsity
     sensitivity   rank layers by how much quantizing each alone hurts
@@ -36,6 +37,9 @@ from edgekit.stages.sparsity import SparsityConfig
 from edgekit.train.distill import DistillConfig
 
 RECIPE_TABLE = "recipe"
+# auto: when int8 misses the gate, recover, choosing on held-out calibration samples
+# (build/quality.py); fast: one pass, exactly the recipe.
+QUALITY_MODES = ("auto", "fast")
 
 
 @dataclass(frozen=True)
@@ -68,6 +72,7 @@ class BuildRecipe:
     gate: GateOptions = field(default_factory=GateOptions)
     stages: StageOptions = field(default_factory=StageOptions)
     sensitivity: bool = False
+    quality: str = "auto"  # build/quality.py: QUALITY_MODES
 
     def check(self) -> None:
         """Everything that can be refused before any work."""
@@ -80,6 +85,8 @@ class BuildRecipe:
         if self.quant.calibration is not None and self.quant.calibration not in CALIBRATIONS:
             raise UsageError(f"--calibration: unknown method '{self.quant.calibration}'",
                              hint=f"choose one of: {', '.join(CALIBRATIONS)}")
+        if self.quality not in QUALITY_MODES:
+            raise UsageError(f"--quality {self.quality}: unknown", hint=f"choose one of: {', '.join(QUALITY_MODES)}")
         if self.calib_samples is not None and self.calib_samples <= 0:
             raise UsageError(f"--calib-samples must be a positive number, got {self.calib_samples}")
         self.gate.check()
@@ -96,12 +103,12 @@ class BuildRecipe:
                  "calibration": self.quant.calibration}
         doc = {"formats": list(self.formats), "quant": quant, "calib_samples": self.calib_samples,
                "gate": dataclasses.asdict(self.gate), "sensitivity": self.sensitivity,
-               "stages": stage_options_to_json(self.stages)}
+               "stages": stage_options_to_json(self.stages), "quality": self.quality}
         return doc
 
     @classmethod
     def from_json(cls, doc: dict, where: str) -> "BuildRecipe":
-        _keys(doc, {"formats", "quant", "calib_samples", "gate", "sensitivity", "stages"}, where)
+        _keys(doc, {"formats", "quant", "calib_samples", "gate", "sensitivity", "stages", "quality"}, where)
         quant = doc.get("quant") or {}
         _keys(quant, {"scheme", "per_channel", "calibration"}, f"{where}: quant")
         gate = doc.get("gate") or {}
@@ -115,6 +122,7 @@ class BuildRecipe:
                 gate=GateOptions(**gate),
                 stages=stage_options_from_json(doc.get("stages") or {}, f"{where}: stages"),
                 sensitivity=bool(doc.get("sensitivity", False)),
+                quality=doc.get("quality", "auto"),
             )
         except TypeError as e:
             raise UsageError(f"{where}: not a build recipe ({e})", hint="see the README's 'Build recipes'") from None
@@ -200,7 +208,7 @@ def recipe_from_options(base: BuildRecipe | None = None, *, recipe_file=None, fo
                         per_tensor=None, max_accuracy_drop=None, min_cosine=None, min_agreement=None, task=None,
                         no_fallback=None, sensitivity=None, prune=None, prune_macs=None, prune_importance=None,
                         prune_global=None, distill=None, distill_epochs=None, nproc=None, lowrank=None,
-                        lowrank_energy=None, sparsity=None):
+                        lowrank_energy=None, sparsity=None, quality=None):
     """A recipe from flat options, named as the command line names them (what `edgekit build` maps
     its options onto, and the short way to write one in Python): `base` (`recipe_file`'s if given,
     else an app's), with every option given (not None) over it, one field at a time.
@@ -234,4 +242,4 @@ def recipe_from_options(base: BuildRecipe | None = None, *, recipe_file=None, fo
     if nproc is not None:
         stages = dataclasses.replace(stages, nproc=nproc)
     return recipe.with_overrides(formats=tuple(formats) or None, quant=quant, calib_samples=calib_samples, gate=gate,
-                                 stages=stages, sensitivity=sensitivity)
+                                 stages=stages, sensitivity=sensitivity, quality=quality)

@@ -2,6 +2,7 @@
 
     builddir.py     build directories appear whole or not at all; device runs survive rebuilds
     artifact.py     one format's artifact (quantize + export, cached) and its judgement
+    quality.py      --quality auto: recovery tries, chosen on held-out calibration samples
     fallback.py     the accuracy budget: keep sensitive layers float
     sensitivity.py  each layer quantized alone, ranked
 
@@ -19,9 +20,10 @@ import itertools
 
 import numpy as np
 
-from edgekit.build.artifact import BuildContext, build_format
+from edgekit.build.artifact import BuildContext
 from edgekit.build.builddir import staged_build_dir
 from edgekit.build.fallback import fall_back, over_budget, rank
+from edgekit.build.quality import build_with_quality
 from edgekit.cache import StepCache
 from edgekit.compare import GATES, Gate, arithmetic
 from edgekit.errors import BuildGateFailed, FormatUnsupported, UsageError
@@ -106,7 +108,7 @@ def run_build(spec: ModelSpec, target: Target, recipe: BuildRecipe, out, steps, 
         records = {}
         for fmt in formats:
             try:
-                record = build_format(ctx, fmt, cfg)
+                record = build_with_quality(ctx, fmt, cfg, recipe.quality, recipe.quant.calibration is not None)
             except FormatUnsupported as e:
                 if not every:
                     raise

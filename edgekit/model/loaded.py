@@ -73,6 +73,11 @@ class LoadedModel:
         """The same data and inputs with another float model (after pruning, distillation ...)."""
         return replace(self, model=model, _outputs=None)
 
+    def with_data(self, calib: Dataset, evaluation: Dataset) -> "LoadedModel":
+        """The same model on other data (--quality auto: calibrate on part of the calibration data,
+        judge on the part held out)."""
+        return replace(self, calib=calib, evaluation=evaluation, held_out=True, _outputs=None)
+
     def check_outputs(self) -> None:
         """Finite float outputs, and labels that index the first output's class scores."""
         for b, batch in enumerate(self.float_outputs()):

@@ -40,6 +40,11 @@ def print_build_summary(manifest: dict) -> None:
     for fmt, why in (manifest.get("skipped_formats") or {}).items():
         console.print(escape(f"– {fmt} skipped: {why['error']}" + (f"\n  fix: {why['hint']}" if why.get("hint") else "")))
     for record in manifest["formats"].values():
+        quality = record.get("quality") or {}
+        if len(quality.get("tries") or []) > 1:
+            missed = ", ".join(t["method"] for t in quality["tries"] if not t["passed"])
+            console.print(f"{record['artifact']['file']}: --quality auto kept [bold]{quality['chosen']}[/] "
+                          f"({missed} missed the gate on {quality['selection']['held_out']} held-out calibration samples)")
         fallback = record.get("fallback")
         if fallback:
             layers = ", ".join(f["layer"] for f in fallback["float_layers"]) or "none"
@@ -92,7 +97,7 @@ def _formats_table(manifest: dict) -> Table:
         m, art, q = r["metrics"], r["artifact"], r["quantization"]
         # ✓: the artifact passed the quality gate; ✗: it did not (the reasons follow the table)
         mark = "[green]✓[/]" if r.get("gate", {}).get("passed", True) else "[red]✗[/]"
-        row = [f"{mark} {art['file']}", r["backend"], q.get("calibration") or "-"]
+        row = [f"{mark} {art['file']}", r["backend"], q.get("calibration") or ("dynamic" if q["scheme"] == "dynamic" else "-")]
         if labelled:
             row.append(_num(m["accuracy_artifact"]))
         if scores:

@@ -1,0 +1,163 @@
+"""`--quality auto`: each recovery on a model built to need it, chosen on held-out calibration
+samples and never on the evaluation data that then scores it."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+
+import numpy as np
+import pytest
+import torch
+
+from edgekit import api
+from edgekit.errors import BuildGateFailed
+
+# A Linear-only net (no biases: its outputs scale with its inputs) on inputs whose scale varies
+# 1000x from sample to sample, as a transformer's hidden states vary in magnitude from sentence to
+# sentence. One static range must cover the loudest sample: the quietest then round to zero. Per-call
+# (dynamic) activation ranges follow each sample.
+SCALED_MODEL = textwrap.dedent(
+    """
+    import torch
+    from torch import nn
+
+    class Mlp(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc1, self.fc2, self.fc3 = nn.Linear(32, 128, bias=False), nn.Linear(128, 128, bias=False), \\
+                nn.Linear(128, 16, bias=False)
+
+        def forward(self, x):
+            return self.fc3(torch.relu(self.fc2(torch.relu(self.fc1(x)))))
+
+    def make():
+        torch.manual_seed(0)
+        return Mlp()
+    """
+)
+SCALED_APP = textwrap.dedent(
+    """
+    name = "scaled"
+    [model]
+    factory = "model:make"
+    task = "embedding"
+    [[inputs]]
+    name = "x"
+    shape = [1, 32]
+    [data]
+    calib = "calib.npz"
+    eval = "eval.npz"
+    """
+)
+
+
+def _scaled(n: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    scale = 10.0 ** rng.uniform(0, 3, size=(n, 1))  # 1 .. 1000, log-uniform
+    return (rng.standard_normal((n, 32)) * scale).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def scaled_app(tmp_path_factory):
+    root = tmp_path_factory.mktemp("scaled")
+    (root / "model.py").write_text(SCALED_MODEL)
+    (root / "edgekit.toml").write_text(SCALED_APP)
+    np.savez(root / "calib.npz", x=_scaled(64, 1))
+    np.savez(root / "eval.npz", x=_scaled(64, 2))
+    return root
+
+
+def test_a_linear_model_whose_ranges_move_per_sample_gets_dynamic_activations(scaled_app, tmp_path):
+    m = api.build(scaled_app, "rpi5", api.recipe(formats=("executorch", "onnx")), out=tmp_path / "auto")
+    for fmt, record in m["formats"].items():
+        quality = record["quality"]
+        assert quality["mode"] == "auto" and quality["selection"] == {
+            "source": str(scaled_app / "calib.npz"), "calibrated_on": 48, "held_out": 16}
+        static, dynamic = quality["tries"][:-1], quality["tries"][-1]
+        assert static and all(not t["passed"] and t["quantization"]["scheme"] == "static" for t in static), fmt
+        assert dynamic["method"] == "dynamic int8 activations" and dynamic["passed"], fmt
+        assert quality["chosen"] == "dynamic int8 activations"
+        assert record["quantization"]["scheme"] == "dynamic" and record["gate"]["passed"]
+        # the recovery is real: on the evaluation data too, far closer to float than static was
+        # on the held-out calibration samples
+        assert record["metrics"]["cosine"] >= 0.99 > max(t["cosine"] for t in static), (fmt, record["metrics"])
+    with pytest.raises(BuildGateFailed):  # one pass, as the recipe says: static, and the gate fails it
+        api.build(scaled_app, "rpi5", api.recipe(formats=("onnx",), quality="fast"), out=tmp_path / "fast")
+
+
+@pytest.fixture(scope="module")
+def glitched_app(tmp_path_factory, digits_app):
+    """The digits app whose calibration data has ONE pixel of one early sample glitched to 200
+    (pixels are 0..1): minmax stretches the input's range to it, a clipping calibration does not."""
+    root = tmp_path_factory.mktemp("glitched")
+    for name in ("model.py", "edgekit.toml", "weights.pt", "eval.npz"):
+        (root / name).write_bytes((digits_app / name).read_bytes())
+    x = np.load(digits_app / "calib.npz")["x"][:64].copy()
+    x[3, 0, 3, 3] = 200.0  # in the part that calibrates (the first three quarters)
+    np.savez(root / "calib.npz", x=x)
+    return root
+
+
+def test_a_calibration_a_glitch_ruins_is_replaced_and_the_eval_data_plays_no_part(glitched_app, tmp_path):
+    """onnx's default minmax misses the gate on the held-out calibration samples; a clipping
+    calibration passes there (entropy: at 48 samples one glitched pixel is more than the 0.01 %
+    percentile clips); another evaluation file gives the same choice and the same artifact."""
+    other_eval = tmp_path / "other_eval.npz"
+    evaluation = np.load(glitched_app / "eval.npz")
+    np.savez(other_eval, x=evaluation["x"][::-1][:100], y=evaluation["y"][::-1][:100])
+    built = {}
+    for name, source in (("eval", api.source(glitched_app)), ("other", api.source(glitched_app, eval=other_eval))):
+        built[name] = api.build(source, "rpi4", api.recipe(formats=("onnx",)), out=tmp_path / name)["formats"]["onnx"]
+    record = built["eval"]
+    tries = record["quality"]["tries"]
+    assert [t["method"] for t in tries] == ["static int8 (minmax)", "static int8 (percentile)", "static int8 (entropy)"]
+    assert [t["passed"] for t in tries] == [False, False, True]
+    assert tries[0]["top1_agreement"] < 80 and tries[-1]["top1_agreement"] >= 95
+    assert record["quantization"]["calibration"] == "entropy" and record["gate"]["passed"]
+    assert record["quality"]["chosen"] == "static int8 (entropy)"
+    assert record["metrics"]["accuracy_artifact"] >= record["metrics"]["accuracy_float"] - 1.0
+    assert built["other"]["quality"]["tries"] == tries
+    assert built["other"]["artifact"]["sha256"] == record["artifact"]["sha256"]
+    assert built["other"]["metrics"]["data"]["samples"] == 100  # scored on its own evaluation data
+
+
+def test_fast_is_one_pass_on_all_calibration_data_and_the_recipe_replays_it(glitched_app, tmp_path, run_cli):
+    out = tmp_path / "fast"
+    proc = run_cli("build", str(glitched_app), "--format", "onnx", "--quality", "fast", "--out", str(out))
+    assert proc.returncode == 3, proc.stderr  # minmax over the glitch, and nothing tried instead
+    m = json.loads((out / "manifest.json").read_text())
+    record = m["formats"]["onnx"]
+    assert record["quality"] == {"mode": "fast", "tries": [], "note": "one pass, as the recipe says"}
+    assert record["quantization"]["calibration"] == "minmax"
+    assert m["recipe"]["quality"] == "fast"
+    quantize = next(s for s in m["steps"] if s["config"].get("samples") is not None and "calibration" in s["config"])
+    assert quantize["config"]["samples"] == 64  # all of it: nothing held out
+    proc = run_cli("build", "--recipe", str(out / "manifest.json"), "--out", str(tmp_path / "replay"))
+    assert proc.returncode == 3, proc.stderr
+    replay = json.loads((tmp_path / "replay" / "manifest.json").read_text())
+    assert replay["formats"]["onnx"]["artifact"]["sha256"] == record["artifact"]["sha256"]
+
+
+def test_an_unknown_quality_is_a_usage_error(run_cli, digits_app, tmp_path):
+    proc = run_cli("build", str(digits_app), "--quality", "best", "--out", str(tmp_path / "b"))
+    assert proc.returncode == 2 and "--quality" in proc.stderr and "auto" in proc.stderr, proc.stderr
+    assert not (tmp_path / "b").exists()
+
+
+def test_too_few_calibration_samples_to_hold_out_build_one_pass(digits_app, tmp_path):
+    m = api.build(digits_app, "rpi4", api.recipe(formats=("onnx",), calib_samples=12), out=tmp_path / "b")
+    assert m["formats"]["onnx"]["quality"]["tries"] == []
+    assert "none held out" in m["formats"]["onnx"]["quality"]["note"]
+
+
+def test_linear_share_tells_a_transformer_from_a_cnn(digits_app):
+    from edgekit.stages.macs import linear_share
+
+    namespace: dict = {}
+    exec(SCALED_MODEL, namespace)
+    assert linear_share(namespace["make"](), (torch.zeros(1, 32),)) == 1.0
+    cnn = torch.nn.Sequential(torch.nn.Conv2d(3, 16, 3), torch.nn.Flatten(), torch.nn.Linear(16 * 30 * 30, 2))
+    share = linear_share(cnn, (torch.zeros(1, 3, 32, 32),))
+    conv, linear = 16 * 30 * 30 * 3 * 9, 16 * 30 * 30 * 2
+    assert share == pytest.approx(linear / (conv + linear))
