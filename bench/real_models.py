@@ -123,7 +123,8 @@ def _edgekit(model: RealModel, calib: Path, evaluation: Path, work: Path) -> lis
     for fmt, record in manifest["formats"].items():
         artifact = out / record["artifact"]["file"]
         p = Candidate(f"edgekit_{fmt}", f"edgekit {artifact.suffix}", artifact, seconds=seconds,
-                  gate="✓" if record["gate"]["passed"] else "✗")
+                      gate="✓" if record["gate"]["passed"] else "✗",
+                      extra={"quality": (record.get("quality") or {}).get("chosen")})
         backend = get_format(fmt)
         p.run_factory = lambda threads, b=backend, a=artifact: b.load(a, threads=threads).run
         paths.append(p)
@@ -234,6 +235,28 @@ def _batches(path: Path, names) -> list[tuple]:
     return [tuple(torch.from_numpy(a[i:i + 1]) for a in arrays) for i in range(len(arrays[0]))]
 
 
+def _model_work(float_model, example: tuple) -> list[dict] | None:
+    from edgekit.validate.graph import model_work
+
+    try:
+        return [r.to_json() for r in model_work(float_model, example)]
+    except Exception:  # noqa: BLE001 - the column is then empty, the row stays
+        return None
+
+
+def _int8_share(artifact: Path | None, work: list[dict] | None) -> float | None:
+    """The share of the model's MACs on the format's int8 fast path, by edgekit's lint of the artifact
+    (the same for every path: what the artifact itself contains)."""
+    if artifact is None or work is None or not artifact.is_file():
+        return None
+    from edgekit.validate.lint import lint
+
+    try:
+        return lint(artifact, work).get("macs_fast_share")
+    except Exception:  # noqa: BLE001
+        return None
+
+
 def bench_real(model: RealModel, work: Path, runs: int, warmup: int, say) -> list[dict]:
     import torch
 
@@ -261,11 +284,14 @@ def bench_real(model: RealModel, work: Path, runs: int, warmup: int, say) -> lis
     if model.transformer:
         paths.append(_ort_dynamic(float_onnx, work, error))
 
+    work = _model_work(float_model, calib[0])
     rows = []
     for p in paths:
         row = {"model": model.name, "path": p.key, "label": p.label, "gate": p.gate, "build_s": p.seconds,
                "size_bytes": p.artifact.stat().st_size if p.artifact and p.artifact.is_file() else None,
-               "top1_agreement": None, "cosine": None, "median_ms": None, "error": p.error}
+               "top1_agreement": None, "cosine": None, "median_ms": None, "error": p.error,
+               "int8_macs_share": _int8_share(p.artifact, work) if p.error is None else None,
+               "quality": p.extra.get("quality")}
         if p.run_factory is not None and p.error is None:
             try:
                 run = p.run_factory(1)

@@ -104,15 +104,18 @@ def _real_models_section(rows: list[dict]) -> list[str]:
              "own calibration sets. Every artifact is judged against the float model by the same code "
              "(edgekit/compare.py): top-1 agreement for class scores, mean cosine of the outputs (.onnx in the "
              "reference QDQ arithmetic an ARM board computes, as edgekit validates it). gate: "
-             "edgekit's own verdict on its artifacts. Latency: median at 1 thread on this host.", "",
-             "| model | path | gate | top-1 agreement | cosine | size | 1-thread ms | build s | error |",
-             "|---|---|---|---:|---:|---:|---:|---:|---|"]
+             "edgekit's own verdict on its artifacts; kept: what `--quality auto` kept. int8 MACs: the share of the "
+             "model's MACs on the format's int8 kernels, by edgekit's lint of each artifact (dynamic int8 counts: "
+             "its matmuls run int8). Latency: median at 1 thread on this host.", "",
+             "| model | path | gate | kept | top-1 agreement | cosine | int8 MACs | size | 1-thread ms | build s | error |",
+             "|---|---|---|---|---:|---:|---:|---:|---:|---:|---|"]
     for r in rows:
         agree = f"{r['top1_agreement']:.2f} %" if r["top1_agreement"] is not None else "—"
         cos = f"{r['cosine']:.4f}" if r["cosine"] is not None else "—"
         build = f"{r['build_s']:.1f}" if r["build_s"] is not None else "—"
-        lines.append(f"| {r['model']} | {r['label']} | {r['gate'] or ''} | {agree} | {cos} | {_size(r['size_bytes'])} | "
-                     f"{_ms(r['median_ms'])} | {build} | {_cell(r['error'] or '')} |")
+        share = f"{100 * r['int8_macs_share']:.0f} %" if r.get("int8_macs_share") is not None else "—"
+        lines.append(f"| {r['model']} | {r['label']} | {r['gate'] or ''} | {r.get('quality') or ''} | {agree} | {cos} | "
+                     f"{share} | {_size(r['size_bytes'])} | {_ms(r['median_ms'])} | {build} | {_cell(r['error'] or '')} |")
     return lines + ["", "edgekit's build seconds cover every format of the model together.", ""]
 
 

@@ -26,8 +26,10 @@ tensors show:
 (ExecuTorch's PT2E tutorial, litert-torch's README) beside it: the layers where
 the stock path loses and what edgekit changed there.
 
-Only the PT2E formats (executorch, litert) so far: ONNX Runtime's own
-`qdq_loss_debug` is the counterpart for `.onnx` and is not wired in yet.
+For `.onnx` the artifact itself is compared, with onnxruntime's own
+`qdq_loss_debug` (formats/onnx.py: ActivationComparison): every float tensor of the
+QDQ graph beside the float graph it was quantized from, run in ORT; the same
+statistics, diagnoses and table. The Lite Interpreter's `.ptl` has no such tool.
 """
 
 from __future__ import annotations
@@ -83,12 +85,16 @@ def debug_build(build_dir: str | Path, *, fmt: str | None = None, app: str | Non
         raise UsageError(f"--format {fmt}: this build has no {fmt} artifact (it has {', '.join(manifest['formats'])})",
                          hint=f"pass one of them, or build it: edgekit build ... --format {fmt}")
     module = get_format(fmt)
-    if not hasattr(module, "pt2e_quantizer"):
-        raise UsageError(f"edgekit debug covers the PT2E formats (executorch, litert); {fmt} is not one yet",
-                         hint="for .onnx, onnxruntime.quantization.qdq_loss_debug compares a QDQ model with its "
-                         "float export; or debug this build's .pte/.tflite (--format executorch)")
+    if not hasattr(module, "pt2e_quantizer") and fmt != "onnx":
+        raise UsageError(f"edgekit debug covers executorch, litert and onnx; {fmt} has no layer-by-layer tool",
+                         hint="debug this build's .pte, .tflite or .onnx (--format executorch), which quantize the "
+                         "same model")
     if baseline not in (None, "tutorial"):
         raise UsageError(f"--baseline {baseline}: unknown", hint="use --baseline tutorial")
+    if baseline and fmt == "onnx":
+        raise UsageError("--baseline tutorial replays the PT2E formats' stock quantizer; onnx has none beside "
+                         "edgekit's (its quantize_static defaults are bench/RESULTS.md's baseline)",
+                         hint="drop --baseline, or pass --format executorch")
     rec = manifest["formats"][fmt]
     q = rec["quantization"]
     if q["scheme"] != "static":
@@ -99,9 +105,14 @@ def debug_build(build_dir: str | Path, *, fmt: str | None = None, app: str | Non
 
     ref = FloatReference(manifest, app, samples, build_dir)
     spec, model, example, data, source = ref.get()
-    calib = _calibration(spec, manifest)
     outside = set((rec.get("lowering") or {}).get("ops_outside_delegate") or [])
-    ours = _replay(model, example, module.pt2e_quantizer(cfg), calib, data, spec, outside)
+    if fmt == "onnx":
+        ours = _compare_onnx(model, example, build_dir / rec["artifact"]["file"], data, spec)
+        method = "the artifact in onnxruntime beside its float graph (qdq_loss_debug), every tensor vs float"
+    else:
+        calib = _calibration(spec, manifest)
+        ours = _replay(model, example, module.pt2e_quantizer(cfg), calib, data, spec, outside)
+        method = "PT2E replay of the build's quantization (torchao numeric debugger), every node vs float"
     offenders = _offenders(ours, top)
     baseline_top = None
     if baseline:
@@ -121,7 +132,7 @@ def debug_build(build_dir: str | Path, *, fmt: str | None = None, app: str | Non
         "artifact": rec["artifact"]["file"],
         "samples": min(samples, len(data)),
         "data": source,
-        "method": "PT2E replay of the build's quantization (torchao numeric debugger), every node vs float",
+        "method": method,
         "baseline": baseline,
         "output_sqnr_db": ours[-1].sqnr_db if ours else None,
         "layers": [asdict(g) for g in ours],
@@ -216,6 +227,49 @@ def _replay(model, example, quantizer, calib, data, spec, outside: set) -> list[
     return list(gaps.values())
 
 
+def _compare_onnx(model, example, artifact: Path, data, spec) -> list[LayerGap]:
+    """Every float tensor of the .onnx artifact against the float graph's, sample by sample."""
+    from edgekit.formats.onnx import ActivationComparison
+
+    comparison = ActivationComparison(model, example, artifact, tuple(s.name for s in spec.inputs))
+    try:
+        stats: dict[str, _Stats] = {}
+        for batch in batches(data, spec.inputs):
+            for tensor, (ref, actual) in comparison.compare([t.numpy() for t in batch]).items():
+                if ref.dtype.kind != "f" or ref.shape != actual.shape:
+                    continue
+                shape = next((a.shape for a in comparison.activations if a.tensor == tensor), None)
+                if shape is not None and int(np.prod(shape)) == ref.size:
+                    ref, actual = ref.reshape(shape), actual.reshape(shape)
+                stats.setdefault(tensor, _Stats()).add(actual, ref, _sqnr_db(ref, actual))
+        activations = comparison.activations
+    finally:
+        comparison.close()
+    gaps: dict[str, LayerGap] = {}
+    for act in activations:
+        if act.tensor not in stats:
+            continue
+        st = stats[act.tensor]
+        gap = LayerGap(node=act.tensor, op=act.op, layer=act.layer, sqnr_db=round(st.sqnr, 2), added_db=0.0,
+                       cosine=round(st.cosine, 5), int8_range=act.int8_range, float_max=st.max)
+        gap._stats = st
+        upstream = [gaps[i].sqnr_db for i in act.inputs if i in gaps]
+        gap.added_db = round(_added_error_db(min(upstream) if upstream else SQNR_CAP_DB, st.sqnr), 2)
+        gaps[act.tensor] = gap
+    reused = Counter(g.layer for g in gaps.values())
+    for g in gaps.values():
+        if reused[g.layer] > 1:
+            g.layer = f"{g.layer}[{g.op}:{g.node}]" if len(f"{g.layer}{g.node}") < 60 else f"{g.layer}[{g.op}]"
+    return list(gaps.values())
+
+
+def _sqnr_db(ref: np.ndarray, actual: np.ndarray) -> float:
+    ref = ref.astype(np.float64)
+    noise = float(np.sum((ref - actual.astype(np.float64)) ** 2))
+    signal = float(np.sum(ref ** 2))
+    return SQNR_CAP_DB if noise == 0 else (10 * math.log10(signal / noise) if signal > 0 else 0.0)
+
+
 def _added_error_db(before_db: float, after_db: float) -> float:
     """SQNR of the error added between an input at `before_db` and an output at `after_db`: noise
     powers (relative to the signal) add when errors are independent, as rounding errors are."""
@@ -250,8 +304,9 @@ class _Stats:
         self.channel_max = None
 
     def add(self, actual, ref, sqnr: float) -> None:
-        a = actual.detach().float().reshape(-1).numpy().astype(np.float64)
-        b = ref.detach().float().numpy()
+        """`actual`, `ref`: torch tensors (the PT2E replay) or numpy arrays (onnx)."""
+        a = _numpy(actual).reshape(-1).astype(np.float64)
+        b = _numpy(ref).astype(np.float32)
         flat = np.abs(b.reshape(-1)).astype(np.float64)
         self.sqnrs.append(min(sqnr, SQNR_CAP_DB) if not math.isnan(sqnr) else SQNR_CAP_DB)
         self.dot += float(a @ b.reshape(-1))
@@ -271,6 +326,10 @@ class _Stats:
     def cosine(self) -> float:
         denom = math.sqrt(self.na * self.nb)
         return self.dot / denom if denom else 1.0
+
+
+def _numpy(x) -> np.ndarray:
+    return x if isinstance(x, np.ndarray) else x.detach().float().numpy()
 
 
 def _int8_loggers(converted):

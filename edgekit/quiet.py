@@ -18,15 +18,18 @@ import warnings
 def quiet_model_libraries() -> None:
     """What the libraries a user's model factory loads print on their own (set before they are
     imported; a value the user exported wins): Hugging Face's per-file "Loading weights" bars
-    and transformers' info/warning logs."""
+    and transformers' info/warning logs; and the loggers below, which a factory importing
+    transformers (which imports torchao) would otherwise wake before edgekit's own imports."""
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # read by huggingface_hub, used by transformers
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    _quiet_loggers()
 
 
-def quiet_python_logs() -> None:
-    """Silence known-noisy loggers and warnings; call before importing torch stacks."""
-    # torch.onnx warns that torchvision ops can't be registered when torchvision is absent.
-    # onnxscript's optimizer logs each constant it fails to fold while torch.onnx.export runs.
+def _quiet_loggers() -> None:
+    """Known-noisy loggers and warnings, set without importing any of them."""
+    # torchao logs each optional CUDA kernel library it cannot load; torch's pytree warns about Enum
+    # constants torchao registers. torch.onnx warns that torchvision ops can't be registered when
+    # torchvision is absent. onnxscript's optimizer logs each constant it fails to fold.
     for name in ("torchao", "torch.utils._pytree", "torch._export", "torch.export", "executorch", "torch.onnx",
                  "onnxscript"):
         logging.getLogger(name).setLevel(logging.ERROR)
@@ -34,6 +37,11 @@ def quiet_python_logs() -> None:
     warnings.filterwarnings("ignore", category=DeprecationWarning)
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", message=".*is an Enum subclass.*")
+
+
+def quiet_python_logs() -> None:
+    """Silence known-noisy loggers and warnings; call before importing torch stacks."""
+    _quiet_loggers()
     # torch.jit.trace warns about every Python branch on a tensor (Hugging Face shape checks): the
     # artifact's outputs are compared with the float model's on real inputs, which is the real check.
     from torch.jit import TracerWarning

@@ -11,7 +11,7 @@ from edgekit.errors import BuildGateFailed
 # The Lite Interpreter's histogram and ONNX's entropy (~10 s a build) run with the slow tests.
 _SLOW = {("torchscript-lite", "histogram"), ("onnx", "entropy")}
 SUPPORTED = [
-    ("executorch", "minmax"), ("executorch", "histogram"),
+    ("executorch", "minmax"), ("executorch", "histogram"), ("executorch", "percentile"),
     ("torchscript-lite", "minmax"), ("torchscript-lite", "histogram"),
     ("onnx", "minmax"), ("onnx", "percentile"), ("onnx", "entropy"),
 ]
@@ -60,6 +60,28 @@ def glitched_calib(tmp_path_factory, digits_app):
     return path
 
 
+def test_the_pt2e_percentile_observer_clips_what_minmax_keeps():
+    """One value in 10^5 at 200 among values in 0..1: minmax's range reaches it, percentile's does
+    not (PERCENTILE keeps 99.99 % inside), over batches accumulated as calibration feeds them."""
+    import torch
+    from torchao.quantization.pt2e.observer import MinMaxObserver
+
+    from edgekit.formats.pt2e import percentile_observer
+
+    torch.manual_seed(0)
+    batches = [torch.rand(10_000) for _ in range(10)]
+    batches[3][17] = 200.0
+    ranges = {}
+    for name, ctr in (("minmax", MinMaxObserver), ("percentile", percentile_observer())):
+        obs = ctr(dtype=torch.int8, qscheme=torch.per_tensor_affine, quant_min=-128, quant_max=127)
+        for b in batches:
+            obs(b)
+        scale, _ = obs.calculate_qparams()
+        ranges[name] = float(scale) * 255
+    assert ranges["minmax"] == pytest.approx(200.0, rel=0.01)
+    assert 0.99 <= ranges["percentile"] <= 1.2, ranges
+
+
 def test_clipping_calibrators_survive_a_glitch_that_ruins_minmax(digits_app, glitched_calib, tmp_path):
     """minmax stretches the input range to the glitch; entropy and percentile clip it. The quality
     gate fails the ruined artifact (its build is still written, marked) and passes the others."""
@@ -80,8 +102,8 @@ def test_clipping_calibrators_survive_a_glitch_that_ruins_minmax(digits_app, gli
     "args,fragments",
     [
         (["--format", "onnx", "--calibration", "histogram"], ["--calibration histogram", "onnx offers: minmax, percentile, entropy"]),
-        (["--format", "executorch", "--calibration", "entropy"], ["executorch offers: minmax, histogram"]),
-        (["--format", "all", "--calibration", "percentile"], ["--calibration percentile"]),
+        (["--format", "executorch", "--calibration", "entropy"], ["executorch offers: minmax, histogram, percentile"]),
+        (["--format", "all", "--calibration", "entropy"], ["--calibration entropy"]),
         (["--format", "torchscript-lite", "--quant", "fp16", "--target", "rpi5"], ["no fp16", "QNNPACK has no fp16 kernels"]),
         (["--quant", "fp16", "--target", "rpi4"], ["target 'rpi4'", "no fp16 arithmetic", "rpi5"]),
         (["--quant", "dynamic", "--calibration", "minmax"], ["--calibration applies to --quant static only"]),

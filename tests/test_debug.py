@@ -73,6 +73,41 @@ def test_a_planted_broken_scale_is_the_top_offender():
     assert worst.added_db < healthy[worst.node].added_db - 10
 
 
+def test_onnx_a_planted_broken_scale_in_the_artifact_is_the_top_offender(tmp_path):
+    """The .onnx artifact itself, one QuantizeLinear scale in it made 50x too coarse: the comparison
+    with onnxruntime's qdq_loss_debug names that tensor first, and the healthy artifact does not."""
+    import onnx
+    from onnx import numpy_helper
+
+    from edgekit.debug import _compare_onnx
+    from edgekit.formats import onnx as onnx_format
+    from edgekit.model.data import batches
+
+    model = WideReluSix()
+    calib, held_out = datasets()
+    example = (torch.from_numpy(calib.arrays["x"][:1]),)
+    cfg = QuantConfig(calibration="minmax", input_names=("x",))
+    healthy_path, broken_path = tmp_path / "healthy.onnx", tmp_path / "broken.onnx"
+    onnx_format.export(onnx_format.quantize(model, example, batches(calib, SPEC_INPUTS), cfg), example, healthy_path)
+    artifact = onnx.load(str(healthy_path))
+    inits = {i.name: i for i in artifact.graph.initializer}
+    # the last conv's output: the tensor the final QuantizeLinear before the mean reads
+    convs = [n for n in artifact.graph.node if n.op_type == "Conv"]
+    target = convs[-1].output[0]
+    quant = next(n for n in artifact.graph.node if n.op_type == "QuantizeLinear" and n.input[0] == target)
+    scale = inits[quant.input[1]]
+    scale.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(scale) * 50, scale.name))
+    onnx.save(artifact, str(broken_path))
+
+    healthy = {g.node: g for g in _compare_onnx(model, example, healthy_path, held_out, _Spec)}
+    planted = _compare_onnx(model, example, broken_path, held_out, _Spec)
+    worst = _offenders(planted, 3)[0]
+    assert worst.node == target and worst.op == "Conv", [(g.node, g.op, g.added_db) for g in planted]
+    assert worst.added_db < healthy[target].added_db - 10
+    assert healthy[target].sqnr_db > 20  # int8, not broken
+    assert worst.layer == "body.6"  # named by the module it came from
+
+
 def test_the_tutorial_paths_relu6_loss_is_named_and_edgekits_quantization_removes_it():
     model = WideReluSix()
     calib, held_out = datasets()
@@ -113,6 +148,23 @@ def test_edgekit_debug_on_a_build(build_copy, run_cli):
     text = console.export_text()
     assert "where the error enters" in text and "where the tutorial path loses" in text and "output: SQNR" in text
     assert max(len(line) for line in text.splitlines()) <= 80
+
+
+def test_edgekit_debug_on_an_onnx_build(digits_app, run_cli, tmp_path):
+    out = tmp_path / "b"
+    assert run_cli("build", str(digits_app), "--format", "onnx", "--out", str(out)).returncode == 0
+    proc = run_cli("debug", str(out), "--json", "--samples", "4")
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(proc.stdout)
+    assert doc["format"] == "onnx" and doc["samples"] == 4 and "qdq_loss_debug" in doc["method"]
+    # ORT's QDQ folds each ReLU into its conv: the quantized tensors are the ReLUs' outputs
+    quantized = [g for g in doc["layers"] if g["op"] in ("Relu", "Gemm")]
+    assert [g["layer"] for g in quantized] == ["features.0.2", "features.1.2", "features.3.2", "classifier"]
+    assert all(20 < g["sqnr_db"] < 100 and g["int8_range"] for g in quantized)  # int8: not exact, not broken
+    assert doc["top"] and doc["output_sqnr_db"] > 20
+    proc = run_cli("debug", str(out), "--baseline", "tutorial")
+    assert proc.returncode == 2 and "--baseline tutorial" in proc.stderr and "--format executorch" in proc.stderr
+    assert "Failed to load" not in proc.stderr and "W1201" not in proc.stderr  # library noise stays off
 
 
 @pytest.mark.parametrize("args,message", [

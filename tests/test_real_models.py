@@ -108,16 +108,16 @@ def test_hf_encoder_for_the_lite_interpreter_alone_is_a_named_limit_and_dynamic_
     assert record["gate"]["passed"] and record["metrics"]["cosine"] > 0.999
 
 
-@pytest.mark.slow  # 2.5 minutes; the default run keeps the pretrained CNN and a masked HF encoder
-def test_pretrained_sentence_encoder_on_real_sentences_is_judged_by_its_embeddings(real_data, tmp_path):
-    """all-MiniLM-L6-v2 (real weights) on 128 real sentences, no labels. Integer masks no longer
-    crash or ruin it (cosine 0.34 before); plain int8 still costs its embeddings too much (BERT's
-    outlier activations before each LayerNorm), so the gate fails it, names the figure and keeps
-    the build, marked."""
+@pytest.mark.slow  # ~6 minutes (four tries per format); the default run keeps the pretrained CNN and a masked HF encoder
+def test_pretrained_sentence_encoder_on_real_sentences_keeps_its_embeddings(real_data, tmp_path):
+    """all-MiniLM-L6-v2 (real weights) on 128 real sentences, no labels. Static int8 costs its
+    embeddings too much (BERT's outlier activations: cosine ~0.86), whatever the calibration; on
+    held-out calibration sentences --quality auto finds that and keeps dynamic int8 activations,
+    which hold cosine >= 0.99 on the evaluation sentences in both formats."""
     out = tmp_path / "b"
     proc = build(str(APPS / "minilm"), "--calib", str(real_data / "minilm" / "calib.npz"), "--eval", str(real_data / "minilm" / "eval.npz"),
                  "--format", "executorch", "--format", "onnx", "--target", "rpi5", "--out", str(out))
-    assert proc.returncode == 3, proc.stderr
+    assert proc.returncode == 0, proc.stderr
     m = manifest_of(out)
     assert m["gate"]["task"] == "embedding" and m["gate"]["min_cosine"] == 0.99
     for fmt, record in m["formats"].items():
@@ -125,11 +125,14 @@ def test_pretrained_sentence_encoder_on_real_sentences_is_judged_by_its_embeddin
         assert metrics["top1_agreement"] is None  # an embedding has no top class
         assert metrics["data"] == {"source": str(real_data / "minilm" / "eval.npz"), "samples": 128,
                                    "held_out": True, "labels": False}
-        assert 0.7 < metrics["cosine"] < 0.99, (fmt, metrics["cosine"])
-        assert not record["gate"]["passed"]
-    assert f"{m['formats']['executorch']['artifact']['file']}: output 0: cosine similarity" in proc.stderr
-    assert "under the gate's 0.99" in proc.stderr and "--min-cosine" in proc.stderr
-    assert "✗ model.pte" in proc.stdout and "✗ model.onnx" in proc.stdout  # the table marks them
+        assert metrics["cosine"] >= 0.99 and record["gate"]["passed"], (fmt, metrics["cosine"])
+        quality = record["quality"]
+        static = [t for t in quality["tries"] if t["quantization"]["scheme"] == "static"]
+        assert static and not any(t["passed"] for t in static), fmt
+        assert all(0.7 < t["cosine"] < 0.99 for t in static if t.get("cosine") is not None), static
+        assert quality["chosen"] == "dynamic int8 activations" and record["quantization"]["scheme"] == "dynamic"
+    assert "--quality auto kept dynamic int8 activations" in proc.stdout and "tries: the first clearly" in proc.stdout
+    assert "✓ model.pte" in proc.stdout and "✓ model.onnx" in proc.stdout
     assert "Loading weights" not in proc.stderr  # transformers' progress bars stay off the terminal
 
 
@@ -141,8 +144,10 @@ def test_pretrained_efficientnet_lite0_keeps_its_predictions_in_int8(real_data, 
     95 %, and a .pte under that is marked and exits 3, never a ✓."""
     data = real_data / "efficientnet_lite0"
     out = tmp_path / "b"
+    # --quality fast: one pass per format. auto would also try the other calibrations, which on
+    # these 32 crops come out within noise of the default (the slow Lite2 test builds with auto).
     proc = build(str(APPS / "efficientnet_lite0"), "--calib", str(data / "calib.npz"), "--eval", str(data / "eval.npz"),
-                 "--format", "executorch", "--format", "onnx", "--target", "rpi5", "--out", str(out))
+                 "--format", "executorch", "--format", "onnx", "--target", "rpi5", "--quality", "fast", "--out", str(out))
     assert proc.returncode in (0, 3), proc.stderr
     m = manifest_of(out)
     pte, onnx = m["formats"]["executorch"], m["formats"]["onnx"]

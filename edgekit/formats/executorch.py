@@ -15,7 +15,6 @@ footprint, the native runners and how the emulated board runs it.
 from __future__ import annotations
 
 import copy
-import dataclasses
 import math
 import tempfile
 from pathlib import Path
@@ -31,7 +30,13 @@ from edgekit.formats.base import (
     layer_selected,
     torch_export,
 )
-from edgekit.formats.pt2e import integer_safe, record_report, report_of
+from edgekit.formats.pt2e import (
+    GraphRunner,
+    integer_safe,
+    record_report,
+    report_of,
+    with_calibration,
+)
 from edgekit.quiet import native_stderr_captured, quiet_python_logs
 
 NAME = "executorch"
@@ -41,9 +46,10 @@ BACKEND = "xnnpack"
 DEVICE_RUNTIME = "executorch"  # runtime/runner.py's name for executorch.runtime
 DELEGATE_ID = "XnnpackBackend"
 SCHEMES = ("static", "dynamic", "fp16")
-# torchao's PT2E observers: MinMax, and XNNPACK's own default, the histogram
-# observer (searches the clipping range minimising quantization error).
-CALIBRATIONS = ("minmax", "histogram")
+# torchao's PT2E observers: MinMax, XNNPACK's own default, the histogram observer
+# (searches the clipping range minimising quantization error), and percentile on
+# the same histogram (formats/pt2e.py).
+CALIBRATIONS = ("minmax", "histogram", "percentile")
 DEFAULT_CALIBRATION = "histogram"
 # The device runs the native ExecuTorch runner (~12 MB deployed with its libraries, no torch), while
 # the Python runtime on this host imports torch (~350 MB resident): count 16 MB on the device (ESTIMATE).
@@ -86,6 +92,14 @@ def quantize(model, example_inputs: tuple, calib_batches: Iterable[tuple], cfg: 
     return converted
 
 
+SCREENED_AS = GraphRunner.validated_as  # how build/quality.py judges a try with `screen`
+
+
+def screen(qmodel) -> GraphRunner:
+    """The quantized graph before lowering, to judge a try without exporting it (build/quality.py)."""
+    return GraphRunner(qmodel)
+
+
 def pt2e_quantizer(cfg: QuantConfig, tutorial: bool = False):
     """The PT2E quantizer this format annotates with (`edgekit debug` replays it). `tutorial`:
     XNNPACKQuantizer exactly as ExecuTorch's PT2E tutorial configures it, for comparison."""
@@ -106,8 +120,8 @@ def _quantizer(cfg: QuantConfig):
     )
 
     config = get_symmetric_quantization_config(is_per_channel=cfg.per_channel, is_dynamic=cfg.scheme == "dynamic")
-    if cfg.scheme == "static" and (cfg.calibration or DEFAULT_CALIBRATION) == "minmax":
-        config = _with_activation_observer(config, "MinMaxObserver")
+    if cfg.scheme == "static":
+        config = with_calibration(config, cfg.calibration or DEFAULT_CALIBRATION)
     quantizer = XNNPACKQuantizer().set_global(config)
     if cfg.skip_layers or cfg.only_layers is not None:
         # The quantizer can't take `None` per module; a node filter on the module
@@ -145,14 +159,6 @@ _EPILOGUE_DEPTH = 2
 def _is_weighted(node) -> bool:
     name = str(node.target)
     return "conv" in name or "linear" in name
-
-
-def _with_activation_observer(config, observer_name: str):
-    from torchao.quantization.pt2e import observer
-
-    ctr = getattr(observer, observer_name).with_args(eps=2**-12)  # eps as in XNNPACK's own config
-    act = dataclasses.replace(config.input_activation, observer_or_fake_quant_ctr=ctr)
-    return dataclasses.replace(config, input_activation=act, output_activation=act)
 
 
 def _node_scopes(node) -> list[str]:

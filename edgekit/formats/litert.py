@@ -30,7 +30,13 @@ import numpy as np
 from edgekit.emulator.check import run_in_guest_python
 from edgekit.errors import FormatUnsupported
 from edgekit.formats.base import QuantConfig, finding, torch_export
-from edgekit.formats.pt2e import integer_safe, record_report, report_of
+from edgekit.formats.pt2e import (
+    GraphRunner,
+    integer_safe,
+    record_report,
+    report_of,
+    with_calibration,
+)
 from edgekit.quiet import native_stderr_captured, quiet_python_logs
 from edgekit.runtime.runner import litert_input, litert_output
 
@@ -43,7 +49,7 @@ SCHEMES = ("static",)
 UNSUPPORTED_WHY = {"dynamic": "edgekit builds LiteRT as static int8 only; use --format executorch or onnx",
                    "fp16": "edgekit builds LiteRT as static int8 only; use --format executorch or onnx"}
 # litert-torch's PT2E observers: the same two torchao offers the ExecuTorch format.
-CALIBRATIONS = ("minmax", "histogram")
+CALIBRATIONS = ("minmax", "histogram", "percentile")  # formats/pt2e.py: with_calibration
 DEFAULT_CALIBRATION = "histogram"
 INSTALL_HINT = "pip install 'edgekit[litert]' (litert-torch and ai-edge-litert), then build again"
 DEVICE_RUNTIME_MB = None  # ai-edge-litert's Python interpreter runs on the device as on this host
@@ -101,12 +107,19 @@ def _litert_quantizer(cfg: QuantConfig, tutorial: bool = False):
     config = get_symmetric_quantization_config(is_per_channel=cfg.per_channel)
     if tutorial:  # litert-torch's README: the global symmetric config, nothing else
         return PT2EQuantizer().set_global(config)
-    if (cfg.calibration or DEFAULT_CALIBRATION) == "minmax":
-        config = _minmax(config)
+    config = with_calibration(config, cfg.calibration or DEFAULT_CALIBRATION)
     quantizer = PT2EQuantizer().set_global(config)
     for name in cfg.skip_layers:  # the accuracy fallback's float layers
         quantizer.set_module_name(name, None)
     return quantizer
+
+
+SCREENED_AS = GraphRunner.validated_as  # how build/quality.py judges a try with `screen`
+
+
+def screen(qmodel: LiteRtQuantized) -> GraphRunner:
+    """The quantized graph before conversion, to judge a try without converting it (build/quality.py)."""
+    return GraphRunner(qmodel.module)
 
 
 def pt2e_quantizer(cfg: QuantConfig, tutorial: bool = False):
@@ -114,16 +127,6 @@ def pt2e_quantizer(cfg: QuantConfig, tutorial: bool = False):
     litert-torch's documented default, for comparison."""
     quantizer = _litert_quantizer(cfg, tutorial)
     return quantizer if tutorial else integer_safe(quantizer)
-
-
-def _minmax(config):
-    import dataclasses
-
-    from torchao.quantization.pt2e import observer
-
-    ctr = observer.MinMaxObserver.with_args(eps=2**-12)
-    act = dataclasses.replace(config.input_activation, observer_or_fake_quant_ctr=ctr)
-    return dataclasses.replace(config, input_activation=act, output_activation=act)
 
 
 def export(qmodel: LiteRtQuantized, example_inputs: tuple, path: Path) -> dict:

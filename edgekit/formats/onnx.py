@@ -30,6 +30,7 @@ from edgekit.errors import FormatUnsupported
 from edgekit.formats.activations import onnx_float_nodes
 from edgekit.formats.base import (
     DYNAMIC_SHAPE,
+    PERCENTILE,
     QuantConfig,
     finding,
     layer_selected,
@@ -135,6 +136,111 @@ def _pre_process(src: Path, dst: Path) -> None:
         quant_pre_process(str(src), str(dst), skip_symbolic_shape=True)
 
 
+# ---------------------------------------------------------------- numeric debugging
+
+
+@dataclass
+class Activation:
+    """One float tensor of the graph, as `edgekit debug` compares it."""
+
+    tensor: str
+    node: str  # the node that writes it
+    op: str  # its op type, e.g. "Conv"
+    layer: str  # the module it came from (the exporter's name scopes), else the node
+    inputs: list[str]  # the tensors that node reads
+    int8_range: float | None  # scale * 255 of the QuantizeLinear the artifact puts on it, if any
+    shape: list[int] | None  # from the float graph's shape inference (the saved values are flat)
+
+
+class ActivationComparison:
+    """The artifact beside the float model it was quantized from, every float activation of both
+    (onnxruntime's qdq_loss_debug: `modify_model_output_intermediate_tensors` and
+    `create_activation_matching`), one batch at a time.
+
+    The float side is the model exported and pre-processed exactly as for quantization, so its
+    tensor names are the ones the QDQ artifact kept; the artifact runs with graph optimizations
+    off (the reference QDQ arithmetic, as validation runs it on a saturating x86 host)."""
+
+    def __init__(self, model, example_inputs: tuple, artifact: Path, input_names: Sequence[str] = ()):
+        import onnx
+        import onnxruntime as ort
+        from onnxruntime.quantization.qdq_loss_debug import modify_model_output_intermediate_tensors
+
+        self._tmp = tempfile.TemporaryDirectory(prefix="edgekit-onnx-debug-")
+        tmp = Path(self._tmp.name)
+        float_path, pre_path = tmp / "float.onnx", tmp / "pre.onnx"
+        export_float(model, example_inputs, float_path, input_names)
+        _pre_process(float_path, pre_path)
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        self._sessions = []
+        with root_logger_quiet():
+            for src, name in ((pre_path, "float"), (Path(artifact), "qdq")):
+                augmented = tmp / f"{name}_augmented.onnx"
+                modify_model_output_intermediate_tensors(str(src), str(augmented))
+                self._sessions.append(ort.InferenceSession(str(augmented), options, providers=["CPUExecutionProvider"]))
+        self._names = [i.name for i in self._sessions[0].get_inputs()]
+        self.activations = _activations(onnx.load(str(pre_path)), onnx.load(str(artifact)))
+
+    def compare(self, batch: Sequence[np.ndarray]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """tensor -> (float value, the artifact's value that the next op reads) on one batch."""
+        from onnxruntime.quantization.qdq_loss_debug import create_activation_matching
+
+        feed = {n: np.ascontiguousarray(a) for n, a in zip(self._names, batch)}
+        saved = [_saved(session, session.run(None, feed)) for session in self._sessions]
+        match = create_activation_matching(saved[1], saved[0])
+        out = {}
+        for act in self.activations:
+            m = match.get(act.tensor)
+            if m is None or "float" not in m:
+                continue
+            actual = m.get("post_qdq") if m.get("post_qdq") is not None else m.get("pre_qdq")
+            if actual is not None:
+                out[act.tensor] = (m["float"][0], actual[0])
+        return out
+
+    def close(self) -> None:
+        self._tmp.cleanup()
+
+
+def _saved(session, values: list) -> dict[str, list[np.ndarray]]:
+    from onnxruntime.quantization.qdq_loss_debug import _TENSOR_SAVE_POSTFIX
+
+    return {o.name[: -len(_TENSOR_SAVE_POSTFIX)]: [v] for o, v in zip(session.get_outputs(), values)
+            if o.name.endswith(_TENSOR_SAVE_POSTFIX)}
+
+
+def _activations(float_model, qdq_model) -> list[Activation]:
+    """Every node output of the float graph, in graph order, with the artifact's int8 range on it."""
+    from onnx import numpy_helper
+
+    inits = {i.name: i for i in qdq_model.graph.initializer}
+    ranges = {}
+    for node in qdq_model.graph.node:
+        if node.op_type == "QuantizeLinear" and node.input[1] in inits:
+            scale = numpy_helper.to_array(inits[node.input[1]])
+            if scale.size == 1:
+                source = node.input[0]
+                for suffix in ("_QuantizeLinear_Input",):
+                    source = source[: -len(suffix)] if source.endswith(suffix) else source
+                ranges[source] = float(scale.reshape(-1)[0]) * 255  # uint8 activations: 256 levels
+    shapes = {}
+    for vi in [*float_model.graph.value_info, *float_model.graph.output]:
+        dims = [d.dim_value for d in vi.type.tensor_type.shape.dim]
+        if dims and all(d > 0 for d in dims):
+            shapes[vi.name] = dims
+    out = []
+    for node in float_model.graph.node:
+        props = {p.key: p.value for p in node.metadata_props}
+        scopes = ast.literal_eval(props[_SCOPES_KEY]) if _SCOPES_KEY in props else []
+        modules = [s for s in scopes if s]
+        layer = modules[-2] if len(modules) > 1 else (modules[0] if modules else node.name)
+        for tensor in node.output:
+            out.append(Activation(tensor, node.name, node.op_type, layer, [i for i in node.input if i],
+                                  ranges.get(tensor), shapes.get(tensor)))
+    return out
+
+
 def _not_quantizable(path: Path) -> list[str]:
     """Nodes that read or write indices, masks or masked scores: they stay float
     (the rule every format shares: edgekit/formats/activations.py)."""
@@ -190,10 +296,6 @@ def _quantize_static(src: Path, dst: Path, batches, cfg: QuantConfig, excluded: 
                 f"of this model ({e})", hint="use --calibration minmax or percentile") from None
 
 
-# Percentile calibration keeps this share of each activation's values inside the
-# range. 99.99 (not onnxruntime's 99.999) clips a glitch of one value in ~10^4,
-# the rate of a single bad pixel in a few hundred small calibration images.
-PERCENTILE = 99.99
 # The KL-divergence (entropy) search picks a clipping threshold among histogram
 # bins; it needs many more bins than quantized levels to have anything to
 # choose from (TensorRT's recipe: 2048 bins searched down to 128 levels).
@@ -329,7 +431,7 @@ class OrtRunner:
 
     runtime = "onnxruntime"
 
-    def __init__(self, path: Path, threads: int | None = None, exact: bool = False):
+    def __init__(self, path: Path | bytes, threads: int | None = None, exact: bool = False):
         import onnxruntime as ort
 
         options = ort.SessionOptions()
@@ -338,7 +440,8 @@ class OrtRunner:
         if exact:
             options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
         self.validated_as = REFERENCE_ARITHMETIC if exact else None
-        self._session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        model = path if isinstance(path, bytes) else str(path)
+        self._session = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
         self._names = [i.name for i in self._session.get_inputs()]
 
     def run(self, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
@@ -348,6 +451,14 @@ class OrtRunner:
 def load(path: Path, threads: int | None = None) -> OrtRunner:
     """For timing: the optimized session, as a device runs it."""
     return OrtRunner(path, threads)
+
+
+def screen(qmodel: OnnxModel) -> OrtRunner:
+    """The quantized model in memory, run as validation runs the artifact (build/quality.py)."""
+    return OrtRunner(qmodel.data, exact=host_saturates_u8s8())
+
+
+SCREENED_AS = "onnxruntime, before writing the file"
 
 
 def load_for_validation(path: Path) -> OrtRunner:
@@ -373,7 +484,9 @@ def lint(path: Path) -> dict:
     fusion), and inputs with a symbolic or missing dim."""
     import onnx
 
-    graph = onnx.load(str(path), load_external_data=False).graph
+    model = onnx.load(str(path), load_external_data=False)
+    graph = model.graph
+    macs_of = _macs(model)
     producer = {o: n for n in graph.node for o in n.output}
     consumers: dict[str, list] = {}
     for n in graph.node:
@@ -398,17 +511,55 @@ def lint(path: Path) -> dict:
         return all(u.op_type == "QuantizeLinear" or (u.op_type in PASSTHROUGH and all(into_q(o, depth + 1) for o in u.output))
                    for u in users)
 
-    counts: dict[str, list[str]] = {}
+    counts: dict[str, list] = {}
     for n in graph.node:
-        if n.op_type in ("QuantizeLinear", "DequantizeLinear") or n.op_type in PASSTHROUGH:
+        if n.op_type in ("QuantizeLinear", "DequantizeLinear") or n.op_type in PASSTHROUGH or n.op_type in INT8_OPS:
             continue
         data_inputs = [i for i in n.input if i and i not in initializers]
         quantized = all(from_dq(i) for i in data_inputs) and all(into_q(o) for o in n.output)
         if not quantized and (n.op_type in COMPUTE or data_inputs):
-            counts.setdefault(n.op_type, []).append(n.name)
-    findings = [finding(op, len(names), ADVICE, "ONNX Runtime CPU, float") for op, names in sorted(counts.items())]
+            counts.setdefault(n.op_type, []).append(n)
+    findings = [finding(op, len(nodes), ADVICE, "ONNX Runtime CPU, float", macs=sum(macs_of(n) for n in nodes))
+                for op, nodes in sorted(counts.items())]
     findings += [finding(DYNAMIC_SHAPE, 1, DYNAMIC_ADVICE, f"input {name}", macs=0) for name in _dynamic_inputs(graph)]
     return {"fast_path": "QDQ int8 kernels", "findings": findings}
+
+
+# Ops that are int8 kernels themselves (dynamic quantization's, and the fused QOperator forms), or
+# the per-call quantization of their inputs: on the fast path whatever surrounds them.
+INT8_OPS = {"MatMulInteger", "ConvInteger", "QLinearMatMul", "QLinearConv", "DynamicQuantizeLinear",
+            "DynamicQuantizeMatMul", "MatMulIntegerToFloat"}
+
+
+def _macs(model):
+    """node -> its multiply-accumulates, from ONNX shape inference (0 where shapes are unknown or
+    the op does no MACs): the lint's findings carry their own MACs, as the .pte's do."""
+    import onnx
+
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model)
+    except Exception:  # noqa: BLE001 - no shapes: findings count no MACs, the lint itself still holds
+        inferred = model
+    shapes = {i.name: list(i.dims) for i in inferred.graph.initializer}
+    for vi in [*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output]:
+        dims = [d.dim_value for d in vi.type.tensor_type.shape.dim]
+        if dims and all(d > 0 for d in dims):
+            shapes[vi.name] = dims
+
+    def macs(node) -> int:
+        out = shapes.get(node.output[0]) if node.output else None
+        if not out:
+            return 0
+        numel = int(np.prod(out))
+        if node.op_type in ("MatMul", "Gemm", "MatMulInteger") and shapes.get(node.input[0]):
+            a = shapes[node.input[0]]
+            transposed = node.op_type == "Gemm" and any(x.name == "transA" and x.i for x in node.attribute)
+            return numel * (a[0] if transposed else a[-1])
+        if node.op_type in ("Conv", "ConvInteger") and shapes.get(node.input[1]):
+            return numel * int(np.prod(shapes[node.input[1]][1:]))
+        return 0
+
+    return macs
 
 
 def _dynamic_inputs(graph) -> list[str]:

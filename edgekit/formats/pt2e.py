@@ -26,6 +26,12 @@ and one that costs accuracy on every ReLU6 network:
   `fuse_clamps` moves the observer after the clamp, as for ReLU: XNNPACK fuses
   the clamp into the conv's output min/max anyway (its FuseActivationPass),
   so the kernel is the same and only the scale changes.
+
+`with_calibration` sets the activation observer a calibration method names,
+for every PT2E format alike: minmax, histogram (the quantizers' own default:
+the range minimising L2 quantization error over a histogram), and percentile
+(`PercentileObserver`: the range holding PERCENTILE % of the values seen,
+ONNX Runtime's percentile calibration on torchao's histogram).
 """
 
 from __future__ import annotations
@@ -61,6 +67,26 @@ def integer_safe(quantizer):
     return IntegerSafeQuantizer(quantizer)
 
 
+class GraphRunner:
+    """A quantized PT2E graph run in Python (`--quality auto` screens tries this way before any
+    export): quantize/dequantize around float ops, the int8 arithmetic of the delegate's kernels up
+    to rounding."""
+
+    runtime = "torch"
+    validated_as = "PT2E graph in Python"
+
+    def __init__(self, graph):
+        self._graph = graph
+
+    def run(self, inputs):
+        import torch
+
+        from edgekit.compare import all_outputs
+
+        with torch.no_grad():
+            return all_outputs(self._graph(*[torch.from_numpy(a) for a in inputs]))
+
+
 REPORT_KEY = "edgekit_quantizer"
 
 
@@ -71,6 +97,47 @@ def record_report(converted, quantizer) -> None:
 
 def report_of(converted) -> dict:
     return dict(getattr(converted, "meta", {}).get(REPORT_KEY, {}))
+
+
+def with_calibration(config, calibration: str):
+    """A quantizer's QuantizationConfig with its activation observer set by calibration method."""
+    import dataclasses
+
+    from torchao.quantization.pt2e import observer
+
+    if calibration == "histogram":
+        return config  # XNNPACK's and LiteRT's own activation observer
+    # eps as in XNNPACK's own config: the smallest scale an observer may give
+    ctr = {"minmax": observer.MinMaxObserver, "percentile": percentile_observer()}[calibration].with_args(eps=2**-12)
+    act = dataclasses.replace(config.input_activation, observer_or_fake_quant_ctr=ctr)
+    return dataclasses.replace(config, input_activation=act, output_activation=act)
+
+
+def percentile_observer():
+    """torchao's HistogramObserver with the range chosen by percentile instead of its L2 search:
+    the histogram is accumulated over every calibration batch (as onnxruntime's calibrator does), then
+    (100 - PERCENTILE) / 2 % of the values is cut from each tail. A few glitched values then cost
+    nothing; minmax stretches the range to them and the histogram search may keep them."""
+    import torch
+    from torchao.quantization.pt2e.observer import HistogramObserver
+
+    from edgekit.formats.base import PERCENTILE
+
+    class PercentileObserver(HistogramObserver):
+        def _non_linear_param_search(self):
+            hist = self.histogram.to(torch.float64)
+            total = float(hist.sum())
+            if total == 0:
+                return self.min_val, self.max_val
+            tail = (100.0 - PERCENTILE) / 200.0  # share cut from each end
+            cdf = torch.cumsum(hist, 0) / total
+            start_bin = int(torch.searchsorted(cdf, torch.tensor(tail, dtype=torch.float64), right=True))
+            end_bin = int(torch.searchsorted(cdf, torch.tensor(1.0 - tail, dtype=torch.float64)))
+            end_bin = min(max(end_bin, start_bin), self.bins - 1)
+            width = (self.max_val - self.min_val) / self.bins
+            return self.min_val + width * start_bin, self.min_val + width * (end_bin + 1)
+
+    return PercentileObserver
 
 
 def _lifts_scalars(quantizer) -> bool:

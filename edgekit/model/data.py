@@ -33,14 +33,6 @@ class Dataset:
         return Dataset({k: v[:n] for k, v in self.arrays.items()}, labels, self.source, self.origin)
 
 
-    def split(self, n: int) -> tuple["Dataset", "Dataset"]:
-        """The first n samples and the rest, as two datasets of the same source."""
-        labels = (None, None) if self.labels is None else (self.labels[:n], self.labels[n:])
-        head = Dataset({k: v[:n] for k, v in self.arrays.items()}, labels[0], self.source, self.origin)
-        rest = Dataset({k: v[n:] for k, v in self.arrays.items()}, labels[1], self.source, self.origin)
-        return head, rest
-
-
 def load_npz(path: Path, specs: tuple[InputSpec, ...], flag: str, need_labels: bool) -> Dataset:
     """Load and check a data file; every problem names the file, the array and the fix."""
     if not Path(path).is_file():

@@ -73,10 +73,9 @@ class LoadedModel:
         """The same data and inputs with another float model (after pruning, distillation ...)."""
         return replace(self, model=model, _outputs=None)
 
-    def with_data(self, calib: Dataset, evaluation: Dataset) -> "LoadedModel":
-        """The same model on other data (--quality auto: calibrate on part of the calibration data,
-        judge on the part held out)."""
-        return replace(self, calib=calib, evaluation=evaluation, held_out=True, _outputs=None)
+    def judged_on(self, evaluation: Dataset, held_out: bool) -> "LoadedModel":
+        """The same model and calibration, judged on other data (--quality auto: the calibration inputs)."""
+        return replace(self, evaluation=evaluation, held_out=held_out, _outputs=None)
 
     def check_outputs(self) -> None:
         """Finite float outputs, and labels that index the first output's class scores."""

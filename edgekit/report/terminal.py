@@ -42,9 +42,8 @@ def print_build_summary(manifest: dict) -> None:
     for record in manifest["formats"].values():
         quality = record.get("quality") or {}
         if len(quality.get("tries") or []) > 1:
-            missed = ", ".join(t["method"] for t in quality["tries"] if not t["passed"])
-            console.print(f"{record['artifact']['file']}: --quality auto kept [bold]{quality['chosen']}[/] "
-                          f"({missed} missed the gate on {quality['selection']['held_out']} held-out calibration samples)")
+            console.print(f"{record['artifact']['file']}: --quality auto kept [bold]{quality['chosen']}[/] of "
+                          f"{len(quality['tries'])} tries: {quality['why']}")
         fallback = record.get("fallback")
         if fallback:
             layers = ", ".join(f["layer"] for f in fallback["float_layers"]) or "none"
