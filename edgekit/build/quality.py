@@ -112,7 +112,8 @@ def build_with_quality(ctx: BuildContext, fmt, cfg: QuantConfig, mode: str, cali
             if not tries or not hasattr(fmt, "screen"):
                 attempt.record, built = build_format(sel_ctx, fmt, attempt.cfg), attempt
             else:
-                attempt.record, attempt.screened = _screen(sel_ctx, fmt, attempt), fmt.SCREENED_AS
+                attempt.screened = fmt.SCREENED_AS
+                attempt.record = _screen(sel_ctx, fmt, attempt)
         except Exception as e:  # noqa: BLE001 - a later try's failure is recorded; the recipe's own is raised
             if not tries:
                 raise  # the recipe itself cannot be built: the user must know
