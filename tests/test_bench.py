@@ -32,6 +32,7 @@ results = _load_results_module()
 
 @pytest.fixture(scope="module")
 def quick_run(tmp_path_factory) -> dict:
+    """`make bench --quick` on the digits model (~70 s: the tests that read it are slow)."""
     out = tmp_path_factory.mktemp("bench")
     # One thread count keeps the run short (torch.compile compiles once per count).
     args = ["--quick", "--models", "digits", "--real-models", "--runs", "3", "--threads", "1", "--out", str(out)]
@@ -42,6 +43,7 @@ def quick_run(tmp_path_factory) -> dict:
     return {"doc": json.loads((out / "results.json").read_text()), "md": (out / "RESULTS.md").read_text()}
 
 
+@pytest.mark.slow
 def test_machine_facts_head_the_report(quick_run):
     machine = quick_run["doc"]["machine"]
     for key in ("cpu", "cores", "python", "torch", "executorch", "onnxruntime", "date"):
@@ -51,6 +53,7 @@ def test_machine_facts_head_the_report(quick_run):
     assert machine["cpu"] in head and f"torch {machine['torch']}" in head
 
 
+@pytest.mark.slow
 def test_every_path_has_a_row_at_each_thread_count(quick_run):
     doc = quick_run["doc"]
     threads = doc["settings"]["threads"]
@@ -61,6 +64,7 @@ def test_every_path_has_a_row_at_each_thread_count(quick_run):
         assert quick_run["md"].count(f"| {row['label']} | {row['threads']} |") == 1, row["label"]
 
 
+@pytest.mark.slow
 def test_a_row_has_numbers_or_an_error(quick_run):
     for row in quick_run["doc"]["rows"]:
         if row["error"] is None:
@@ -72,6 +76,7 @@ def test_a_row_has_numbers_or_an_error(quick_run):
             assert f"**failed:** {row['error']}" in quick_run["md"]
 
 
+@pytest.mark.slow
 def test_ratios_are_latency_over_eager(quick_run):
     rows = quick_run["doc"]["rows"]
     eager = {r["threads"]: r["median_ms"] for r in rows if r["path"] == "eager_fp32"}
@@ -84,6 +89,7 @@ def test_ratios_are_latency_over_eager(quick_run):
         assert head["speedup_vs_eager_fp32"] == pytest.approx(eager[head["threads"]] / pte, abs=6e-3)
 
 
+@pytest.mark.slow
 def test_build_cost_and_stages_are_recorded(quick_run):
     doc = quick_run["doc"]
     (cost,) = doc["build_cost"]
@@ -117,3 +123,17 @@ def test_failed_path_is_reported_not_dropped(tmp_path):
     assert "| torch.compile fp32 (inductor) | 1 | — | — | — |" in md
     assert "**failed:** RuntimeError: no compiler \\| here" in md  # escaped: one cell, not two
     assert "n/a" in md.split("| edgekit int8 .pte | 1 |")[1].splitlines()[0]  # random weights: no accuracy
+
+
+def test_the_real_model_table_shows_what_auto_kept_and_the_int8_share():
+    rows = [{"model": "minilm", "path": "edgekit_onnx", "label": "edgekit .onnx", "gate": "✓", "build_s": 90.0,
+             "size_bytes": 2 << 20, "top1_agreement": None, "cosine": 0.99371, "median_ms": 6.5, "error": None,
+             "int8_macs_share": 0.9863, "quality": "dynamic int8 activations"},
+            {"model": "minilm", "path": "tutorial", "label": "ExecuTorch tutorial", "gate": None, "build_s": 3.9,
+             "size_bytes": None, "top1_agreement": None, "cosine": None, "median_ms": None,
+             "error": "IndexError: tensors used as indices", "int8_macs_share": None, "quality": None}]
+    lines = results._real_models_section(rows)
+    assert "| minilm | edgekit .onnx | ✓ | dynamic int8 activations | — | 0.9937 | 99 % |" in "\n".join(lines)
+    assert "| minilm | ExecuTorch tutorial |  |  | — | — | — |" in "\n".join(lines)
+    table = [line for line in lines if line.startswith("|")]
+    assert len({line.count("|") for line in table}) == 1  # every row has every column

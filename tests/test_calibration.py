@@ -82,6 +82,7 @@ def test_the_pt2e_percentile_observer_clips_what_minmax_keeps():
     assert 0.99 <= ranges["percentile"] <= 1.2, ranges
 
 
+@pytest.mark.slow  # three builds; tests/test_quality.py's glitch test runs by default
 def test_clipping_calibrators_survive_a_glitch_that_ruins_minmax(digits_app, glitched_calib, tmp_path):
     """minmax stretches the input range to the glitch; entropy and percentile clip it. The quality
     gate fails the ruined artifact (its build is still written, marked) and passes the others."""
