@@ -109,7 +109,9 @@ def test_budget_is_met_by_keeping_the_outlier_layer_float(outlier_app, tmp_path,
     assert [f["layer"] for f in fallback["float_layers"]] == ["embed"]
     assert "SQNR" in fallback["float_layers"][0]["why"]
     assert record["quantization"]["float_layers"] == ["embed"]
-    assert fallback["tries"][0]["float_layers"] == [] and fallback["tries"][0]["accuracy_drop"] > 50
+    assert fallback["tries"][0]["float_layers"] == [] and fallback["tries"][0]["disagreement"] > 50
+    assert fallback["tries"][-1]["disagreement"] <= 1.0  # chosen on the calibration inputs
+    assert fallback["chosen_on"] == "top-1 disagreement with float on the calibration inputs"
     assert m["sensitivity"][0]["layer"] == "embed"  # ranked most harmful
     assert (tmp_path / "b" / record["artifact"]["file"]).is_file()
 
@@ -138,33 +140,43 @@ def test_budget_needs_labelled_data(outlier_app, tmp_path, monkeypatch):
                   api.recipe(formats=("onnx",), max_accuracy_drop=1.0), out=tmp_path / "b")
 
 
-def test_fallback_puts_the_best_try_back_on_disk(monkeypatch):
-    """Every try writes the same artifact file: when a later try is worse than an
-    earlier one, the best must be rebuilt so the file matches the record.
-    (The build step is scripted here; the real backends are covered above.)"""
+def test_fallback_chooses_on_the_calibration_inputs_and_puts_the_best_back_on_disk(monkeypatch):
+    """The tries are judged on the calibration inputs and the kept one is built last (every try
+    writes the same file), judged on the evaluation data, which decides nothing: here it says
+    the budget was met although no try met it on the calibration inputs, and the kept layers are
+    the ones closest to float there. (The build step is scripted; the real backends are above.)"""
     from types import SimpleNamespace
 
     from edgekit.build import fallback
     from edgekit.formats.base import QuantConfig
 
-    drops = {(): 40.0, ("a",): 3.0, ("a", "b"): 9.0}  # budget 1: never met; best is ("a",)
+    disagreements = {(): 40.0, ("a",): 3.0, ("a", "b"): 9.0}  # budget 1: never met; closest is ("a",)
     built = []
 
     def fake_build(ctx, backend, cfg):
-        built.append(cfg.skip_layers)
-        acc = 90.0 - drops[cfg.skip_layers]
-        return {"format": "x", "quantization": cfg.to_json(),
-                "metrics": {"accuracy_float": 90.0, "accuracy_artifact": acc}}
+        built.append((ctx.loaded.where, cfg.skip_layers))
+        if ctx.loaded.where == "calib":
+            metrics = {"top1_agreement": 100.0 - disagreements[cfg.skip_layers]}
+        else:  # the evaluation data: a drop within the budget, whichever layers
+            metrics = {"top1_agreement": 99.5, "accuracy_float": 90.0, "accuracy_artifact": 89.5}
+        return {"format": "x", "quantization": cfg.to_json(), "metrics": metrics}
+
+    class Loaded(SimpleNamespace):
+        def judged_on(self, evaluation, held_out):
+            return Loaded(where="calib", calib=self.calib)
 
     monkeypatch.setattr(fallback, "build_format", fake_build)
-    ctx = SimpleNamespace(steps=SimpleNamespace(console=SimpleNamespace(print=lambda *a, **k: None)))
+    from edgekit.build.artifact import BuildContext
+
+    ctx = BuildContext(loaded=Loaded(where="eval", calib=None), stage=None, gate=None, cache=None, model_digest="",
+                       steps=SimpleNamespace(console=SimpleNamespace(print=lambda *a, **k: None)))
     ranking = [{"layer": "a", "output_sqnr_db": 5.0}, {"layer": "b", "output_sqnr_db": 9.0}]
-    first = fake_build(ctx, None, QuantConfig())
-    best = fallback.fall_back(ctx, None, QuantConfig(), ranking, 1.0, first)
-    assert built == [(), ("a",), ("a", "b"), ("a",)]  # the last build is the best one again
+    best, _ = fallback.fall_back(ctx, None, QuantConfig(), ranking, 1.0)
+    assert built == [("calib", ()), ("calib", ("a",)), ("calib", ("a", "b")), ("eval", ("a",))]
     assert best["quantization"]["float_layers"] == ["a"]
-    assert best["fallback"]["met"] is False
     assert [t["float_layers"] for t in best["fallback"]["tries"]] == [[], ["a"], ["a", "b"]]
+    assert [t["disagreement"] for t in best["fallback"]["tries"]] == [40.0, 3.0, 9.0]
+    assert best["fallback"]["met"] is True  # by the evaluation data, which chose nothing
 
 
 def test_report_shows_the_ranking_and_the_layers_kept_float(outlier_app, tmp_path):

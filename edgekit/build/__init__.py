@@ -22,7 +22,7 @@ import numpy as np
 
 from edgekit.build.artifact import BuildContext
 from edgekit.build.builddir import staged_build_dir
-from edgekit.build.fallback import fall_back, over_budget, rank
+from edgekit.build.fallback import fall_back, rank
 from edgekit.build.quality import build_with_quality
 from edgekit.cache import StepCache
 from edgekit.compare import GATES, Gate, arithmetic
@@ -116,9 +116,13 @@ def run_build(spec: ModelSpec, target: Target, recipe: BuildRecipe, out, steps, 
                 skipped[fmt.NAME] = {"error": e.message, "hint": e.hint}
                 steps.warn(f"{fmt.NAME} skipped: {e.message}")
                 continue
-            if over_budget(record, recipe.gate.max_accuracy_drop) and recipe.gate.fallback:
-                ranking = ranking or rank(ctx, cfg)
-                record = fall_back(ctx, fmt, cfg, ranking, recipe.gate.max_accuracy_drop, record)
+            if recipe.gate.max_accuracy_drop is not None and recipe.gate.fallback:
+                # decided on the calibration inputs (fallback.py), whatever the evaluation data says
+                quality = record.get("quality")
+                kept_cfg = dataclasses.replace(cfg, **{k: v for k, v in record["quantization"].items()
+                                                     if k in ("scheme", "calibration")})
+                record, ranking = fall_back(ctx, fmt, kept_cfg, ranking, recipe.gate.max_accuracy_drop)
+                record["quality"] = quality
             if recipe.stages.sparsity is not None:
                 add_compressed_size(record, stage)  # zeros only pay off compressed: show it
             if not record["gate"]["passed"]:
