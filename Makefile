@@ -37,7 +37,7 @@ demo: $(STAMP)
 	$(BIN)/edgekit build sample_apps/digits --target $(TARGET)
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -m "not slow and not emulator"
+	$(BIN)/python -m pytest -m "not slow and not emulator" --durations=20
 
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -m "slow and not emulator"
