@@ -6,6 +6,7 @@ import hashlib
 import json
 
 import numpy as np
+import pytest
 import torch
 
 from edgekit.manifest import MANIFEST
@@ -18,7 +19,8 @@ def test_manifest_has_the_documented_fields(digits_build):
     assert set(m["artifact"]) >= {"file", "sha256", "bytes"}
     assert m["float"]["bytes"] > 0
     assert set(m["metrics"]) >= {"accuracy_float", "accuracy_artifact", "top1_agreement", "max_abs_error"}
-    assert [s["stage"] for s in m["steps"]] == ["load", "quantize", "export", "validate"]
+    # select: --quality auto's check on the calibration inputs; validate: on the evaluation data
+    assert [s["stage"] for s in m["steps"]] == ["load", "quantize", "export", "select", "validate"]
     assert all(s["seconds"] > 0 and isinstance(s["config"], dict) for s in m["steps"])
     assert m["versions"]["torch"].startswith("2.13.0")
     assert m["versions"]["executorch"] == "1.5.1"
@@ -87,6 +89,7 @@ def test_summary_progress_goes_to_stderr(digits_build):
     assert "warning" not in digits_build["stderr"]  # the sample ships real calibration data
 
 
+@pytest.mark.slow  # a second build (~25 s)
 def test_rebuild_replaces_the_previous_build(digits_build, run_cli, tmp_path):
     """A second build to the same --out replaces the first whole, old files included."""
     import shutil

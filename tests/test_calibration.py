@@ -8,8 +8,9 @@ import pytest
 from edgekit import api
 from edgekit.errors import BuildGateFailed
 
-# The Lite Interpreter's histogram and ONNX's entropy (~10 s a build) run with the slow tests.
-_SLOW = {("torchscript-lite", "histogram"), ("onnx", "entropy")}
+# The Lite Interpreter's histogram, ONNX's entropy and ExecuTorch's percentile (~10 s a build) run with the
+# slow tests (the percentile observer itself is tested below).
+_SLOW = {("torchscript-lite", "histogram"), ("onnx", "entropy"), ("executorch", "percentile")}
 SUPPORTED = [
     ("executorch", "minmax"), ("executorch", "histogram"), ("executorch", "percentile"),
     ("torchscript-lite", "minmax"), ("torchscript-lite", "histogram"),

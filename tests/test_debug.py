@@ -150,6 +150,7 @@ def test_edgekit_debug_on_a_build(build_copy, run_cli):
     assert max(len(line) for line in text.splitlines()) <= 80
 
 
+@pytest.mark.slow  # a build and the CLI (~25 s); the onnx comparison itself is tested above
 def test_edgekit_debug_on_an_onnx_build(digits_app, run_cli, tmp_path):
     out = tmp_path / "b"
     assert run_cli("build", str(digits_app), "--format", "onnx", "--out", str(out)).returncode == 0

@@ -85,6 +85,7 @@ def test_make_deploy_benchmarks_a_build_on_the_ssh_device(ssh_device, build_copy
     assert json.loads((on_device / "inputs.json").read_text()) == {"inputs": manifest["model"]["inputs"], "runtime": "executorch"}
 
 
+@pytest.mark.slow  # ~17 s; make deploy to the real sshd runs by default
 def test_fleet_deploys_in_parallel_and_reports_each_device(ssh_device, build_copy, tmp_path, run_cli):
     fleet = tmp_path / "fleet.toml"
     fleet.write_text(

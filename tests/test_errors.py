@@ -79,6 +79,7 @@ def test_calibration_file_of_the_wrong_shape(run_cli, tmp_path):
     _no_build_left(tmp_path)
 
 
+@pytest.mark.slow  # a build (~20 s)
 def test_eval_file_without_labels_is_judged_against_float(run_cli, tmp_path):
     """Unlabelled evaluation data is real data: the artifact is compared with the float model on it."""
     (tmp_path / "nets.py").write_text(GOOD_NET)

@@ -98,7 +98,7 @@ def test_plain_int8_ruins_the_model(outlier_app, tmp_path):
     assert "fallback" not in m["formats"]["executorch"]
 
 
-@pytest.mark.parametrize("fmt", ["executorch", "onnx", "torchscript-lite"])
+@pytest.mark.parametrize("fmt", ["executorch", "onnx", pytest.param("torchscript-lite", marks=pytest.mark.slow)])
 def test_budget_is_met_by_keeping_the_outlier_layer_float(outlier_app, tmp_path, fmt):
     m = api.build(outlier_app, "rpi4", api.recipe(formats=(fmt,), calibration="minmax", max_accuracy_drop=1.0),
                   out=tmp_path / "b")
@@ -153,7 +153,7 @@ def test_fallback_chooses_on_the_calibration_inputs_and_puts_the_best_back_on_di
     disagreements = {(): 40.0, ("a",): 3.0, ("a", "b"): 9.0}  # budget 1: never met; closest is ("a",)
     built = []
 
-    def fake_build(ctx, backend, cfg):
+    def fake_build(ctx, backend, cfg, stage="validate"):
         built.append((ctx.loaded.where, cfg.skip_layers))
         if ctx.loaded.where == "calib":
             metrics = {"top1_agreement": 100.0 - disagreements[cfg.skip_layers]}
@@ -179,6 +179,7 @@ def test_fallback_chooses_on_the_calibration_inputs_and_puts_the_best_back_on_di
     assert best["fallback"]["met"] is True  # by the evaluation data, which chose nothing
 
 
+@pytest.mark.slow  # a fallback build (~20 s)
 def test_report_shows_the_ranking_and_the_layers_kept_float(outlier_app, tmp_path):
     out = tmp_path / "b"
     api.build(outlier_app, "rpi4", api.recipe(formats=("onnx",), calibration="minmax", max_accuracy_drop=1.0), out=out)

@@ -117,8 +117,8 @@ def _digits_l2_channels(digits_app, weights: dict) -> set[int]:
     return _kept_channels(model.features[0][0].weight.detach(), weights["features.0.0.weight"])
 
 
-# bn-scale (~30 s) with the slow tests: the default run keeps taylor end to end
-@pytest.mark.parametrize("importance", ["taylor", pytest.param("bn-scale", marks=pytest.mark.slow)])
+# end to end (~15-30 s each) with the slow tests; the importances themselves are unit-tested above
+@pytest.mark.parametrize("importance", [pytest.param("taylor", marks=pytest.mark.slow), pytest.param("bn-scale", marks=pytest.mark.slow)])
 def test_importance_runs_end_to_end_on_the_digits_cnn(importance, digits_app, digits_weights, tmp_path):
     from edgekit import api
 

@@ -93,6 +93,7 @@ def test_hf_encoder_with_a_mask_builds_in_every_format_that_can_take_it(real_dat
     assert "internal error" not in proc.stderr and "Traceback" not in proc.stderr
 
 
+@pytest.mark.slow  # two builds (~25 s)
 def test_hf_encoder_for_the_lite_interpreter_alone_is_a_named_limit_and_dynamic_works(real_data, tmp_path):
     proc = build("--model", "real_models:bert", *TEXT, *_data(real_data, "text"), "--format", "torchscript-lite",
                  "--out", str(tmp_path / "static"))

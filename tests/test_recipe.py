@@ -63,6 +63,7 @@ def test_a_wrong_recipe_names_the_key(text, message):
         BuildRecipe.from_toml(text, "r.toml")
 
 
+@pytest.mark.slow  # two builds (~25 s)
 def test_an_apps_recipe_is_its_default_and_the_command_line_wins(tmp_path):
     app = tmp_path / "digits"
     shutil.copytree(DIGITS_APP, app)
@@ -91,6 +92,7 @@ def test_a_manifest_replays_its_build_byte_for_byte(tmp_path):
     assert not any(s.get("cached") for s in m2["steps"])  # made again, not copied (the suite runs without the cache)
 
 
+@pytest.mark.slow  # two builds (~50 s); the manifest replay runs by default
 def test_an_unchanged_recipe_reuses_its_cached_steps_and_says_how_long_they_took(tmp_path):
     env = {"EDGEKIT_STEP_CACHE": "on", "EDGEKIT_STEP_CACHE_DIR": str(tmp_path / "cache")}
     args = ["build", str(DIGITS_APP), "--format", "executorch", "--format", "onnx"]

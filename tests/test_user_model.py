@@ -7,6 +7,7 @@ import shutil
 import textwrap
 
 import numpy as np
+import pytest
 
 TEXT_MODEL = textwrap.dedent(
     '''
@@ -92,6 +93,7 @@ TEXT_INPUTS = ("--model", "textnet:build", "--input", "input_ids:1x16:int64", "-
                "--calib", "calib.npz", "--eval", "eval.npz")
 
 
+@pytest.mark.slow  # ~30 s; tests/test_real_models.py's masked encoder runs by default
 def test_text_model_with_int64_ids_and_mask(run_cli, tmp_path):
     """Integer index paths (embedding, mask) are left alone by the quantizer, not broken by it."""
     _text_data(tmp_path)

@@ -43,8 +43,9 @@ class BuildContext:
         return self.loaded.spec
 
 
-def build_format(ctx: BuildContext, fmt, cfg: QuantConfig) -> dict:
-    """The artifact of one format (quantized, exported, judged); returns its manifest record."""
+def build_format(ctx: BuildContext, fmt, cfg: QuantConfig, stage: str = "validate") -> dict:
+    """The artifact of one format (quantized, exported, judged); returns its manifest record.
+    `stage`: the judging step's name ("select" where a choice is judged on the calibration inputs)."""
     steps, loaded = ctx.steps, ctx.loaded
     artifact = ctx.stage / f"model{fmt.SUFFIX}"
     config = {"format": fmt.NAME, **cfg.to_json(fmt)}
@@ -57,7 +58,7 @@ def build_format(ctx: BuildContext, fmt, cfg: QuantConfig) -> dict:
         lowering = _quantize_and_export(ctx, fmt, cfg, config, artifact, key)
     for warning in lowering.pop("warnings", []):
         steps.warn(warning)
-    record = judge(ctx, fmt, cfg, artifact)
+    record = judge(ctx, fmt, cfg, artifact, stage)
     record["lowering"] = lowering
     return record
 
@@ -106,11 +107,13 @@ def export_atomic(fmt, qmodel, example: tuple, artifact: Path) -> dict:
     return info
 
 
-def judge(ctx: BuildContext, fmt, cfg: QuantConfig, artifact: Path) -> dict:
+def judge(ctx: BuildContext, fmt, cfg: QuantConfig, artifact: Path, stage: str = "validate") -> dict:
     """The artifact in its runtime, as the device computes it, against the float model: its record."""
     steps, loaded = ctx.steps, ctx.loaded
-    with steps.step("validate", {"format": fmt.NAME, "data": loaded.evaluation.source, "samples": len(loaded.evaluation)},
-                    f"validate {artifact.name} in {fmt.BACKEND}"):
+    label = f"validate {artifact.name} in {fmt.BACKEND}" if stage == "validate" else \
+        f"check {artifact.name} in {fmt.BACKEND} on the calibration inputs"
+    with steps.step(stage, {"format": fmt.NAME, "data": loaded.evaluation.source, "samples": len(loaded.evaluation)},
+                    label):
         runner = fmt.load_for_validation(artifact)
         total = len(loaded.evaluation) // ctx.spec.inputs[0].batch
         outputs = [[np.asarray(o) for o in runner.run([t.numpy() for t in b])]

@@ -52,7 +52,7 @@ def fall_back(ctx: BuildContext, fmt, cfg: QuantConfig, ranking: list[dict] | No
     judged on the evaluation data, with `fallback`: the tries and whether the budget was met
     there; and the ranking (`ranking` as given, or made here when layers had to be kept float)."""
     calib_ctx = on_calibration(ctx)
-    probe = build_format(calib_ctx, fmt, cfg)
+    probe = build_format(calib_ctx, fmt, cfg, "select")
     tries = [{"float_layers": [], "disagreement": disagreement(probe)}]
     best, best_layers = disagreement(probe), ()
     float_layers: list[str] = []
@@ -61,7 +61,7 @@ def fall_back(ctx: BuildContext, fmt, cfg: QuantConfig, ranking: list[dict] | No
         for row in ranking:
             float_layers.append(row["layer"])
             ctx.steps.console.print(f"  over the budget on the calibration inputs: keeping [bold]{row['layer']}[/] in float")
-            d = disagreement(build_format(calib_ctx, fmt, dataclasses.replace(cfg, skip_layers=tuple(float_layers))))
+            d = disagreement(build_format(calib_ctx, fmt, dataclasses.replace(cfg, skip_layers=tuple(float_layers)), "select"))
             tries.append({"float_layers": list(float_layers), "disagreement": d})
             if d < best:
                 best, best_layers = d, tuple(float_layers)

@@ -110,7 +110,7 @@ def build_with_quality(ctx: BuildContext, fmt, cfg: QuantConfig, mode: str, cali
     for attempt in _ladder(ctx, fmt, cfg, calibration_pinned):
         try:
             if not tries or not hasattr(fmt, "screen"):
-                attempt.record, built = build_format(sel_ctx, fmt, attempt.cfg), attempt
+                attempt.record, built = build_format(sel_ctx, fmt, attempt.cfg, "select"), attempt
             else:
                 attempt.screened = fmt.SCREENED_AS
                 attempt.record = _screen(sel_ctx, fmt, attempt)
@@ -126,7 +126,7 @@ def build_with_quality(ctx: BuildContext, fmt, cfg: QuantConfig, mode: str, cali
     chosen = tries[0] if tries[0].passed or not better else \
         next((t for t in better if t.passed), None) or max(better, key=lambda t: t.closeness)
     # Every build writes the same file: build the chosen one (from the step cache if it was built before).
-    lowering = (built.record if chosen is built else build_format(sel_ctx, fmt, chosen.cfg))["lowering"]
+    lowering = (built.record if chosen is built else build_format(sel_ctx, fmt, chosen.cfg, "select"))["lowering"]
     record = judge(ctx, fmt, chosen.cfg, artifact)
     record["lowering"] = lowering
     record["quality"] = {
