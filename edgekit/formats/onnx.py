@@ -210,6 +210,16 @@ def _saved(session, values: list) -> dict[str, list[np.ndarray]]:
             if o.name.endswith(_TENSOR_SAVE_POSTFIX)}
 
 
+def _static_shapes(graph) -> dict[str, list[int]]:
+    """tensor -> its dims, for the graph's inputs, outputs and inferred values of fully known shape."""
+    shapes = {}
+    for vi in [*graph.value_info, *graph.input, *graph.output]:
+        dims = [d.dim_value for d in vi.type.tensor_type.shape.dim]
+        if dims and all(d > 0 for d in dims):
+            shapes[vi.name] = dims
+    return shapes
+
+
 def _activations(float_model, qdq_model) -> list[Activation]:
     """Every node output of the float graph, in graph order, with the artifact's int8 range on it."""
     from onnx import numpy_helper
@@ -220,15 +230,9 @@ def _activations(float_model, qdq_model) -> list[Activation]:
         if node.op_type == "QuantizeLinear" and node.input[1] in inits:
             scale = numpy_helper.to_array(inits[node.input[1]])
             if scale.size == 1:
-                source = node.input[0]
-                for suffix in ("_QuantizeLinear_Input",):
-                    source = source[: -len(suffix)] if source.endswith(suffix) else source
+                source = node.input[0].removesuffix("_QuantizeLinear_Input")
                 ranges[source] = float(scale.reshape(-1)[0]) * 255  # uint8 activations: 256 levels
-    shapes = {}
-    for vi in [*float_model.graph.value_info, *float_model.graph.output]:
-        dims = [d.dim_value for d in vi.type.tensor_type.shape.dim]
-        if dims and all(d > 0 for d in dims):
-            shapes[vi.name] = dims
+    shapes = _static_shapes(float_model.graph)
     out = []
     for node in float_model.graph.node:
         props = {p.key: p.value for p in node.metadata_props}
@@ -540,11 +544,7 @@ def _macs(model):
         inferred = onnx.shape_inference.infer_shapes(model)
     except Exception:  # noqa: BLE001 - no shapes: findings count no MACs, the lint itself still holds
         inferred = model
-    shapes = {i.name: list(i.dims) for i in inferred.graph.initializer}
-    for vi in [*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output]:
-        dims = [d.dim_value for d in vi.type.tensor_type.shape.dim]
-        if dims and all(d > 0 for d in dims):
-            shapes[vi.name] = dims
+    shapes = {i.name: list(i.dims) for i in inferred.graph.initializer} | _static_shapes(inferred.graph)
 
     def macs(node) -> int:
         out = shapes.get(node.output[0]) if node.output else None
