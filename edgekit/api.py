@@ -230,7 +230,7 @@ def debug(build_dir: str | Path, *, format: str | None = None, app: str | Path |
           baseline: str | None = None, top: int = 8) -> dict:
     """Where a build's int8 artifact departs from float, layer by layer (edgekit/debug.py); the result
     is also kept in the manifest under `numeric_debug`. `baseline="tutorial"` adds the format's stock
-    quantizer's SQNR per layer. Only the PT2E formats (executorch, litert)."""
+    quantizer's SQNR per layer (PT2E formats). Static int8 .pte, .tflite and .onnx."""
     from edgekit.debug import debug_build
 
     return debug_build(build_dir, fmt=format, app=str(app) if app else None, samples=samples, baseline=baseline,

@@ -75,9 +75,11 @@ recipe_options = _options(
                  help="How activation ranges are chosen. [default: each format's own]"),
     click.option("--calib-samples", type=int, metavar="N", help="Use only the first N calibration samples."),
     click.option("--quality", type=click.Choice(("auto", "fast")),
-                 help="auto: if int8 misses the gate on held-out calibration samples, try other calibrations, "
+                 help="auto: if int8 misses the gate on the calibration inputs, try other calibrations, "
                  "then dynamic activations (transformers); fast: one pass. [default: auto]"),
     click.option("--per-tensor", is_flag=True, default=None, help="Per-tensor weight scales instead of per-channel (to compare)."),
+    click.option("--equalize/--no-equalize", default=None,
+                 help="Cross-layer range equalization into depthwise convs before static int8 (Nagel et al., 2019)."),
     click.option("--max-accuracy-drop", type=float, metavar="POINTS",
                  help="Gate: fail (exit 3) if int8 loses more accuracy; first keeps sensitive layers float."),
     click.option("--min-cosine", type=float, metavar="C",

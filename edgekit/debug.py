@@ -45,6 +45,7 @@ import numpy as np
 from edgekit.errors import UsageError
 from edgekit.formats import get_format
 from edgekit.formats.base import QuantConfig, torch_export
+from edgekit.formats.equalize import equalize
 from edgekit.manifest import update_manifest
 from edgekit.model.data import batches, load_npz, random_dataset
 from edgekit.model.loaded import RANDOM_CALIB_SAMPLES
@@ -104,19 +105,23 @@ def debug_build(build_dir: str | Path, *, fmt: str | None = None, app: str | Non
                       skip_layers=tuple(q.get("float_layers") or ()))
 
     ref = FloatReference(manifest, app, samples, build_dir)
-    spec, model, example, data, source = ref.get()
+    spec, original, example, data, source = ref.get()
     outside = set((rec.get("lowering") or {}).get("ops_outside_delegate") or [])
+    calib = _calibration(spec, manifest)
+    model = original
+    if q.get("equalize") and q["per_channel"]:
+        # the float model the quantizer saw: each tensor is compared with its equalized float value
+        model = equalize(original, example, batches(calib, spec.inputs))[0]
     if fmt == "onnx":
         ours = _compare_onnx(model, example, build_dir / rec["artifact"]["file"], data, spec)
         method = "the artifact in onnxruntime beside its float graph (qdq_loss_debug), every tensor vs float"
     else:
-        calib = _calibration(spec, manifest)
         ours = _replay(model, example, module.pt2e_quantizer(cfg), calib, data, spec, outside)
         method = "PT2E replay of the build's quantization (torchao numeric debugger), every node vs float"
     offenders = _offenders(ours, top)
     baseline_top = None
     if baseline:
-        theirs = _replay(model, example, module.pt2e_quantizer(cfg, tutorial=True), calib, data, spec, outside)
+        theirs = _replay(original, example, module.pt2e_quantizer(cfg, tutorial=True), calib, data, spec, outside)
         mine = {g.node: g for g in ours}
         for g in theirs:
             if g.node in mine:

@@ -37,7 +37,7 @@ from edgekit.stages.sparsity import SparsityConfig
 from edgekit.train.distill import DistillConfig
 
 RECIPE_TABLE = "recipe"
-# auto: when int8 misses the gate, recover, choosing on held-out calibration samples
+# auto: when int8 misses the gate, recover, choosing on the calibration inputs
 # (build/quality.py); fast: one pass, exactly the recipe.
 QUALITY_MODES = ("auto", "fast")
 
@@ -100,7 +100,7 @@ class BuildRecipe:
 
     def to_json(self) -> dict:
         quant = {"scheme": self.quant.scheme, "per_channel": self.quant.per_channel,
-                 "calibration": self.quant.calibration}
+                 "calibration": self.quant.calibration, "equalize": self.quant.equalize}
         doc = {"formats": list(self.formats), "quant": quant, "calib_samples": self.calib_samples,
                "gate": dataclasses.asdict(self.gate), "sensitivity": self.sensitivity,
                "stages": stage_options_to_json(self.stages), "quality": self.quality}
@@ -110,14 +110,14 @@ class BuildRecipe:
     def from_json(cls, doc: dict, where: str) -> "BuildRecipe":
         _keys(doc, {"formats", "quant", "calib_samples", "gate", "sensitivity", "stages", "quality"}, where)
         quant = doc.get("quant") or {}
-        _keys(quant, {"scheme", "per_channel", "calibration"}, f"{where}: quant")
+        _keys(quant, {"scheme", "per_channel", "calibration", "equalize"}, f"{where}: quant")
         gate = doc.get("gate") or {}
         _keys(gate, {f.name for f in dataclasses.fields(GateOptions)}, f"{where}: gate")
         try:
             recipe = cls(
                 formats=tuple(doc.get("formats") or ()),
                 quant=QuantConfig(scheme=quant.get("scheme", "static"), per_channel=quant.get("per_channel", True),
-                                  calibration=quant.get("calibration")),
+                                  calibration=quant.get("calibration"), equalize=bool(quant.get("equalize", False))),
                 calib_samples=doc.get("calib_samples"),
                 gate=GateOptions(**gate),
                 stages=stage_options_from_json(doc.get("stages") or {}, f"{where}: stages"),
@@ -208,7 +208,7 @@ def recipe_from_options(base: BuildRecipe | None = None, *, recipe_file=None, fo
                         per_tensor=None, max_accuracy_drop=None, min_cosine=None, min_agreement=None, task=None,
                         no_fallback=None, sensitivity=None, prune=None, prune_macs=None, prune_importance=None,
                         prune_global=None, distill=None, distill_epochs=None, nproc=None, lowrank=None,
-                        lowrank_energy=None, sparsity=None, quality=None):
+                        lowrank_energy=None, sparsity=None, quality=None, equalize=None):
     """A recipe from flat options, named as the command line names them (what `edgekit build` maps
     its options onto, and the short way to write one in Python): `base` (`recipe_file`'s if given,
     else an app's), with every option given (not None) over it, one field at a time.
@@ -218,7 +218,8 @@ def recipe_from_options(base: BuildRecipe | None = None, *, recipe_file=None, fo
 
     recipe = BuildRecipe.from_file(recipe_file) if recipe_file else (base or BuildRecipe())
     quant = dataclasses.replace(recipe.quant, **{k: v for k, v in {
-        "scheme": quant, "calibration": calibration, "per_channel": False if per_tensor else None}.items() if v is not None})
+        "scheme": quant, "calibration": calibration, "per_channel": False if per_tensor else None,
+        "equalize": equalize}.items() if v is not None})
     gate = dataclasses.replace(recipe.gate, **{k: v for k, v in {
         "min_cosine": min_cosine, "min_agreement": min_agreement, "max_accuracy_drop": max_accuracy_drop,
         "task": task, "fallback": False if no_fallback else None}.items() if v is not None})

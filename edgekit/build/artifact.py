@@ -22,6 +22,7 @@ import numpy as np
 from edgekit.cache import StepCache, step_key
 from edgekit.compare import Gate, arithmetic, compare_runs, is_class_scores, summary
 from edgekit.formats.base import QuantConfig
+from edgekit.formats.equalize import equalize
 from edgekit.manifest import sha256_file
 from edgekit.model.data import batches
 from edgekit.model.loaded import LoadedModel, data_digest
@@ -59,6 +60,8 @@ def build_format(ctx: BuildContext, fmt, cfg: QuantConfig, stage: str = "validat
     for warning in lowering.pop("warnings", []):
         steps.warn(warning)
     record = judge(ctx, fmt, cfg, artifact, stage)
+    if "equalization" in lowering:
+        record["quantization"]["equalization"] = lowering.pop("equalization")
     record["lowering"] = lowering
     return record
 
@@ -71,10 +74,13 @@ def _quantize_and_export(ctx: BuildContext, fmt, cfg: QuantConfig, config: dict,
                     f"quantize {cfg.scheme} {scheme} ({fmt.BACKEND})"):
         total = len(loaded.calib) // ctx.spec.inputs[0].batch
         calib_iter = steps.track(batches(loaded.calib, ctx.spec.inputs), total, "calibrating")
-        qmodel = fmt.quantize(loaded.model, loaded.example, calib_iter, cfg)
+        model, equalization = float_model_for(ctx, cfg)
+        qmodel = fmt.quantize(model, loaded.example, calib_iter, cfg)
     with steps.step("export", {"format": fmt.NAME}, f"export {artifact.name}") as rec:
         lowering = export_atomic(fmt, qmodel, loaded.example, artifact)
         rec["output"] = sha256_file(artifact)
+    if equalization is not None:
+        lowering["equalization"] = equalization
     seconds = round(time.perf_counter() - start, 3)
     with tempfile.TemporaryDirectory(prefix="edgekit-step-") as tmp:
         meta = Path(tmp) / "lowering.json"
@@ -82,6 +88,18 @@ def _quantize_and_export(ctx: BuildContext, fmt, cfg: QuantConfig, config: dict,
         ctx.cache.put(key, {artifact.name: artifact, "lowering.json": meta}, {"stage": "quantize+export",
                                                                              "seconds": seconds})
     return lowering
+
+
+def float_model_for(ctx: BuildContext, cfg: QuantConfig):
+    """The float model the quantizer gets, and what was done to it first: (model, record or None).
+    `--equalize`: cross-layer range equalization (formats/equalize.py), the same for every format."""
+    loaded = ctx.loaded
+    if not cfg.equalize:
+        return loaded.model, None
+    if not cfg.per_channel:
+        return loaded.model, {"pairs": 0, "note": "per-tensor weights: equalizing would cost the producers' "
+                                                  "weights what it gives the activations; left as it is"}
+    return equalize(loaded.model, loaded.example, batches(loaded.calib, ctx.spec.inputs))
 
 
 def _from_cache(ctx: BuildContext, fmt, config: dict, artifact: Path, hit) -> dict:

@@ -15,10 +15,13 @@ clearly closer to float there than the recipe (CLEARLY_BETTER); otherwise the re
 own artifact stays:
 
 1. the recipe as given;
-2. the format's other calibration methods (not when `--calibration` names one): a
+2. cross-layer range equalization (formats/equalize.py), for nets with depthwise
+   convolutions fed by another conv: their channels' ranges differ by orders of
+   magnitude under one per-tensor activation scale (Nagel et al., 2019);
+3. the format's other calibration methods (not when `--calibration` names one): a
    range observer that suits one model's activations ruins another's (outliers,
    long tails);
-3. dynamic activations, for models whose MACs are mostly in Linear layers
+4. dynamic activations, for models whose MACs are mostly in Linear layers
    (transformers), where the format has them: weights int8 as before, each
    activation quantized per call from its own range. Transformer activations carry
    outlier channels that no static range covers without wasting most of the 256
@@ -41,10 +44,11 @@ import dataclasses
 
 import numpy as np
 
-from edgekit.build.artifact import BuildContext, build_format, judge
+from edgekit.build.artifact import BuildContext, build_format, float_model_for, judge
 from edgekit.compare import arithmetic, compare_runs, summary
 from edgekit.errors import UsageError
 from edgekit.formats.base import QuantConfig
+from edgekit.formats.equalize import equalizable
 from edgekit.model.data import batches
 
 MIN_SELECTION = 4  # calibration samples: fewer cannot tell two tries apart, so auto then builds one pass
@@ -126,9 +130,11 @@ def build_with_quality(ctx: BuildContext, fmt, cfg: QuantConfig, mode: str, cali
     chosen = tries[0] if tries[0].passed or not better else \
         next((t for t in better if t.passed), None) or max(better, key=lambda t: t.closeness)
     # Every build writes the same file: build the chosen one (from the step cache if it was built before).
-    lowering = (built.record if chosen is built else build_format(sel_ctx, fmt, chosen.cfg, "select"))["lowering"]
+    made = built.record if chosen is built else build_format(sel_ctx, fmt, chosen.cfg, "select")
     record = judge(ctx, fmt, chosen.cfg, artifact)
-    record["lowering"] = lowering
+    record["lowering"] = made["lowering"]
+    if "equalization" in made["quantization"]:
+        record["quantization"]["equalization"] = made["quantization"]["equalization"]
     record["quality"] = {
         "mode": mode,
         "selection": inputs,
@@ -160,7 +166,8 @@ def _screen(ctx: BuildContext, fmt, attempt: Try) -> dict:
     loaded, specs = ctx.loaded, ctx.spec.inputs
     label = f"try {attempt.method} ({fmt.BACKEND}, {fmt.SCREENED_AS})"
     with ctx.steps.step("screen", {"format": fmt.NAME, **attempt.cfg.to_json(fmt), "samples": len(loaded.calib)}, label):
-        qmodel = fmt.quantize(loaded.model, loaded.example, batches(loaded.calib, specs), attempt.cfg)
+        qmodel = fmt.quantize(float_model_for(ctx, attempt.cfg)[0], loaded.example, batches(loaded.calib, specs),
+                              attempt.cfg)
         runner = fmt.screen(qmodel)
         outputs = [[np.asarray(o) for o in runner.run([t.numpy() for t in b])] for b in batches(loaded.evaluation, specs)]
         result = compare_runs(loaded.float_outputs(), outputs, ctx.gate, arithmetic(attempt.cfg.scheme), None,
@@ -182,7 +189,9 @@ def _selection_context(ctx: BuildContext):
 def _ladder(ctx: BuildContext, fmt, cfg: QuantConfig, calibration_pinned: bool):
     """The tries of the module doc, made one at a time (a later one is only built if needed)."""
     first = cfg.calibration or fmt.DEFAULT_CALIBRATION
-    yield Try(f"static int8 ({first})", cfg)
+    yield Try(f"static int8 ({first}{' + equalization' if cfg.equalize else ''})", cfg)
+    if not cfg.equalize and cfg.per_channel and equalizable(ctx.loaded.model, ctx.loaded.example):
+        yield Try(f"static int8 ({first} + equalization)", dataclasses.replace(cfg, equalize=True))
     if not calibration_pinned:
         for method in fmt.CALIBRATIONS:
             if method != first:

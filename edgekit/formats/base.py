@@ -92,6 +92,7 @@ class QuantConfig:
     per_channel: bool = True
     calibration: str | None = None  # None: the format's own default
     skip_layers: tuple[str, ...] = ()  # module names kept in float (accuracy fallback)
+    equalize: bool = False  # cross-layer range equalization of the float model first (formats/equalize.py)
     only_layers: tuple[str, ...] | None = None  # quantize just these (sensitivity analysis)
     input_names: tuple[str, ...] = field(default=(), compare=False)  # for formats that name inputs (ONNX)
 
@@ -102,6 +103,8 @@ class QuantConfig:
         doc = {"scheme": self.scheme, "per_channel": self.per_channel, "calibration": calibration}
         if self.skip_layers:
             doc["float_layers"] = list(self.skip_layers)
+        if self.equalize:
+            doc["equalize"] = True
         return doc
 
 
