@@ -16,26 +16,44 @@ import click
 
 from edgekit import __version__
 from edgekit.errors import EXIT_INTERNAL, EXIT_USAGE, EdgekitError, environment_fault
-from edgekit.quiet import quiet_model_libraries
+from edgekit.progress import QUIET_ENV
+from edgekit.quiet import VERBOSE_ENV, quiet_model_libraries
 
 _DEBUG_ENV = "EDGEKIT_DEBUG"
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="edgekit")
-@click.option("--debug", is_flag=True, help="Show full tracebacks for errors.")
-def cli(debug: bool) -> None:
+@click.option("--debug", is_flag=True, help="Show full tracebacks for errors, and the libraries' own output.")
+@click.option("-v", "--verbose", is_flag=True, help="Show the libraries' own warnings and log lines.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress lines: results and errors only.")
+def cli(debug: bool, verbose: bool, quiet: bool) -> None:
     """Take a trained PyTorch model to a phone, a Raspberry Pi or any ARM board.
 
     \b
     Exit codes: 0 ok, 1 internal error (please report), 2 usage, input or
     environment error, 3 a quality gate failed, 4 device or transport error,
     130 interrupted.
+
+    \b
+    --debug, -v and -q may also follow the command (`edgekit build APP -q`).
+    NO_COLOR=1 turns colour off. Shell completion: eval "$(_EDGEKIT_COMPLETE=bash_source edgekit)".
     """
+    if quiet:
+        os.environ[QUIET_ENV] = "1"
     if debug:
         os.environ[_DEBUG_ENV] = "1"
+    if debug or verbose:
+        os.environ[VERBOSE_ENV] = "1"
     else:
         quiet_model_libraries()
+
+
+def _complete_target(ctx, param, incomplete: str) -> list[str]:
+    """Shell completion of --target and `targets show`: the profiles' names."""
+    from edgekit.target import target_names
+
+    return [n for n in target_names() if n.startswith(incomplete)]
 
 
 _FORMAT_CHOICES = ("executorch", "torchscript-lite", "onnx", "litert", "all")
@@ -104,7 +122,7 @@ recipe_options = _options(
 )
 
 output_options = _options(
-    click.option("-t", "--target", help="Target profile name (see `edgekit targets`) or a .toml path. [default: rpi4]"),
+    click.option("-t", "--target", shell_complete=_complete_target, help="Target profile name (see `edgekit targets`) or a .toml path. [default: rpi4]"),
     click.option("-o", "--out", type=click.Path(file_okay=False), help="Build directory [default: build/<name>-<target>]."),
     click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON instead of the summary table."),
 )
@@ -201,7 +219,7 @@ def quantize(**options):
 @click.option("--student", metavar="MODULE:FACTORY", help="The student's factory (a smaller model).")
 @click.option("--student-weights", type=click.Path(dir_okay=False), help="The student's starting state_dict.")
 @click.option("--prune", type=float, metavar="RATIO", help="Instead of --student: the teacher with this fraction of channels pruned.")
-@click.option("-t", "--target", default="rpi4", show_default=True, help="Target profile (its channel rounding, with --prune).")
+@click.option("-t", "--target", shell_complete=_complete_target, default="rpi4", show_default=True, help="Target profile (its channel rounding, with --prune).")
 @click.option("--epochs", type=int, default=20, show_default=True)
 @click.option("--batch-size", type=int, default=64, show_default=True, help="Global batch, over all processes.")
 @click.option("--lr", type=float, default=2e-3, show_default=True)
@@ -248,29 +266,53 @@ def distill(app_dir, model, input_shape, inputs, weights, calib, eval_, train, s
 
 
 @cli.group(invoke_without_command=True)
+@click.option("--json", "as_json", is_flag=True, help="Print every profile as JSON instead of the table.")
 @click.pass_context
-def targets(ctx):
+def targets(ctx, as_json):
     """List the target profiles (`edgekit targets show NAME` for one)."""
     if ctx.invoked_subcommand is None:
         from edgekit.report.terminal import print_targets
         from edgekit.target import list_targets
 
-        print_targets(list_targets())
+        if as_json:
+            click.echo(json.dumps([t.to_json() for t in list_targets()], indent=2))
+        else:
+            print_targets(list_targets())
 
 
 @targets.command("show")
-@click.argument("name")
-def targets_show(name):
+@click.argument("name", shell_complete=_complete_target)
+@click.option("--json", "as_json", is_flag=True, help="Print the profile as JSON instead of the table.")
+def targets_show(name, as_json):
     """Print one target profile."""
     from edgekit.report.terminal import print_target
     from edgekit.target import load_target
 
-    print_target(load_target(name))
+    if as_json:
+        click.echo(json.dumps(load_target(name).to_json(), indent=2))
+    else:
+        print_target(load_target(name))
+
+
+
+
+# Options of the edgekit group that a user may also write after the command.
+_GLOBAL_FLAGS = ("--debug", "-v", "--verbose", "-q", "--quiet")
+
+
+def hoist_global_flags(args: list[str]) -> list[str]:
+    """`edgekit build APP --debug` as `edgekit --debug build APP`: the group's flags moved to the
+    front from anywhere before a `--`."""
+    end = args.index("--") if "--" in args else len(args)
+    flags = [a for a in args[:end] if a in _GLOBAL_FLAGS]
+    return flags + [a for a in args[:end] if a not in _GLOBAL_FLAGS] + args[end:]
 
 
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: maps errors to the documented exit codes."""
-    if not (os.environ.get(_DEBUG_ENV) or "--debug" in (argv if argv is not None else sys.argv[1:])):
+    argv = hoist_global_flags(list(argv if argv is not None else sys.argv[1:]))
+    if not (os.environ.get(_DEBUG_ENV) or os.environ.get(VERBOSE_ENV) or
+            {"--debug", "-v", "--verbose"} & set(argv)):
         # torch's C++ warnings (a deprecation per quantized op, cpuinfo probes) are not the user's to act
         # on; read by c10 when torch loads, so set before any command imports it. --debug shows them.
         os.environ.setdefault("TORCH_CPP_LOG_LEVEL", "ERROR")
@@ -288,7 +330,7 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(130)
     except EdgekitError as e:
         _debug_traceback()
-        click.secho(f"error: {e.message}", fg="red", err=True)
+        _error_line(f"error: {e.message}")
         if e.hint:
             click.echo(f"  fix: {e.hint}", err=True)
         sys.exit(e.exit_code)
@@ -300,7 +342,7 @@ def main(argv: list[str] | None = None) -> None:
         if fault is None:
             _internal_error(e)
         _debug_traceback()
-        click.secho(f"error: {fault.message}", fg="red", err=True)
+        _error_line(f"error: {fault.message}")
         click.echo(f"  fix: {fault.hint}", err=True)
         sys.exit(fault.exit_code)
     except Exception as e:
@@ -310,7 +352,7 @@ def main(argv: list[str] | None = None) -> None:
 
 def _internal_error(e: BaseException) -> None:
     _debug_traceback()
-    click.secho(f"internal error: {type(e).__name__}: {e}", fg="red", err=True)
+    _error_line(f"internal error: {type(e).__name__}: {e}")
     click.echo("  this is a bug in edgekit: please report it with the output of --debug", err=True)
     sys.exit(EXIT_INTERNAL)
 
@@ -318,6 +360,11 @@ def _internal_error(e: BaseException) -> None:
 def _debug_traceback() -> None:
     if os.environ.get(_DEBUG_ENV) or "--debug" in sys.argv[1:]:
         traceback.print_exc()
+
+
+def _error_line(text: str) -> None:
+    """The red error line; plain where NO_COLOR is set (no-color.org) or stderr is not a terminal."""
+    click.secho(text, fg="red", err=True, color=False if os.environ.get("NO_COLOR") else None)
 
 
 # --- deploy, bench, report ---------------------------------------------------------------
@@ -499,7 +546,7 @@ def emulator_status(as_json):
 
 
 @emulator.command("board")
-@click.option("-t", "--target", default="rpi4", show_default=True, help="The board to emulate (its core: QEMU_CPU and /proc/cpuinfo).")
+@click.option("-t", "--target", shell_complete=_complete_target, default="rpi4", show_default=True, help="The board to emulate (its core: QEMU_CPU and /proc/cpuinfo).")
 @click.option("--port", type=int, default=2222, show_default=True, help="sshd listens on 127.0.0.1:PORT.")
 @click.option("--authorized-key", "authorized_key", type=click.Path(dir_okay=False, exists=True), required=True,
               help="Public key allowed to log in as root (e.g. ~/.ssh/id_ed25519.pub).")
@@ -527,7 +574,7 @@ def emulator_board(target, port, authorized_key, state):
 @click.argument("build_dir", type=click.Path(file_okay=False))
 @click.option("--check", "checks", multiple=True, metavar="CHECK",
               help="Run only these: parity, lint, cost, resources, profile (repeatable). [default: all]")
-@click.option("-t", "--target", help="Judge against this target profile instead of the build's (e.g. pi-zero2).")
+@click.option("-t", "--target", shell_complete=_complete_target, help="Judge against this target profile instead of the build's (e.g. pi-zero2).")
 @click.option("--format", "formats", multiple=True, metavar="FORMAT", help="Only this artifact of the build (repeatable).")
 @click.option("--app", type=click.Path(file_okay=False), help="The app dir, when the build was made elsewhere (for parity).")
 @click.option("--runs", type=int, default=20, show_default=True, help="Timed runs for host latency and the profile.")

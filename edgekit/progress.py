@@ -1,13 +1,19 @@
 """Progress on the terminal (stderr) and the timed record of each pipeline step.
 
 Everything here writes to stderr so that `--json` output on stdout stays clean.
+On a terminal a stage shows a live line (and bars for its loops) and leaves a
+✓ line; piped (CI logs) it prints a plain line when it starts too, so a long
+stage is never silent. `edgekit -q` (QUIET_ENV) keeps only warnings.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 import time
 from typing import Iterable, Iterator
+
+QUIET_ENV = "EDGEKIT_QUIET"  # set by `edgekit -q`: no progress lines, warnings still shown
 
 
 class Steps:
@@ -17,6 +23,7 @@ class Steps:
         from rich.console import Console
 
         self.console = Console(stderr=True, quiet=not show)
+        self.quiet = bool(os.environ.get(QUIET_ENV))
         self.records: list[dict] = []
         self.warnings: list[str] = []
         self._live = None  # the Progress display of the running stage
@@ -38,7 +45,10 @@ class Steps:
         columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
         # One live display per stage: rich allows only one at a time, so loops
         # inside the stage (track) add their bars to it instead of opening their own.
-        with Progress(*columns, console=self.console, transient=True, disable=not self.console.is_terminal) as live:
+        live_display = self.console.is_terminal and not self.quiet
+        if not live_display and not self.quiet:
+            self.console.print(f"… {label or stage}")
+        with Progress(*columns, console=self.console, transient=True, disable=not live_display) as live:
             self._live = live
             live.add_task(f"[bold]{label or stage}[/]", total=None)
             try:
@@ -47,7 +57,8 @@ class Steps:
                 self._live = None
         record["seconds"] = round(time.perf_counter() - start, 3)
         self.records.append(record)
-        self.console.print(f"[green]✓[/] {label or stage} [dim]({record['seconds']:.1f} s)[/]")
+        if not self.quiet:
+            self.console.print(f"[green]✓[/] {label or stage} [dim]({record['seconds']:.1f} s)[/]")
 
     def track(self, items: Iterable, total: int, description: str) -> Iterator:
         """A progress bar over a loop (calibration, evaluation) inside the running stage."""

@@ -15,6 +15,13 @@ import tempfile
 import warnings
 
 
+VERBOSE_ENV = "EDGEKIT_VERBOSE"  # set by `edgekit -v` / `--debug`: the libraries' output is shown
+
+
+def verbose() -> bool:
+    return bool(os.environ.get(VERBOSE_ENV))
+
+
 def quiet_model_libraries() -> None:
     """What the libraries a user's model factory loads print on their own (set before they are
     imported; a value the user exported wins): Hugging Face's per-file "Loading weights" bars
@@ -27,6 +34,8 @@ def quiet_model_libraries() -> None:
 
 def _quiet_loggers() -> None:
     """Known-noisy loggers and warnings, set without importing any of them."""
+    if verbose():
+        return
     # torchao logs each optional CUDA kernel library it cannot load; torch's pytree warns about Enum
     # constants torchao registers. torch.onnx warns that torchvision ops can't be registered when
     # torchvision is absent. onnxscript's optimizer logs each constant it fails to fold.
@@ -42,6 +51,8 @@ def _quiet_loggers() -> None:
 def quiet_python_logs() -> None:
     """Silence known-noisy loggers and warnings; call before importing torch stacks."""
     _quiet_loggers()
+    if verbose():
+        return
     # torch.jit.trace warns about every Python branch on a tensor (Hugging Face shape checks): the
     # artifact's outputs are compared with the float model's on real inputs, which is the real check.
     from torch.jit import TracerWarning
@@ -53,7 +64,10 @@ def quiet_python_logs() -> None:
 
 @contextlib.contextmanager
 def native_stderr_captured():
-    """Capture what native code writes to fd 2; replay it if the block fails."""
+    """Capture what native code writes to fd 2; replay it if the block fails (`-v`: let it through)."""
+    if verbose():
+        yield
+        return
     sys.stderr.flush()
     saved = os.dup(2)
     with tempfile.TemporaryFile(mode="w+b") as sink:
@@ -74,6 +88,9 @@ def native_stderr_captured():
 def root_logger_quiet():
     """onnxruntime's quantizer logs its notes ("Axis 1 is out-of-range for weight ...") on the
     root logger: raise it to ERROR for the block only, so a calling program's logging is untouched."""
+    if verbose():
+        yield
+        return
     root = logging.getLogger()
     level = root.level
     root.setLevel(logging.ERROR)

@@ -14,6 +14,8 @@ that must not pay for a torch import.
 
 from __future__ import annotations
 
+import dataclasses
+
 import difflib
 import os
 import tomllib
@@ -99,6 +101,12 @@ class Target:
     round_to: int  # pruning keeps channel counts a multiple of this
     qemu_cpu: str | None  # QEMU -cpu model for on-host emulation; None = run on the host
     features: Features
+
+    def to_json(self) -> dict:
+        """The profile as `edgekit targets --json` prints it (the path as a string)."""
+        doc = dataclasses.asdict(self)
+        doc["path"] = str(self.path)
+        return doc
 
 
 def targets_dir() -> Path:

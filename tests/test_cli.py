@@ -59,3 +59,71 @@ def test_unknown_command_is_a_usage_error(run_cli):
     proc = run_cli("frobnicate")
     assert proc.returncode == 2
     assert "No such command" in proc.stderr
+
+
+def _piped(*args: str, columns: int = 80, **env) -> subprocess.CompletedProcess:
+    """`python -m edgekit ARGS` piped, as a CI log sees it, at `columns` columns."""
+    import os
+
+    return subprocess.run([sys.executable, "-m", "edgekit", *args], capture_output=True, text=True,
+                          env={**os.environ, "COLUMNS": str(columns), **env}, timeout=300)
+
+
+def test_targets_at_80_columns_cuts_no_name():
+    from edgekit.target import list_targets
+
+    proc = _piped("targets")
+    assert proc.returncode == 0, proc.stderr
+    assert "…" not in proc.stdout and max(len(line) for line in proc.stdout.splitlines()) <= 80, proc.stdout
+    for t in list_targets():
+        assert t.name in proc.stdout and t.cpu in proc.stdout and t.format in proc.stdout
+    wide = _piped("targets", columns=120).stdout
+    assert "transport" in wide and "transport" not in proc.stdout  # the secondary columns come back when they fit
+
+
+def test_targets_json_has_every_profile_and_field(run_cli):
+    import json
+
+    from edgekit.target import list_targets
+
+    proc = run_cli("targets", "--json")
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(proc.stdout)
+    assert [d["name"] for d in doc] == [t.name for t in list_targets()]
+    rpi5 = next(d for d in doc if d["name"] == "rpi5")
+    assert rpi5["features"]["dotprod"] is True and rpi5["cores"] == 4 and rpi5["path"].endswith("rpi5.toml")
+    one = json.loads(run_cli("targets", "show", "rpi5", "--json").stdout)
+    assert one == rpi5
+
+
+def test_global_flags_may_follow_the_command(run_cli):
+    from edgekit.cli import hoist_global_flags
+
+    assert hoist_global_flags(["build", "app", "--debug", "-q", "--", "-v"]) == ["--debug", "-q", "build", "app", "--", "-v"]
+    proc = run_cli("targets", "show", "pdp11", "--debug")
+    assert proc.returncode == 2 and "Traceback" in proc.stderr  # --debug after the command took effect
+    assert "Traceback" not in run_cli("targets", "show", "pdp11").stderr
+
+
+def test_no_color_plain_error_line(monkeypatch):
+    import click
+
+    from edgekit import cli
+
+    seen = []
+    monkeypatch.setattr(click, "secho", lambda *a, **k: seen.append(k))
+    monkeypatch.setenv("NO_COLOR", "1")
+    cli._error_line("error: x")
+    monkeypatch.delenv("NO_COLOR")
+    cli._error_line("error: x")
+    assert seen[0]["color"] is False and seen[1]["color"] is None  # None: click colours only a terminal
+
+
+def test_piped_build_says_when_each_step_starts_and_quiet_says_nothing(digits_app, tmp_path):
+    args = ("build", str(digits_app), "--format", "onnx", "--quality", "fast")
+    proc = _piped(*args, "--out", str(tmp_path / "a"))
+    assert proc.returncode == 0, proc.stderr
+    assert "… quantize static int8" in proc.stderr and "✓ quantize static int8" in proc.stderr
+    quiet = _piped(*args, "--out", str(tmp_path / "b"), "-q")
+    assert quiet.returncode == 0, quiet.stderr
+    assert "quantize" not in quiet.stderr and "✓" in quiet.stdout  # the summary table is the result

@@ -126,13 +126,28 @@ def sensitivity_table(rows: list[dict]) -> Table:
 
 
 def print_targets(targets: list[Target]) -> None:
-    table = Table(title="target profiles")
-    for col in ("name", "cpu", "cores", "GHz", "RAM", "features", "format", "threads", "transport"):
-        table.add_column(col, justify="right" if col in ("cores", "GHz", "RAM", "threads") else "left")
+    """One row per profile. Names are never cut: under TARGETS_WIDE columns (80, or piped) the
+    secondary columns go (`edgekit targets show NAME` and `--json` have every field)."""
+    console = _console()
+    columns = ["name", "cpu", "cores", "GHz", "RAM", "ISA", "format", "threads", "transport"]
+    if console.width < TARGETS_WIDE:
+        columns = [c for c in columns if c not in ("GHz", "threads", "transport")]
+    table = Table(title="target profiles", box=box.SIMPLE_HEAD, pad_edge=False, padding=(0, 1, 0, 0))
+    for col in columns:
+        table.add_column(col, justify="right" if col in ("cores", "GHz", "RAM", "threads") else "left", no_wrap=True)
     for t in targets:
-        table.add_row(t.name, t.cpu, str(t.cores), f"{t.clock_ghz:g}", f"{t.ram_mb} MB", _features(t),
-                      t.format, str(t.threads), t.transport)
-    _console().print(table)
+        cells = {"name": t.name, "cpu": t.cpu, "cores": str(t.cores), "GHz": f"{t.clock_ghz:g}",
+                 "RAM": _ram(t.ram_mb), "ISA": _features(t, short=True), "format": t.format,
+                 "threads": str(t.threads), "transport": t.transport}
+        table.add_row(*(cells[c] for c in columns))
+    console.print(table)
+
+
+TARGETS_WIDE = 90  # columns the full targets table needs
+
+
+def _ram(mb: int) -> str:
+    return f"{mb // 1024} GB" if mb >= 1024 and mb % 1024 == 0 else f"{mb} MB"
 
 
 def print_target(t: Target) -> None:
@@ -150,9 +165,9 @@ def print_target(t: Target) -> None:
     _console().print(table)
 
 
-def _features(t: Target) -> str:
+def _features(t: Target, short: bool = False) -> str:
     on = [name for name in ("neon", "dotprod", "fp16") if getattr(t.features, name)]
-    return ", ".join(on) or "-"
+    return ("+" if short else ", ").join(on) or "-"
 
 
 def _kb(n: int) -> str:
