@@ -337,8 +337,11 @@ def _quantize_dynamic(src: Path, dst: Path, cfg: QuantConfig, excluded: list[str
     # host without VNNI its U8S8 kernel saturates (host_saturates_u8s8): a 3-Linear net measured
     # cosine 0.984 to float with int8 weights there, 0.99996 with uint8. ARM's kernels accumulate
     # both in int32, so the device computes the same either way and the host now sees it.
+    # Gather: embedding tables stored as uint8, dequantized per lookup (weight-only, no compute
+    # change). A word-embedding table is most of a small encoder's bytes: all-MiniLM-L6-v2's .onnx
+    # measured 57.9 MB with it float, 21.7 MB with it uint8, embedding cosine 0.9937 -> 0.9935.
     quantize_dynamic(str(src), str(dst), per_channel=cfg.per_channel, weight_type=QuantType.QUInt8,
-                     nodes_to_exclude=excluded, op_types_to_quantize=["MatMul", "Gemm", "LSTM", "GRU", "Attention"])
+                     nodes_to_exclude=excluded, op_types_to_quantize=["MatMul", "Gemm", "LSTM", "GRU", "Attention", "Gather"])
 
 
 def _weights_to_fp16(path: Path) -> bytes:
