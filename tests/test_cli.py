@@ -119,11 +119,22 @@ def test_no_color_plain_error_line(monkeypatch):
     assert seen[0]["color"] is False and seen[1]["color"] is None  # None: click colours only a terminal
 
 
-def test_piped_build_says_when_each_step_starts_and_quiet_says_nothing(digits_app, tmp_path):
-    args = ("build", str(digits_app), "--format", "onnx", "--quality", "fast")
+# What the libraries print on their own when edgekit loads, quantizes, runs and profiles artifacts:
+# torchao's optional CUDA kernels, torch's pytree, c10 deprecations, cpuinfo, Kineto's USDT probes.
+LIBRARY_NOISE = ("Failed to load", "W1201", "pytree", "Quantizer.cpp", "cpuinfo", "USDT", "profiler_start",
+                 "Warning:", "DeprecationWarning", "FutureWarning")
+
+
+def test_piped_build_and_validate_say_when_each_step_starts_quiet_says_nothing_no_library_noise(digits_app, tmp_path):
+    args = ("build", str(digits_app), "--format", "torchscript-lite", "--quality", "fast")
     proc = _piped(*args, "--out", str(tmp_path / "a"))
     assert proc.returncode == 0, proc.stderr
     assert "… quantize static int8" in proc.stderr and "✓ quantize static int8" in proc.stderr
     quiet = _piped(*args, "--out", str(tmp_path / "b"), "-q")
     assert quiet.returncode == 0, quiet.stderr
     assert "quantize" not in quiet.stderr and "✓" in quiet.stdout  # the summary table is the result
+    validate = _piped("validate", str(tmp_path / "a"))  # loads, runs and profiles the .ptl (Kineto)
+    assert validate.returncode == 0, validate.stderr
+    for text in (proc, quiet, validate):
+        noise = [n for n in LIBRARY_NOISE if n in text.stderr + text.stdout]
+        assert not noise, (noise, text.stderr)

@@ -25,7 +25,7 @@ from edgekit.formats.base import (
     op_row,
     quantizable_layers,
 )
-from edgekit.quiet import quiet_python_logs
+from edgekit.quiet import native_stderr_captured, quiet_python_logs
 
 NAME = "torchscript-lite"
 DISPLAY_NAME = "TorchScript Lite .ptl (QNNPACK)"
@@ -306,7 +306,9 @@ def profile(path: Path, batch: list[np.ndarray], runs: int, threads: int) -> lis
 
     module = _load_for_lite_interpreter(str(path))
     inputs = [torch.as_tensor(np.ascontiguousarray(a)) for a in batch]
-    with torch.no_grad(), torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+    # Kineto writes "USDT: ... profiler_start/stop" to fd 2 from C++ at start and stop: not the user's.
+    with native_stderr_captured(), torch.no_grad(), \
+            torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
         for _ in range(runs):
             module(*inputs)
     return [op_row(avg.key, avg.self_cpu_time_total / 1000.0, avg.count, runs)
