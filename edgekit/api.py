@@ -11,6 +11,7 @@ from __future__ import annotations
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Callable
 
 from edgekit.build import run_build
 from edgekit.build.builddir import staged_build_dir
@@ -28,7 +29,7 @@ from edgekit.manifest import write_json_atomic
 from edgekit.model import source as _source
 from edgekit.model.app import ModelSpec, build_module
 from edgekit.model.loaded import LoadedModel
-from edgekit.progress import Steps
+from edgekit.progress import EdgekitWarning, Steps
 from edgekit.recipe import BuildRecipe, GateOptions, app_recipe
 from edgekit.recipe import recipe_from_options as recipe
 from edgekit.report import build_report, write_html
@@ -44,7 +45,8 @@ source = _source  # what to build: an app dir, or module:factory with its inputs
 
 
 def build(source: str | Path | ModelSpec, target: str = "rpi4", recipe: BuildRecipe | None = None, *,
-          out: str | Path | None = None, progress: bool = False) -> dict:
+          out: str | Path | None = None, progress: bool = False,
+          on_step: Callable[[dict], None] | None = None) -> dict:
     """Quantize, export and judge a model for a target; returns the manifest.
 
     `source`: an app directory (with edgekit.toml) or a ModelSpec (`edgekit.api.source(...)`).
@@ -52,7 +54,9 @@ def build(source: str | Path | ModelSpec, target: str = "rpi4", recipe: BuildRec
     stages, gate; default: the app's [recipe] table, else BuildRecipe()). The build lands in
     `out` (default build/<name>-<target>/). Every artifact must pass the quality gate (see
     edgekit/compare.py); one that fails is written, marked, and BuildGateFailed (exit 3) is
-    raised with the manifest. `progress`: show per-step progress on stderr.
+    raised with the manifest. `progress`: show per-step progress on stderr; without it, the
+    build's warnings (also in `manifest["warnings"]`) are raised as `EdgekitWarning`s. `on_step`:
+    called with each step's record (stage, config, seconds) as it ends.
     """
 
     tgt = load_target(target)
@@ -61,7 +65,8 @@ def build(source: str | Path | ModelSpec, target: str = "rpi4", recipe: BuildRec
         recipe = app_recipe(spec) or BuildRecipe()
     out_dir = Path(out) if out else DEFAULT_BUILD_ROOT / f"{spec.name}-{tgt.name}"
     try:
-        manifest = run_build(spec, tgt, recipe, out_dir, Steps(show=progress))
+        manifest = run_build(spec, tgt, recipe, out_dir,
+                             Steps(show=progress, on_step=on_step, python_warnings=not progress))
     except BuildGateFailed as e:
         e.manifest["build_dir"] = str(out_dir)
         raise
@@ -73,7 +78,7 @@ def _spec(source: str | Path | ModelSpec) -> ModelSpec:
     return source if isinstance(source, ModelSpec) else _source(source)
 
 
-__all__ = ["build", "source", "recipe", "BuildRecipe", "GateOptions"]
+__all__ = ["build", "source", "recipe", "BuildRecipe", "GateOptions", "EdgekitWarning"]
 
 
 # --- deploy, bench, report ------------------------------------------------------------------
@@ -149,7 +154,8 @@ __all__ += ["deploy", "bench", "report"]
 
 
 def distill(source: str | Path | ModelSpec, target: str = "rpi4", stages=None, *, student: ModelSpec | None = None,
-            out: str | Path | None = None, progress: bool = False) -> dict:
+            out: str | Path | None = None, progress: bool = False,
+          on_step: Callable[[dict], None] | None = None) -> dict:
     """Train a student from the teacher (`source`, with its weights); returns the record.
 
     `stages`: a StageOptions with `distill` set (a DistillConfig; `nproc` > 1 runs it under DDP via

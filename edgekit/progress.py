@@ -11,7 +11,12 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-from typing import Iterable, Iterator
+import warnings
+from typing import Callable, Iterable, Iterator
+
+
+class EdgekitWarning(UserWarning):
+    """A build's warning (random calibration data, a skipped check), raised by the Python API."""
 
 QUIET_ENV = "EDGEKIT_QUIET"  # set by `edgekit -q`: no progress lines, warnings still shown
 
@@ -19,11 +24,16 @@ QUIET_ENV = "EDGEKIT_QUIET"  # set by `edgekit -q`: no progress lines, warnings 
 class Steps:
     """Times each stage, shows it while it runs, and keeps the manifest's `steps` list."""
 
-    def __init__(self, show: bool = True):
+    def __init__(self, show: bool = True, on_step: Callable[[dict], None] | None = None,
+                 python_warnings: bool = False):
+        """`on_step`: called with each step's record when it ends (the Python API's progress);
+        `python_warnings`: each warning is also raised as an EdgekitWarning (where nothing is shown)."""
         from rich.console import Console
 
         self.console = Console(stderr=True, quiet=not show)
         self.quiet = bool(os.environ.get(QUIET_ENV))
+        self.on_step = on_step
+        self.python_warnings = python_warnings
         self.records: list[dict] = []
         self.warnings: list[str] = []
         self._live = None  # the Progress display of the running stage
@@ -57,6 +67,8 @@ class Steps:
                 self._live = None
         record["seconds"] = round(time.perf_counter() - start, 3)
         self.records.append(record)
+        if self.on_step is not None:
+            self.on_step(dict(record))
         if not self.quiet:
             self.console.print(f"[green]✓[/] {label or stage} [dim]({record['seconds']:.1f} s)[/]")
 
@@ -75,6 +87,8 @@ class Steps:
         """A warning recorded in the manifest and shown."""
         self.warnings.append(message)
         self.console_warning(message)
+        if self.python_warnings:
+            warnings.warn(message, EdgekitWarning, stacklevel=2)
 
     def console_warning(self, message: str) -> None:
         """Shown only (the manifest already holds it)."""

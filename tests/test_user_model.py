@@ -118,3 +118,22 @@ def test_text_model_names_the_fx_limit_for_torchscript_lite(run_cli, tmp_path):
     assert "torchscript-lite: FX quantization could not trace this model" in proc.stderr
     assert "--format executorch or --format onnx" in proc.stderr
     assert not (tmp_path / "o").exists()
+
+
+def test_python_api_raises_the_build_warnings_and_reports_each_step(tmp_path, monkeypatch):
+    """ek.build() without progress: the random-calibration warnings arrive as Python warnings, and
+    `on_step` hears of every step the manifest records, in order."""
+    from edgekit import api
+
+    (tmp_path / "nets.py").write_text(RANDOM_CNN)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    spec = api.source(model="nets:make_net", input_shape="1,3,16,16")
+    heard = []
+    with pytest.warns(api.EdgekitWarning) as caught:
+        m = api.build(spec, "rpi5", api.recipe(formats=("onnx",), quality="fast"), out=tmp_path / "o",
+                      on_step=heard.append)
+    assert [str(w.message) for w in caught if w.category is api.EdgekitWarning] == m["warnings"]
+    assert any("RANDOM" in w for w in m["warnings"])
+    assert [r["stage"] for r in heard] == [r["stage"] for r in m["steps"]]
+    assert all(r["seconds"] >= 0 for r in heard)
