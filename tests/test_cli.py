@@ -130,6 +130,7 @@ def test_piped_build_and_validate_say_when_each_step_starts_quiet_says_nothing_n
     proc = _piped(*args, "--out", str(tmp_path / "a"))
     assert proc.returncode == 0, proc.stderr
     assert "… quantize static int8" in proc.stderr and "✓ quantize static int8" in proc.stderr
+    assert "recommended: ship model.ptl (passes the quality gate; 100 % of MACs on" in " ".join(proc.stdout.split())
     quiet = _piped(*args, "--out", str(tmp_path / "b"), "-q")
     assert quiet.returncode == 0, quiet.stderr
     assert "quantize" not in quiet.stderr and "✓" in quiet.stdout  # the summary table is the result

@@ -59,7 +59,10 @@ def test_bench_on_the_host_then_report(build_copy, run_cli):
     assert len(page.png_images()) == len(page.images) == 3  # sizes, latency overview, one distribution
     assert "latency distribution: host" in [i["alt"] for i in page.images]
     text = " ".join(page.text)
-    assert "Accuracy and size" in text and "Build stages" in text and "No latency prediction" in text
+    # the build's own prediction (no `edgekit validate` ran), with the host run set apart from it
+    assert "Accuracy and size" in text and "Build stages" in text and "Predicted on rpi4" in text
+    assert "not the target" in text and "No latency prediction" not in text
+    assert "recommended: ship model.pte" in " ".join(proc.stdout.split()) and "Recommended: ship model.pte" in text
 
     proc = run_cli("report", str(build_copy), "--json", "--no-html")
     data = json.loads(proc.stdout)
@@ -76,7 +79,8 @@ def test_report_renders_what_other_parts_add(build_copy):
 
     data = ek.report(build_copy)
     page = read_page(build_copy)
-    assert data["runs"] == [] and data["prediction"] is None
+    assert data["runs"] == [] and data["prediction"]["target"] == "rpi4"  # the build's own prediction
+    assert data["recommendation"]["file"] == "model.pte"
     assert "No device runs yet" in " ".join(page.text) and len(page.png_images()) == 1
 
     manifest_path = build_copy / "manifest.json"
@@ -135,3 +139,38 @@ def test_a_rebuild_keeps_the_device_runs_of_the_artifact_it_replaces(build_copy,
 
     data = json.loads(run_cli("report", str(build_copy), "--json", "--no-html").stdout)
     assert data["runs"] == [] and data["previous_runs"][0]["artifact_sha256"] == before["artifact"]["sha256"]
+
+
+def test_the_report_reads_the_prediction_a_build_made_before_any_validate():
+    from edgekit.report.data import _prediction
+
+    pred = {"target": "rpi5", "latency_ms": 5.35, "low_ms": 3.57, "high_ms": 8.03, "source": "edgekit cost model"}
+    built = {"target": "rpi5", "format": "onnx", "validation": {"formats": {"onnx": {"prediction": pred},
+                                                                          "executorch": {"prediction": None}}}}
+    got = _prediction(built, [])
+    assert (got["low_ms"], got["high_ms"], got["point_ms"]) == (3.57, 8.03, 5.35)
+    validated = {**built, "prediction": {**pred, "latency_ms": 6.0}}  # validate's own, when it ran, comes first
+    assert _prediction(validated, [])["point_ms"] == 6.0
+    assert _prediction({"format": "onnx"}, []) is None
+
+
+def test_the_recommendation_ships_a_passing_artifact_on_the_fast_kernels_and_says_why():
+    from edgekit.report.data import recommend
+
+    def fmt(file, passed, cosine, share):
+        return {"artifact": {"file": file}, "gate": {"passed": passed}, "metrics": {"cosine": cosine}}, \
+            {"lint": {"macs_fast_share": share, "fast_path": "fast kernels"}}
+
+    def manifest(**formats):
+        return {"target": "rpi5", "target_profile": {"format": "executorch"},
+                "formats": {k: v[0] for k, v in formats.items()},
+                "validation": {"formats": {k: v[1] for k, v in formats.items()}}}
+
+    both = manifest(executorch=fmt("model.pte", True, 0.991, 1.0), onnx=fmt("model.onnx", True, 0.999, 1.0))
+    assert recommend(both)["file"] == "model.pte" and "the rpi5 profile's format" in recommend(both)["why"]
+    off_delegate = manifest(executorch=fmt("model.pte", True, 0.999, 0.7), onnx=fmt("model.onnx", True, 0.99, 1.0))
+    assert recommend(off_delegate)["file"] == "model.onnx"  # all its MACs on the fast kernels
+    failed = manifest(executorch=fmt("model.pte", False, 0.9, 1.0), onnx=fmt("model.onnx", True, 0.99, 1.0))
+    assert recommend(failed)["file"] == "model.onnx" and "model.pte did not pass" in recommend(failed)["why"]
+    none = manifest(executorch=fmt("model.pte", False, 0.9, 1.0))
+    assert recommend(none)["file"] is None and "no artifact passed" in recommend(none)["why"]

@@ -37,9 +37,48 @@ def build_report(build_dir: str | Path) -> dict:
         "previous_runs": previous,
         "failed_runs": _failed_runs(build_dir, {r["artifact"]["sha256"] for r in format_records(manifest).values()}),
         "prediction": _prediction(manifest, runs),
+        "recommendation": recommend(manifest) if manifest.get("formats") else None,
         "warnings": manifest.get("warnings") or [],
         "versions": manifest.get("versions") or {},
     }
+
+
+def recommend(manifest: dict) -> dict:
+    """Which artifact to ship, and why: {"file", "format", "why"} ("file" None when none passed).
+
+    Of the artifacts that passed the quality gate: those with every MAC on their runtime's fast
+    kernels (the build's lint) first, then the target profile's own format (what its board is set
+    up to run), then the closest to float (cosine). Latency does not choose yet: the cost model
+    predicts one range for every int8 format of a model."""
+    formats = manifest.get("formats") or {}
+    checks = ((manifest.get("validation") or {}).get("formats") or {})
+    passed = {f: r for f, r in formats.items() if (r.get("gate") or {}).get("passed")}
+    profile_format = (manifest.get("target_profile") or {}).get("format")
+    if not passed:
+        return {"file": None, "format": None,
+                "why": "no artifact passed the quality gate: nothing here keeps the float model's outputs"}
+
+    def fast_share(fmt):
+        return ((checks.get(fmt) or {}).get("lint") or {}).get("macs_fast_share")
+
+    def rank(fmt):
+        share = fast_share(fmt)
+        return (share is not None and share >= 1.0, fmt == profile_format,
+                (passed[fmt].get("metrics") or {}).get("cosine") or -1.0)
+
+    best = max(passed, key=rank)
+    rec, reasons = passed[best], ["passes the quality gate"]
+    share = fast_share(best)
+    if share is not None:
+        reasons.append(f"{share * 100:.0f} % of MACs on {checks[best]['lint'].get('fast_path', 'its fast kernels')}")
+    if best == profile_format:
+        reasons.append(f"the {manifest.get('target')} profile's format")
+    elif len(passed) > 1:
+        reasons.append("the closest to float of those that pass")
+    others = [formats[f]["artifact"]["file"] for f in formats if f not in passed]
+    if others:
+        reasons.append(f"{', '.join(others)} did not pass")
+    return {"file": rec["artifact"]["file"], "format": best, "why": "; ".join(reasons)}
 
 
 def _profile(p: dict) -> dict:
@@ -135,10 +174,12 @@ def _failed_runs(build_dir: Path, current: set[str]) -> list[dict]:
 def _prediction(manifest: dict, runs: list[dict]) -> dict | None:
     """Predicted latency range on the target (from the emulation harness) against each measured p50.
 
-    Accepts `prediction` at the top level or under `metrics`, as a point
-    (`latency_ms`) and/or a range (`low_ms`, `high_ms`).
+    Accepts `prediction` at the top level (what `edgekit validate` writes) or under `metrics`,
+    else the build's own for its primary format (`validation.formats.<format>.prediction`, what
+    every build records), as a point (`latency_ms`) and/or a range (`low_ms`, `high_ms`).
     """
-    pred = manifest.get("prediction") or (manifest.get("metrics") or {}).get("prediction")
+    built = (((manifest.get("validation") or {}).get("formats") or {}).get(manifest.get("format")) or {})
+    pred = manifest.get("prediction") or (manifest.get("metrics") or {}).get("prediction") or built.get("prediction")
     if not isinstance(pred, dict):
         return None
     point = pred.get("latency_ms", pred.get("p50_ms"))

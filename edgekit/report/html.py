@@ -40,10 +40,20 @@ def render(data: dict) -> str:
         f"<h1>{escape(title)}</h1>",
         f'<p class="sub">built {escape(str(data["created"]))} · {escape(_profile(data["target_profile"]))} · '
         f'{escape(_versions(data["versions"]))}</p>',
+        _recommendation(data.get("recommendation")),
         _quality(data), _stages(data["stages"]), _sensitivity(data), _numeric_debug(data), _latency(data), _prediction(data), _failed(data["failed_runs"]),
         _warnings(data["warnings"]), "</body></html>",
     ]
     return "\n".join(p for p in parts if p)
+
+
+def _recommendation(rec: dict | None) -> str:
+    """The first thing on the page: which artifact to ship, and why (report/data.py: recommend)."""
+    if not rec:
+        return ""
+    if rec["file"] is None:
+        return f'<p class="bad"><b>Recommended: none</b> — {escape(rec["why"])}</p>'
+    return f'<p><b>Recommended: ship {escape(rec["file"])}</b> — {escape(rec["why"])}</p>'
 
 
 def write_html(build_dir: str | Path, data: dict) -> Path:

@@ -20,6 +20,7 @@ from edgekit.report.format import (
     run_flags,
     verdict,
 )
+from edgekit.report.data import recommend
 from edgekit.target import Target
 
 
@@ -55,6 +56,13 @@ def print_build_summary(manifest: dict) -> None:
     if manifest.get("cross_agreement"):
         pairs = ", ".join(f"{k.replace('~', ' vs ')} {v:.2f} %" for k, v in manifest["cross_agreement"].items())
         console.print(f"top-1 agreement between formats: {pairs}")
+    console.print(recommendation_line(recommend(manifest)))
+
+
+def recommendation_line(rec: dict) -> str:
+    if rec["file"] is None:
+        return f"[red]recommended: none[/] ({escape(rec['why'])})"
+    return f"[bold]recommended: ship {escape(rec['file'])}[/] ({escape(rec['why'])})"
 def _validation_line(fmt: str, checks: dict, target: str) -> str:
     """What the build's lint and cost model say about one artifact."""
     parts = []
@@ -220,6 +228,8 @@ def print_report(data: dict, console: Console | None = None) -> None:
     for q in data["quality"]:
         for failure in q["gate_failures"]:
             console.print(f"[red]✗[/] {q['file']}: {failure}")
+    if data.get("recommendation"):
+        console.print(recommendation_line(data["recommendation"]))
     stages = Table(title="build stages")
     has_cost = any(s["macs"] is not None or s["params"] is not None for s in data["stages"])
     for col in ("stage", "seconds", *(("MACs", "params") if has_cost else ())):
