@@ -154,8 +154,7 @@ __all__ += ["deploy", "bench", "report"]
 
 
 def distill(source: str | Path | ModelSpec, target: str = "rpi4", stages=None, *, student: ModelSpec | None = None,
-            out: str | Path | None = None, progress: bool = False,
-          on_step: Callable[[dict], None] | None = None) -> dict:
+            out: str | Path | None = None, progress: bool = False) -> dict:
     """Train a student from the teacher (`source`, with its weights); returns the record.
 
     `stages`: a StageOptions with `distill` set (a DistillConfig; `nproc` > 1 runs it under DDP via

@@ -294,8 +294,6 @@ def targets_show(name, as_json):
         print_target(load_target(name))
 
 
-
-
 # Options of the edgekit group that a user may also write after the command.
 _GLOBAL_FLAGS = ("--debug", "-v", "--verbose", "-q", "--quiet")
 

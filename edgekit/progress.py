@@ -18,6 +18,7 @@ from typing import Callable, Iterable, Iterator
 class EdgekitWarning(UserWarning):
     """A build's warning (random calibration data, a skipped check), raised by the Python API."""
 
+
 QUIET_ENV = "EDGEKIT_QUIET"  # set by `edgekit -q`: no progress lines, warnings still shown
 
 
