@@ -113,7 +113,7 @@ def test_hf_encoder_for_the_lite_interpreter_alone_is_a_named_limit_and_dynamic_
 def test_pretrained_sentence_encoder_on_real_sentences_keeps_its_embeddings(real_data, tmp_path):
     """all-MiniLM-L6-v2 (real weights) on 128 real sentences, no labels. Static int8 costs its
     embeddings too much (BERT's outlier activations: cosine ~0.86), whatever the calibration; on
-    held-out calibration sentences --quality auto finds that and keeps dynamic int8 activations,
+    the calibration sentences --quality auto finds that and keeps dynamic int8 activations,
     which hold cosine >= 0.99 on the evaluation sentences in both formats."""
     out = tmp_path / "b"
     proc = build(str(APPS / "minilm"), "--calib", str(real_data / "minilm" / "calib.npz"), "--eval", str(real_data / "minilm" / "eval.npz"),

@@ -2,7 +2,7 @@
 
     builddir.py     build directories appear whole or not at all; device runs survive rebuilds
     artifact.py     one format's artifact (quantize + export, cached) and its judgement
-    quality.py      --quality auto: recovery tries, chosen on held-out calibration samples
+    quality.py      --quality auto: recovery tries, chosen on the calibration inputs
     fallback.py     the accuracy budget: keep sensitive layers float
     sensitivity.py  each layer quantized alone, ranked
 

@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import copy
 import math
+import operator
 
 # Largest growth of one channel: a channel 1000x narrower than the widest carries almost
 # nothing; growing it further makes its consumer's weights that much smaller (fp32 has room,
@@ -142,7 +143,7 @@ def _pairs(ep, model) -> list[dict]:
                 continue
             activation = "relu" if clamp == math.inf else f"clamp(0, {clamp:g})"
             n = n.args[0]
-        if n.op == "call_function" and n.target is __import__("operator").getitem:
+        if n.op == "call_function" and n.target is operator.getitem:
             n = n.args[0]
         bn = None
         if "batch_norm" in _name(n):
@@ -161,7 +162,7 @@ def _pairs(ep, model) -> list[dict]:
 
 
 def _chain(start, end):
-    """The nodes strictly between producer `start` and consumer `end` (each must have one user)."""
+    """The producer `start` and the nodes between it and the consumer `end` (each must have one user)."""
     out, n = [], end.args[0]
     while n is not start:
         out.append(n)
