@@ -124,6 +124,7 @@ def test_a_calibration_a_glitch_ruins_is_replaced_and_the_eval_data_plays_no_par
     assert built["other"]["metrics"]["data"]["samples"] == 100  # scored on its own evaluation data
 
 
+@pytest.mark.slow  # two builds (~27 s); --quality fast runs in the default Lite0 test and the replay in test_recipe
 def test_fast_is_one_pass_on_all_calibration_data_and_the_recipe_replays_it(glitched_app, tmp_path, run_cli):
     out = tmp_path / "fast"
     proc = run_cli("build", str(glitched_app), "--format", "onnx", "--quality", "fast", "--out", str(out))

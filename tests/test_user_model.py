@@ -48,6 +48,7 @@ RANDOM_CNN = textwrap.dedent(
 )
 
 
+@pytest.mark.slow  # ~40 s; --model by default: the random-calibration build here and the Python API test
 def test_own_model_with_weights_calib_and_eval(run_cli, digits_app, tmp_path):
     """The digits network as if it were the user's: module in the cwd, files by flag."""
     shutil.copy(digits_app / "model.py", tmp_path / "mynet.py")
