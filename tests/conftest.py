@@ -27,6 +27,18 @@ def run_edgekit(*args: str, cwd: Path | None = None, timeout: float = 300) -> su
     )
 
 
+def write_app(root: Path, model_source: str, toml: str, **data: dict) -> Path:
+    """An app dir from a test's own sources: model.py, edgekit.toml and one NAME.npz per `data`
+    entry (NAME={"x": array, ...})."""
+    import numpy as np
+
+    (root / "model.py").write_text(model_source)
+    (root / "edgekit.toml").write_text(toml)
+    for name, arrays in data.items():
+        np.savez(root / f"{name}.npz", **arrays)
+    return root
+
+
 def require_litert() -> None:
     """Skip without the litert extra, except in CI: there `make install` installs it, so its absence is a failure."""
     from edgekit.formats import get_format

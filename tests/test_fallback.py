@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import write_app
 from edgekit import api
 from edgekit.errors import BuildGateFailed, GateError, UsageError
 
@@ -61,12 +62,9 @@ def _with_sensor(x: np.ndarray) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def outlier_app(tmp_path_factory, digits_app):
-    root = tmp_path_factory.mktemp("outlier")
-    (root / "model.py").write_text(MODEL)
-    (root / "edgekit.toml").write_text(APP)
     train, calib, evaluation = (np.load(digits_app / f"{n}.npz") for n in ("train", "calib", "eval"))
-    np.savez(root / "calib.npz", x=_with_sensor(calib["x"]))
-    np.savez(root / "eval.npz", x=_with_sensor(evaluation["x"]), y=evaluation["y"])
+    root = write_app(tmp_path_factory.mktemp("outlier"), MODEL, APP, calib={"x": _with_sensor(calib["x"])},
+                     eval={"x": _with_sensor(evaluation["x"]), "y": evaluation["y"]})
     namespace = {}
     exec(MODEL, namespace)
     torch.manual_seed(0)

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import write_app
 from edgekit import api
 from edgekit.errors import BuildGateFailed
 
@@ -60,12 +61,8 @@ def _scaled(n: int, seed: int) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def scaled_app(tmp_path_factory):
-    root = tmp_path_factory.mktemp("scaled")
-    (root / "model.py").write_text(SCALED_MODEL)
-    (root / "edgekit.toml").write_text(SCALED_APP)
-    np.savez(root / "calib.npz", x=_scaled(64, 1))
-    np.savez(root / "eval.npz", x=_scaled(64, 2))
-    return root
+    return write_app(tmp_path_factory.mktemp("scaled"), SCALED_MODEL, SCALED_APP,
+                     calib={"x": _scaled(64, 1)}, eval={"x": _scaled(64, 2)})
 
 
 def test_a_linear_model_whose_ranges_move_per_sample_gets_dynamic_activations(scaled_app, tmp_path):

@@ -14,7 +14,7 @@ import os
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +38,10 @@ class BuildContext:
     gate: Gate
     cache: StepCache
     model_digest: str  # of loaded.model: the cache key's input
+    # float_model_for's equalized model and record, made once per build: the contexts derived with
+    # dataclasses.replace (judging on the calibration inputs) share this dict, and so every format
+    # and every --quality auto try.
+    equalized: dict = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def spec(self):
@@ -99,7 +103,9 @@ def float_model_for(ctx: BuildContext, cfg: QuantConfig):
     if not cfg.per_channel:
         return loaded.model, {"pairs": 0, "note": "per-tensor weights: equalizing would cost the producers' "
                                                   "weights what it gives the activations; left as it is"}
-    return equalize(loaded.model, loaded.example, batches(loaded.calib, ctx.spec.inputs))
+    if "made" not in ctx.equalized:
+        ctx.equalized["made"] = equalize(loaded.model, loaded.example, batches(loaded.calib, ctx.spec.inputs))
+    return ctx.equalized["made"]
 
 
 def _from_cache(ctx: BuildContext, fmt, config: dict, artifact: Path, hit) -> dict:

@@ -48,7 +48,6 @@ from edgekit.build.artifact import BuildContext, build_format, float_model_for, 
 from edgekit.compare import arithmetic, compare_runs, summary
 from edgekit.errors import UsageError
 from edgekit.formats.base import QuantConfig
-from edgekit.formats.equalize import equalizable
 from edgekit.model.data import batches
 
 MIN_SELECTION = 4  # calibration samples: fewer cannot tell two tries apart, so auto then builds one pass
@@ -190,8 +189,9 @@ def _ladder(ctx: BuildContext, fmt, cfg: QuantConfig, calibration_pinned: bool):
     """The tries of the module doc, made one at a time (a later one is only built if needed)."""
     first = cfg.calibration or fmt.DEFAULT_CALIBRATION
     yield Try(f"static int8 ({first}{' + equalization' if cfg.equalize else ''})", cfg)
-    if not cfg.equalize and cfg.per_channel and equalizable(ctx.loaded.model, ctx.loaded.example):
-        yield Try(f"static int8 ({first} + equalization)", dataclasses.replace(cfg, equalize=True))
+    equalized = dataclasses.replace(cfg, equalize=True)
+    if not cfg.equalize and cfg.per_channel and float_model_for(ctx, equalized)[1]["pairs"]:
+        yield Try(f"static int8 ({first} + equalization)", equalized)
     if not calibration_pinned:
         for method in fmt.CALIBRATIONS:
             if method != first:

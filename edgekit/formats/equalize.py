@@ -46,6 +46,10 @@ from __future__ import annotations
 import copy
 import math
 import operator
+from collections import Counter
+
+from edgekit.errors import FormatUnsupported
+from edgekit.formats.base import torch_export
 
 # Largest growth of one channel: a channel 1000x narrower than the widest carries almost
 # nothing; growing it further makes its consumer's weights that much smaller (fp32 has room,
@@ -67,14 +71,11 @@ def equalize(model, example: tuple, calib_batches) -> tuple[object, dict]:
     """A copy of `model` with the equalizable pairs of the module doc rescaled, and the record of
     what changed: {"pairs", "spread_before", "spread_after", "layers": [...]}. Models torch.export
     cannot trace come back unchanged, with the reason."""
-    import torch
-
     model = copy.deepcopy(model).eval()
     try:
-        with torch.no_grad():
-            ep = torch.export.export(model, tuple(example), strict=False)
-    except Exception as e:  # noqa: BLE001 - a model export cannot trace is left as it is, and says why
-        return model, {"pairs": 0, "note": f"not traced by torch.export ({type(e).__name__}): left as it is"}
+        ep = torch_export(model, example)
+    except FormatUnsupported as e:  # a model torch.export cannot trace is left as it is, and says why
+        return model, {"pairs": 0, "note": f"{e.message}: left as it is"}
     pairs = _pairs(ep, model)
     if not pairs:
         return model, {"pairs": 0, "note": "no conv -> activation -> depthwise conv pair"}
@@ -99,26 +100,13 @@ def equalize(model, example: tuple, calib_batches) -> tuple[object, dict]:
     }
 
 
-def equalizable(model, example: tuple) -> int:
-    """How many producer -> depthwise pairs `equalize` would consider (0 when torch.export cannot trace)."""
-    import torch
-
-    try:
-        with torch.no_grad():
-            return len(_pairs(torch.export.export(model, tuple(example), strict=False), model))
-    except Exception:  # noqa: BLE001 - untraceable: nothing to equalize
-        return 0
-
-
 def _pairs(ep, model) -> list[dict]:
     """(producer, batch norm, activation, depthwise consumer) chains in the exported graph."""
     import torch
 
     params = ep.graph_signature.inputs_to_parameters
-    uses: dict[str, int] = {}
     convs = [n for n in ep.graph.nodes if n.op == "call_function" and _name(n) == "conv2d"]
-    for n in convs:
-        uses[params.get(n.args[1].name, "")] = uses.get(params.get(n.args[1].name, ""), 0) + 1
+    uses = Counter(params.get(n.args[1].name) for n in convs)  # a weight shared by two convs is left alone
 
     def module_of(node, what):
         fqn = params.get(node.name)
