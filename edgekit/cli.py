@@ -98,6 +98,9 @@ recipe_options = _options(
     click.option("--per-tensor", is_flag=True, default=None, help="Per-tensor weight scales instead of per-channel (to compare)."),
     click.option("--equalize/--no-equalize", default=None,
                  help="Cross-layer range equalization into depthwise convs before static int8 (Nagel et al., 2019)."),
+    click.option("--weight-rounding", type=click.Choice(("nearest", "gptq")),
+                 help="Static int8 weights: rounded by GPTQ on the calibration inputs (Frantar et al., 2022), "
+                 "or each to its nearest level. [default: gptq]"),
     click.option("--max-accuracy-drop", type=float, metavar="POINTS",
                  help="Gate: fail (exit 3) if int8 loses more accuracy; first keeps sensitive layers float."),
     click.option("--min-cosine", type=float, metavar="C",

@@ -33,6 +33,13 @@ import numpy as np
 DECISIVE_STEPS = 2.0  # a float top-1 lead smaller than this many output steps is a near-tie
 TASKS = ("auto", "classification", "embedding", "regression")
 NO_NOISE_DB = 200.0  # SQNR reported when the outputs are bit-identical (JSON has no infinity)
+# The per-sample cosine's distribution, kept as these percentiles (0 = the worst sample): what the
+# report plots where there are no labels, 21 numbers however many samples were judged.
+COSINE_PERCENTILES = tuple(range(0, 101, 5))
+# A confusion matrix up to this many classes (digits' 10 fit; ImageNet's 1000 would be a 4 MB
+# table of zeros): above it, the most frequent top-1 flips instead.
+MAX_CONFUSION_CLASSES = 20
+MAX_FLIPS = 10
 
 
 @dataclass(frozen=True)
@@ -149,6 +156,7 @@ def compare_output(float_out: np.ndarray, art_out: np.ndarray, gate: Gate, kind:
         "top1_agreement": None, "top1_decisive_samples": None, "top1_agreement_decisive": None,
         "accuracy_float": None, "accuracy_artifact": None,
     }
+    m["cosine_percentiles"] = [round(float(v), 6) for v in np.percentile(cos, COSINE_PERCENTILES)]
     if is_class_scores(f.shape, task):
         agree = f.argmax(-1) == a.argmax(-1)
         m["top1_agreement"] = _pct(agree)
@@ -159,8 +167,28 @@ def compare_output(float_out: np.ndarray, art_out: np.ndarray, gate: Gate, kind:
         if labels is not None and labels.shape == f.shape[:-1]:
             m["accuracy_float"] = _pct(f.argmax(-1) == labels)
             m["accuracy_artifact"] = _pct(a.argmax(-1) == labels)
+        if f.ndim == 2:
+            m["confusion"] = confusion(a.argmax(-1), f.argmax(-1), f.shape[-1],
+                                       labels if m["accuracy_float"] is not None else None)
     m["failures"] = _failures(m, gate, len(f), scores=m["top1_agreement"] is not None)
     return m
+
+
+def confusion(artifact_top1: np.ndarray, float_top1: np.ndarray, classes: int, labels: np.ndarray | None) -> dict:
+    """The artifact's top-1 against the labels (or, without labels, against the float model's top-1):
+    {"rows": "label" | "float top-1", "classes", and "counts" (rows x artifact columns) up to
+    MAX_CONFUSION_CLASSES classes, else "flips": [[row class, artifact class, samples], ...], most first}."""
+    rows = labels.astype(np.int64) if labels is not None else float_top1
+    doc = {"rows": "label" if labels is not None else "float top-1", "classes": int(classes)}
+    if classes <= MAX_CONFUSION_CLASSES and rows.min(initial=0) >= 0 and rows.max(initial=0) < classes:
+        counts = np.zeros((classes, classes), dtype=np.int64)
+        np.add.at(counts, (rows, artifact_top1), 1)
+        doc["counts"] = counts.tolist()
+        return doc
+    pairs, n = np.unique(np.stack([rows, artifact_top1], axis=1)[rows != artifact_top1], axis=0, return_counts=True)
+    order = np.argsort(-n, kind="stable")[:MAX_FLIPS]
+    doc["flips"] = [[int(pairs[i][0]), int(pairs[i][1]), int(n[i])] for i in order]
+    return doc
 
 
 def _failures(m: dict, gate: Gate, samples: int, scores: bool) -> list[str]:

@@ -46,6 +46,7 @@ from edgekit.errors import UsageError
 from edgekit.formats import get_format
 from edgekit.formats.base import QuantConfig, torch_export
 from edgekit.formats.equalize import equalize
+from edgekit.formats.rounding import round_weights
 from edgekit.manifest import update_manifest
 from edgekit.model.data import batches, load_npz, random_dataset
 from edgekit.model.loaded import RANDOM_CALIB_SAMPLES
@@ -112,6 +113,10 @@ def debug_build(build_dir: str | Path, *, fmt: str | None = None, app: str | Non
     if q.get("equalize") and q["per_channel"]:
         # the float model the quantizer saw: each tensor is compared with its equalized float value
         model = equalize(original, example, batches(calib, spec.inputs))[0]
+    if q.get("weight_rounding") == "gptq" and q["per_channel"]:
+        # and with its weights already on the int8 grid: the error shown is the activations' (the
+        # rounding's own is the gap between this model and the original, which the build's gate judges)
+        model = round_weights(model, example, batches(calib, spec.inputs), cfg.skip_layers)[0]
     if fmt == "onnx":
         ours = _compare_onnx(model, example, build_dir / rec["artifact"]["file"], data, spec)
         method = "the artifact in onnxruntime beside its float graph (qdq_loss_debug), every tensor vs float"
@@ -137,7 +142,8 @@ def debug_build(build_dir: str | Path, *, fmt: str | None = None, app: str | Non
         "artifact": rec["artifact"]["file"],
         "samples": min(samples, len(data)),
         "data": source,
-        "method": method,
+        "method": method + ("; weights already rounded by GPTQ in the float model compared with"
+                            if q.get("weight_rounding") == "gptq" and q["per_channel"] else ""),
         "baseline": baseline,
         "output_sqnr_db": ours[-1].sqnr_db if ours else None,
         "layers": [asdict(g) for g in ours],

@@ -25,7 +25,7 @@ from pathlib import Path
 from edgekit.compare import TASKS
 from edgekit.errors import UsageError
 from edgekit.formats import FORMATS
-from edgekit.formats.base import CALIBRATIONS, SCHEMES, QuantConfig
+from edgekit.formats.base import CALIBRATIONS, SCHEMES, WEIGHT_ROUNDINGS, QuantConfig
 from edgekit.stages.lowrank import LowRankConfig
 from edgekit.stages.options import (
     StageOptions,
@@ -100,7 +100,8 @@ class BuildRecipe:
 
     def to_json(self) -> dict:
         quant = {"scheme": self.quant.scheme, "per_channel": self.quant.per_channel,
-                 "calibration": self.quant.calibration, "equalize": self.quant.equalize}
+                 "calibration": self.quant.calibration, "equalize": self.quant.equalize,
+                 "weight_rounding": self.quant.weight_rounding}
         doc = {"formats": list(self.formats), "quant": quant, "calib_samples": self.calib_samples,
                "gate": dataclasses.asdict(self.gate), "sensitivity": self.sensitivity,
                "stages": stage_options_to_json(self.stages), "quality": self.quality}
@@ -110,14 +111,15 @@ class BuildRecipe:
     def from_json(cls, doc: dict, where: str) -> "BuildRecipe":
         _keys(doc, {"formats", "quant", "calib_samples", "gate", "sensitivity", "stages", "quality"}, where)
         quant = doc.get("quant") or {}
-        _keys(quant, {"scheme", "per_channel", "calibration", "equalize"}, f"{where}: quant")
+        _keys(quant, {"scheme", "per_channel", "calibration", "equalize", "weight_rounding"}, f"{where}: quant")
         gate = doc.get("gate") or {}
         _keys(gate, {f.name for f in dataclasses.fields(GateOptions)}, f"{where}: gate")
         try:
             recipe = cls(
                 formats=tuple(doc.get("formats") or ()),
                 quant=QuantConfig(scheme=quant.get("scheme", "static"), per_channel=quant.get("per_channel", True),
-                                  calibration=quant.get("calibration"), equalize=bool(quant.get("equalize", False))),
+                                  calibration=quant.get("calibration"), equalize=bool(quant.get("equalize", False)),
+                                  weight_rounding=_weight_rounding(quant.get("weight_rounding", "gptq"), where)),
                 calib_samples=doc.get("calib_samples"),
                 gate=GateOptions(**gate),
                 stages=stage_options_from_json(doc.get("stages") or {}, f"{where}: stages"),
@@ -173,6 +175,13 @@ def _keys(doc, allowed: set[str], where: str) -> None:
         raise UsageError(f"{where}: unknown key '{unknown[0]}'", hint=f"allowed: {', '.join(sorted(allowed))}")
 
 
+def _weight_rounding(value, where: str) -> str:
+    if value not in WEIGHT_ROUNDINGS:
+        raise UsageError(f"{where}: quant.weight_rounding = {value!r} is not one of {', '.join(WEIGHT_ROUNDINGS)}",
+                         hint="nearest (every quantizer's own) or gptq (formats/rounding.py)")
+    return value
+
+
 def _drop_none(value):
     """TOML has no null: unset fields are left out (and read back as their defaults)."""
     if isinstance(value, dict):
@@ -208,7 +217,7 @@ def recipe_from_options(base: BuildRecipe | None = None, *, recipe_file=None, fo
                         per_tensor=None, max_accuracy_drop=None, min_cosine=None, min_agreement=None, task=None,
                         no_fallback=None, sensitivity=None, prune=None, prune_macs=None, prune_importance=None,
                         prune_global=None, distill=None, distill_epochs=None, nproc=None, lowrank=None,
-                        lowrank_energy=None, sparsity=None, quality=None, equalize=None):
+                        lowrank_energy=None, sparsity=None, quality=None, equalize=None, weight_rounding=None):
     """A recipe from flat options, named as the command line names them (what `edgekit build` maps
     its options onto, and the short way to write one in Python): `base` (`recipe_file`'s if given,
     else an app's), with every option given (not None) over it, one field at a time.
@@ -219,7 +228,7 @@ def recipe_from_options(base: BuildRecipe | None = None, *, recipe_file=None, fo
     recipe = BuildRecipe.from_file(recipe_file) if recipe_file else (base or BuildRecipe())
     quant = dataclasses.replace(recipe.quant, **{k: v for k, v in {
         "scheme": quant, "calibration": calibration, "per_channel": False if per_tensor else None,
-        "equalize": equalize}.items() if v is not None})
+        "equalize": equalize, "weight_rounding": weight_rounding}.items() if v is not None})
     gate = dataclasses.replace(recipe.gate, **{k: v for k, v in {
         "min_cosine": min_cosine, "min_agreement": min_agreement, "max_accuracy_drop": max_accuracy_drop,
         "task": task, "fallback": False if no_fallback else None}.items() if v is not None})

@@ -18,9 +18,10 @@ DIGITS_APP = REPO / "sample_apps" / "digits"
 os.environ["EDGEKIT_STEP_CACHE"] = "off"
 
 
-def run_edgekit(*args: str, cwd: Path | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
-    """`python -m edgekit ARGS` in a child process: exit codes and output as a user sees them."""
-    env = {**os.environ, "COLUMNS": "200"}  # wide enough that rich never wraps a message
+def run_edgekit(*args: str, cwd: Path | None = None, timeout: float = 300, columns: int = 200) -> subprocess.CompletedProcess:
+    """`python -m edgekit ARGS` in a child process: exit codes and output as a user sees them
+    (piped; `columns`: the width rich lays out for, by default wide enough that it never wraps)."""
+    env = {**os.environ, "COLUMNS": str(columns)}
     return subprocess.run(
         [sys.executable, "-m", "edgekit", *args],
         cwd=cwd or REPO, env=env, capture_output=True, text=True, timeout=timeout,

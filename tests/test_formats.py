@@ -89,3 +89,39 @@ def test_mobile_optimizer_state_is_recorded(built):
         assert state == "applied"
     else:
         assert state.startswith("skipped: ") and "XNNPACK" in state
+
+
+def test_the_report_answers_the_three_questions_in_80_columns(built, run_cli):
+    """`edgekit report` piped (as CI logs see it, 80 columns): each artifact's verdict, its own
+    predicted latency on the target and the recommendation, no name cut."""
+    proc = run_cli("report", str(built["out"]), "--no-html", columns=80)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert max(len(line) for line in lines) <= 80 and "…" not in proc.stdout, proc.stdout
+    from edgekit.report.format import ms
+
+    m = built["manifest"]
+    for fmt, name in FILES.items():
+        [row] = [line for line in lines if line.split()[:1] == [name]]
+        assert "✓ passed" in row, row
+        p = m["validation"]["formats"][fmt]["prediction"]
+        assert f"{ms(p['low_ms'])}–{ms(p['high_ms'])}" in row, (row, p)  # each format its own range
+    assert "recommended: ship model.pte" in " ".join(proc.stdout.split())
+
+
+def test_report_html_first_screen_renders_in_chromium(built, run_cli, tmp_path):
+    """The page in headless Chromium at 1280x800: the recommendation and every artifact's verdict
+    on the first screen, the per-format detail collapsed below it, no broken image."""
+    from chromium import chromium_path, first_screen
+
+    chromium_path()  # skip (or, under CI, fail) before the report is written
+    proc = run_cli("report", str(built["out"]))
+    assert proc.returncode == 0, proc.stderr
+    seen = first_screen(built["out"] / "report.html", tmp_path / "first-screen.png")
+    text = " ".join(seen["text"].split())
+    assert "Recommended: ship model.pte" in text and "At a glance" in text, text
+    for name in FILES.values():
+        assert name in text, name
+    assert text.count("✓ passed") >= len(FILES), text
+    assert seen["broken_images"] == [] and seen["images"] >= len(FILES) + 2  # sizes, cosines, a confusion each
+    assert (tmp_path / "first-screen.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -53,11 +53,14 @@ def test_bench_on_the_host_then_report(build_copy, run_cli):
 
     proc = run_cli("report", str(build_copy))
     assert proc.returncode == 0, proc.stderr
-    assert "latency (ms)" in proc.stdout and "99.17 %" in proc.stdout and "report.html" in proc.stdout
+    assert "latency (ms)" in proc.stdout and "99.17" in proc.stdout and "report.html" in proc.stdout
     page = read_page(build_copy)
     assert page.external == [] and page.scripts == 0  # self-contained: opens offline, fetches nothing
-    assert len(page.png_images()) == len(page.images) == 3  # sizes, latency overview, one distribution
-    assert "latency distribution: host" in [i["alt"] for i in page.images]
+    # sizes, each sample's cosine, the confusion matrix, the host's latency plot, its distribution
+    assert len(page.png_images()) == len(page.images) == 5
+    alts = [i["alt"] for i in page.images]
+    assert "latency distribution: host" in alts and "latency on this computer (not the target)" in alts
+    assert "latency on the target" not in alts  # a host run is never drawn against the target's prediction
     text = " ".join(page.text)
     # the build's own prediction (no `edgekit validate` ran), with the host run set apart from it
     assert "Accuracy and size" in text and "Build stages" in text and "Predicted on rpi4" in text
@@ -81,7 +84,7 @@ def test_report_renders_what_other_parts_add(build_copy):
     page = read_page(build_copy)
     assert data["runs"] == [] and data["prediction"]["target"] == "rpi4"  # the build's own prediction
     assert data["recommendation"]["file"] == "model.pte"
-    assert "No device runs yet" in " ".join(page.text) and len(page.png_images()) == 1
+    assert "No device runs yet" in " ".join(page.text) and len(page.png_images()) == 3  # sizes, cosines, confusion
 
     manifest_path = build_copy / "manifest.json"
     manifest = json.loads(manifest_path.read_text())
@@ -113,7 +116,9 @@ def test_report_renders_what_other_parts_add(build_copy):
     for expected in ("MACs", "1.23 M", "emulated: not latency", "Predicted vs measured", "Failed runs",
                      "nothing accepts ssh connections", "Slowest operators", "conv2d"):
         assert expected in text, expected
-    assert len(page.png_images()) == len(page.images) == 4  # sizes, overview, two distributions
+    # sizes, cosines, confusion, the target's latency plot (the emulated run is not latency), two distributions
+    assert len(page.png_images()) == len(page.images) == 6
+    assert "latency on the target" in [i["alt"] for i in page.images]
 
 
 @pytest.mark.slow  # a rebuild (~35 s)

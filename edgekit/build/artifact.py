@@ -23,6 +23,7 @@ from edgekit.cache import StepCache, step_key
 from edgekit.compare import Gate, arithmetic, compare_runs, is_class_scores, summary
 from edgekit.formats.base import QuantConfig
 from edgekit.formats.equalize import equalize
+from edgekit.formats.rounding import round_weights
 from edgekit.manifest import sha256_file
 from edgekit.model.data import batches
 from edgekit.model.loaded import LoadedModel, data_digest
@@ -38,10 +39,10 @@ class BuildContext:
     gate: Gate
     cache: StepCache
     model_digest: str  # of loaded.model: the cache key's input
-    # float_model_for's equalized model and record, made once per build: the contexts derived with
+    # float_model_for's models and records, each made once per build: the contexts derived with
     # dataclasses.replace (judging on the calibration inputs) share this dict, and so every format
     # and every --quality auto try.
-    equalized: dict = field(default_factory=dict, repr=False, compare=False)
+    float_models: dict = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def spec(self):
@@ -64,8 +65,9 @@ def build_format(ctx: BuildContext, fmt, cfg: QuantConfig, stage: str = "validat
     for warning in lowering.pop("warnings", []):
         steps.warn(warning)
     record = judge(ctx, fmt, cfg, artifact, stage)
-    if "equalization" in lowering:
-        record["quantization"]["equalization"] = lowering.pop("equalization")
+    for key in PREPARED:
+        if key in lowering:
+            record["quantization"][key] = lowering.pop(key)
     record["lowering"] = lowering
     return record
 
@@ -78,13 +80,12 @@ def _quantize_and_export(ctx: BuildContext, fmt, cfg: QuantConfig, config: dict,
                     f"quantize {cfg.scheme} {scheme} ({fmt.BACKEND})"):
         total = len(loaded.calib) // ctx.spec.inputs[0].batch
         calib_iter = steps.track(batches(loaded.calib, ctx.spec.inputs), total, "calibrating")
-        model, equalization = float_model_for(ctx, cfg)
+        model, prepared = float_model_for(ctx, cfg)
         qmodel = fmt.quantize(model, loaded.example, calib_iter, cfg)
     with steps.step("export", {"format": fmt.NAME}, f"export {artifact.name}") as rec:
         lowering = export_atomic(fmt, qmodel, loaded.example, artifact)
         rec["output"] = sha256_file(artifact)
-    if equalization is not None:
-        lowering["equalization"] = equalization
+    lowering.update(prepared)
     seconds = round(time.perf_counter() - start, 3)
     with tempfile.TemporaryDirectory(prefix="edgekit-step-") as tmp:
         meta = Path(tmp) / "lowering.json"
@@ -95,17 +96,38 @@ def _quantize_and_export(ctx: BuildContext, fmt, cfg: QuantConfig, config: dict,
 
 
 def float_model_for(ctx: BuildContext, cfg: QuantConfig):
-    """The float model the quantizer gets, and what was done to it first: (model, record or None).
-    `--equalize`: cross-layer range equalization (formats/equalize.py), the same for every format."""
+    """The float model the quantizer gets, and what was done to it first: (model, {"equalization":
+    record, "rounding": record}, only the keys of what ran). The same for every format:
+    `--equalize`, cross-layer range equalization (formats/equalize.py), then `--weight-rounding
+    gptq`, weights rounded on the calibration inputs (formats/rounding.py), on the equalized model."""
     loaded = ctx.loaded
-    if not cfg.equalize:
-        return loaded.model, None
-    if not cfg.per_channel:
-        return loaded.model, {"pairs": 0, "note": "per-tensor weights: equalizing would cost the producers' "
-                                                  "weights what it gives the activations; left as it is"}
-    if "made" not in ctx.equalized:
-        ctx.equalized["made"] = equalize(loaded.model, loaded.example, batches(loaded.calib, ctx.spec.inputs))
-    return ctx.equalized["made"]
+    done: dict = {}
+    model = loaded.model
+    if cfg.equalize and cfg.per_channel:
+        model, done["equalization"] = _made(ctx, ("equalize",), lambda: equalize(
+            loaded.model, loaded.example, batches(loaded.calib, ctx.spec.inputs)))
+    elif cfg.equalize:
+        done["equalization"] = {"pairs": 0, "note": "per-tensor weights: equalizing would cost the producers' "
+                                                    "weights what it gives the activations; left as it is"}
+    if cfg.weight_rounding == "gptq" and cfg.scheme == "static":
+        if cfg.per_channel:
+            source = model
+            model, done["rounding"] = _made(ctx, ("gptq", cfg.equalize, cfg.skip_layers), lambda: round_weights(
+                source, loaded.example, batches(loaded.calib, ctx.spec.inputs), cfg.skip_layers))
+        else:
+            done["rounding"] = {"layers": 0, "note": "per-tensor weights: one scale per tensor, which the "
+                                                            "per-row grid of formats/rounding.py does not hold"}
+    return model, done
+
+
+PREPARED = ("equalization", "rounding")  # float_model_for's records, kept under the record's `quantization`
+
+
+def _made(ctx: BuildContext, key: tuple, make):
+    """make() once per build (inside the step that first needs it: the quantize or screen step)."""
+    if key not in ctx.float_models:
+        ctx.float_models[key] = make()
+    return ctx.float_models[key]
 
 
 def _from_cache(ctx: BuildContext, fmt, config: dict, artifact: Path, hit) -> dict:

@@ -14,7 +14,9 @@ Tries, in order of cost, until one passes the gate on the calibration inputs and
 clearly closer to float there than the recipe (CLEARLY_BETTER); otherwise the recipe's
 own artifact stays:
 
-1. the recipe as given;
+1. the recipe as given (its weights rounded by GPTQ on the calibration inputs unless
+   it says `weight_rounding = "nearest"`, formats/rounding.py: fitted to the inputs
+   the tries are judged on, which the evaluation data, never seen by it, then checks);
 2. cross-layer range equalization (formats/equalize.py), for nets with depthwise
    convolutions fed by another conv: their channels' ranges differ by orders of
    magnitude under one per-tensor activation scale (Nagel et al., 2019);
@@ -44,7 +46,7 @@ import dataclasses
 
 import numpy as np
 
-from edgekit.build.artifact import BuildContext, build_format, float_model_for, judge
+from edgekit.build.artifact import PREPARED, BuildContext, build_format, float_model_for, judge
 from edgekit.compare import arithmetic, compare_runs, summary
 from edgekit.errors import UsageError
 from edgekit.formats.base import QuantConfig
@@ -132,8 +134,9 @@ def build_with_quality(ctx: BuildContext, fmt, cfg: QuantConfig, mode: str, cali
     made = built.record if chosen is built else build_format(sel_ctx, fmt, chosen.cfg, "select")
     record = judge(ctx, fmt, chosen.cfg, artifact)
     record["lowering"] = made["lowering"]
-    if "equalization" in made["quantization"]:
-        record["quantization"]["equalization"] = made["quantization"]["equalization"]
+    for key in PREPARED:
+        if key in made["quantization"]:
+            record["quantization"][key] = made["quantization"][key]
     record["quality"] = {
         "mode": mode,
         "selection": inputs,
@@ -190,7 +193,7 @@ def _ladder(ctx: BuildContext, fmt, cfg: QuantConfig, calibration_pinned: bool):
     first = cfg.calibration or fmt.DEFAULT_CALIBRATION
     yield Try(f"static int8 ({first}{' + equalization' if cfg.equalize else ''})", cfg)
     equalized = dataclasses.replace(cfg, equalize=True)
-    if not cfg.equalize and cfg.per_channel and float_model_for(ctx, equalized)[1]["pairs"]:
+    if not cfg.equalize and cfg.per_channel and float_model_for(ctx, equalized)[1]["equalization"]["pairs"]:
         yield Try(f"static int8 ({first} + equalization)", equalized)
     if not calibration_pinned:
         for method in fmt.CALIBRATIONS:

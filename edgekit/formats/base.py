@@ -72,6 +72,9 @@ SCHEMES = ("static", "dynamic", "fp16")
 # calibration data. Each format maps the ones its toolkit has to its own
 # observers/calibrators and refuses the rest by name.
 CALIBRATIONS = ("minmax", "histogram", "percentile", "entropy")
+# How weights reach the int8 grid: each to its nearest level (every quantizer's own), or GPTQ on
+# the calibration inputs (formats/rounding.py).
+WEIGHT_ROUNDINGS = ("nearest", "gptq")
 # Percentile calibration keeps this share (percent) of each activation's values inside the
 # range. 99.99 (not onnxruntime's 99.999) clips a glitch of one value in ~10^4,
 # the rate of a single bad pixel in a few hundred small calibration images.
@@ -93,6 +96,9 @@ class QuantConfig:
     calibration: str | None = None  # None: the format's own default
     skip_layers: tuple[str, ...] = ()  # module names kept in float (accuracy fallback)
     equalize: bool = False  # cross-layer range equalization of the float model first (formats/equalize.py)
+    # Static int8 weights rounded by GPTQ on the calibration inputs (formats/rounding.py) unless
+    # "nearest": on pretrained EfficientNet-Lite0 nearest rounding is most of the int8 error.
+    weight_rounding: str = "gptq"
     only_layers: tuple[str, ...] | None = None  # quantize just these (sensitivity analysis)
     input_names: tuple[str, ...] = field(default=(), compare=False)  # for formats that name inputs (ONNX)
 
@@ -105,6 +111,8 @@ class QuantConfig:
             doc["float_layers"] = list(self.skip_layers)
         if self.equalize:
             doc["equalize"] = True
+        if self.scheme == "static":
+            doc["weight_rounding"] = self.weight_rounding
         return doc
 
 

@@ -85,7 +85,12 @@ def quantize(model, example_inputs: tuple, calib_batches: Iterable[tuple], cfg: 
     import torch
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
-    quantizer = _litert_quantizer(cfg)
+    # litert-torch imports TensorFlow, whose native code writes to fd 2 as it loads: absl's
+    # "All log messages before absl::InitializeLog()" and, on CPUs with AVX-512, oneDNN's note.
+    for key, value in _QUIET_ENV.items():
+        os.environ.setdefault(key, value)
+    with native_stderr_captured():
+        quantizer = _litert_quantizer(cfg)
     graph = torch_export(model, example_inputs).module()
     safe = integer_safe(quantizer)
     prepared = prepare_pt2e(graph, safe)

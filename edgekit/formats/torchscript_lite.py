@@ -149,10 +149,14 @@ def _qconfig(cfg: QuantConfig):
 
     # reduce_range=False: QNNPACK has no int16 accumulator overflow issue (that's FBGEMM's).
     act_obs = observer.MinMaxObserver if (cfg.calibration or DEFAULT_CALIBRATION) == "minmax" else observer.HistogramObserver
+    # Weights on -127..127 (scale max |w| / 127), not torch's default -128..127 (max |w| / 127.5): the
+    # grid XNNPACK's, ONNX Runtime's and LiteRT's symmetric int8 weights use, so weights rounded
+    # once on the float model (formats/rounding.py) keep their levels in this format too.
+    grid = {"dtype": torch.qint8, "quant_min": -127, "quant_max": 127}
     weight = (
-        observer.PerChannelMinMaxObserver.with_args(dtype=torch.qint8, qscheme=torch.per_channel_symmetric)
+        observer.PerChannelMinMaxObserver.with_args(qscheme=torch.per_channel_symmetric, **grid)
         if cfg.per_channel
-        else observer.MinMaxObserver.with_args(dtype=torch.qint8, qscheme=torch.per_tensor_symmetric)
+        else observer.MinMaxObserver.with_args(qscheme=torch.per_tensor_symmetric, **grid)
     )
     return QConfig(activation=act_obs.with_args(dtype=torch.quint8, reduce_range=False), weight=weight)
 

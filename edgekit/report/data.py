@@ -20,9 +20,11 @@ RUN_KEYS = ("load_ms", "first_ms", "mean", "std", "min", "p50", "p90", "p99", "m
 def build_report(build_dir: str | Path) -> dict:
     build_dir = Path(build_dir)
     manifest = read_manifest(build_dir)
-    runs = [_run(build_dir, entry) for entry in manifest.get("device_runs", [])]
+    names = {fmt: rec.get("display_name") or fmt for fmt, rec in format_records(manifest).items()}
+    names[None] = manifest.get("format")  # a run recorded without its format measured the primary artifact
+    runs = [_run(build_dir, entry, names) for entry in manifest.get("device_runs", [])]
     # Runs an earlier build into the same directory measured: its artifact, not this one (builddir.py).
-    previous = [{**_run(build_dir, entry), "artifact_sha256": entry.get("artifact_sha256")}
+    previous = [{**_run(build_dir, entry, names), "artifact_sha256": entry.get("artifact_sha256")}
                 for entry in manifest.get("previous_device_runs") or []]
     return {
         "name": manifest.get("name"), "target": manifest.get("target"), "format": manifest.get("format"),
@@ -39,6 +41,7 @@ def build_report(build_dir: str | Path) -> dict:
         "prediction": _prediction(manifest, runs),
         "recommendation": recommend(manifest) if manifest.get("formats") else None,
         "warnings": manifest.get("warnings") or [],
+        "gate": manifest.get("gate") or {},
         "versions": manifest.get("versions") or {},
     }
 
@@ -86,22 +89,38 @@ def _profile(p: dict) -> dict:
 
 
 def _quality(manifest: dict) -> list[dict]:
-    """One row per format: float vs artifact accuracy and size."""
+    """One row per format: float vs artifact accuracy and size, the first output's distribution
+    (compare.py: cosine percentiles, confusion), and what the build's checks said of it (lint, the
+    cost model's prediction on the target; RAM fit once `edgekit validate` measured it)."""
     formats = manifest.get("formats") or {manifest.get("format"): manifest}
     float_bytes = (manifest.get("float") or {}).get("bytes")
+    checks = (manifest.get("validation") or {}).get("formats") or {}
     rows = []
     for fmt, rec in formats.items():
         m, art = rec.get("metrics") or {}, rec.get("artifact") or {}
         gate = rec.get("gate") or {}
+        first = (m.get("outputs") or [{}])[0]
+        check = checks.get(fmt) or {}
+        lint = check.get("lint") or {}
+        resources = check.get("resources") or {}
         rows.append({
-            "format": fmt, "backend": rec.get("backend"), "file": art.get("file"),
+            "format": fmt, "display_name": rec.get("display_name") or fmt,
+            "backend": rec.get("backend"), "file": art.get("file"),
             "accuracy_float": m.get("accuracy_float"), "accuracy_artifact": m.get("accuracy_artifact"),
-            "top1_agreement": m.get("top1_agreement"), "cosine": m.get("cosine"), "sqnr_db": m.get("sqnr_db"),
+            "top1_agreement": m.get("top1_agreement"), "cosine": m.get("cosine"),
+            "top1_agreement_decisive": first.get("top1_agreement_decisive"), "sqnr_db": m.get("sqnr_db"),
             "max_abs_error": m.get("max_abs_error"),
             "float_bytes": float_bytes, "artifact_bytes": art.get("bytes"), "samples": m.get("samples"),
             "data": m.get("data"),
             # None for builds made before the gate: not judged, which is not the same as passed
             "gate_passed": gate.get("passed"), "gate_failures": gate.get("failures") or [],
+            "cosine_percentiles": first.get("cosine_percentiles"), "confusion": first.get("confusion"),
+            "prediction": check.get("prediction"),
+            "lint": {"findings": len(lint.get("findings") or []), "fast_share": lint.get("macs_fast_share"),
+                     "fast_path": lint.get("fast_path")} if lint.get("checked") else None,
+            "ram": {"fits": resources.get("fits"), "needed_mb": resources.get("needed_mb"),
+                    "budget_mb": resources.get("budget_mb")} if resources else None,
+            "quality": rec.get("quality"),
         })
     return rows
 
@@ -128,14 +147,16 @@ def _stages(steps: list[dict]) -> list[dict]:
     return rows
 
 
-def _run(build_dir: Path, entry: dict) -> dict:
-    """A manifest run summary joined with its record's numbers, samples and device facts."""
+def _run(build_dir: Path, entry: dict, names: dict) -> dict:
+    """A manifest run summary joined with its record's numbers, samples and device facts;
+    `names`: each format's display name (its format module's DISPLAY_NAME, as the build recorded it)."""
     record = _load(inside(build_dir, entry["file"], "a device_runs entry")) if entry.get("file") else {}
     result = record.get("bench") or record.get("check") or {}
     device = result.get("device") or {}
     run = {
         "device": entry.get("device"), "transport": entry.get("transport"), "time": entry.get("time"),
-        "file": entry.get("file"), "format": entry.get("format"), "runner": entry.get("runner"),
+        "file": entry.get("file"), "format": entry.get("format") or names[None], "runner": entry.get("runner"),
+        "display_name": names.get(entry.get("format") or names[None]) or entry.get("format"),
         "benchmarked": entry.get("benchmarked", bool(record.get("bench"))),
         "runtime": entry.get("runtime"), "runtime_version": entry.get("runtime_version"),
         "threads": entry.get("threads"), "threads_applied": entry.get("threads_applied"),

@@ -28,12 +28,17 @@ h1{font-size:1.5em;margin-bottom:4px}h2{font-size:1.15em;margin-top:28px;border-
 th,td{border:1px solid #d8dee4;padding:4px 8px;text-align:right}th{background:#f3f5f7}
 .text{text-align:left}.note{color:#5b6775;font-size:.9em}
 .flag{display:inline-block;background:#fde8c8;color:#7a4b00;border-radius:3px;padding:0 5px;font-size:.8em;margin-left:4px}
+details{margin:10px 0}summary{cursor:pointer;font-weight:600}h3{font-size:1em}
 .bad{color:#b42318}.t{white-space:nowrap}figure{margin:12px 0}figcaption{color:#5b6775;font-size:.85em}img{max-width:100%}
 """
 
 
 def render(data: dict) -> str:
+    """The first screen answers: is each artifact still good, how fast on the target, which to
+    ship (recommendation, at-a-glance table, latency per kind of device); the rest — accuracy in
+    detail, one collapsed section per format, the build's stages — is there on demand."""
     title = f"{data['name']} → {data['target']} ({data['format']}, {data['backend']})"
+    colors = plots.format_colors([q["format"] for q in data["quality"]])
     parts = [
         "<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
         f"<title>edgekit report: {escape(title)}</title><style>{CSS}</style></head><body>",
@@ -41,10 +46,74 @@ def render(data: dict) -> str:
         f'<p class="sub">built {escape(str(data["created"]))} · {escape(_profile(data["target_profile"]))} · '
         f'{escape(_versions(data["versions"]))}</p>',
         _recommendation(data.get("recommendation")),
-        _quality(data), _stages(data["stages"]), _sensitivity(data), _numeric_debug(data), _latency(data), _prediction(data), _failed(data["failed_runs"]),
-        _warnings(data["warnings"]), "</body></html>",
+        _glance(data),
+        _warnings(data["warnings"]),
+        _latency(data, colors), _prediction(data),
+        _quality(data, colors),
+        *[_format_section(data, q) for q in data["quality"]],
+        _details("Build stages", _stages(data["stages"])), _sensitivity(data), _failed(data["failed_runs"]),
+        "</body></html>",
     ]
     return "\n".join(p for p in parts if p)
+
+
+def _details(summary: str, body: str, open_: bool = False) -> str:
+    """A section collapsed by default (HTML's own <details>: no script needed)."""
+    if not body:
+        return ""
+    return f'<details{" open" if open_ else ""}><summary>{escape(summary)}</summary>{body}</details>'
+
+
+def _glance(data: dict) -> str:
+    """One row per artifact: the gate's verdict and by how much, predicted latency on the target
+    (each format's own, by the cost model), the newest measured p50 on the target and on this
+    computer, size, RAM fit (once `edgekit validate` measured it) and the lint."""
+    rows = []
+    for q in data["quality"]:
+        target_run = _newest(data["runs"], q["format"], lambda r: _kind(r) == "target")
+        host_run = _newest(data["runs"], q["format"], lambda r: r["host"])
+        p, lint, ram = q.get("prediction"), q.get("lint"), q.get("ram")
+        rows.append([
+            f"{escape(q['display_name'])}<br><code>{escape(q['file'] or '?')}</code>",
+            _verdict(q["gate_passed"]) + f'<br><span class="note">{escape(_margin(q, data.get("gate") or {}))}</span>',
+            escape(f"{ms(p['low_ms'])}–{ms(p['high_ms'])} ms at {p['threads']} thr" if p else "–"),
+            escape(f"{ms(target_run['p50'])} ms on {target_run['device']}" if target_run else "not measured"),
+            escape(f"{ms(host_run['p50'])} ms" if host_run else "–"),
+            bytes_kb(q["artifact_bytes"]),
+            escape("–" if not ram else f"fits ({ram['needed_mb']} of {ram['budget_mb']} MB)" if ram["fits"]
+                   else f"does not fit ({ram['needed_mb']} of {ram['budget_mb']} MB)"),
+            escape("–" if not lint else (f"{lint['findings']} finding(s)" if lint["findings"] else "clean") +
+                   (f", {lint['fast_share'] * 100:.0f} % of MACs on {lint['fast_path']}"
+                    if lint["fast_share"] is not None else "")),
+        ])
+    return ("<h2>At a glance</h2>" +
+            _table(["artifact", "quality gate", f"predicted on {data['target']}", "measured on the target",
+                    "this computer p50", "size", "RAM", "lint"], rows) +
+            '<p class="note">Predicted: the cost model (docs/cost_model.md), from the model\'s work per op and '
+            "the ops each artifact leaves off its fast kernels. This computer's times are not the target's.</p>")
+
+
+def _margin(q: dict, gate: dict) -> str:
+    """The gate's figures beside its thresholds: by how much an artifact passed or failed."""
+    out = []
+    if q.get("top1_agreement_decisive") is not None and gate.get("min_agreement") is not None:
+        out.append(f"agreement {q['top1_agreement_decisive']:.1f} % (gate {gate['min_agreement']:g} %)")
+    floor = gate.get("min_cosine_scores") if q.get("top1_agreement") is not None else gate.get("min_cosine")
+    if q.get("cosine") is not None:
+        out.append(f"cosine {q['cosine']:.4f}" + (f" (gate {floor:g})" if floor is not None else ""))
+    return ", ".join(out)
+
+
+def _kind(run: dict) -> str:
+    """Which latency plot a run belongs to: only runs on the target's own kind of CPU test the prediction."""
+    if run["emulated"]:
+        return "emulated"
+    return "host" if run["host"] else "other" if run["arch_mismatch"] else "target"
+
+
+def _newest(runs: list[dict], fmt: str, keep) -> dict | None:
+    mine = [r for r in runs if r["format"] == fmt and r["p50"] is not None and keep(r)]
+    return max(mine, key=lambda r: r["time"] or "") if mine else None
 
 
 def _recommendation(rec: dict | None) -> str:
@@ -68,7 +137,7 @@ def _img(png: bytes, alt: str, caption: str) -> str:
     return f'<figure><img alt="{escape(alt)}" src="{src}"><figcaption>{escape(caption)}</figcaption></figure>'
 
 
-TEXT_COLUMNS = {"format", "quality gate", "stage", "device", "runtime", "cpu", "when (UTC)", "error", "op", "within range",
+TEXT_COLUMNS = {"artifact", "try", "judged as", "RAM", "lint", "on the calibration inputs", "format", "quality gate", "stage", "device", "runtime", "cpu", "when (UTC)", "error", "op", "within range",
                 "layer", "diagnosis"}
 
 
@@ -88,20 +157,57 @@ def _versions(v: dict) -> str:
     return ", ".join(f"{k} {val}" for k, val in v.items() if val)
 
 
-def _quality(data: dict) -> str:
-    rows = [[escape(f"{q['format']} ({q['backend']})"), _verdict(q["gate_passed"]), pct(q["accuracy_float"]),
+def _quality(data: dict, colors: dict) -> str:
+    rows = [[escape(f"{q['display_name']} ({q['file']})"), _verdict(q["gate_passed"]), pct(q["accuracy_float"]),
              pct(q["accuracy_artifact"]), pct(q["top1_agreement"]), cosine(q["cosine"]),
              escape(f"{q['max_abs_error']:.4g}" if q["max_abs_error"] is not None else "–"),
              bytes_kb(q["float_bytes"]), bytes_kb(q["artifact_bytes"]) + _ratio(q)] for q in data["quality"]]
     first = data["quality"][0] if data["quality"] else {}
     failures = "".join(f'<p class="bad">✗ {escape(q["file"] or q["format"])}: {escape(f)}</p>'
                        for q in data["quality"] for f in q["gate_failures"])
+    plotted = [q for q in data["quality"] if q.get("cosine_percentiles")]
     return ("<h2>Accuracy and size</h2>" +
             _table(["format", "quality gate", "float accuracy", "artifact accuracy", "top-1 agreement", "cosine",
                     "max abs error", "float size", "artifact size"], rows) + failures +
             (f'<p class="note">Judged against the float model on {escape(judged_on(first.get("data"), first["samples"]))}.</p>'
              if first.get("samples") else "") +
+            (_img(plots.cosine_distribution(plotted, colors), "cosine distribution",
+                  "per sample: the share of samples whose output is at least this close to float (cosine)")
+             if plotted else "") +
             _img(plots.sizes(data["quality"]), "model sizes", "float state_dict vs artifact size"))
+
+
+def _format_section(data: dict, q: dict) -> str:
+    """One format's detail, collapsed: its gate failures, the --quality tries, the confusion of its
+    top-1, where its int8 error enters (edgekit debug), and its latency runs one by one."""
+    parts = [f'<p class="bad">✗ {escape(f)}</p>' for f in q["gate_failures"]]
+    quality = q.get("quality") or {}
+    if quality.get("tries"):
+        rows = [[escape(t["method"]), escape(t.get("judged_as") or ""), cosine(t.get("cosine")),
+                 pct(t.get("top1_agreement")), _verdict(t.get("passed")) if t.get("error") is None
+                 else f'<span class="bad">{escape(t["error"])}</span>'] for t in quality["tries"]]
+        parts.append(f"<p>--quality {escape(quality['mode'])} kept <b>{escape(quality['chosen'])}</b>: "
+                     f"{escape(quality['why'])}</p>" +
+                     _table(["try", "judged as", "cosine", "top-1 agreement", "on the calibration inputs"], rows))
+    conf = q.get("confusion")
+    if conf and conf.get("counts"):
+        parts.append(_img(plots.confusion_matrix(conf, f"{q['file']}: {conf['rows']} vs the artifact's top-1"),
+                          f"confusion matrix: {q['file']}", "counts of samples; the diagonal agrees"))
+    elif conf and conf.get("flips"):
+        rows = [[str(a), str(b), str(n)] for a, b, n in conf["flips"]]
+        parts.append(f'<p class="note">The most frequent top-1 changes ({conf["classes"]} classes):</p>' +
+                     _table([conf["rows"], "artifact's top-1", "samples"], rows))
+    debug = (data.get("numeric_debug") or {}).get(q["format"])
+    if debug:
+        parts.append(_numeric_debug(q["format"], debug))
+    for r in [r for r in reversed(data["runs"]) if r["samples_ms"] and r["format"] == q["format"]][:MAX_DISTRIBUTIONS]:
+        parts.append(_img(plots.latency_distribution(r), f"latency distribution: {r['device']}",
+                          f"{r['device']} at {r['time']}: per-inference latency ({r['file']})"))
+        if r["ops"]:
+            parts.append(_ops(r))
+    verdict_ = {True: "passed", False: "failed", None: "not judged"}[q["gate_passed"]]
+    return _details(f"{q['display_name']} — {q['file']} ({verdict_}): detail", "\n".join(parts) or
+                    '<p class="note">Nothing more for this format.</p>')
 
 
 def _verdict(passed) -> str:
@@ -141,30 +247,25 @@ def _sensitivity(data: dict) -> str:
     return "\n".join(parts)
 
 
-def _numeric_debug(data: dict) -> str:
-    """`edgekit debug`: per format, the layers where int8 error enters, with the diagnosis."""
-    if not data.get("numeric_debug"):
-        return ""
-    parts = ["<h2>Where the int8 error enters (edgekit debug)</h2>"]
-    for fmt, doc in data["numeric_debug"].items():
-        layers = {g["node"]: g for g in doc["layers"]}
-        baseline = doc.get("baseline")
-        headers = ["layer", "op", "SQNR dB", "added dB"] + ([f"{baseline} SQNR dB"] if baseline else []) + ["diagnosis"]
-        rows = []
-        for node in doc["top"]:
-            g = layers[node]
-            row = [escape(g["layer"] or node), escape(g["op"]), f"{g['sqnr_db']:.1f}", f"{g['added_db']:.1f}"]
-            if baseline:
-                row.append("–" if g.get("baseline_sqnr_db") is None else f"{g['baseline_sqnr_db']:.1f}")
-            rows.append(row + [escape(g["diagnosis"] or "")])
-        out = doc["layers"][-1] if doc["layers"] else None
-        parts.append(f"<p>{escape(doc['artifact'])} ({escape(fmt)}): output SQNR "
-                     f"{'–' if out is None else format(out['sqnr_db'], '.1f')} dB on {doc['samples']} samples</p>")
-        parts.append(_table(headers, rows))
-    parts.append('<p class="note">SQNR: signal over error power against the float model at each layer\'s output; '
-                 "added: SQNR of the error the layer itself adds (lower is worse). "
-                 "The build's quantization replayed with torchao's PT2E numeric debugger.</p>")
-    return "\n".join(parts)
+def _numeric_debug(fmt: str, doc: dict) -> str:
+    """`edgekit debug` for one format: the layers where int8 error enters, with the diagnosis."""
+    layers = {g["node"]: g for g in doc["layers"]}
+    baseline = doc.get("baseline")
+    headers = ["layer", "op", "SQNR dB", "added dB"] + ([f"{baseline} SQNR dB"] if baseline else []) + ["diagnosis"]
+    rows = []
+    for node in doc["top"]:
+        g = layers[node]
+        row = [escape(g["layer"] or node), escape(g["op"]), f"{g['sqnr_db']:.1f}", f"{g['added_db']:.1f}"]
+        if baseline:
+            row.append("–" if g.get("baseline_sqnr_db") is None else f"{g['baseline_sqnr_db']:.1f}")
+        rows.append(row + [escape(g["diagnosis"] or "")])
+    out = doc["layers"][-1] if doc["layers"] else None
+    return (f"<h3>Where the int8 error enters (edgekit debug)</h3><p>{escape(doc['artifact'])} ({escape(fmt)}): "
+            f"output SQNR {'–' if out is None else format(out['sqnr_db'], '.1f')} dB on {doc['samples']} samples</p>" +
+            _table(headers, rows) +
+            '<p class="note">SQNR: signal over error power against the float model at each layer\'s output; '
+            "added: SQNR of the error the layer itself adds (lower is worse). "
+            "The build's quantization replayed with torchao's PT2E numeric debugger.</p>")
 
 
 def _count(n) -> str:
@@ -176,26 +277,35 @@ def _count(n) -> str:
     return str(n)
 
 
-def _latency(data: dict) -> str:
+KINDS = {"target": "on the target", "other": "on other machines (not the target's CPU)",
+         "host": "on this computer (not the target)"}
+
+
+def _latency(data: dict, colors: dict) -> str:
+    """The runs table, then one plot per kind of device with formats as colored series; the
+    per-format predicted range is drawn only on the target's plot (a host run does not test it)."""
     runs = data["runs"]
     if not runs:
         return ('<h2>Latency</h2><p class="note">No device runs yet: <code>edgekit bench BUILD</code> measures this '
                 "computer, <code>edgekit deploy BUILD --device user@host --bench</code> a board.</p>")
     rows = [[escape(r["device"]) + "".join(f'<span class="flag">{escape(f)}</span>' for f in run_flags(r)),
-             escape(f"{r['runtime'] or '?'} {r['runtime_version'] or ''}"), escape(str(r["threads"])),
-             ms(r["load_ms"]), ms(r["first_ms"]), ms(r["p50"]), ms(r["p90"]), ms(r["p99"]), escape(str(r["runs"] or "–")),
-             escape(r["cpu_model"] or r["machine"] or "?"), _when(r["time"])] for r in runs]
-    parts = ["<h2>Latency</h2>",
-             _table(["device", "runtime", "threads", "load", "first", "p50", "p90", "p99", "runs", "cpu", "when (UTC)"], rows),
-             '<p class="note">Times in ms. load: artifact load; first: the first inference; p50/p90/p99 over the timed runs '
-             "after warm-up. Runs flagged <i>not target arch</i> or <i>host</i> did not run on the target device.</p>"]
-    if any(r["p50"] is not None and not r["emulated"] for r in runs):
-        parts.append(_img(plots.latency_overview(runs, data["prediction"]), "latency overview", "p50 per run; whisker: p90 to p99 (emulated runs left out: not latency)"))
-    for r in [r for r in reversed(runs) if r["samples_ms"]][:MAX_DISTRIBUTIONS]:
-        parts.append(_img(plots.latency_distribution(r), f"latency distribution: {r['device']}",
-                          f"{r['device']} at {r['time']}: per-inference latency ({r['file']})"))
-        if r["ops"]:
-            parts.append(_ops(r))
+             escape(r["display_name"] or "?"), escape(f"{r['runtime'] or '?'} {r['runtime_version'] or ''}"),
+             escape(str(r["threads"])), ms(r["load_ms"]), ms(r["first_ms"]), ms(r["p50"]), ms(r["p90"]), ms(r["p99"]),
+             escape(str(r["runs"] or "–")), escape(r["cpu_model"] or r["machine"] or "?"), _when(r["time"])]
+            for r in runs]
+    parts = ["<h2>Latency</h2>"]
+    predictions = {q["format"]: q["prediction"] for q in data["quality"] if q.get("prediction")}
+    for kind, title in KINDS.items():
+        mine = [r for r in runs if r["p50"] is not None and _kind(r) == kind]
+        if mine:
+            parts.append(_img(plots.latency_overview(mine, predictions if kind == "target" else {}, colors),
+                              f"latency {title}", f"p50 per run {title}; whisker: p90 to p99" +
+                              ("; band: the format's predicted range" if kind == "target" and predictions else "")))
+    parts += [_details(f"All {len(runs)} run(s)", _table(
+        ["device", "format", "runtime", "threads", "load", "first", "p50", "p90", "p99", "runs", "cpu", "when (UTC)"], rows) +
+        '<p class="note">Times in ms. load: artifact load; first: the first inference; p50/p90/p99 over the timed runs '
+        "after warm-up. Runs flagged <i>not target arch</i> or <i>host</i> did not run on the target device; "
+        "emulated runs are not latency and are left out of the plots.</p>", open_=True)]
     return "\n".join(parts)
 
 
@@ -214,9 +324,10 @@ def _prediction(data: dict) -> str:
     rows = [[escape(r["device"]), ms(r["measured_p50"]),
              ("yes" if r["within"] else '<span class="bad">no</span>') if r["comparable"] else "not the target",
              escape(f"{r['ratio']}x" if r["ratio"] else "–")] for r in pred["runs"]]
-    return (f"<h2>Predicted vs measured</h2><p>Predicted on {escape(str(pred['target']))}: "
+    return (f"<h2>Predicted vs measured</h2><p>Predicted on {escape(str(pred['target']))} ({escape(data['format'])}): "
             f"{ms(pred['low_ms'])}–{ms(pred['high_ms'])} ms</p>" +
-            _table(["device", "measured p50", "within range", "measured / predicted"], rows))
+            (_table(["device", "measured p50", "within range", "measured / predicted"], rows) if rows else
+             '<p class="note">No run measured yet to compare with.</p>'))
 
 
 def _failed(failed: list[dict]) -> str:

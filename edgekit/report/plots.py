@@ -48,33 +48,87 @@ def latency_distribution(run: dict) -> bytes:
     return _png(fig)
 
 
-def latency_overview(runs: list[dict], prediction: dict | None) -> bytes:
-    """p50 per run as bars with a p90-p99 whisker; the predicted range as a band.
+# One color per format, the same in every plot of the page (tab10's first colors, in format order).
+SERIES = ("#1f77b4", "#2a9d8f", "#e76f51", "#8e6bbf", "#b8860b", "#5b6775")
 
-    Emulated runs are left out: their times are hundreds of times slower and not
-    latency; they would also flatten every real bar to nothing."""
-    measured = [r for r in runs if r.get("p50") is not None and not r.get("emulated")]
-    fig, ax = _figure(7.5, 0.9 + 0.45 * max(1, len(measured)))
-    values = [r["p50"] for r in measured] + ([prediction["low_ms"], prediction["high_ms"]] if prediction else [])
-    top = max([r["p99"] or r["p50"] for r in measured] + values) * 1.08
+
+def format_colors(formats: list[str]) -> dict:
+    return {f: SERIES[i % len(SERIES)] for i, f in enumerate(dict.fromkeys(formats))}
+
+
+def latency_overview(runs: list[dict], predictions: dict, colors: dict) -> bytes:
+    """The p50 of each run on one kind of device (report/html.py splits them: the target, this
+    computer, other machines) as bars colored by format, with a p90-p99 whisker; `predictions`:
+    format -> the cost model's range on the target, drawn on each of that format's rows (only
+    the target's plot is given them: a host run does not test a prediction for a board)."""
+    fig, ax = _figure(7.5, 1.0 + 0.5 * max(1, len(runs)))
+    values = [r["p50"] for r in runs] + [v for p in predictions.values() for v in (p["low_ms"], p["high_ms"])]
+    top = max([r["p99"] or r["p50"] for r in runs] + values) * 1.08
     log = min(values) > 0 and max(values) / min(values) > 20  # a board and a workstation differ by 10-100x
     base = min(values) / 2 if log else 0.0  # bars on a log axis cannot start at 0
-    y = list(range(len(measured)))
-    ax.barh(y, [r["p50"] - base for r in measured], left=base, color=COLORS["bar"], label="p50")
-    for yi, r in zip(y, measured):
+    y = list(range(len(runs)))
+    shown = set()
+    for yi, r in zip(y, runs):
+        fmt = r.get("format")
+        label = None if fmt in shown else r.get("display_name") or fmt
+        shown.add(fmt)
+        ax.barh([yi], [r["p50"] - base], left=base, color=colors.get(fmt, COLORS["bar"]), height=0.6, label=label)
         if r.get("p90") is not None and r.get("p99") is not None:
-            ax.plot([r["p90"], r["p99"]], [yi, yi], color=COLORS["p99"], linewidth=2.5,
+            ax.plot([r["p90"], r["p99"]], [yi, yi], color="#1d2733", linewidth=2.0,
                     label="p90-p99" if yi == 0 else None)
-    if prediction:
-        ax.axvspan(prediction["low_ms"], prediction["high_ms"], color="#f4a261", alpha=0.3,
-                   label=f"predicted on {prediction['target']}")
+        p = predictions.get(fmt)
+        if p:
+            ax.fill_betweenx([yi - 0.42, yi + 0.42], p["low_ms"], p["high_ms"], color=colors.get(fmt, COLORS["bar"]),
+                             alpha=0.18, linewidth=0, label="predicted range" if "predicted" not in shown else None)
+            shown.add("predicted")
     if log:
         ax.set_xscale("log")
     ax.set_xlim(base, top * (1.5 if log else 1.0))
-    ax.set_yticks(y, [_label(r) for r in measured], fontsize=8)
+    ax.set_yticks(y, [_label(r) for r in runs], fontsize=8)
     ax.invert_yaxis()
     ax.set_xlabel("latency (ms)" + (", log scale" if log else ""))
     _legend_outside(ax)
+    return _png(fig)
+
+
+def cosine_distribution(quality: list[dict], colors: dict) -> bytes:
+    """Per format, the share of samples whose output cosine to float is at least x (from the
+    percentiles compare.py keeps): the curve that stays at 100 % longest is closest to float."""
+    fig, ax = _figure(7.5, 2.8)
+    lowest = 1.0
+    for q in quality:
+        pts = q.get("cosine_percentiles")
+        if not pts:
+            continue
+        share = [100 - 100 * i / (len(pts) - 1) for i in range(len(pts))]  # pts[i]: the (100 i / (n-1))th percentile
+        ax.plot(pts, share, marker=".", color=colors.get(q["format"]), label=q.get("display_name") or q["format"])
+        lowest = min(lowest, pts[0])
+    ax.set_xlim(max(-1.0, lowest - (1 - lowest) * 0.1 - 1e-4), 1.0 + 1e-4)
+    ax.set_ylim(-2, 102)
+    ax.set_xlabel("cosine of the artifact's output to float, per sample")
+    ax.set_ylabel("samples at or above (%)")
+    _legend_outside(ax)
+    return _png(fig)
+
+
+def confusion_matrix(confusion: dict, title: str) -> bytes:
+    """compare.py's confusion counts as a heat map, each cell's count written in it."""
+    import numpy as np
+
+    counts = np.asarray(confusion["counts"])
+    n = len(counts)
+    fig, ax = _figure(min(7.5, 1.6 + 0.42 * n), min(7.0, 1.2 + 0.4 * n))
+    ax.imshow(counts, cmap="Blues")
+    for i in range(n):
+        for j in range(n):
+            if counts[i, j]:
+                ax.text(j, i, str(counts[i, j]), ha="center", va="center", fontsize=7,
+                        color="white" if counts[i, j] > counts.max() / 2 else "#1d2733")
+    ax.set_xticks(range(n), range(n), fontsize=7)
+    ax.set_yticks(range(n), range(n), fontsize=7)
+    ax.set_xlabel("artifact's top-1")
+    ax.set_ylabel(confusion["rows"])
+    ax.set_title(title, fontsize=9)
     return _png(fig)
 
 
@@ -82,7 +136,7 @@ def sizes(quality: list[dict]) -> bytes:
     """Float state_dict size vs each artifact's size."""
     fig, ax = _figure(7.5, 0.9 + 0.5 * (len(quality) + 1))
     rows = [("float (state_dict)", quality[0]["float_bytes"] or 0, COLORS["float"])]
-    rows += [(f"{q['format']} ({q['file']})", q["artifact_bytes"] or 0, COLORS["artifact"]) for q in quality]
+    rows += [(q.get("display_name") or q["format"], q["artifact_bytes"] or 0, COLORS["artifact"]) for q in quality]
     y = list(range(len(rows)))
     ax.barh(y, [b / 1024 for _, b, _ in rows], color=[c for _, _, c in rows])
     for yi, (_, b, _) in zip(y, rows):
@@ -100,5 +154,7 @@ def _legend_outside(ax) -> None:
 
 
 def _label(run: dict) -> str:
-    tag = " [emulated]" if run.get("emulated") else " [host]" if run.get("host") else " [not target arch]" if run.get("arch_mismatch") else ""
-    return f"{run['device']}{tag}\n{(run.get('time') or '')[:16]}"
+    """Which device, which artifact in which runtime at how many threads, when: every bar different."""
+    runtime = run.get("runtime") or "?"
+    return (f"{run['device']} · {run.get('display_name') or run.get('format') or '?'}\n"
+            f"{runtime}, {run.get('threads') or '?'} thr · {(run.get('time') or '')[5:16].replace('T', ' ')}")

@@ -16,7 +16,6 @@ from edgekit.report.format import (
     cosine,
     judged_on,
     ms,
-    pct,
     run_flags,
     verdict,
 )
@@ -213,27 +212,23 @@ def print_runs(records: list[dict], console: Console | None = None) -> None:
 
 
 def print_report(data: dict, console: Console | None = None) -> None:
+    """The three answers first (is each artifact good, how fast on the target, which to ship),
+    then stages and runs. Fits 80 columns: names never cut, secondary columns dropped."""
     console = console or Console()
-    quality = Table(title=f"{data['name']} → {data['target']} ({data['format']}, {data['backend']})")
-    for col in ("format", "gate", "float acc", "artifact acc", "agreement", "cosine", "artifact size"):
-        quality.add_column(col, justify="left" if col in ("format", "gate") else "right")
-    for q in data["quality"]:
-        quality.add_row(q["format"], verdict(q["gate_passed"]), pct(q["accuracy_float"]), pct(q["accuracy_artifact"]),
-                        pct(q["top1_agreement"]), cosine(q["cosine"]), bytes_kb(q["artifact_bytes"]))
-    console.print(quality)
+    console.print(_report_table(data))
     if data["quality"]:
         first = data["quality"][0]
         console.print(f"[dim]judged on {judged_on(first['data'], first['samples'])}; float size "
-                      f"{bytes_kb(first['float_bytes'])}[/]")
+                      f"{bytes_kb(first['float_bytes'])}; predicted: on {data['target']} by the cost model[/]")
     for q in data["quality"]:
         for failure in q["gate_failures"]:
-            console.print(f"[red]✗[/] {q['file']}: {failure}")
+            console.print(f"[red]✗[/] {q['file']}: {escape(failure)}")
     if data.get("recommendation"):
         console.print(recommendation_line(data["recommendation"]))
-    stages = Table(title="build stages")
+    stages = Table(title="build stages", box=box.SIMPLE_HEAD, pad_edge=False, padding=(0, 1, 0, 0))
     has_cost = any(s["macs"] is not None or s["params"] is not None for s in data["stages"])
     for col in ("stage", "seconds", *(("MACs", "params") if has_cost else ())):
-        stages.add_column(col, justify="left" if col == "stage" else "right")
+        stages.add_column(col, justify="left" if col == "stage" else "right", no_wrap=col != "stage")
     for s in data["stages"]:
         stages.add_row(str(s["stage"]), f"{s['seconds']:.2f}" if s["seconds"] is not None else "–",
                        *((str(s["macs"] or "–"), str(s["params"] or "–")) if has_cost else ()))
@@ -247,23 +242,65 @@ def print_report(data: dict, console: Console | None = None) -> None:
     _print_latency(data, console)
 
 
+def _report_table(data: dict) -> Table:
+    """One row per artifact: verdict, agreement/accuracy, cosine, size, predicted latency on the target."""
+    rows = data["quality"]
+    labelled = any(q["accuracy_artifact"] is not None for q in rows)
+    scores = any(q["top1_agreement"] is not None for q in rows)
+    predicted = any(q.get("prediction") for q in rows)
+    table = Table(title=f"{data['name']} → {data['target']}", box=box.SIMPLE_HEAD, pad_edge=False, padding=(0, 1, 0, 0))
+    columns = (["artifact", "gate"] + (["acc %"] if labelled else []) + (["agree %"] if scores else []) +
+               ["cosine", "size"] + (["predicted ms"] if predicted else []))
+    for col in columns:
+        table.add_column(col, justify="left" if col in ("artifact", "gate") else "right", no_wrap=True)
+    for q in rows:
+        p = q.get("prediction")
+        cells = [q["file"] or q["format"], verdict(q["gate_passed"])]
+        if labelled:
+            cells.append(_num(q["accuracy_artifact"]))
+        if scores:
+            cells.append(_num(q["top1_agreement"]))
+        cells += [cosine(q["cosine"]), bytes_kb(q["artifact_bytes"])]
+        if predicted:
+            cells.append(f"{ms(p['low_ms'])}–{ms(p['high_ms'])}" if p else "-")
+        table.add_row(*cells)
+    return table
+
+
+LATENCY_WIDE = 110  # columns the full latency table needs; under it, runtime/load/first/runs go
+
+
 def _print_latency(data: dict, console: Console) -> None:
     if not data["runs"]:
         console.print("no device runs yet: `edgekit bench BUILD` (this computer) or `edgekit deploy BUILD --device user@host --bench`")
     else:
-        table = Table(title="latency (ms)")
-        for col in ("device", "runtime", "threads", "load", "first", "p50", "p90", "p99", "runs", "when (UTC)", "notes"):
-            table.add_column(col, justify="right" if col in ("threads", "load", "first", "p50", "p90", "p99", "runs") else "left")
+        files = {q["format"]: q["file"] for q in data["quality"]}
+        wide = console.width >= LATENCY_WIDE
+        # narrow: the artifact's file names its runtime; `--json` and report.html have every field
+        columns = ["device", "artifact"] + (["runtime"] if wide else []) + ["thr"] + \
+            (["load", "first"] if wide else []) + ["p50", "p90", "p99"] + (["runs"] if wide else []) + \
+            ["when (UTC)", "notes"]
+        table = Table(title="latency (ms)", box=box.SIMPLE_HEAD, pad_edge=False, padding=(0, 1, 0, 0))
+        for col in columns:
+            table.add_column(col, justify="left" if col in ("device", "artifact", "runtime", "when (UTC)", "notes")
+                             else "right", no_wrap=col != "notes", overflow="fold",
+                             min_width=12 if col == "notes" else None)
         for r in data["runs"]:
-            table.add_row(r["device"], f"{r['runtime'] or '?'} {r['runtime_version'] or ''}".strip(), str(r["threads"]),
-                          ms(r["load_ms"]), ms(r["first_ms"]), ms(r["p50"]), ms(r["p90"]), ms(r["p99"]),
-                          str(r["runs"] or "–"), (r["time"] or "")[:19], ", ".join(run_flags(r)))
+            cells = {"device": r["device"], "artifact": files.get(r["format"]) or r["format"] or "?",
+                     "runtime": f"{r['runtime'] or '?'} {r['runtime_version'] or ''}".strip(), "thr": str(r["threads"]),
+                     "load": ms(r["load_ms"]), "first": ms(r["first_ms"]), "p50": ms(r["p50"]), "p90": ms(r["p90"]),
+                     "p99": ms(r["p99"]), "runs": str(r["runs"] or "–"),
+                     # month-day hour:minute: the year and seconds only widen the table
+                     "when (UTC)": (r["time"] or "")[5:16].replace("T", " ") if not wide else (r["time"] or "")[:19],
+                     "notes": ", ".join(run_flags(r))}
+            table.add_row(*(cells[c] for c in columns))
         console.print(table)
     pred = data["prediction"]
     if pred:
-        console.print(f"predicted on {pred['target']}: {ms(pred['low_ms'])}–{ms(pred['high_ms'])} ms; " + ", ".join(
-            f"{r['device']} p50 {ms(r['measured_p50'])} ({'within' if r['within'] else 'outside'})"
-            for r in pred["runs"] if r["comparable"]) or "no run on the target yet")
+        measured = ", ".join(f"{r['device']} p50 {ms(r['measured_p50'])} ({'within' if r['within'] else 'outside'})"
+                             for r in pred["runs"] if r["comparable"])
+        console.print(f"predicted on {pred['target']} ({data['format']}): {ms(pred['low_ms'])}–{ms(pred['high_ms'])} ms; "
+                      + (measured or "no run on the target yet"))
     for f in data["failed_runs"]:
         earlier = " [dim](an earlier build's artifact)[/]" if f.get("previous_build") else ""
         console.print(f"[red]failed[/] {f['device']} ({f['stage']}, {(f['time'] or '')[:19]}): {f['error']}{earlier}")

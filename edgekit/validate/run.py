@@ -251,9 +251,9 @@ def format_checks(artifact: Path, record: dict, target, checks: tuple[str, ...],
 def build_checks(model, example: tuple, build_dir: Path, records: dict, target) -> dict:
     """The cheap checks at the end of every build: {"validation": ...} for the manifest.
 
-    The prediction stays under validation.formats.<format>.prediction; the top-level
-    `prediction` the report compares with device runs is written by `edgekit validate`
-    (a fresh build's report says "no prediction" until then: tests/test_report.py relies on it).
+    Each format's prediction stays under validation.formats.<format>.prediction (the report
+    shows every format's own); the top-level `prediction` is written by `edgekit validate`,
+    and until it runs the report compares device runs with the primary format's from here.
     """
     import time
 
