@@ -158,3 +158,10 @@ def test_gptq_brings_the_artifact_closer_to_float_in_its_runtime(mixer_app, tmp_
     assert nearest["quantization"]["weight_rounding"] == "nearest" and "rounding" not in nearest["quantization"]
     assert gptq["quantization"]["weight_rounding"] == "gptq" and gptq["quantization"]["rounding"]["layers"] == 2
     assert gptq["metrics"]["sqnr_db"] > nearest["metrics"]["sqnr_db"] + 2, (nearest["metrics"], gptq["metrics"])
+
+    if fmt == "onnx":  # the debugger names the weights' rounding where it was nearest, and not after GPTQ
+        def advice(build):
+            doc = api.debug(tmp_path / build, format=fmt)
+            return [g["diagnosis"] for g in doc["layers"] if g["node"] in doc["top"] and g["op"] == "Conv"]
+        assert any("--weight-rounding gptq" in d for d in advice("nearest")), advice("nearest")
+        assert not any("--weight-rounding gptq" in d for d in advice("gptq"))

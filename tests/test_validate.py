@@ -88,3 +88,19 @@ def test_parity_failure_names_the_output_and_exits_3(build_copy, tmp_path):
     assert "output steps" in message or "top-1 agreement" in message
     recorded = _manifest(build_copy)["validation"]
     assert recorded["ok"] is False and recorded["failures"]
+
+
+def test_a_validate_of_fewer_checks_keeps_the_builds_lint_and_prediction():
+    """`edgekit validate --check parity` after a build: the lint and the prediction the build made
+    (what the report shows per format) stay, marked as kept; another target's are not mixed in."""
+    from edgekit.validate.run import _keep_earlier_checks
+
+    build = {"target": "rpi5", "by": "build", "time": "t0",
+             "formats": {"onnx": {"lint": {"checked": True}, "prediction": {"low_ms": 1.0}}}}
+    doc = {"target": "rpi5", "formats": {"onnx": {"parity": {"ok": True}}}}
+    _keep_earlier_checks(build, doc)
+    assert doc["formats"]["onnx"] == {"lint": {"checked": True}, "prediction": {"low_ms": 1.0}, "parity": {"ok": True}}
+    assert doc["kept"] == {"by": "build", "time": "t0", "checks": {"onnx": ["lint", "prediction"]}}
+    other = {"target": "pi-zero2", "formats": {"onnx": {"parity": {"ok": True}}}}
+    _keep_earlier_checks(build, other)
+    assert other["formats"]["onnx"] == {"parity": {"ok": True}} and "kept" not in other

@@ -411,12 +411,29 @@ def _merge(build_dir: Path, manifest: dict, doc: dict, target) -> None:
     primary = manifest["format"]
 
     def merge(current: dict) -> None:
+        _keep_earlier_checks(current.get("validation") or {}, doc)
         current["validation"] = doc
         pred = (doc["formats"].get(primary) or {}).get("prediction")
         if pred is not None and target.name == current.get("target"):
             current["prediction"] = pred  # the report compares it with runs on the build's target
 
     update_manifest(build_dir, merge)
+
+
+def _keep_earlier_checks(previous: dict, doc: dict) -> None:
+    """A validate that ran fewer checks (`--check parity`) keeps, per format, the results of the
+    checks it did not redo from the last validation on the same target (the build's lint and
+    prediction, which the report reads), and says where they came from under `kept`."""
+    if previous.get("target") != doc["target"]:
+        return
+    kept = {}
+    for fmt, checks in (previous.get("formats") or {}).items():
+        earlier = {k: v for k, v in checks.items() if k not in (doc["formats"].get(fmt) or {})}
+        if earlier:
+            doc["formats"][fmt] = {**earlier, **(doc["formats"].get(fmt) or {})}
+            kept[fmt] = sorted(earlier)
+    if kept:
+        doc["kept"] = {"by": previous.get("by", "validate"), "time": previous.get("time"), "checks": kept}
 
 
 def _record_host_run(build_dir: Path, manifest: dict, fmt: str, res: dict, target) -> None:
