@@ -68,7 +68,12 @@ def round_weights(model, example: tuple, calib_batches, keep_float: tuple[str, .
         gm = torch_export(model, example).module()
     except FormatUnsupported as e:  # a model torch.export cannot trace is left as it is, and says why
         return model, {"layers": 0, "note": f"{e.message}: left as it is"}
-    grams, left = _gram_matrices(gm, calib_batches, keep_float)
+    try:
+        grams, left = _gram_matrices(gm, calib_batches, keep_float)
+    except Exception as e:  # noqa: BLE001 - the graph runs as exported; what it cannot run is left to nearest
+        return model, {"layers": 0, "note": f"the exported graph could not be run on the calibration data "
+                                            f"({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}): "
+                                            "weights rounded to nearest"}
     layers = []
     with torch.no_grad():
         for fqn, (gram, groups, rows) in grams.items():
@@ -77,11 +82,18 @@ def round_weights(model, example: tuple, calib_batches, keep_float: tuple[str, .
                 left[fqn] = (f"{rows} input rows on the calibration data for {features} input features: "
                              "too few to fit its rounding to (nearest)")
                 continue
-            weight = model.get_parameter(fqn)
+            try:
+                weight = model.get_parameter(fqn)
+            except AttributeError:
+                left[fqn] = "not a parameter of the model (a constant of the exported graph)"
+                continue
             try:
                 rounded, gain_db = _gptq_layer(weight.detach().double(), gram, groups)
             except torch.linalg.LinAlgError:
                 left[fqn] = "its input Gram matrix is singular even after dampening: nearest rounding"
+                continue
+            except (RuntimeError, ValueError) as e:  # a weight layout this code does not know: say so, round to nearest
+                left[fqn] = f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}: nearest rounding"
                 continue
             weight.copy_(rounded.to(weight.dtype))
             layers.append({"layer": fqn.rpartition(".")[0], "output_error_db": round(gain_db, 2)})
