@@ -57,6 +57,7 @@ def test_the_command_line_names_map_onto_the_recipe():
     ("[recipe]\nformats = ['coreml']\n", "--format coreml: unknown format"),
     ("[recipe.gate]\nmin_cosine = 3.0\n", "--min-cosine must be between -1 and 1"),
     ("[recipe\n", "not valid TOML"),
+    ("[recipe.quant]\nweight_rounding = 'adaround'\n", "quant.weight_rounding = 'adaround' is not one of nearest, gptq"),
 ])
 def test_a_wrong_recipe_names_the_key(text, message):
     with pytest.raises(UsageError, match=message.replace("[", r"\[")):

@@ -80,7 +80,7 @@ def round_weights(model, example: tuple, calib_batches, keep_float: tuple[str, .
             features = gram.shape[-1]
             if rows < features:
                 left[fqn] = (f"{rows} input rows on the calibration data for {features} input features: "
-                             "too few to fit its rounding to (nearest)")
+                             "too few to fit its rounding to: nearest rounding")
                 continue
             try:
                 weight = model.get_parameter(fqn)

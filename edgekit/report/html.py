@@ -264,8 +264,8 @@ def _numeric_debug(fmt: str, doc: dict) -> str:
             f"output SQNR {'–' if out is None else format(out['sqnr_db'], '.1f')} dB on {doc['samples']} samples</p>" +
             _table(headers, rows) +
             '<p class="note">SQNR: signal over error power against the float model at each layer\'s output; '
-            "added: SQNR of the error the layer itself adds (lower is worse). "
-            "The build's quantization replayed with torchao's PT2E numeric debugger.</p>")
+            "added: SQNR of the error the layer itself adds (lower is worse). How: "
+            f"{escape(doc.get('method') or '')}.</p>")
 
 
 def _count(n) -> str:
