@@ -85,7 +85,9 @@ def _contiguous_before_clamps(converted):
     written as F.conv2d inside a module, as EfficientNet-Lite's "same"-padding conv is) got
     scrambled input: pretrained EfficientNet-Lite0's .ptl kept the float top-1 on 0 % of the photo
     crops (logit cosine 0.04). Each such op now reads a contiguous copy of its input (a no-op when
-    it already is): 62.5 %, cosine 0.92, with everything else unchanged."""
+    it already is): 56-62 % and cosine 0.89-0.92 (GPTQ or nearest weights). What it still loses is
+    FX's own: that conv is neither folded with its batch norm nor its ReLU6 observed after the
+    clamp (README, "Lite0's .ptl")."""
     import torch
     import torch.nn.functional as F
 
