@@ -28,6 +28,12 @@ def run_edgekit(*args: str, cwd: Path | None = None, timeout: float = 300, colum
     )
 
 
+def app_toml(name: str, shape: list[int], task: str = "embedding") -> str:
+    """edgekit.toml of a test app: model.py's make(), one float32 input x, calib.npz and eval.npz."""
+    return (f'name = "{name}"\n[model]\nfactory = "model:make"\ntask = "{task}"\n'
+            f'[[inputs]]\nname = "x"\nshape = {list(shape)}\n[data]\ncalib = "calib.npz"\neval = "eval.npz"\n')
+
+
 def write_app(root: Path, model_source: str, toml: str, **data: dict) -> Path:
     """An app dir from a test's own sources: model.py, edgekit.toml and one NAME.npz per `data`
     entry (NAME={"x": array, ...})."""

@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import write_app
+from conftest import app_toml, write_app
 from edgekit import api
 from edgekit.errors import BuildGateFailed
 from edgekit.formats.equalize import equalize
@@ -48,20 +48,7 @@ NARROW_MODEL = textwrap.dedent(
         return model.eval()
     """
 )
-NARROW_APP = textwrap.dedent(
-    """
-    name = "narrow"
-    [model]
-    factory = "model:make"
-    task = "embedding"
-    [[inputs]]
-    name = "x"
-    shape = [1, 3, 16, 16]
-    [data]
-    calib = "calib.npz"
-    eval = "eval.npz"
-    """
-)
+NARROW_APP = app_toml("narrow", [1, 3, 16, 16])
 
 
 def _inputs(n: int, seed: int) -> np.ndarray:

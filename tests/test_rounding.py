@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import write_app
+from conftest import app_toml, write_app
 from edgekit import api
 from edgekit.formats.rounding import QMAX, round_weights
 
@@ -42,20 +42,7 @@ MIXER_MODEL = textwrap.dedent(
         return model.eval()
     """
 )
-MIXER_APP = textwrap.dedent(
-    """
-    name = "mixer"
-    [model]
-    factory = "model:make"
-    task = "embedding"
-    [[inputs]]
-    name = "x"
-    shape = [1, 32, 8, 8]
-    [data]
-    calib = "calib.npz"
-    eval = "eval.npz"
-    """
-)
+MIXER_APP = app_toml("mixer", [1, 32, 8, 8])
 
 
 def _inputs(n: int, seed: int) -> np.ndarray:

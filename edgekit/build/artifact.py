@@ -104,8 +104,7 @@ def float_model_for(ctx: BuildContext, cfg: QuantConfig):
     done: dict = {}
     model = loaded.model
     if cfg.equalize and cfg.per_channel:
-        model, done["equalization"] = _made(ctx, ("equalize",), lambda: equalize(
-            loaded.model, loaded.example, batches(loaded.calib, ctx.spec.inputs)))
+        model, done["equalization"] = equalized(ctx)
     elif cfg.equalize:
         done["equalization"] = {"pairs": 0, "note": "per-tensor weights: equalizing would cost the producers' "
                                                     "weights what it gives the activations; left as it is"}
@@ -118,6 +117,14 @@ def float_model_for(ctx: BuildContext, cfg: QuantConfig):
             done["rounding"] = {"layers": 0, "note": "per-tensor weights: one scale per tensor, which the "
                                                             "per-row grid of formats/rounding.py does not hold"}
     return model, done
+
+
+def equalized(ctx: BuildContext):
+    """(the equalized float model, its record), made once per build: what --equalize gives the
+    quantizer before any weight rounding, and what --quality auto reads the pair count from."""
+    loaded = ctx.loaded
+    return _made(ctx, ("equalize",), lambda: equalize(loaded.model, loaded.example,
+                                                       batches(loaded.calib, ctx.spec.inputs)))
 
 
 PREPARED = ("equalization", "rounding")  # float_model_for's records, kept under the record's `quantization`

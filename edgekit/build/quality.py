@@ -46,7 +46,7 @@ import dataclasses
 
 import numpy as np
 
-from edgekit.build.artifact import PREPARED, BuildContext, build_format, float_model_for, judge
+from edgekit.build.artifact import PREPARED, BuildContext, build_format, equalized, float_model_for, judge
 from edgekit.compare import arithmetic, compare_runs, summary
 from edgekit.errors import UsageError
 from edgekit.formats.base import QuantConfig
@@ -192,9 +192,9 @@ def _ladder(ctx: BuildContext, fmt, cfg: QuantConfig, calibration_pinned: bool):
     """The tries of the module doc, made one at a time (a later one is only built if needed)."""
     first = cfg.calibration or fmt.DEFAULT_CALIBRATION
     yield Try(f"static int8 ({first}{' + equalization' if cfg.equalize else ''})", cfg)
-    equalized = dataclasses.replace(cfg, equalize=True)
-    if not cfg.equalize and cfg.per_channel and float_model_for(ctx, equalized)[1]["equalization"]["pairs"]:
-        yield Try(f"static int8 ({first} + equalization)", equalized)
+    # the pair count from the equalization alone: the try's GPTQ rounding is made only if it is built
+    if not cfg.equalize and cfg.per_channel and equalized(ctx)[1]["pairs"]:
+        yield Try(f"static int8 ({first} + equalization)", dataclasses.replace(cfg, equalize=True))
     if not calibration_pinned:
         for method in fmt.CALIBRATIONS:
             if method != first:

@@ -194,6 +194,13 @@ def torch_export(model, example_inputs: tuple):
         ) from e
 
 
+def aten_name(node) -> str:
+    """The op of an exported graph's node, bare: aten.conv2d.default -> conv2d (equalize.py,
+    rounding.py read torch.export graphs by it)."""
+    target = getattr(node, "target", None)
+    return getattr(target, "__name__", str(target)).split(".")[0]
+
+
 def finding(op: str, count: int, advice: str, where: str, **extra) -> dict:
     """One lint finding: an op (or input) off the target runtime's fast path, and what to do."""
     return {"op": op, "count": count, "where": where, "advice": advice, **extra}

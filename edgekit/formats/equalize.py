@@ -49,7 +49,7 @@ import operator
 from collections import Counter
 
 from edgekit.errors import FormatUnsupported
-from edgekit.formats.base import torch_export
+from edgekit.formats.base import aten_name, torch_export
 
 # Largest growth of one channel: a channel 1000x narrower than the widest carries almost
 # nothing; growing it further makes its consumer's weights that much smaller (fp32 has room,
@@ -105,7 +105,7 @@ def _pairs(ep, model) -> list[dict]:
     import torch
 
     params = ep.graph_signature.inputs_to_parameters
-    convs = [n for n in ep.graph.nodes if n.op == "call_function" and _name(n) == "conv2d"]
+    convs = [n for n in ep.graph.nodes if n.op == "call_function" and aten_name(n) == "conv2d"]
     uses = Counter(params.get(n.args[1].name) for n in convs)  # a weight shared by two convs is left alone
 
     def module_of(node, what):
@@ -125,7 +125,7 @@ def _pairs(ep, model) -> list[dict]:
         n, activation, clamp = conv2.args[0], "none", math.inf
         while _zero_pad(n):
             n = n.args[0]  # "same" padding in zeros: k * 0 = 0, so it moves with the scale
-        if _name(n) in _CLAMP_OPS:
+        if aten_name(n) in _CLAMP_OPS:
             clamp = _upper_clamp(n)
             if clamp is None or len(n.users) != 1:
                 continue
@@ -134,12 +134,12 @@ def _pairs(ep, model) -> list[dict]:
         if n.op == "call_function" and n.target is operator.getitem:
             n = n.args[0]
         bn = None
-        if "batch_norm" in _name(n):
+        if "batch_norm" in aten_name(n):
             bn = module_of(n.args[1], "weight") if n.args[1] is not None else None
             if bn is None or not isinstance(model.get_submodule(bn), torch.nn.modules.batchnorm._BatchNorm):
                 continue
             n = n.args[0]
-        if not (n.op == "call_function" and _name(n) == "conv2d") or any(len(u.users) > 1 for u in _chain(n, conv2)):
+        if not (n.op == "call_function" and aten_name(n) == "conv2d") or any(len(u.users) > 1 for u in _chain(n, conv2)):
             continue
         producer = module_of(n.args[1], "weight")
         if producer is None or uses.get(params[n.args[1].name]) != 1 or \
@@ -160,20 +160,16 @@ def _chain(start, end):
 
 def _zero_pad(node) -> bool:
     """aten.pad(x, pad, "constant", 0) or aten.constant_pad_nd(x, pad, 0)."""
-    name, args = _name(node), list(getattr(node, "args", ())) + [None, None, None]
+    name, args = aten_name(node), list(getattr(node, "args", ())) + [None, None, None]
     if name == "constant_pad_nd":
         return args[2] in (0, 0.0, None)
     return name == "pad" and args[2] in ("constant", None) and args[3] in (0, 0.0, None)
 
 
-def _name(node) -> str:
-    target = getattr(node, "target", None)
-    return getattr(target, "__name__", str(target)).split(".")[0]
-
 
 def _upper_clamp(node) -> float | None:
     """The activation's upper bound (inf for ReLU), or None when its lower bound is not 0."""
-    name = _name(node).rstrip("_")
+    name = aten_name(node).rstrip("_")
     if name == "relu":
         return math.inf
     if name == "relu6":

@@ -63,6 +63,12 @@ GUEST_WHEELS = {"ai-edge-litert": "1.4.0"}
 _QUIET_ENV = {"LITERT_TORCH_SHOW_PROGRESS": "0", "TF_CPP_MIN_LOG_LEVEL": "2"}
 
 
+def _quiet_env() -> None:
+    """Before TensorFlow loads (litert-torch imports it): its log level and the converter's progress."""
+    for key, value in _QUIET_ENV.items():
+        os.environ.setdefault(key, value)
+
+
 def available() -> str | None:
     import importlib.util
 
@@ -87,8 +93,7 @@ def quantize(model, example_inputs: tuple, calib_batches: Iterable[tuple], cfg: 
 
     # litert-torch imports TensorFlow, whose native code writes to fd 2 as it loads: absl's
     # "All log messages before absl::InitializeLog()" and, on CPUs with AVX-512, oneDNN's note.
-    for key, value in _QUIET_ENV.items():
-        os.environ.setdefault(key, value)
+    _quiet_env()
     with native_stderr_captured():
         quantizer = _litert_quantizer(cfg)
     graph = torch_export(model, example_inputs).module()
@@ -135,8 +140,7 @@ def pt2e_quantizer(cfg: QuantConfig, tutorial: bool = False):
 
 
 def export(qmodel: LiteRtQuantized, example_inputs: tuple, path: Path) -> dict:
-    for key, value in _QUIET_ENV.items():
-        os.environ.setdefault(key, value)
+    _quiet_env()
     import litert_torch
     from litert_torch.quantize.quant_config import QuantConfig as LiteRtQuantConfig
 

@@ -46,7 +46,7 @@ import math
 from collections import Counter
 
 from edgekit.errors import FormatUnsupported
-from edgekit.formats.base import torch_export
+from edgekit.formats.base import aten_name, torch_export
 
 QMAX = 127  # the symmetric int8 weight grid of the module doc: levels -127..127
 # GPTQ's dampening: 1 % of H's mean diagonal added to the diagonal keeps the Cholesky
@@ -117,9 +117,9 @@ def _gram_matrices(gm, calib_batches, keep_float) -> tuple[dict, dict]:
 
     layers, left = {}, {}
     uses = Counter(n.args[1].target for n in gm.graph.nodes
-                   if n.op == "call_function" and _name(n) in _LAYER_OPS and getattr(n.args[1], "op", None) == "get_attr")
+                   if n.op == "call_function" and aten_name(n) in _LAYER_OPS and getattr(n.args[1], "op", None) == "get_attr")
     for node in gm.graph.nodes:
-        if node.op != "call_function" or _name(node) not in _LAYER_OPS:
+        if node.op != "call_function" or aten_name(node) not in _LAYER_OPS:
             continue
         w = node.args[1]
         if getattr(w, "op", None) != "get_attr":
@@ -129,7 +129,7 @@ def _gram_matrices(gm, calib_batches, keep_float) -> tuple[dict, dict]:
             left[fqn] = "shared by more than one layer"
         elif any(fqn == f"{m}.weight" or fqn.startswith(f"{m}.") for m in keep_float):
             left[fqn] = "its layer is kept float"
-        elif _name(node) != "linear" and not all(isinstance(a, (int, list, tuple)) for a in _conv_args(node)[:3]):
+        elif aten_name(node) != "linear" and not all(isinstance(a, (int, list, tuple)) for a in _conv_args(node)[:3]):
             left[fqn] = "string padding"
         else:
             layers[node] = fqn
@@ -158,11 +158,11 @@ def _accumulate(grams: dict, fqn: str, node, args) -> None:
     import torch.nn.functional as F
 
     x, weight = args[0].detach().double(), args[1]
-    if _name(node) == "linear":
+    if aten_name(node) == "linear":
         cols, groups = x.reshape(-1, x.shape[-1]).T[None], 1  # (1, in, samples)
     else:
         stride, padding, dilation, groups = _conv_args(node, args)
-        if _name(node) == "conv1d":  # as a 2-D convolution of height 1
+        if aten_name(node) == "conv1d":  # as a 2-D convolution of height 1
             x, k = x.unsqueeze(2), (1, weight.shape[-1])
             stride, padding, dilation = (1, _one(stride)), (0, _one(padding)), (1, _one(dilation))
         else:
@@ -266,7 +266,3 @@ def _inverse_factor(gram):
                 raise
             damp *= 10
 
-
-def _name(node) -> str:
-    target = getattr(node, "target", None)
-    return getattr(target, "__name__", str(target)).split(".")[0]

@@ -92,7 +92,7 @@ def _contiguous_before_clamps(converted):
     import torch.nn.functional as F
 
     clamp_modules = (torch.nn.ReLU6, torch.nn.Hardtanh, torch.ao.nn.quantized.ReLU6)
-    clamp_functions = {F.relu6, F.hardtanh, torch.clamp, torch.clip, torch.nn.functional.hardtanh_}
+    clamp_functions = {F.relu6, F.hardtanh, torch.clamp, torch.clip, F.hardtanh_}
     graph = converted.graph
     changed = False
     for node in list(graph.nodes):

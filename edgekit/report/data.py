@@ -12,6 +12,7 @@ import json
 from pathlib import Path
 
 from edgekit.manifest import format_records, inside, read_manifest
+from edgekit.report.format import run_kind
 
 RUNS_DIR = "device_runs"
 RUN_KEYS = ("load_ms", "first_ms", "mean", "std", "min", "p50", "p90", "p99", "max", "runs", "peak_rss_kb")
@@ -21,10 +22,9 @@ def build_report(build_dir: str | Path) -> dict:
     build_dir = Path(build_dir)
     manifest = read_manifest(build_dir)
     names = {fmt: rec.get("display_name") or fmt for fmt, rec in format_records(manifest).items()}
-    names[None] = manifest.get("format")  # a run recorded without its format measured the primary artifact
-    runs = [_run(build_dir, entry, names) for entry in manifest.get("device_runs", [])]
+    runs = [_run(build_dir, entry, names, manifest.get("format")) for entry in manifest.get("device_runs", [])]
     # Runs an earlier build into the same directory measured: its artifact, not this one (builddir.py).
-    previous = [{**_run(build_dir, entry, names), "artifact_sha256": entry.get("artifact_sha256")}
+    previous = [{**_run(build_dir, entry, names, manifest.get("format")), "artifact_sha256": entry.get("artifact_sha256")}
                 for entry in manifest.get("previous_device_runs") or []]
     return {
         "name": manifest.get("name"), "target": manifest.get("target"), "format": manifest.get("format"),
@@ -147,16 +147,18 @@ def _stages(steps: list[dict]) -> list[dict]:
     return rows
 
 
-def _run(build_dir: Path, entry: dict, names: dict) -> dict:
+def _run(build_dir: Path, entry: dict, names: dict, primary: str | None) -> dict:
     """A manifest run summary joined with its record's numbers, samples and device facts;
-    `names`: each format's display name (its format module's DISPLAY_NAME, as the build recorded it)."""
+    `names`: each format's display name (its format module's DISPLAY_NAME, as the build recorded it);
+    a run recorded without its format measured the `primary` artifact."""
+    fmt = entry.get("format") or primary
     record = _load(inside(build_dir, entry["file"], "a device_runs entry")) if entry.get("file") else {}
     result = record.get("bench") or record.get("check") or {}
     device = result.get("device") or {}
     run = {
         "device": entry.get("device"), "transport": entry.get("transport"), "time": entry.get("time"),
-        "file": entry.get("file"), "format": entry.get("format") or names[None], "runner": entry.get("runner"),
-        "display_name": names.get(entry.get("format") or names[None]) or entry.get("format"),
+        "file": entry.get("file"), "format": fmt, "runner": entry.get("runner"),
+        "display_name": names.get(fmt, fmt),
         "benchmarked": entry.get("benchmarked", bool(record.get("bench"))),
         "runtime": entry.get("runtime"), "runtime_version": entry.get("runtime_version"),
         "threads": entry.get("threads"), "threads_applied": entry.get("threads_applied"),
@@ -212,7 +214,7 @@ def _prediction(manifest: dict, runs: list[dict]) -> dict | None:
         if r["p50"] is None:
             continue
         # Only a run on the target itself tests the prediction; the host or an emulator does not.
-        comparable = not (r["host"] or r["emulated"] or r["arch_mismatch"])
+        comparable = run_kind(r) == "target"
         rows.append({"device": r["device"], "measured_p50": r["p50"], "comparable": comparable,
                      "within": low <= r["p50"] <= high if comparable else None,
                      "ratio": round(r["p50"] / point, 2) if point and comparable else None})

@@ -41,6 +41,14 @@ def judged_on(data: dict | None, samples) -> str:
     return f"{samples} held-out samples" + ("" if data.get("labels", True) else " (no labels)")
 
 
+def run_kind(run: dict) -> str:
+    """"target", "host" (this computer), "other" (a machine of another architecture) or "emulated":
+    only a run on the target's own kind of CPU tests a latency prediction."""
+    if run.get("emulated"):
+        return "emulated"
+    return "host" if run.get("host") else "other" if run.get("arch_mismatch") else "target"
+
+
 def run_flags(run: dict) -> list[str]:
     """What a reader must know before trusting a run's numbers as the target's latency."""
     flags = []

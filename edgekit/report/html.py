@@ -16,6 +16,7 @@ from edgekit.report.format import (
     ms,
     pct,
     run_flags,
+    run_kind,
     verdict,
 )
 
@@ -70,7 +71,7 @@ def _glance(data: dict) -> str:
     computer, size, RAM fit (once `edgekit validate` measured it) and the lint."""
     rows = []
     for q in data["quality"]:
-        target_run = _newest(data["runs"], q["format"], lambda r: _kind(r) == "target")
+        target_run = _newest(data["runs"], q["format"], lambda r: run_kind(r) == "target")
         host_run = _newest(data["runs"], q["format"], lambda r: r["host"])
         p, lint, ram = q.get("prediction"), q.get("lint"), q.get("ram")
         rows.append([
@@ -102,13 +103,6 @@ def _margin(q: dict, gate: dict) -> str:
     if q.get("cosine") is not None:
         out.append(f"cosine {q['cosine']:.4f}" + (f" (gate {floor:g})" if floor is not None else ""))
     return ", ".join(out)
-
-
-def _kind(run: dict) -> str:
-    """Which latency plot a run belongs to: only runs on the target's own kind of CPU test the prediction."""
-    if run["emulated"]:
-        return "emulated"
-    return "host" if run["host"] else "other" if run["arch_mismatch"] else "target"
 
 
 def _newest(runs: list[dict], fmt: str, keep) -> dict | None:
@@ -296,7 +290,7 @@ def _latency(data: dict, colors: dict) -> str:
     parts = ["<h2>Latency</h2>"]
     predictions = {q["format"]: q["prediction"] for q in data["quality"] if q.get("prediction")}
     for kind, title in KINDS.items():
-        mine = [r for r in runs if r["p50"] is not None and _kind(r) == kind]
+        mine = [r for r in runs if r["p50"] is not None and run_kind(r) == kind]
         if mine:
             parts.append(_img(plots.latency_overview(mine, predictions if kind == "target" else {}, colors),
                               f"latency {title}", f"p50 per run {title}; whisker: p90 to p99" +
