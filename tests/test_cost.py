@@ -66,3 +66,18 @@ def test_doc_shows_the_calibration(mnv2_rows):
         assert f"| {e[6]} |" in text, e  # every published figure is in the doc's table
     for core, value in cost.CORE_EFFICIENCY.items():
         assert f"{value}" in text, core
+
+
+def test_each_format_is_predicted_by_its_own_kernel_library(mnv2_rows):
+    """QNNPACK's int8 loop does 4 MACs per instruction and has no dot-product kernels, MLAS has the
+    same instruction mix as XNNPACK but no published figure: each format's prediction says so."""
+    from edgekit.formats import all_formats
+
+    assert {f.ARM_KERNELS for f in all_formats()} <= set(cost.KERNEL_LIBRARIES)
+    for target, at_least in (("rpi5", 2.5), ("rpi4", 1.5)):  # 32 vs 8 MAC/cycle with SDOT; 16 vs 8 without
+        pte, onnx, ptl = (cost.predict(mnv2_rows, "int8", load_target(target), kernels=k)
+                          for k in ("xnnpack", "mlas", "qnnpack"))
+        assert ptl["latency_ms"] > at_least * pte["latency_ms"], (target, pte, ptl)
+        assert onnx["latency_ms"] == pte["latency_ms"] and pte["calibrated"] and not onnx["calibrated"]
+        assert onnx["high_ms"] / onnx["low_ms"] > pte["high_ms"] / pte["low_ms"]  # uncalibrated: the wider band
+        assert (pte["kernels"], onnx["kernels"], ptl["kernels"]) == ("XNNPACK", "MLAS", "QNNPACK")

@@ -161,3 +161,105 @@ def test_linear_share_tells_a_transformer_from_a_cnn(digits_app):
     share = linear_share(cnn, (torch.zeros(1, 3, 32, 32),))
     conv, linear = 16 * 30 * 30 * 3 * 9, 16 * 30 * 30 * 2
     assert share == pytest.approx(linear / (conv + linear))
+
+
+# A wide MLP whose first, small layer reads 64 pixels plus an unscaled "sensor" feature fixed at 1e4
+# that it ignores (zero weights). Any int8 range of that input, static or per call, must reach 1e4:
+# every pixel rounds to zero. No calibration, no dynamic activations can fix it; keeping the first
+# layer float (0.4 % of the MACs) does, and the evaluation data has no labels.
+SENSOR_MODEL = textwrap.dedent(
+    """
+    import torch
+    from torch import nn
+
+    class SensorMlp(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.embed = nn.Linear(65, 16)
+            self.hidden = nn.Linear(16, 512)
+            self.wide = nn.Linear(512, 512)
+            self.head = nn.Linear(512, 10)
+
+        def forward(self, x):
+            x = torch.relu(self.hidden(torch.relu(self.embed(x))))
+            return self.head(torch.relu(self.wide(x)))
+
+    def make():
+        return SensorMlp()
+    """
+)
+SENSOR_APP = textwrap.dedent(
+    """
+    name = "sensor"
+    [model]
+    factory = "model:make"
+    weights = "weights.pt"
+    [[inputs]]
+    name = "x"
+    shape = [1, 65]
+    [data]
+    calib = "calib.npz"
+    eval = "eval.npz"
+    """
+)
+
+
+def _with_sensor(x: np.ndarray) -> np.ndarray:
+    flat = x.reshape(len(x), 64)
+    return np.concatenate([flat, np.full((len(x), 1), 1e4, np.float32)], axis=1).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def sensor_app(tmp_path_factory, digits_app):
+    train, calib, evaluation = (np.load(digits_app / f"{n}.npz") for n in ("train", "calib", "eval"))
+    root = write_app(tmp_path_factory.mktemp("sensor"), SENSOR_MODEL, SENSOR_APP, calib={"x": _with_sensor(calib["x"])},
+                     eval={"x": _with_sensor(evaluation["x"])})  # no labels: the gate is label-free
+    namespace: dict = {}
+    exec(SENSOR_MODEL, namespace)
+    torch.manual_seed(0)
+    model = namespace["make"]()
+    with torch.no_grad():
+        model.embed.weight[:, 64] = 0
+    x, y = torch.from_numpy(_with_sensor(train["x"])), torch.from_numpy(train["y"])
+    opt = torch.optim.Adam(model.parameters(), 3e-3)
+    for _ in range(80):  # full batch: a few seconds
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(model(x), y).backward()
+        model.embed.weight.grad[:, 64] = 0
+        opt.step()
+    torch.save(model.state_dict(), root / "weights.pt")
+    return root
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "litert"])
+def test_the_layer_no_range_can_quantize_is_kept_float_without_labels(sensor_app, tmp_path, fmt):
+    if fmt == "litert":
+        from conftest import require_litert
+
+        require_litert()
+    m = api.build(sensor_app, "rpi5", api.recipe(formats=(fmt,)), out=tmp_path / "b")
+    record = m["formats"][fmt]
+    quality = record["quality"]
+    mixed = [t for t in quality["tries"] if t["method"].startswith("mixed precision")]
+    before = [t for t in quality["tries"] if t not in mixed]
+    assert before and not any(t["passed"] for t in before), quality["tries"]  # calibration, dynamic: none passes
+    assert mixed[0]["quantization"]["float_layers"] == ["embed"] and mixed[0]["passed"], mixed
+    assert quality["chosen"] == mixed[0]["method"] and "0.4 % of MACs" in mixed[0]["method"]
+    assert record["quantization"]["float_layers"] == ["embed"] and record["gate"]["passed"]
+    # on the evaluation data too, which the choice never saw
+    assert record["metrics"]["top1_agreement"] >= 95 > max(t["top1_agreement"] for t in before)
+
+
+def test_layers_are_found_through_subclasses_and_counted_in_macs():
+    """EfficientNet's Conv2dStaticSamePadding is an nn.Conv2d that pads in its forward: the ranking,
+    mixed precision and the accuracy fallback must see it (they saw only Lite0's classifier)."""
+    from edgekit.formats.base import quantizable_layers
+    from edgekit.stages.macs import layer_macs
+
+    class SamePadConv(torch.nn.Conv2d):
+        def forward(self, x):
+            return super().forward(torch.nn.functional.pad(x, (1, 1, 1, 1)))
+
+    model = torch.nn.Sequential(SamePadConv(3, 8, 3), torch.nn.ReLU(), torch.nn.Flatten(), torch.nn.Linear(8 * 16 * 16, 4))
+    assert quantizable_layers(model) == ["0", "3"]
+    assert layer_macs(model, (torch.zeros(1, 3, 16, 16),)) == {"0": 8 * 16 * 16 * 3 * 9, "3": 8 * 16 * 16 * 4}

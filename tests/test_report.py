@@ -179,3 +179,23 @@ def test_the_recommendation_ships_a_passing_artifact_on_the_fast_kernels_and_say
     assert recommend(failed)["file"] == "model.onnx" and "model.pte did not pass" in recommend(failed)["why"]
     none = manifest(executorch=fmt("model.pte", False, 0.9, 1.0))
     assert recommend(none)["file"] is None and "no artifact passed" in recommend(none)["why"]
+
+
+def test_the_recommendation_prefers_the_fastest_predicted_and_calls_near_equal_a_tie():
+    from edgekit.report.data import recommend
+
+    def fmt(file, point):
+        return {"artifact": {"file": file}, "gate": {"passed": True}, "metrics": {"cosine": 0.999}}, \
+            {"lint": {"macs_fast_share": 1.0}, "prediction": {"latency_ms": point, "target": "rpi5"}}
+
+    def manifest(profile, **formats):
+        return {"target": "rpi5", "target_profile": {"format": profile},
+                "formats": {k: v[0] for k, v in formats.items()},
+                "validation": {"formats": {k: v[1] for k, v in formats.items()}}}
+
+    slower_profile = manifest("torchscript-lite", executorch=fmt("model.pte", 4.0), **{"torchscript-lite": fmt("model.ptl", 12.0)})
+    rec = recommend(slower_profile)
+    assert rec["file"] == "model.pte" and "fastest predicted on rpi5 (model.ptl slower)" in rec["why"], rec
+    tie = manifest("onnx", executorch=fmt("model.pte", 4.0), onnx=fmt("model.onnx", 4.2))
+    rec = recommend(tie)  # 5 % apart: the model cannot tell them apart, the profile's format decides
+    assert rec["file"] == "model.onnx" and "fastest" not in rec["why"] and "profile's format" in rec["why"], rec

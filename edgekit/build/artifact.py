@@ -39,10 +39,10 @@ class BuildContext:
     gate: Gate
     cache: StepCache
     model_digest: str  # of loaded.model: the cache key's input
-    # float_model_for's models and records, each made once per build: the contexts derived with
-    # dataclasses.replace (judging on the calibration inputs) share this dict, and so every format
-    # and every --quality auto try.
-    float_models: dict = field(default_factory=dict, repr=False, compare=False)
+    # What is made once per build (float_model_for's models and records, the layer ranking): the
+    # contexts derived with dataclasses.replace (judging on the calibration inputs) share this dict,
+    # and so every format and every --quality auto try.
+    made: dict = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def spec(self):
@@ -111,7 +111,7 @@ def float_model_for(ctx: BuildContext, cfg: QuantConfig):
     if cfg.weight_rounding == "gptq" and cfg.scheme == "static":
         if cfg.per_channel:
             source = model
-            model, done["rounding"] = _made(ctx, ("gptq", cfg.equalize, cfg.skip_layers), lambda: round_weights(
+            model, done["rounding"] = made_once(ctx, ("gptq", cfg.equalize, cfg.skip_layers), lambda: round_weights(
                 source, loaded.example, batches(loaded.calib, ctx.spec.inputs), cfg.skip_layers))
         else:
             done["rounding"] = {"layers": 0, "note": "per-tensor weights: one scale per tensor, which the "
@@ -123,18 +123,18 @@ def equalized(ctx: BuildContext):
     """(the equalized float model, its record), made once per build: what --equalize gives the
     quantizer before any weight rounding, and what --quality auto reads the pair count from."""
     loaded = ctx.loaded
-    return _made(ctx, ("equalize",), lambda: equalize(loaded.model, loaded.example,
+    return made_once(ctx, ("equalize",), lambda: equalize(loaded.model, loaded.example,
                                                        batches(loaded.calib, ctx.spec.inputs)))
 
 
 PREPARED = ("equalization", "rounding")  # float_model_for's records, kept under the record's `quantization`
 
 
-def _made(ctx: BuildContext, key: tuple, make):
+def made_once(ctx: BuildContext, key: tuple, make):
     """make() once per build (inside the step that first needs it: the quantize or screen step)."""
-    if key not in ctx.float_models:
-        ctx.float_models[key] = make()
-    return ctx.float_models[key]
+    if key not in ctx.made:
+        ctx.made[key] = make()
+    return ctx.made[key]
 
 
 def _from_cache(ctx: BuildContext, fmt, config: dict, artifact: Path, hit) -> dict:

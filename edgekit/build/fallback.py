@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import dataclasses
 
-from edgekit.build.artifact import BuildContext, build_format
-from edgekit.build.sensitivity import rank_layers
+from edgekit.build.artifact import BuildContext, build_format, made_once
+from edgekit.build.sensitivity import rank_layers, ranking_key
 from edgekit.formats.base import QuantConfig
 
 
@@ -33,10 +33,22 @@ def on_calibration(ctx: BuildContext) -> BuildContext:
     return dataclasses.replace(ctx, loaded=ctx.loaded.judged_on(ctx.loaded.calib, held_out=False))
 
 
-def rank(ctx: BuildContext, cfg: QuantConfig) -> list[dict]:
-    with ctx.steps.step("sensitivity", {"method": "pt2e-simulation", "layers": "Conv/Linear",
-                                        "data": "calibration inputs"}, "rank layer sensitivity"):
-        return rank_layers(on_calibration(ctx).loaded, cfg, ctx.steps)
+def rank(ctx: BuildContext, cfg: QuantConfig, any_calibration: bool = False) -> list[dict]:
+    """The layers, most harmful first (sensitivity.py), ranked on the calibration inputs once per
+    build: the accuracy budget and --quality auto's mixed-precision tries read the same ranking.
+    `any_calibration`: one made with another calibration will do (only the order is used, and a
+    ranking costs one PT2E quantization per layer: minutes on a 60-layer net)."""
+    if any_calibration:
+        made = [v for k, v in ctx.made.items() if k[0] == "ranking" and k[1] == cfg.per_channel]
+        if made:
+            return made[0]
+
+    def ranked():
+        with ctx.steps.step("sensitivity", {"method": "pt2e-simulation", "layers": "Conv/Linear",
+                                            "data": "calibration inputs"}, "rank layer sensitivity"):
+            return rank_layers(on_calibration(ctx).loaded, cfg, ctx.steps)
+
+    return made_once(ctx, ("ranking", *ranking_key(cfg)), ranked)
 
 
 def disagreement(record: dict) -> float | None:
@@ -53,12 +65,14 @@ def fall_back(ctx: BuildContext, fmt, cfg: QuantConfig, ranking: list[dict] | No
     there; and the ranking (`ranking` as given, or made here when layers had to be kept float)."""
     calib_ctx = on_calibration(ctx)
     probe = build_format(calib_ctx, fmt, cfg, "select")
-    tries = [{"float_layers": [], "disagreement": disagreement(probe)}]
-    best, best_layers = disagreement(probe), ()
-    float_layers: list[str] = []
+    float_layers = list(cfg.skip_layers)  # those --quality auto already kept float
+    tries = [{"float_layers": list(float_layers), "disagreement": disagreement(probe)}]
+    best, best_layers = disagreement(probe), tuple(float_layers)
     if best is not None and best > budget:
         ranking = ranking or rank(ctx, cfg)
         for row in ranking:
+            if row["layer"] in float_layers:
+                continue
             float_layers.append(row["layer"])
             ctx.steps.console.print(f"  over the budget on the calibration inputs: keeping [bold]{row['layer']}[/] in float")
             d = disagreement(build_format(calib_ctx, fmt, dataclasses.replace(cfg, skip_layers=tuple(float_layers)), "select"))

@@ -28,7 +28,13 @@ own artifact stays:
    activation quantized per call from its own range. Transformer activations carry
    outlier channels that no static range covers without wasting most of the 256
    levels (Dettmers et al., 2022, "LLM.int8()"; Xiao et al., 2023, "SmoothQuant"),
-   and the int8 kernels stay the same (XNNPACK's qd8 GEMMs, ORT's MatMulInteger).
+   and the int8 kernels stay the same (XNNPACK's qd8 GEMMs, ORT's MatMulInteger);
+5. mixed precision: the layers that carry the error kept in float, 1, 2, 4 then 8 of
+   them, as long as they do at most FLOAT_MACS_CAP of the Conv/Linear MACs, on the
+   closest static try so far. The layers are ranked once per build by what each one
+   costs quantized alone (sensitivity.py, on the calibration inputs) and the number is
+   chosen by the same label-free gate as every try, so it needs no labels (the labelled
+   `--max-accuracy-drop` fallback, fallback.py, continues from what this kept).
 
 The first try is the artifact itself, judged in its runtime. Later tries are screened
 before export where the format can (`screen`: the PT2E graph in Python, the ONNX model
@@ -47,6 +53,7 @@ import dataclasses
 import numpy as np
 
 from edgekit.build.artifact import PREPARED, BuildContext, build_format, equalized, float_model_for, judge
+from edgekit.build.fallback import rank
 from edgekit.compare import arithmetic, compare_runs, summary
 from edgekit.errors import UsageError
 from edgekit.formats.base import QuantConfig
@@ -59,6 +66,11 @@ MIN_SELECTION = 4  # calibration samples: fewer cannot tell two tries apart, so 
 # and the one the agreement picked was the worst of them on the evaluation crops).
 CLEARLY_BETTER = 0.5
 LINEAR_DOMINATED = 0.5  # share of Conv+Linear MACs in Linear layers above which the model is a transformer here
+# Mixed precision keeps at most this share of the Conv/Linear MACs in float: past it the artifact loses
+# the int8 speed it was built for (a float GEMM does a quarter of the int8 MACs per cycle on a core
+# with dot-product, docs/cost_model.md), and a model that needs more is better served by another format.
+FLOAT_MACS_CAP = 0.10
+FLOAT_LAYER_COUNTS = (1, 2, 4, 8)  # doubling: each try is a whole artifact, and 8 layers is the most the tries go to
 
 
 @dataclasses.dataclass
@@ -112,7 +124,7 @@ def build_with_quality(ctx: BuildContext, fmt, cfg: QuantConfig, mode: str, cali
     artifact = ctx.stage / f"model{fmt.SUFFIX}"
     tries: list[Try] = []
     built = None  # the try whose artifact is on disk
-    for attempt in _ladder(ctx, fmt, cfg, calibration_pinned):
+    for attempt in _ladder(ctx, fmt, cfg, calibration_pinned, tries):
         try:
             if not tries or not hasattr(fmt, "screen"):
                 attempt.record, built = build_format(sel_ctx, fmt, attempt.cfg, "select"), attempt
@@ -188,8 +200,9 @@ def _selection_context(ctx: BuildContext):
         {"source": calib.source, "samples": len(calib), "held_out": False}
 
 
-def _ladder(ctx: BuildContext, fmt, cfg: QuantConfig, calibration_pinned: bool):
-    """The tries of the module doc, made one at a time (a later one is only built if needed)."""
+def _ladder(ctx: BuildContext, fmt, cfg: QuantConfig, calibration_pinned: bool, tries: list[Try]):
+    """The tries of the module doc, made one at a time (a later one is only built if needed);
+    `tries`: those judged so far (the caller appends each before asking for the next)."""
     first = cfg.calibration or fmt.DEFAULT_CALIBRATION
     yield Try(f"static int8 ({first}{' + equalization' if cfg.equalize else ''})", cfg)
     # the pair count from the equalization alone: the try's GPTQ rounding is made only if it is built
@@ -201,6 +214,30 @@ def _ladder(ctx: BuildContext, fmt, cfg: QuantConfig, calibration_pinned: bool):
                 yield Try(f"static int8 ({method})", dataclasses.replace(cfg, calibration=method))
     if "dynamic" in fmt.SCHEMES and _linear_dominated(ctx):
         yield Try("dynamic int8 activations", dataclasses.replace(cfg, scheme="dynamic", calibration=None))
+    if not cfg.skip_layers and cfg.only_layers is None:
+        yield from _mixed_precision(ctx, tries)
+
+
+def _mixed_precision(ctx: BuildContext, tries: list[Try]):
+    """Try 5 of the module doc: the most harmful layers float, on the closest static try so far."""
+    from edgekit.stages.macs import layer_macs
+
+    static = [t for t in tries if t.record is not None and t.cfg.scheme == "static"]
+    if not static:
+        return
+    base = max(static, key=lambda t: t.closeness)
+    ranking = rank(ctx, base.cfg, any_calibration=True)
+    macs = layer_macs(ctx.loaded.model, ctx.loaded.example)
+    total = sum(macs.values())
+    for count in FLOAT_LAYER_COUNTS:
+        layers = tuple(row["layer"] for row in ranking[:count])
+        share = sum(macs.get(name, 0) for name in layers) / total if total else 1.0
+        if share > FLOAT_MACS_CAP:
+            return
+        yield Try(f"mixed precision ({len(layers)} layer{'s' if len(layers) > 1 else ''} float, "
+                  f"{100 * share:.1f} % of MACs; {base.method})", dataclasses.replace(base.cfg, skip_layers=layers))
+        if len(layers) < count:  # every ranked layer is float already
+            return
 
 
 def _linear_dominated(ctx: BuildContext) -> bool:

@@ -23,6 +23,8 @@ A format module defines (`Format` below spells it out):
                                           from the host's (None: the same Python runtime runs there)
     OFF_FAST_PATH_IS_SCALAR               ops off the fast path run on scalar one-thread kernels (the
                                           cost model charges them so)
+    ARM_KERNELS                           the kernel library its ops run on on ARM ("xnnpack", "mlas",
+                                          "qnnpack"): the cost model's KERNEL_LIBRARIES key
     NATIVE_TOOLS                          native benchmark binaries that run it (deploy/native.py parses them)
     PREFERRED_NATIVE_TOOL                 the one a Linux aarch64 board gets by default, if any
     emulate(core, artifact, samples, input_names) -> (outputs, instructions, doc); or
@@ -55,6 +57,7 @@ class Format(Protocol):
     DEFAULT_CALIBRATION: str
     DEVICE_RUNTIME_MB: float | None
     OFF_FAST_PATH_IS_SCALAR: bool
+    ARM_KERNELS: str
     NATIVE_TOOLS: tuple[str, ...]
     GUEST_WHEELS: dict[str, str | None]
 
@@ -163,8 +166,11 @@ def check_calibration_name(name: str | None) -> None:
 
 
 def quantizable_layers(model) -> list[str]:
-    """Names of the leaf Conv/Linear modules, in definition order."""
-    return [name for name, m in model.named_modules() if name and type(m).__name__ in QUANTIZABLE_LAYERS]
+    """Names of the Conv/Linear modules, in definition order; their subclasses too (EfficientNet's
+    Conv2dStaticSamePadding is an nn.Conv2d that pads in its forward)."""
+    return [name for name, m in model.named_modules()
+            if name and any(c.__name__ in QUANTIZABLE_LAYERS and c.__module__.startswith("torch.nn")
+                            for c in type(m).__mro__)]
 
 
 def layer_selected(scopes: Sequence[str], cfg: QuantConfig) -> bool:

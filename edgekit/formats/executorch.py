@@ -33,6 +33,7 @@ from edgekit.formats.base import (
 from edgekit.formats.pt2e import (
     GraphRunner,
     integer_safe,
+    node_scopes,
     record_report,
     report_of,
     with_calibration,
@@ -56,6 +57,7 @@ DEFAULT_CALIBRATION = "histogram"
 DEVICE_RUNTIME_MB = 16
 # Ops outside the XNNPACK delegate run on ExecuTorch's portable kernels: scalar C++, one thread.
 OFF_FAST_PATH_IS_SCALAR = True
+ARM_KERNELS = "xnnpack"  # its kernel library on ARM, for the cost model (validate/cost.py)
 NATIVE_TOOLS = ("edgekit-et-runner", "executor_runner")
 GUEST_WHEELS: dict[str, str | None] = {}  # runs in edgekit-et-runner, built from the executorch wheel (emulator/native_build.py)
 PREFERRED_NATIVE_TOOL = "edgekit-et-runner"  # a Linux aarch64 board then needs no torch
@@ -71,14 +73,18 @@ def available() -> str | None:
 def quantize(model, example_inputs: tuple, calib_batches: Iterable[tuple], cfg: QuantConfig):
     """static: export -> prepare_pt2e -> calibrate -> convert_pt2e; dynamic: weights int8,
     activations quantized per call; fp16: the whole graph in half precision."""
-    import torch
-
     quiet_python_logs()
     if cfg.scheme == "fp16":
         return float16_model(model).eval()
+    return quantize_exported(torch_export(model, example_inputs).module(), example_inputs, calib_batches, cfg)
+
+
+def quantize_exported(graph, example_inputs: tuple, calib_batches: Iterable[tuple], cfg: QuantConfig):
+    """`quantize` from torch.export's module of the model (changed in place): for callers that
+    quantize one graph many ways (build/sensitivity.py copies one export per layer)."""
+    import torch
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
-    graph = torch_export(model, example_inputs).module()
     quantizer = _quantizer(cfg)
     prepared = prepare_pt2e(graph, quantizer)
     # Dynamic quantization needs no activation statistics, but the weight
@@ -143,7 +149,7 @@ def _node_filter(cfg: QuantConfig):
             # Weights and folded batch-norm biases (get_attr) carry no module
             # stack; the op that uses them decides.
             return True
-        if layer_selected(_node_scopes(node), cfg):
+        if layer_selected(node_scopes(node), cfg):
             return True
         if cfg.only_layers is None or depth >= _EPILOGUE_DEPTH or _is_weighted(node):
             return False
@@ -159,10 +165,6 @@ _EPILOGUE_DEPTH = 2
 def _is_weighted(node) -> bool:
     name = str(node.target)
     return "conv" in name or "linear" in name
-
-
-def _node_scopes(node) -> list[str]:
-    return [path for path, _ in (node.meta.get("nn_module_stack") or {}).values()]
 
 
 def float16_model(inner):

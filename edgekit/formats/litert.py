@@ -54,6 +54,7 @@ DEFAULT_CALIBRATION = "histogram"
 INSTALL_HINT = "pip install 'edgekit[litert]' (litert-torch and ai-edge-litert), then build again"
 DEVICE_RUNTIME_MB = None  # ai-edge-litert's Python interpreter runs on the device as on this host
 OFF_FAST_PATH_IS_SCALAR = False  # float ops run on LiteRT's optimized (XNNPACK) float kernels
+ARM_KERNELS = "xnnpack"  # on ARM (validate/cost.py): LiteRT applies its XNNPACK delegate by default
 NATIVE_TOOLS = ("benchmark_model",)
 PREFERRED_NATIVE_TOOL = None
 # The newest aarch64 ai-edge-litert for Python 3.11 is 1.4.0 (the host's 2.3 has no aarch64 wheel);
@@ -97,7 +98,7 @@ def quantize(model, example_inputs: tuple, calib_batches: Iterable[tuple], cfg: 
     with native_stderr_captured():
         quantizer = _litert_quantizer(cfg)
     graph = torch_export(model, example_inputs).module()
-    safe = integer_safe(quantizer)
+    safe = integer_safe(quantizer, cfg.skip_layers)
     prepared = prepare_pt2e(graph, safe)
     with torch.no_grad():
         for batch in calib_batches:
@@ -118,10 +119,9 @@ def _litert_quantizer(cfg: QuantConfig, tutorial: bool = False):
     if tutorial:  # litert-torch's README: the global symmetric config, nothing else
         return PT2EQuantizer().set_global(config)
     config = with_calibration(config, cfg.calibration or DEFAULT_CALIBRATION)
-    quantizer = PT2EQuantizer().set_global(config)
-    for name in cfg.skip_layers:  # the accuracy fallback's float layers
-        quantizer.set_module_name(name, None)
-    return quantizer
+    # The float layers (mixed precision, the accuracy fallback) are left out by integer_safe:
+    # PT2EQuantizer.set_module_name takes no None ("quantization_config == None is not supported").
+    return PT2EQuantizer().set_global(config)
 
 
 SCREENED_AS = GraphRunner.validated_as  # how build/quality.py judges a try with `screen`
@@ -136,7 +136,7 @@ def pt2e_quantizer(cfg: QuantConfig, tutorial: bool = False):
     """The PT2E quantizer this format annotates with (`edgekit debug` replays it); `tutorial`:
     litert-torch's documented default, for comparison."""
     quantizer = _litert_quantizer(cfg, tutorial)
-    return quantizer if tutorial else integer_safe(quantizer)
+    return quantizer if tutorial else integer_safe(quantizer, cfg.skip_layers)
 
 
 def export(qmodel: LiteRtQuantized, example_inputs: tuple, path: Path) -> dict:

@@ -47,6 +47,7 @@ DEVICE_RUNTIME = "onnxruntime"
 DEVICE_RUNTIME_MB = None
 # Float leftovers in an .onnx still run on ORT's vectorized, multi-threaded float kernels.
 OFF_FAST_PATH_IS_SCALAR = False
+ARM_KERNELS = "mlas"  # on ARM (validate/cost.py): the CPU provider runs QLinearConv/MatMulInteger on MLAS
 NATIVE_TOOLS = ("onnxruntime_perf_test",)
 GUEST_WHEELS = {"onnxruntime": None}  # the host's version on the emulated board: host and guest outputs compare
 PREFERRED_NATIVE_TOOL = None

@@ -41,8 +41,14 @@ from edgekit.formats.activations import fx_quantizable
 _ANNOTATION = "quantization_annotation"
 
 
-def integer_safe(quantizer):
-    """`quantizer` wrapped so integer and mask tensors stay out of quantization."""
+def node_scopes(node) -> list[str]:
+    """The dotted module paths enclosing an exported graph's node (torch.export's nn_module_stack)."""
+    return [path for path, _ in (node.meta.get("nn_module_stack") or {}).values()]
+
+
+def integer_safe(quantizer, float_layers: tuple[str, ...] = ()):
+    """`quantizer` wrapped so integer and mask tensors stay out of quantization, and so do the ops
+    inside the modules named in `float_layers` (for quantizers that take no `None` per module)."""
     from torchao.quantization.pt2e.quantizer import Quantizer
 
     class IntegerSafeQuantizer(Quantizer):
@@ -58,7 +64,7 @@ def integer_safe(quantizer):
         def annotate(self, model):
             model = self.inner.annotate(model)
             self.report = {"clamps_observed_after": len(fuse_clamps(model)),
-                           "kept_float_ops": keep_float_where_not_quantizable(model)}
+                           "kept_float_ops": keep_float_where_not_quantizable(model, float_layers)}
             return model
 
         def validate(self, model) -> None:
@@ -226,15 +232,16 @@ def fuse_clamps(model) -> list[str]:
     return fused
 
 
-def keep_float_where_not_quantizable(model) -> list[str]:
-    """Remove the annotation of every op that reads or writes a tensor int8 may not touch, and of
-    every op whose annotation shares an observer with one removed (SharedQuantizationSpec: it would
-    point an activation's observer at a mask). Returns the names of the ops kept float."""
+def keep_float_where_not_quantizable(model, float_layers: tuple[str, ...] = ()) -> list[str]:
+    """Remove the annotation of every op that reads or writes a tensor int8 may not touch, of every
+    op inside the modules named in `float_layers`, and of every op whose annotation shares an
+    observer with one removed (SharedQuantizationSpec: it would point an activation's observer at a
+    mask). Returns the names of the ops kept float."""
     from torchao.quantization.pt2e.quantizer import SharedQuantizationSpec
 
     quantizable = fx_quantizable(model)
     annotated = [n for n in model.graph.nodes if n.meta.get(_ANNOTATION) is not None]
-    kept_float = [n for n in annotated if n not in quantizable or any(
+    kept_float = [n for n in annotated if n not in quantizable or set(node_scopes(n)) & set(float_layers) or any(
         arg not in quantizable for arg in n.meta[_ANNOTATION].input_qspec_map)]
     dropped: set = set()
 

@@ -34,6 +34,7 @@ SUFFIX = ".ptl"
 DEVICE_RUNTIME = "torch-lite-interpreter"
 DEVICE_RUNTIME_MB = None  # the lite interpreter is torch's: the Python runtime measured here runs there too
 OFF_FAST_PATH_IS_SCALAR = False  # float leftovers run on torch's vectorized kernels
+ARM_KERNELS = "qnnpack"  # on ARM (validate/cost.py): its quantized ops run on PyTorch's QNNPACK
 NATIVE_TOOLS = ()
 GUEST_WHEELS: dict[str, str | None] = {}  # not run there (EMULATION_UNSUPPORTED)
 PREFERRED_NATIVE_TOOL = None

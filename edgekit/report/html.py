@@ -90,8 +90,9 @@ def _glance(data: dict) -> str:
     return ("<h2>At a glance</h2>" +
             _table(["artifact", "quality gate", f"predicted on {data['target']}", "measured on the target",
                     "this computer p50", "size", "RAM", "lint"], rows) +
-            '<p class="note">Predicted: the cost model (docs/cost_model.md), from the model\'s work per op and '
-            "the ops each artifact leaves off its fast kernels. This computer's times are not the target's.</p>")
+            '<p class="note">Predicted: the cost model (docs/cost_model.md), from the model\'s work per op, '
+            "each format's own ARM kernel library (XNNPACK, MLAS, QNNPACK) and the ops each artifact leaves "
+            "off its fast kernels. This computer's times are not the target's.</p>")
 
 
 def _margin(q: dict, gate: dict) -> str:

@@ -73,8 +73,9 @@ def _validation_line(fmt: str, checks: dict, target: str) -> str:
         parts.append(f"lint: {len(findings)} finding(s), {fast}" if findings else f"lint: clean, {fast}")
     p = checks.get("prediction")
     if p:
+        kernels = f"{p['kernels']} kernels, " if p.get("kernels") else ""
         parts.append(f"predicted on {target}: {p['low_ms']:.3g}–{p['high_ms']:.3g} ms at {p['threads']} threads "
-                     f"(cost model, docs/cost_model.md)")
+                     f"({kernels}cost model, docs/cost_model.md)")
     return f"{fmt}: " + " · ".join(parts) if parts else f"{fmt}: no lint or prediction"
 
 

