@@ -56,7 +56,7 @@ def _complete_target(ctx, param, incomplete: str) -> list[str]:
     return [n for n in target_names() if n.startswith(incomplete)]
 
 
-_FORMAT_CHOICES = ("executorch", "torchscript-lite", "onnx", "litert", "all")
+_FORMAT_CHOICES = ("executorch", "torchscript-lite", "onnx", "litert", "all", "auto")
 
 
 def _options(*options):
@@ -86,7 +86,9 @@ recipe_options = _options(
     click.option("--recipe", "recipe_file", type=click.Path(dir_okay=False),
                  help="A build recipe: a TOML file with a [recipe] table, or a build's manifest.json to replay it."),
     click.option("-f", "--format", "formats", multiple=True, type=click.Choice(_FORMAT_CHOICES),
-                 help="Export format (repeatable); `all` builds every one. [default: the target's]"),
+                 help="Export format (repeatable); `all` builds every one; `auto` builds every one and keeps "
+                      "the one to ship (passes the gate, fastest predicted on the target) as the primary. "
+                      "[default: the target's]"),
     click.option("--quant", type=click.Choice(("static", "dynamic", "fp16")),
                  help="static int8 (default), dynamic int8 (Linear/LSTM-heavy models), or fp16 (targets with fp16)."),
     click.option("--calibration", type=click.Choice(("minmax", "histogram", "percentile", "entropy")),

@@ -1,6 +1,7 @@
 """A build recipe: how to build, apart from what (the model source) and where (the target).
 
-    formats       () for the target's own, ("all",) for every format this installation has
+    formats       () for the target's own, ("all",) for every format this installation has,
+                  ("auto",) for the same and the one to ship kept as the primary (build/__init__.py)
     quant         scheme (static, dynamic, fp16), per-channel weights, calibration method
     calib_samples use only the first N calibration samples
     quality       auto: when int8 misses the gate, recover (build/quality.py); fast: one pass
@@ -78,8 +79,9 @@ class BuildRecipe:
         """Everything that can be refused before any work."""
 
         for fmt in self.formats:
-            if fmt != "all" and fmt not in FORMATS:
-                raise UsageError(f"--format {fmt}: unknown format", hint=f"choose from: {', '.join((*FORMATS, 'all'))}")
+            if fmt not in ("all", "auto") and fmt not in FORMATS:
+                raise UsageError(f"--format {fmt}: unknown format",
+                                 hint=f"choose from: {', '.join((*FORMATS, 'all', 'auto'))}")
         if self.quant.scheme not in SCHEMES:
             raise UsageError(f"--quant {self.quant.scheme}: unknown scheme", hint=f"choose one of: {', '.join(SCHEMES)}")
         if self.quant.calibration is not None and self.quant.calibration not in CALIBRATIONS:

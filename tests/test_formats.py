@@ -125,3 +125,57 @@ def test_report_html_first_screen_renders_in_chromium(built, run_cli, tmp_path):
     assert text.count("✓ passed") >= len(FILES), text
     assert seen["broken_images"] == [] and seen["images"] >= len(FILES) + 2  # sizes, cosines, a confusion each
     assert (tmp_path / "first-screen.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_format_auto_keeps_the_artifact_to_ship_over_the_profiles_slower_format(digits_app, tmp_path, run_cli):
+    """A board profile that prefers .ptl: `--format auto` builds every format and keeps as the
+    primary the one predicted fastest among those that pass, saying why; .ptl (QNNPACK: no
+    dot-product kernels, docs/cost_model.md) is predicted slower, so it is not kept."""
+    import json
+    import re
+
+    from edgekit.target import targets_dir
+
+    profile = re.sub(r'^format = "executorch"', 'format = "torchscript-lite"',
+                     (targets_dir() / "rpi5.toml").read_text(), flags=re.M)
+    profile = re.sub(r'^backend = "xnnpack"', 'backend = "qnnpack"', profile, flags=re.M)
+    board = tmp_path / "myboard.toml"
+    board.write_text(profile)
+    out = tmp_path / "b"
+    proc = run_cli("build", str(digits_app), "--target", str(board), "--format", "auto", "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    m = json.loads((out / "manifest.json").read_text())
+    choice = m["format_choice"]
+    candidates = {c["format"]: c for c in choice["candidates"]}
+    assert {"executorch", "torchscript-lite", "onnx"} <= set(candidates) and all(c["passed"] for c in candidates.values())
+    chosen = choice["chosen"]
+    assert chosen != "torchscript-lite" and m["format"] == chosen and m["artifact"] == m["formats"][chosen]["artifact"]
+    assert candidates["torchscript-lite"]["predicted_ms"] > 1.1 * candidates[chosen]["predicted_ms"]
+    assert "fastest predicted on myboard (model.ptl slower)" in choice["why"], choice
+    assert f"--format auto: kept {choice['file']}" in " ".join(proc.stderr.split())
+    assert next(iter(m["formats"])) == chosen  # the primary, first in the manifest as in every build
+
+
+def test_format_auto_fails_the_build_only_when_no_candidate_passes():
+    from edgekit.build import _choose_primary
+
+    class Console:
+        def print(self, *_):
+            pass
+
+    class Steps:
+        console = Console()
+
+    def record(file, passed):
+        return {"artifact": {"file": file}, "gate": {"passed": passed}, "metrics": {"cosine": 0.99}}
+
+    def manifest(records):
+        return {"target": "rpi5", "target_profile": {"format": "executorch"}, "formats": records,
+                "validation": {"formats": {f: {"lint": {"macs_fast_share": 1.0}} for f in records}}}
+
+    records = {"executorch": record("model.pte", False), "onnx": record("model.onnx", True)}
+    m, failures = _choose_primary(manifest(records), records, ["model.pte: cosine"], Steps(), manifest)
+    assert failures == [] and m["format_choice"]["chosen"] == "onnx" and next(iter(m["formats"])) == "onnx"
+    records["onnx"] = record("model.onnx", False)
+    m, failures = _choose_primary(manifest(records), records, ["model.pte: cosine", "model.onnx: cosine"], Steps(), manifest)
+    assert len(failures) == 2 and m["format_choice"]["chosen"] is None

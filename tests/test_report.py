@@ -160,7 +160,7 @@ def test_the_report_reads_the_prediction_a_build_made_before_any_validate():
 
 
 def test_the_recommendation_ships_a_passing_artifact_on_the_fast_kernels_and_says_why():
-    from edgekit.report.data import recommend
+    from edgekit.choose import recommend
 
     def fmt(file, passed, cosine, share):
         return {"artifact": {"file": file}, "gate": {"passed": passed}, "metrics": {"cosine": cosine}}, \
@@ -182,7 +182,7 @@ def test_the_recommendation_ships_a_passing_artifact_on_the_fast_kernels_and_say
 
 
 def test_the_recommendation_prefers_the_fastest_predicted_and_calls_near_equal_a_tie():
-    from edgekit.report.data import recommend
+    from edgekit.choose import recommend
 
     def fmt(file, point):
         return {"artifact": {"file": file}, "gate": {"passed": True}, "metrics": {"cosine": 0.999}}, \

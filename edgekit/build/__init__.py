@@ -25,6 +25,7 @@ from edgekit.build.builddir import staged_build_dir
 from edgekit.build.fallback import fall_back, rank
 from edgekit.build.quality import build_with_quality
 from edgekit.cache import StepCache
+from edgekit.choose import recommend
 from edgekit.compare import GATES, Gate, arithmetic
 from edgekit.errors import BuildGateFailed, FormatUnsupported, UsageError
 from edgekit.formats import FORMATS, get_format
@@ -46,10 +47,11 @@ from edgekit.validate.run import build_checks
 
 
 def resolve_formats(requested: tuple[str, ...], target: Target) -> tuple[str, ...]:
-    """'all' means every format, the target's preferred one first (it becomes the primary)."""
+    """'all' means every format, the target's preferred one first (it becomes the primary); 'auto'
+    builds the same candidates, and the build then keeps the one to ship as the primary."""
     if not requested:
         return (target.format,)
-    if "all" in requested:
+    if "all" in requested or "auto" in requested:
         return (target.format, *[f for f in FORMATS if f != target.format])
     return tuple(dict.fromkeys(requested))
 
@@ -63,7 +65,8 @@ def quality_gate(recipe: BuildRecipe) -> Gate:
 
 def run_build(spec: ModelSpec, target: Target, recipe: BuildRecipe, out, steps, cache: StepCache | None = None) -> dict:
     recipe.check()
-    every = "all" in recipe.formats
+    auto = "auto" in recipe.formats
+    every = "all" in recipe.formats or auto
     cfg = dataclasses.replace(recipe.quant, input_names=tuple(s.name for s in spec.inputs))
     spec = dataclasses.replace(spec, task=recipe.gate.task or spec.task)
     skipped: dict[str, dict] = {}
@@ -138,11 +141,36 @@ def run_build(spec: ModelSpec, target: Target, recipe: BuildRecipe, out, steps, 
                              hint=first["hint"])
         manifest = _manifest(spec, target, recipe, records, float_bytes, ranking, steps, gate, skipped)
         manifest.update(_lint_and_predict(loaded, stage, records, target, steps))
+        if auto:
+            manifest, gate_failures = _choose_primary(manifest, records, gate_failures, steps,
+                                                      lambda rs: _manifest(spec, target, recipe, rs, float_bytes,
+                                                                           ranking, steps, gate, skipped))
         write_json_atomic(stage / MANIFEST, _public(manifest))
     manifest = read_manifest(out)  # as written, with what the swap added (device runs kept from before)
     if gate_failures:
         raise BuildGateFailed("quality gate failed: " + "; ".join(gate_failures), _gate_hint(records, out), manifest)
     return manifest
+
+
+def _choose_primary(manifest: dict, records: dict, gate_failures: list[str], steps, remake):
+    """`--format auto`: the artifact to ship (choose.py: passes the gate, all its MACs on its fast
+    kernels, fastest predicted on the target) becomes the build's primary; the other candidates stay
+    in the build, marked as they were judged. Their gate failures no longer fail the build once one
+    passed: what was asked for is the one that passes. Returns (manifest, the failures that count)."""
+    choice = recommend(manifest)
+    checks = (manifest.get("validation") or {}).get("formats") or {}
+    candidates = [{"format": f, "file": r["artifact"]["file"], "passed": r["gate"]["passed"],
+                   "predicted_ms": (checks.get(f, {}).get("prediction") or {}).get("latency_ms")}
+                  for f, r in records.items()]
+    if choice["format"] is None:
+        manifest["format_choice"] = {"mode": "auto", "chosen": None, "why": choice["why"], "candidates": candidates}
+        return manifest, gate_failures
+    ordered = {choice["format"]: records[choice["format"]], **records}
+    remade = {**manifest, **remake(ordered)}  # the top-level record repeats the chosen one's
+    remade["format_choice"] = {"mode": "auto", "chosen": choice["format"], "file": choice["file"],
+                               "why": choice["why"], "candidates": candidates}
+    steps.console.print(f"--format auto: kept [bold]{choice['file']}[/] ({choice['why']})")
+    return remade, []
 
 
 def _say_reused(steps) -> None:

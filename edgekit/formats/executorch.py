@@ -38,6 +38,7 @@ from edgekit.formats.pt2e import (
     report_of,
     with_calibration,
 )
+from edgekit.formats.xnnpack_rewrites import keep_on_delegate
 from edgekit.quiet import native_stderr_captured, quiet_python_logs
 
 NAME = "executorch"
@@ -76,7 +77,14 @@ def quantize(model, example_inputs: tuple, calib_batches: Iterable[tuple], cfg: 
     quiet_python_logs()
     if cfg.scheme == "fp16":
         return float16_model(model).eval()
-    return quantize_exported(torch_export(model, example_inputs).module(), example_inputs, calib_batches, cfg)
+    graph = torch_export(model, example_inputs).module()
+    rewrites = keep_on_delegate(graph, example_inputs)
+    quantized = quantize_exported(graph, example_inputs, calib_batches, cfg)
+    quantized.meta[REWRITES_KEY] = rewrites
+    return quantized
+
+
+REWRITES_KEY = "edgekit_rewrites"  # xnnpack_rewrites' records on the quantized graph, for the export record
 
 
 def quantize_exported(graph, example_inputs: tuple, calib_batches: Iterable[tuple], cfg: QuantConfig):
@@ -206,7 +214,8 @@ def export(qmodel, example_inputs: tuple, path: Path) -> dict:
     delegated = DELEGATE_ID in delegates
     warnings = [] if delegated else [f"nothing was delegated to {BACKEND}: the artifact runs on portable CPU kernels"]
     return {"delegates": delegates, "xnnpack_delegated": delegated, "ops_outside_delegate": outside,
-            "planned_memory_bytes": planned, "quantizer": report_of(qmodel), "warnings": warnings}
+            "planned_memory_bytes": planned, "quantizer": report_of(qmodel),
+            "rewrites": list(getattr(qmodel, "meta", {}).get(REWRITES_KEY, [])), "warnings": warnings}
 
 
 def _ops_outside_delegate(graph_module) -> list[str]:
@@ -273,6 +282,9 @@ ADVICE = {
     "index": "advanced indexing is not delegated: use slicing, or move it out of forward()",
     "grid_sampler_2d": "grid_sample is not delegated: precompute the grid or resample outside the model",
     "native_layer_norm": "layer norm outside XNNPACK: check the export kept it as one op (affine, last dim)",
+    "mean": ("XNNPACK takes only the mean over H and W of a 4-D tensor (its global average pooling; edgekit "
+             "rewrites x.mean((2, 3)) to it): for other dims no rewrite exists yet, reshape so the mean is "
+             "over the last two dims of a 4-D tensor"),
 }
 GENERIC_ADVICE = ("runs on ExecuTorch's portable kernels (scalar, one thread): replace it with ops XNNPACK takes "
                   "(conv, linear, add/mul, pooling, clamp/relu, softmax) or move it out of forward()")
@@ -398,9 +410,11 @@ def emulate(core, artifact: Path, samples: list[list[np.ndarray]], input_names: 
 def emulated_baseline(core, model, example: tuple, one_sample) -> int | None:
     """Guest instructions of the float model lowered to XNNPACK the same way: what int8 is judged by."""
 
+    graph = torch_export(model, example).module()
+    keep_on_delegate(graph, example)  # the same rewrites as the int8 artifact's
     with tempfile.TemporaryDirectory(prefix="edgekit-float-pte-") as tmp:
         path = Path(tmp) / "float.pte"
-        export(model, example, path)
+        export(graph, example, path)
         try:
             _, count, _ = run_native_pte(core, path, one_sample, "float")
         except EmulationFailed:

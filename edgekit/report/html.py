@@ -112,7 +112,7 @@ def _newest(runs: list[dict], fmt: str, keep) -> dict | None:
 
 
 def _recommendation(rec: dict | None) -> str:
-    """The first thing on the page: which artifact to ship, and why (report/data.py: recommend)."""
+    """The first thing on the page: which artifact to ship, and why (edgekit/choose.py: recommend)."""
     if not rec:
         return ""
     if rec["file"] is None:

@@ -19,7 +19,7 @@ from edgekit.report.format import (
     run_flags,
     verdict,
 )
-from edgekit.report.data import recommend
+from edgekit.choose import recommend
 from edgekit.target import Target
 
 

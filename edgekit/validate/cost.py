@@ -44,6 +44,7 @@ MAC_PER_CYCLE = {
     ("int8", True): 32.0,
     ("fp32", True): 8.0,  # dot-product does not help fp32
 }
+NARROW_NEON_CORES = {"a53": 0.5}  # cores whose NEON datapath is 64-bit: scale the peak
 
 
 @dataclass(frozen=True)
@@ -76,7 +77,7 @@ KERNEL_LIBRARIES = {
 def int8_peak(lib: KernelLibrary, dotprod: bool) -> float:
     """int8 MACs per cycle per core (before NARROW_NEON_CORES) for this library on this core."""
     return MAC_PER_CYCLE[("int8", True)] if dotprod and lib.int8_dotprod else lib.int8_mac_per_cycle_no_dot
-NARROW_NEON_CORES = {"a53": 0.5}  # cores whose NEON datapath is 64-bit: scale the peak
+
 
 # --- what a real kernel reaches of that peak, per op kind (ESTIMATES, see docs/cost_model.md) -----
 # Dense conv / linear are GEMMs: the reference (1.0); the fitted core efficiency scales it.
