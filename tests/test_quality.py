@@ -263,3 +263,18 @@ def test_layers_are_found_through_subclasses_and_counted_in_macs():
     model = torch.nn.Sequential(SamePadConv(3, 8, 3), torch.nn.ReLU(), torch.nn.Flatten(), torch.nn.Linear(8 * 16 * 16, 4))
     assert quantizable_layers(model) == ["0", "3"]
     assert layer_macs(model, (torch.zeros(1, 3, 16, 16),)) == {"0": 8 * 16 * 16 * 3 * 9, "3": 8 * 16 * 16 * 4}
+
+
+def test_mixed_precision_is_not_tried_where_it_cannot_be_kept_and_says_why(scaled_app, tmp_path):
+    """The scaled MLP in LiteRT (static only): every layer's input moves 1000x from sample to
+    sample, so the error is spread over the layers, and the few that fit in 10 % of the MACs
+    cannot carry half of it: no mixed-precision artifact is built, and the record says why."""
+    from conftest import require_litert
+
+    require_litert()
+    with pytest.raises(BuildGateFailed) as err:
+        api.build(scaled_app, "rpi5", api.recipe(formats=("litert",)), out=tmp_path / "b")
+    quality = err.value.manifest["formats"]["litert"]["quality"]
+    assert not any(t["method"].startswith("mixed precision") for t in quality["tries"]), quality["tries"]
+    [note] = quality["not_tried"]
+    assert note.startswith("mixed precision not tried: the layers that fit in 10 % of the MACs carry"), note

@@ -17,7 +17,7 @@ from __future__ import annotations
 import dataclasses
 
 from edgekit.build.artifact import BuildContext, build_format, made_once
-from edgekit.build.sensitivity import rank_layers, ranking_key
+from edgekit.build.sensitivity import rank_layers, ranking_key, simulated_cosine
 from edgekit.formats.base import QuantConfig
 
 
@@ -49,6 +49,17 @@ def rank(ctx: BuildContext, cfg: QuantConfig, any_calibration: bool = False) -> 
             return rank_layers(on_calibration(ctx).loaded, cfg, ctx.steps)
 
     return made_once(ctx, ("ranking", *ranking_key(cfg)), ranked)
+
+
+def simulated(ctx: BuildContext, cfg: QuantConfig) -> float:
+    """sensitivity.simulated_cosine on the calibration inputs, once per build and ranking key."""
+
+    def run():
+        with ctx.steps.step("simulate", {"method": "pt2e-simulation", "data": "calibration inputs"},
+                            "simulate the whole model in int8"):
+            return simulated_cosine(on_calibration(ctx).loaded, cfg)
+
+    return made_once(ctx, ("simulated", *ranking_key(cfg)), run)
 
 
 def disagreement(record: dict) -> float | None:

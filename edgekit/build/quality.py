@@ -34,7 +34,8 @@ own artifact stays:
    closest static try so far. The layers are ranked once per build by what each one
    costs quantized alone (sensitivity.py, on the calibration inputs) and the number is
    chosen by the same label-free gate as every try, so it needs no labels (the labelled
-   `--max-accuracy-drop` fallback, fallback.py, continues from what this kept).
+   `--max-accuracy-drop` fallback, fallback.py, continues from what this kept). Only tries
+   that could be kept are made (_mixed_precision says when, and the record's `not_tried` why).
 
 The first try is the artifact itself, judged in its runtime. Later tries are screened
 before export where the format can (`screen`: the PT2E graph in Python, the ONNX model
@@ -49,11 +50,12 @@ pass, exactly the recipe, judged on the evaluation data only.
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import numpy as np
 
 from edgekit.build.artifact import PREPARED, BuildContext, build_format, equalized, float_model_for, judge
-from edgekit.build.fallback import rank
+from edgekit.build.fallback import rank, simulated
 from edgekit.compare import arithmetic, compare_runs, summary
 from edgekit.errors import UsageError
 from edgekit.formats.base import QuantConfig
@@ -123,8 +125,9 @@ def build_with_quality(ctx: BuildContext, fmt, cfg: QuantConfig, mode: str, cali
     sel_ctx, inputs = selection
     artifact = ctx.stage / f"model{fmt.SUFFIX}"
     tries: list[Try] = []
+    notes: list[str] = []
     built = None  # the try whose artifact is on disk
-    for attempt in _ladder(ctx, fmt, cfg, calibration_pinned, tries):
+    for attempt in _ladder(ctx, fmt, cfg, calibration_pinned, tries, notes):
         try:
             if not tries or not hasattr(fmt, "screen"):
                 attempt.record, built = build_format(sel_ctx, fmt, attempt.cfg, "select"), attempt
@@ -156,6 +159,10 @@ def build_with_quality(ctx: BuildContext, fmt, cfg: QuantConfig, mode: str, cali
         "chosen": chosen.method,
         "why": _why(chosen, tries[0]),
     }
+    if notes:
+        record["quality"]["not_tried"] = notes
+        for note in notes:
+            ctx.steps.console.print(f"  {artifact.name}: {note}")
     if len(tries) > 1:
         ctx.steps.console.print(f"  {artifact.name}: kept [bold]{chosen.method}[/] ({record['quality']['why']})")
     return record
@@ -178,7 +185,8 @@ def _screen(ctx: BuildContext, fmt, attempt: Try) -> dict:
     in Python computes what the delegate's int8 kernels do, up to rounding), skipping the lowering
     that costs most of a build (a minute for a 6-layer BERT's .pte). Only the chosen try is exported."""
     loaded, specs = ctx.loaded, ctx.spec.inputs
-    label = f"try {attempt.method} ({fmt.BACKEND}, {fmt.SCREENED_AS})"
+    how = fmt.SCREENED_AS if fmt.SCREENED_AS.startswith(fmt.BACKEND) else f"{fmt.BACKEND}, {fmt.SCREENED_AS}"
+    label = f"try {attempt.method} ({how})"
     with ctx.steps.step("screen", {"format": fmt.NAME, **attempt.cfg.to_json(fmt), "samples": len(loaded.calib)}, label):
         qmodel = fmt.quantize(float_model_for(ctx, attempt.cfg)[0], loaded.example, batches(loaded.calib, specs),
                               attempt.cfg)
@@ -200,9 +208,10 @@ def _selection_context(ctx: BuildContext):
         {"source": calib.source, "samples": len(calib), "held_out": False}
 
 
-def _ladder(ctx: BuildContext, fmt, cfg: QuantConfig, calibration_pinned: bool, tries: list[Try]):
+def _ladder(ctx: BuildContext, fmt, cfg: QuantConfig, calibration_pinned: bool, tries: list[Try], notes: list[str]):
     """The tries of the module doc, made one at a time (a later one is only built if needed);
-    `tries`: those judged so far (the caller appends each before asking for the next)."""
+    `tries`: those judged so far (the caller appends each before asking for the next); `notes`:
+    why a try was not made, for the record."""
     first = cfg.calibration or fmt.DEFAULT_CALIBRATION
     yield Try(f"static int8 ({first}{' + equalization' if cfg.equalize else ''})", cfg)
     # the pair count from the equalization alone: the try's GPTQ rounding is made only if it is built
@@ -215,29 +224,50 @@ def _ladder(ctx: BuildContext, fmt, cfg: QuantConfig, calibration_pinned: bool, 
     if "dynamic" in fmt.SCHEMES and _linear_dominated(ctx):
         yield Try("dynamic int8 activations", dataclasses.replace(cfg, scheme="dynamic", calibration=None))
     if not cfg.skip_layers and cfg.only_layers is None:
-        yield from _mixed_precision(ctx, tries)
+        yield from _mixed_precision(ctx, tries, notes)
 
 
-def _mixed_precision(ctx: BuildContext, tries: list[Try]):
-    """Try 5 of the module doc: the most harmful layers float, on the closest static try so far."""
+def _mixed_precision(ctx: BuildContext, tries: list[Try], notes: list[str]):
+    """Try 5 of the module doc: the most harmful layers float, on the closest static try so far.
+
+    Only the tries that can be kept are made: a try is kept when it halves the output error
+    (CLEARLY_BETTER), and the output error (1 - cosine, for small errors half the noise-to-signal
+    power) is about the sum of the layers' own noise powers (10^(-SQNR/10) of each layer quantized
+    alone). So the layers kept float must carry at least half of that sum; and the ranking, made
+    in the PT2E simulation, must see the format's error at all (the simulation loses at least half
+    as much): QNNPACK's own losses, say, are not in it, and minutes of ranking would not find them."""
     from edgekit.stages.macs import layer_macs
 
     static = [t for t in tries if t.record is not None and t.cfg.scheme == "static"]
     if not static:
         return
     base = max(static, key=lambda t: t.closeness)
+    format_error, simulated_error = 1.0 - base.closeness[0], 1.0 - simulated(ctx, base.cfg)
+    if simulated_error < CLEARLY_BETTER * format_error:
+        notes.append(f"mixed precision not tried: with every layer int8 the PT2E simulation the layer ranking "
+                     f"uses loses {simulated_error:.2g} of cosine where this format loses {format_error:.2g}: "
+                     "its error enters where a ranking of layers cannot see it")
+        return
     ranking = rank(ctx, base.cfg, any_calibration=True)
+    noise = [10 ** (-row["output_sqnr_db"] / 10) if math.isfinite(row["output_sqnr_db"]) else 0.0 for row in ranking]
     macs = layer_macs(ctx.loaded.model, ctx.loaded.example)
     total = sum(macs.values())
+    made, carried = 0, 0.0
     for count in FLOAT_LAYER_COUNTS:
         layers = tuple(row["layer"] for row in ranking[:count])
         share = sum(macs.get(name, 0) for name in layers) / total if total else 1.0
         if share > FLOAT_MACS_CAP:
-            return
-        yield Try(f"mixed precision ({len(layers)} layer{'s' if len(layers) > 1 else ''} float, "
-                  f"{100 * share:.1f} % of MACs; {base.method})", dataclasses.replace(base.cfg, skip_layers=layers))
+            break
+        carried = sum(noise[:count]) / sum(noise) if sum(noise) else 0.0
+        if carried >= 1.0 - CLEARLY_BETTER:
+            made += 1
+            yield Try(f"mixed precision ({len(layers)} layer{'s' if len(layers) > 1 else ''} float, "
+                      f"{100 * share:.1f} % of MACs; {base.method})", dataclasses.replace(base.cfg, skip_layers=layers))
         if len(layers) < count:  # every ranked layer is float already
-            return
+            break
+    if not made:
+        notes.append(f"mixed precision not tried: the layers that fit in {100 * FLOAT_MACS_CAP:.0f} % of the MACs "
+                     f"carry {100 * carried:.0f} % of the layers' summed error, and halving the error needs half")
 
 
 def _linear_dominated(ctx: BuildContext) -> bool:

@@ -58,6 +58,18 @@ def rank_layers(loaded, cfg: QuantConfig, steps) -> list[dict]:
     return sorted(rows, key=lambda r: (r["output_sqnr_db"], 100.0 if r["top1_agreement"] is None else r["top1_agreement"]))
 
 
+def simulated_cosine(loaded, cfg: QuantConfig) -> float:
+    """Mean cosine to float of the first output with every layer quantized in the simulation the
+    ranking uses, on the same inputs: how much of a format's error the ranking can see."""
+    model, example, specs = loaded.model, loaded.example, loaded.spec.inputs
+    evaluation, calib = loaded.evaluation.take(MAX_SAMPLES), loaded.calib.take(CALIB_SAMPLES)
+    reference = np.concatenate([b[0] for b in loaded.float_outputs()[:len(evaluation) // specs[0].batch]])
+    per_channel, calibration = ranking_key(cfg)
+    qmodel = simulator.quantize(model, example, batches(calib, specs), QuantConfig(per_channel=per_channel,
+                                                                                  calibration=calibration))
+    return compare_output(reference, _outputs(qmodel, evaluation, specs), GATES["int8"])["cosine"]
+
+
 def _outputs(model, data: Dataset, specs) -> np.ndarray:
     """The model's first output over `data`: what the ranking scores."""
     import torch
