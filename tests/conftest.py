@@ -46,6 +46,85 @@ def write_app(root: Path, model_source: str, toml: str, **data: dict) -> Path:
     return root
 
 
+SENSOR = 1e4  # an unscaled input feature: any int8 range that holds it rounds the 0..1 pixels to zero
+
+
+def with_sensor(x):
+    """Digits images (N, 1, 8, 8) flattened, with a 65th feature fixed at SENSOR."""
+    import numpy as np
+
+    flat = x.reshape(len(x), 64)
+    return np.concatenate([flat, np.full((len(x), 1), SENSOR, np.float32)], axis=1).astype(np.float32)
+
+
+SENSOR_MLP = """
+import torch
+from torch import nn
+
+WIDTHS = {widths!r}
+
+
+class SensorMlp(nn.Module):
+    \"\"\"65 inputs (64 pixels and the sensor) -> embed -> hidden layers -> head (10 classes).\"\"\"
+
+    def __init__(self):
+        super().__init__()
+        self.embed = nn.Linear(65, WIDTHS[0])
+        self.hidden = nn.ModuleList(nn.Linear(a, b) for a, b in zip(WIDTHS, WIDTHS[1:]))
+        self.head = nn.Linear(WIDTHS[-1], 10)
+
+    def forward(self, x):
+        x = torch.relu(self.embed(x))
+        for layer in self.hidden:
+            x = torch.relu(layer(x))
+        return self.head(x)
+
+
+def make():
+    return SensorMlp()
+"""
+SENSOR_TOML = """
+name = "sensor"
+[model]
+factory = "model:make"
+weights = "weights.pt"
+[[inputs]]
+name = "x"
+shape = [1, 65]
+[data]
+calib = "calib.npz"
+eval = "eval.npz"
+"""
+
+
+def sensor_app(root: Path, widths: tuple[int, ...], digits_app: Path, eval_labels: bool, steps: int,
+               lr: float) -> Path:
+    """An app of the digits data with the sensor feature: an MLP (embed to widths[0], hidden
+    layers through `widths`, head) trained full batch to ignore the sensor (zero weights on it)."""
+    import numpy as np
+    import torch
+
+    train, calib, evaluation = (np.load(digits_app / f"{n}.npz") for n in ("train", "calib", "eval"))
+    eval_arrays = {"x": with_sensor(evaluation["x"]), **({"y": evaluation["y"]} if eval_labels else {})}
+    model_source = SENSOR_MLP.format(widths=tuple(widths))
+    write_app(root, model_source, SENSOR_TOML, calib={"x": with_sensor(calib["x"])}, eval=eval_arrays)
+    namespace: dict = {}
+    exec(model_source, namespace)
+    torch.manual_seed(0)
+    model = namespace["make"]()
+    with torch.no_grad():
+        model.embed.weight[:, 64] = 0  # the model ignores the sensor feature
+    x, y = torch.from_numpy(with_sensor(train["x"])), torch.from_numpy(train["y"])
+    opt = torch.optim.Adam(model.parameters(), lr)
+    for _ in range(steps):
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(model(x), y).backward()
+        model.embed.weight.grad[:, 64] = 0
+        opt.step()
+    torch.save(model.state_dict(), root / "weights.pt")
+    return root
+
+
 def require_litert() -> None:
     """Skip without the litert extra, except in CI: there `make install` installs it, so its absence is a failure."""
     from edgekit.formats import get_format

@@ -9,77 +9,16 @@ plain int8 collapses to chance; keeping that one layer (`embed`) float fixes it.
 from __future__ import annotations
 
 import json
-import textwrap
 
-import numpy as np
 import pytest
-import torch
 
-from conftest import write_app
+from conftest import sensor_app
 from edgekit import api
 from edgekit.errors import BuildGateFailed, GateError, UsageError
 
-MODEL = textwrap.dedent(
-    """
-    import torch
-    from torch import nn
-
-    class OutlierMLP(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.embed = nn.Linear(65, 64)
-            self.hidden = nn.Linear(64, 64)
-            self.head = nn.Linear(64, 10)
-
-        def forward(self, x):
-            return self.head(torch.relu(self.hidden(torch.relu(self.embed(x)))))
-
-    def make():
-        return OutlierMLP()
-    """
-)
-APP = textwrap.dedent(
-    """
-    name = "outlier"
-    [model]
-    factory = "model:make"
-    weights = "weights.pt"
-    [[inputs]]
-    name = "x"
-    shape = [1, 65]
-    [data]
-    calib = "calib.npz"
-    eval = "eval.npz"
-    """
-)
-SENSOR = 1e4
-
-
-def _with_sensor(x: np.ndarray) -> np.ndarray:
-    flat = x.reshape(len(x), 64)
-    return np.concatenate([flat, np.full((len(x), 1), SENSOR, np.float32)], axis=1).astype(np.float32)
-
-
 @pytest.fixture(scope="module")
 def outlier_app(tmp_path_factory, digits_app):
-    train, calib, evaluation = (np.load(digits_app / f"{n}.npz") for n in ("train", "calib", "eval"))
-    root = write_app(tmp_path_factory.mktemp("outlier"), MODEL, APP, calib={"x": _with_sensor(calib["x"])},
-                     eval={"x": _with_sensor(evaluation["x"]), "y": evaluation["y"]})
-    namespace = {}
-    exec(MODEL, namespace)
-    torch.manual_seed(0)
-    model = namespace["make"]()
-    with torch.no_grad():
-        model.embed.weight[:, 64] = 0  # the model ignores the sensor feature
-    x, y = torch.from_numpy(_with_sensor(train["x"])), torch.from_numpy(train["y"])
-    opt = torch.optim.Adam(model.parameters(), 1e-2)
-    for _ in range(60):  # full batch: ~1 s
-        opt.zero_grad()
-        torch.nn.functional.cross_entropy(model(x), y).backward()
-        model.embed.weight.grad[:, 64] = 0
-        opt.step()
-    torch.save(model.state_dict(), root / "weights.pt")
-    return root
+    return sensor_app(tmp_path_factory.mktemp("outlier"), (64, 64), digits_app, eval_labels=True, steps=60, lr=1e-2)
 
 
 def _drop(record: dict) -> float:

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import write_app
+from conftest import sensor_app, write_app
 from edgekit import api
 from edgekit.errors import BuildGateFailed
 
@@ -167,77 +167,20 @@ def test_linear_share_tells_a_transformer_from_a_cnn(digits_app):
 # that it ignores (zero weights). Any int8 range of that input, static or per call, must reach 1e4:
 # every pixel rounds to zero. No calibration, no dynamic activations can fix it; keeping the first
 # layer float (0.4 % of the MACs) does, and the evaluation data has no labels.
-SENSOR_MODEL = textwrap.dedent(
-    """
-    import torch
-    from torch import nn
-
-    class SensorMlp(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.embed = nn.Linear(65, 16)
-            self.hidden = nn.Linear(16, 512)
-            self.wide = nn.Linear(512, 512)
-            self.head = nn.Linear(512, 10)
-
-        def forward(self, x):
-            x = torch.relu(self.hidden(torch.relu(self.embed(x))))
-            return self.head(torch.relu(self.wide(x)))
-
-    def make():
-        return SensorMlp()
-    """
-)
-SENSOR_APP = textwrap.dedent(
-    """
-    name = "sensor"
-    [model]
-    factory = "model:make"
-    weights = "weights.pt"
-    [[inputs]]
-    name = "x"
-    shape = [1, 65]
-    [data]
-    calib = "calib.npz"
-    eval = "eval.npz"
-    """
-)
-
-
-def _with_sensor(x: np.ndarray) -> np.ndarray:
-    flat = x.reshape(len(x), 64)
-    return np.concatenate([flat, np.full((len(x), 1), 1e4, np.float32)], axis=1).astype(np.float32)
-
-
 @pytest.fixture(scope="module")
-def sensor_app(tmp_path_factory, digits_app):
-    train, calib, evaluation = (np.load(digits_app / f"{n}.npz") for n in ("train", "calib", "eval"))
-    root = write_app(tmp_path_factory.mktemp("sensor"), SENSOR_MODEL, SENSOR_APP, calib={"x": _with_sensor(calib["x"])},
-                     eval={"x": _with_sensor(evaluation["x"])})  # no labels: the gate is label-free
-    namespace: dict = {}
-    exec(SENSOR_MODEL, namespace)
-    torch.manual_seed(0)
-    model = namespace["make"]()
-    with torch.no_grad():
-        model.embed.weight[:, 64] = 0
-    x, y = torch.from_numpy(_with_sensor(train["x"])), torch.from_numpy(train["y"])
-    opt = torch.optim.Adam(model.parameters(), 3e-3)
-    for _ in range(80):  # full batch: a few seconds
-        opt.zero_grad()
-        torch.nn.functional.cross_entropy(model(x), y).backward()
-        model.embed.weight.grad[:, 64] = 0
-        opt.step()
-    torch.save(model.state_dict(), root / "weights.pt")
-    return root
+def sensor_mlp_app(tmp_path_factory, digits_app):
+    # no labels in the evaluation data: the gate, and so the choice, is label-free
+    return sensor_app(tmp_path_factory.mktemp("sensor"), (16, 512, 512), digits_app, eval_labels=False,
+                      steps=80, lr=3e-3)
 
 
 @pytest.mark.parametrize("fmt", ["onnx", "litert"])
-def test_the_layer_no_range_can_quantize_is_kept_float_without_labels(sensor_app, tmp_path, fmt):
+def test_the_layer_no_range_can_quantize_is_kept_float_without_labels(sensor_mlp_app, tmp_path, fmt):
     if fmt == "litert":
         from conftest import require_litert
 
         require_litert()
-    m = api.build(sensor_app, "rpi5", api.recipe(formats=(fmt,)), out=tmp_path / "b")
+    m = api.build(sensor_mlp_app, "rpi5", api.recipe(formats=(fmt,)), out=tmp_path / "b")
     record = m["formats"][fmt]
     quality = record["quality"]
     mixed = [t for t in quality["tries"] if t["method"].startswith("mixed precision")]
