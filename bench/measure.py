@@ -55,6 +55,22 @@ def stage(contender: Contender, name: str):
     contender.stages[name] = round(time.perf_counter() - start, 3)
 
 
+def interleaved_medians(runners, feed: list, warmup: int, rounds: int, runs: int) -> list[float]:
+    """Median ms per call of each runner (`.run(feed)`), timed in interleaved rounds of `runs`
+    calls each, so machine noise hits every runner alike."""
+    for runner in runners:
+        for _ in range(warmup):
+            runner.run(feed)
+    samples: list[list[float]] = [[] for _ in runners]
+    for _ in range(rounds):
+        for i, runner in enumerate(runners):
+            start = time.perf_counter()
+            for _ in range(runs):
+                runner.run(feed)
+            samples[i].append((time.perf_counter() - start) * 1e3 / runs)
+    return [statistics.median(s) for s in samples]
+
+
 def latency_ms(run: Run, x: np.ndarray, warmup: int, runs: int) -> dict:
     """Median and p90 of `runs` timed calls after `warmup` untimed ones (milliseconds)."""
     for _ in range(warmup):

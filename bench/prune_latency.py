@@ -15,9 +15,7 @@ compare ratios from one run.
 from __future__ import annotations
 
 import argparse
-import statistics
 import tempfile
-import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -54,22 +52,13 @@ def time_side_by_side(rows: list[dict], threads: int, rounds: int, runs: int) ->
     import numpy as np
 
     from edgekit.formats import get_format
+    from measure import interleaved_medians
 
     backend = get_format("executorch")
     runners = [backend.load(r["dir"] / r["file"], threads=threads) for r in rows]
     x = np.random.default_rng(0).standard_normal(_input_shape(rows[0])).astype(np.float32)
-    samples = [[] for _ in rows]
-    for runner in runners:  # warm-up
-        for _ in range(10):
-            runner.run([x])
-    for _ in range(rounds):
-        for i, runner in enumerate(runners):
-            start = time.perf_counter()
-            for _ in range(runs):
-                runner.run([x])
-            samples[i].append((time.perf_counter() - start) * 1e3 / runs)
-    for row, s in zip(rows, samples):
-        row["ms"] = statistics.median(s)
+    for row, ms in zip(rows, interleaved_medians(runners, [x], 10, rounds, runs)):
+        row["ms"] = ms
 
 
 def _input_shape(row: dict) -> tuple:

@@ -12,7 +12,6 @@ alike. Writes bench/rewrites.md. Host timings: compare the ratio, not the millis
 from __future__ import annotations
 
 import argparse
-import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -22,6 +21,7 @@ import torch
 from torch import nn
 
 from machine import facts
+from measure import interleaved_medians
 
 OUT = Path(__file__).resolve().parent / "rewrites.md"
 
@@ -74,17 +74,7 @@ def time_side_by_side(paths: list[Path], x: np.ndarray, threads: int, rounds: in
     from edgekit.formats import get_format
 
     runners = [get_format("executorch").load(p, threads=threads) for p in paths]
-    for r in runners:
-        for _ in range(5):
-            r.run([x])
-    samples: list[list[float]] = [[] for _ in runners]
-    for _ in range(rounds):
-        for i, r in enumerate(runners):
-            start = time.perf_counter()
-            for _ in range(runs):
-                r.run([x])
-            samples[i].append((time.perf_counter() - start) * 1e3 / runs)
-    return [statistics.median(s) for s in samples]
+    return interleaved_medians(runners, [x], 5, rounds, runs)
 
 
 def main() -> None:

@@ -250,6 +250,7 @@ def _mixed_precision(ctx: BuildContext, tries: list[Try], notes: list[str]):
         return
     ranking = rank(ctx, base.cfg, any_calibration=True)
     noise = [10 ** (-row["output_sqnr_db"] / 10) if math.isfinite(row["output_sqnr_db"]) else 0.0 for row in ranking]
+    summed = sum(noise)
     macs = layer_macs(ctx.loaded.model, ctx.loaded.example)
     total = sum(macs.values())
     made, carried = 0, 0.0
@@ -258,7 +259,7 @@ def _mixed_precision(ctx: BuildContext, tries: list[Try], notes: list[str]):
         share = sum(macs.get(name, 0) for name in layers) / total if total else 1.0
         if share > FLOAT_MACS_CAP:
             break
-        carried = sum(noise[:count]) / sum(noise) if sum(noise) else 0.0
+        carried = sum(noise[:count]) / summed if summed else 0.0
         if carried >= 1.0 - CLEARLY_BETTER:
             made += 1
             yield Try(f"mixed precision ({len(layers)} layer{'s' if len(layers) > 1 else ''} float, "
