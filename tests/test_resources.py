@@ -13,7 +13,7 @@ from edgekit.errors import EXIT_GATE, GateError
 from edgekit.manifest import sha256_file
 
 # fp32 Linear(7680, 7680): 236 MB of weights in the .pte. Loaded, the program buffer plus
-# XNNPACK's packed copy of the weights take > 470 MB, over the ~370 MB a Pi Zero 2 leaves a model
+# XNNPACK's packed copy of the weights take ~450 MB (2x), over the ~370 MB a Pi Zero 2 leaves a model
 # (512 MB - 128 MB OS - 16 MB runtime) and far under a 4 GB Pi 4's. Export ~15 s, 236 MB of disk.
 FEATURES = 7680
 
@@ -53,12 +53,12 @@ def test_fits_rpi4(big_build):
     doc = api.validate(big_build, checks=["resources"], runs=2, warmup=1)
     res = doc["formats"]["executorch"]["resources"]
     assert res["fits"] and res["ok"]
-    # what the model added over the runtime: at least its weights, and a few copies at most
-    # (the Python runtime's file buffer, the program's data, XNNPACK's packed weights). Measured:
-    # 4.1x in a fresh process, 6.2x at the end of the full suite; the same child, so what varies is
-    # the machine's state (allocator and page behaviour), not edgekit. Not yet explained.
+    # what the model added over the runtime, by the child's own peak (VmHWM; getrusage would carry
+    # this test process's high-water mark across fork+exec): its weights twice, the program's data
+    # and XNNPACK's packed copy (2.0x measured), a few copies at most
+    assert "peak_rss_kb_getrusage" in res["runner"]  # the peak line reached the parent
     weights_mb = FEATURES * FEATURES * 4 / 2**20
-    assert weights_mb < res["model_mb"] < 8 * weights_mb
+    assert 1.5 * weights_mb < res["model_mb"] < 4 * weights_mb
     assert res["needed_mb"] > 384  # the reason it cannot fit the Pi Zero 2
     assert res["latency"]["p50"] > 0
 

@@ -533,6 +533,21 @@ def main(argv=None) -> int:
     out = os.fdopen(os.dup(1), "w")
     os.dup2(2, 1)
     try:
+        doc, code = _main(argv)
+        if doc is not None:
+            out.write(json.dumps(doc) + "\n")
+        return code
+    finally:
+        # fd 1 back to the real stdout: a caller in the same process (validate's limited_child.py)
+        # prints its own JSON line after ours, and it must reach the parent, not stderr.
+        out.flush()
+        sys.stdout.flush()
+        os.dup2(out.fileno(), 1)
+        out.close()
+
+
+def _main(argv) -> tuple[dict | None, int]:
+    try:
         args = parse_args(sys.argv[1:] if argv is None else argv)
         if args.timeout > 0:
             # Default SIGALRM action terminates the process even inside native
@@ -544,15 +559,13 @@ def main(argv=None) -> int:
         doc, code = {"ok": False, "error": str(e), "error_kind": e.kind, **e.extra}, e.code
     except SystemExit as e:  # argparse: its message (or --help) is already on stderr
         if not e.code:
-            return 0
+            return None, 0
         doc, code = {"ok": False, "error": "bad arguments (see stderr)", "error_kind": "usage"}, EXIT_USAGE
     except Exception as e:
         doc, code = {"ok": False, "error": f"{type(e).__name__}: {e}", "error_kind": "internal"}, EXIT_FAILED
     doc.setdefault("python", platform.python_version())
     doc.setdefault("machine", platform.machine())
-    out.write(json.dumps(doc) + "\n")
-    out.flush()
-    return code
+    return doc, code
 
 
 if __name__ == "__main__":
