@@ -120,7 +120,7 @@ recipe_options = _options(
     click.option("--prune-global", is_flag=True, default=None, help="Rank channels across layers (uneven widths) instead of per layer."),
     click.option("--distill", is_flag=True, default=None, help="Recover accuracy by distillation from the model as loaded (needs --train or data.train)."),
     click.option("--distill-epochs", type=int, metavar="N", help="Distillation epochs (early stop on --eval). [default: 20]"),
-    click.option("--nproc", type=int, help="Distillation processes (DDP via torchrun). [default: 1]"),
+    click.option("--nproc", type=int, help="Training processes, for distillation and quantization-aware training (DDP via torchrun). [default: 1]"),
     click.option("--lowrank", type=float, metavar="FRACTION", help="SVD-factorise Linear/1x1 Conv layers, keeping this fraction of the rank (where it saves MACs)."),
     click.option("--lowrank-energy", type=float, metavar="E", help="Instead of --lowrank: the smallest rank keeping this share of sum(s^2)."),
     click.option("--sparsity", type=float, metavar="S", help="Zero this fraction of each layer's weights (L1); shrinks the zipped artifact, not latency."),

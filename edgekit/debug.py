@@ -102,6 +102,11 @@ def debug_build(build_dir: str | Path, *, fmt: str | None = None, app: str | Non
     if q["scheme"] != "static":
         raise UsageError(f"edgekit debug compares static int8 builds; this {fmt} artifact is {q['scheme']}",
                          hint="build with --quant static")
+    if q.get("qat"):
+        raise UsageError(f"edgekit debug replays post-training quantization; this {fmt} artifact was fine-tuned by "
+                         "quantization-aware training, whose trained weights only the artifact holds",
+                         hint="its run is in the manifest under quantization.qat; to see where post-training "
+                         "int8 lost, debug a build made with --quality fast")
     cfg = QuantConfig(scheme="static", per_channel=q["per_channel"], calibration=q.get("calibration"),
                       skip_layers=tuple(q.get("float_layers") or ()))
 

@@ -316,7 +316,7 @@ CASES = [
          2, ("b.toml",)),
     Case("out-is-a-file", lambda t, e: ((t / "out").write_text("x"), _digits())[1], 2, ("'--out': Directory 'out' is a file",)),
     Case("distill-without-train", lambda t, e: (_net(t), _model("--distill"))[1], 2, ("needs training data",)),
-    Case("nproc-without-distill", lambda t, e: _digits("--nproc", "2"), 2, ("applies to distillation only",)),
+    Case("nproc-without-training", lambda t, e: _digits("--nproc", "2", "--quality", "fast"), 2, ("applies to training",)),
     Case("disk-full", _disk_full, 2, ("no space left writing", "small/out", "MB free in", "free some space there"),
          _mount_left_empty, root=True),
     Case("read-only-out", _read_only, 2, ("read-only file system", "--out"), _mount_left_empty, root=True),

@@ -65,6 +65,9 @@ def quality_gate(recipe: BuildRecipe) -> Gate:
 
 def run_build(spec: ModelSpec, target: Target, recipe: BuildRecipe, out, steps, cache: StepCache | None = None) -> dict:
     recipe.check()
+    if recipe.stages.nproc != 1 and recipe.stages.distill is None and (recipe.quality != "auto" or spec.train is None):
+        raise UsageError("--nproc applies to training: --distill, or --quality auto's quantization-aware training, "
+                         "which needs training inputs", hint="add --distill or --train train.npz, or drop --nproc")
     auto = "auto" in recipe.formats
     every = "all" in recipe.formats or auto
     cfg = dataclasses.replace(recipe.quant, input_names=tuple(s.name for s in spec.inputs))
@@ -106,7 +109,7 @@ def run_build(spec: ModelSpec, target: Target, recipe: BuildRecipe, out, steps, 
             ctx = stage_chain.StageContext(loaded, steps, recipe.stages.nproc)
             loaded = loaded.with_model(stage_chain.run(chain, ctx, stage, cache))
             digest = model_digest(loaded.model)  # quantization and judging use the transformed model from here on
-        ctx = BuildContext(loaded, stage, steps, gate, cache, digest)
+        ctx = BuildContext(loaded, stage, steps, gate, cache, digest, nproc=recipe.stages.nproc)
         ranking = rank(ctx, cfg) if recipe.sensitivity else None
         records = {}
         for fmt in formats:

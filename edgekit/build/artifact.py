@@ -43,6 +43,7 @@ class BuildContext:
     # contexts derived with dataclasses.replace (judging on the calibration inputs) share this dict,
     # and so every format and every --quality auto try.
     made: dict = field(default_factory=dict, repr=False, compare=False)
+    nproc: int = 1  # processes for training work (quantization-aware training), as for distillation
 
     @property
     def spec(self):
@@ -55,8 +56,11 @@ def build_format(ctx: BuildContext, fmt, cfg: QuantConfig, stage: str = "validat
     steps, loaded = ctx.steps, ctx.loaded
     artifact = ctx.stage / f"model{fmt.SUFFIX}"
     config = {"format": fmt.NAME, **cfg.to_json(fmt)}
-    key = step_key("quantize+export", config, {"model": ctx.model_digest, "calib": data_digest(loaded.calib),
-                                                "example": [list(t.shape) for t in loaded.example]})
+    inputs = {"model": ctx.model_digest, "calib": data_digest(loaded.calib),
+              "example": [list(t.shape) for t in loaded.example]}
+    if cfg.qat:
+        inputs["train"] = data_digest(qat_train_data(ctx))
+    key = step_key("quantize+export", config, inputs)
     hit = ctx.cache.get(key)
     if hit is not None:
         lowering = _from_cache(ctx, fmt, config, artifact, hit)
@@ -80,8 +84,7 @@ def _quantize_and_export(ctx: BuildContext, fmt, cfg: QuantConfig, config: dict,
                     f"quantize {cfg.scheme} {scheme} ({fmt.BACKEND})"):
         total = len(loaded.calib) // ctx.spec.inputs[0].batch
         calib_iter = steps.track(batches(loaded.calib, ctx.spec.inputs), total, "calibrating")
-        model, prepared = float_model_for(ctx, cfg)
-        qmodel = fmt.quantize(model, loaded.example, calib_iter, cfg)
+        qmodel, prepared = quantized_model(ctx, fmt, cfg, calib_iter)
     with steps.step("export", {"format": fmt.NAME}, f"export {artifact.name}") as rec:
         lowering = export_atomic(fmt, qmodel, loaded.example, artifact)
         rec["output"] = sha256_file(artifact)
@@ -93,6 +96,36 @@ def _quantize_and_export(ctx: BuildContext, fmt, cfg: QuantConfig, config: dict,
         ctx.cache.put(key, {artifact.name: artifact, "lowering.json": meta}, {"stage": "quantize+export",
                                                                              "seconds": seconds})
     return lowering
+
+
+def quantized_model(ctx: BuildContext, fmt, cfg: QuantConfig, calib_batches):
+    """(what the format exports, float_model_for's records plus `qat` when it trained): calibrated
+    on `calib_batches`, or with `cfg.qat` fine-tuned on the training inputs (train/qat.py: once per
+    build and config; the try screened is the one exported)."""
+    import copy
+
+    model, done = float_model_for(ctx, cfg)
+    if not cfg.qat:
+        return fmt.quantize(model, ctx.loaded.example, calib_batches, cfg), done
+    qmodel, done["qat"] = made_once(ctx, ("qat", fmt.NAME, cfg), lambda: _trained(ctx, fmt, model, cfg))
+    return copy.deepcopy(qmodel), done
+
+
+def qat_train_data(ctx: BuildContext):
+    from edgekit.train.qat import train_data
+
+    return made_once(ctx, ("train data",), lambda: train_data(ctx.spec))
+
+
+def _trained(ctx: BuildContext, fmt, model, cfg: QuantConfig):
+    from edgekit.train.qat import QatConfig, converted, finetune, finetune_ddp
+
+    loaded, train = ctx.loaded, qat_train_data(ctx)
+    if ctx.nproc > 1:
+        state, record = finetune_ddp(fmt, model, loaded.calib, train, ctx.spec, cfg, QatConfig(), ctx.nproc)
+    else:
+        state, record = finetune(fmt, model, loaded.calib, train, ctx.spec.inputs, cfg, QatConfig(), ctx.steps)
+    return converted(fmt, model, loaded.example, cfg, state), record
 
 
 def float_model_for(ctx: BuildContext, cfg: QuantConfig):
@@ -127,7 +160,7 @@ def equalized(ctx: BuildContext):
                                                        batches(loaded.calib, ctx.spec.inputs)))
 
 
-PREPARED = ("equalization", "rounding")  # float_model_for's records, kept under the record's `quantization`
+PREPARED = ("equalization", "rounding", "qat")  # quantized_model's records, kept under the record's `quantization`
 
 
 def made_once(ctx: BuildContext, key: tuple, make):

@@ -35,7 +35,12 @@ own artifact stays:
    costs quantized alone (sensitivity.py, on the calibration inputs) and the number is
    chosen by the same label-free gate as every try, so it needs no labels (the labelled
    `--max-accuracy-drop` fallback, fallback.py, continues from what this kept). Only tries
-   that could be kept are made (_mixed_precision says when, and the record's `not_tried` why).
+   that could be kept are made (_mixed_precision says when, and the record's `not_tried` why);
+6. quantization-aware training, the last resort, when the build has training inputs (`--train`
+   or data.train; labels not needed) and the format a QAT path (`prepare_qat`: .pte): the closest
+   static try so far fine-tuned with fake quantization to match the float model (train/qat.py,
+   on --nproc processes through torchrun). The training inputs are its own: it is judged on the
+   calibration inputs like every try, and its fixed epochs choose nothing on them.
 
 The first try is the artifact itself, judged in its runtime. Later tries are screened
 before export where the format can (`screen`: the PT2E graph in Python, the ONNX model
@@ -54,7 +59,15 @@ import math
 
 import numpy as np
 
-from edgekit.build.artifact import PREPARED, BuildContext, build_format, equalized, float_model_for, judge
+from edgekit.build.artifact import (
+    PREPARED,
+    BuildContext,
+    build_format,
+    equalized,
+    judge,
+    qat_train_data,
+    quantized_model,
+)
 from edgekit.build.fallback import rank, simulated
 from edgekit.compare import arithmetic, compare_runs, summary
 from edgekit.errors import UsageError
@@ -85,7 +98,7 @@ class Try:
 
     @property
     def passed(self) -> bool:
-        return self.record is not None and self.record["gate"]["passed"]
+        return self.record is not None and self.error is None and self.record["gate"]["passed"]
 
     @property
     def closeness(self) -> tuple:
@@ -104,7 +117,9 @@ class Try:
             doc.update(cosine=m.get("cosine"), top1_agreement=m.get("top1_agreement"),
                        passed=self.passed, failures=self.record["gate"]["failures"])
         else:
-            doc.update(passed=False, error=self.error)
+            doc.update(passed=False)
+        if self.error is not None:
+            doc["error"] = self.error
         return doc
 
 
@@ -142,11 +157,19 @@ def build_with_quality(ctx: BuildContext, fmt, cfg: QuantConfig, mode: str, cali
         _say(ctx, artifact.name, attempt, inputs)
         if attempt.passed and (attempt is tries[0] or _clearly_better(attempt, tries[0])):
             break
-    better = [t for t in tries[1:] if _clearly_better(t, tries[0])]
-    chosen = tries[0] if tries[0].passed or not better else \
-        next((t for t in better if t.passed), None) or max(better, key=lambda t: t.closeness)
-    # Every build writes the same file: build the chosen one (from the step cache if it was built before).
-    made = built.record if chosen is built else build_format(sel_ctx, fmt, chosen.cfg, "select")
+    while True:
+        better = [t for t in tries[1:] if _clearly_better(t, tries[0]) and t.error is None]
+        chosen = tries[0] if tries[0].passed or not better else \
+            next((t for t in better if t.passed), None) or max(better, key=lambda t: t.closeness)
+        # Every build writes the same file: build the chosen one (from the step cache if it was built before).
+        try:
+            made = built.record if chosen is built else build_format(sel_ctx, fmt, chosen.cfg, "select")
+            break
+        except Exception as e:  # noqa: BLE001 - a screened try the format then fails to lower: the next choice
+            if chosen is tries[0]:
+                raise
+            chosen.error = f"screened, then its export failed: {type(e).__name__}: {e}"
+            ctx.steps.console.print(f"  {artifact.name}: {chosen.method} {chosen.error}")
     record = judge(ctx, fmt, chosen.cfg, artifact)
     record["lowering"] = made["lowering"]
     for key in PREPARED:
@@ -188,8 +211,7 @@ def _screen(ctx: BuildContext, fmt, attempt: Try) -> dict:
     how = fmt.SCREENED_AS if fmt.SCREENED_AS.startswith(fmt.BACKEND) else f"{fmt.BACKEND}, {fmt.SCREENED_AS}"
     label = f"try {attempt.method} ({how})"
     with ctx.steps.step("screen", {"format": fmt.NAME, **attempt.cfg.to_json(fmt), "samples": len(loaded.calib)}, label):
-        qmodel = fmt.quantize(float_model_for(ctx, attempt.cfg)[0], loaded.example, batches(loaded.calib, specs),
-                              attempt.cfg)
+        qmodel = quantized_model(ctx, fmt, attempt.cfg, batches(loaded.calib, specs))[0]
         runner = fmt.screen(qmodel)
         outputs = [[np.asarray(o) for o in runner.run([t.numpy() for t in b])] for b in batches(loaded.evaluation, specs)]
         result = compare_runs(loaded.float_outputs(), outputs, ctx.gate, arithmetic(attempt.cfg.scheme), None,
@@ -225,6 +247,31 @@ def _ladder(ctx: BuildContext, fmt, cfg: QuantConfig, calibration_pinned: bool, 
         yield Try("dynamic int8 activations", dataclasses.replace(cfg, scheme="dynamic", calibration=None))
     if not cfg.skip_layers and cfg.only_layers is None:
         yield from _mixed_precision(ctx, tries, notes)
+    yield from _quantization_aware(ctx, fmt, tries, notes)
+
+
+def _quantization_aware(ctx: BuildContext, fmt, tries: list[Try], notes: list[str]):
+    """Try 6 of the module doc: quantization-aware training (train/qat.py) on the closest static
+    try so far (its float layers, equalization and weight rounding), when the build has training
+    inputs and the format a QAT path."""
+    from edgekit.train.qat import QatConfig
+
+    static = [t for t in tries if t.record is not None and t.cfg.scheme == "static"]
+    if not static:
+        return
+    if not hasattr(fmt, "prepare_qat"):
+        notes.append(f"quantization-aware training not tried: {fmt.NAME} has no QAT path here (executorch has: "
+                     "torchao's prepare_qat_pt2e with XNNPACK's QAT config)")
+        return
+    train = qat_train_data(ctx)
+    if train is None:
+        notes.append("quantization-aware training not tried: no training inputs (pass --train train.npz, "
+                     "labels not needed)")
+        return
+    base = max(static, key=lambda t: t.closeness)
+    epochs = QatConfig().epochs
+    yield Try(f"quantization-aware training ({epochs} epochs on {len(train)} training inputs; {base.method})",
+              dataclasses.replace(base.cfg, qat=True))
 
 
 def _mixed_precision(ctx: BuildContext, tries: list[Try], notes: list[str]):

@@ -103,6 +103,9 @@ class QuantConfig:
     # "nearest": on pretrained EfficientNet-Lite0 nearest rounding is most of the int8 error.
     weight_rounding: str = "gptq"
     only_layers: tuple[str, ...] | None = None  # quantize just these (sensitivity analysis)
+    # Quantization-aware training on the build's training inputs (train/qat.py) instead of
+    # calibration alone; for formats with `prepare_qat` (PT2E's QAT)
+    qat: bool = False
     input_names: tuple[str, ...] = field(default=(), compare=False)  # for formats that name inputs (ONNX)
 
     def to_json(self, fmt=None) -> dict:
@@ -116,6 +119,8 @@ class QuantConfig:
             doc["equalize"] = True
         if self.scheme == "static":
             doc["weight_rounding"] = self.weight_rounding
+        if self.qat:  # the ranges come from QAT's own observers (train/qat.py), not the calibration method
+            doc.update(qat=True, calibration="qat")
         return doc
 
 

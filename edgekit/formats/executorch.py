@@ -91,7 +91,7 @@ def quantize_exported(graph, example_inputs: tuple, calib_batches: Iterable[tupl
     """`quantize` from torch.export's module of the model (changed in place): for callers that
     quantize one graph many ways (build/sensitivity.py copies one export per layer)."""
     import torch
-    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+    from torchao.quantization.pt2e.quantize_pt2e import prepare_pt2e
 
     quantizer = _quantizer(cfg)
     prepared = prepare_pt2e(graph, quantizer)
@@ -101,8 +101,44 @@ def quantize_exported(graph, example_inputs: tuple, calib_batches: Iterable[tupl
     with torch.no_grad():
         for batch in batches:
             prepared(*batch)
+    return _converted(prepared, quantizer)
+
+
+def _converted(prepared, quantizer):
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e
+
     converted = convert_pt2e(prepared)
     record_report(converted, quantizer)
+    return converted
+
+
+# ---------------------------------------------------------------- quantization-aware training (train/qat.py)
+
+
+def prepare_qat(model, example_inputs: tuple, cfg: QuantConfig):
+    """The model's graph with fake quantization where `quantize` puts int8 (the same quantizer,
+    rewrites and float layers), to fine-tune: torchao's prepare_qat_pt2e, XNNPACK's QAT config
+    (per-channel weights as `cfg` says; activations observed by moving-average min/max, the
+    library's QAT recipe). The model itself is not changed (torch.export shares its parameters)."""
+    from torchao.quantization.pt2e.quantize_pt2e import prepare_qat_pt2e
+
+    quiet_python_logs()
+    graph = torch_export(copy.deepcopy(model), example_inputs).module()
+    rewrites = keep_on_delegate(graph, example_inputs)
+    quantizer = _quantizer(cfg, qat=True)
+    prepared = prepare_qat_pt2e(graph, quantizer)
+    prepared.meta[_QAT_KEY] = (quantizer, rewrites)
+    return prepared
+
+
+_QAT_KEY = "edgekit_qat"
+
+
+def convert_qat(prepared):
+    """The fine-tuned graph as `quantize` returns its own (what `export` lowers)."""
+    quantizer, rewrites = prepared.meta[_QAT_KEY]
+    converted = _converted(prepared, quantizer)
+    converted.meta[REWRITES_KEY] = rewrites
     return converted
 
 
@@ -127,14 +163,15 @@ def pt2e_quantizer(cfg: QuantConfig, tutorial: bool = False):
     return XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=cfg.per_channel))
 
 
-def _quantizer(cfg: QuantConfig):
+def _quantizer(cfg: QuantConfig, qat: bool = False):
     from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
         XNNPACKQuantizer,
         get_symmetric_quantization_config,
     )
 
-    config = get_symmetric_quantization_config(is_per_channel=cfg.per_channel, is_dynamic=cfg.scheme == "dynamic")
-    if cfg.scheme == "static":
+    config = get_symmetric_quantization_config(is_per_channel=cfg.per_channel, is_dynamic=cfg.scheme == "dynamic",
+                                               is_qat=qat)
+    if cfg.scheme == "static" and not qat:
         config = with_calibration(config, cfg.calibration or DEFAULT_CALIBRATION)
     quantizer = XNNPACKQuantizer().set_global(config)
     if cfg.skip_layers or cfg.only_layers is not None:

@@ -23,7 +23,7 @@ class StageOptions:
     lowrank: LowRankConfig | None = None
     distill: DistillConfig | None = None
     sparsity: SparsityConfig | None = None
-    nproc: int = 1  # distillation processes (DDP through torchrun) when > 1
+    nproc: int = 1  # training processes (DDP through torchrun) when > 1: distillation, quantization-aware training
 
     @property
     def any(self) -> bool:
@@ -36,8 +36,6 @@ class StageOptions:
                 cfg.check()
         if self.nproc < 1:
             raise UsageError(f"--nproc must be at least 1, got {self.nproc}")
-        if self.nproc != 1 and self.distill is None:
-            raise UsageError("--nproc applies to distillation only", hint="add --distill, or drop --nproc")
 
 
 def stage_options_to_json(options: StageOptions) -> dict:

@@ -8,6 +8,7 @@ Rank 0 writes the trained student and the result record.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -21,16 +22,26 @@ from edgekit.train.distill import DistillConfig, distill
 from edgekit.train.job import read_job, spec_from_job
 
 
-def main(job_path: str) -> None:
+@contextlib.contextmanager
+def process_group():
+    """This torchrun worker in its process group (gloo on CPU, nccl with CUDA): yields (rank, world);
+    leaves the group on the way out."""
     import torch
     import torch.distributed as dist
-
 
     # One thread per process: N processes on N cores, not N x N threads fighting.
     torch.set_num_threads(int(os.environ.get("EDGEKIT_THREADS_PER_PROC", "1")))
     dist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
-    rank, world = dist.get_rank(), dist.get_world_size()
     try:
+        yield dist.get_rank(), dist.get_world_size()
+    finally:
+        dist.destroy_process_group()
+
+
+def main(job_path: str) -> None:
+    import torch.distributed as dist
+
+    with process_group() as (rank, world):
         job = read_job(Path(job_path))
         spec = spec_from_job(job["spec"])
         cfg = DistillConfig(**{**job["config"], "features": tuple(job["config"]["features"])})
@@ -47,8 +58,6 @@ def main(job_path: str) -> None:
             save_transformed(student, Path(job["out"]))
             Path(job["result"]).write_text(json.dumps(result))
         dist.barrier()
-    finally:
-        dist.destroy_process_group()
 
 
 def _student_from_factory(job: dict):

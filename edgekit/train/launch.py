@@ -26,31 +26,31 @@ from edgekit.train.job import spec_to_job, write_job
 ENTRY = "edgekit.train.ddp"
 
 
-def torchrun_command(job: Path, nproc: int) -> list[str]:
+def torchrun_command(job: Path, nproc: int, entry: str = ENTRY) -> list[str]:
     extra = shlex.split(os.environ.get("EDGEKIT_TORCHRUN_ARGS", ""))
     rendezvous = extra or ["--standalone"]
     return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), *rendezvous,
-            "-m", ENTRY, str(job)]
+            "-m", entry, str(job)]
 
 
-def run_ddp(job: dict, nproc: int, workdir: Path) -> dict:
-    """Run the job on `nproc` local processes; returns rank 0's result record."""
+def run_ddp(job: dict, nproc: int, workdir: Path, entry: str = ENTRY, what: str = "distillation") -> dict:
+    """Run the job on `nproc` local processes (the worker module `entry`); returns rank 0's result record."""
 
     job_file = workdir / "distill_job.json"
     write_job(job_file, **job, result=str(workdir / "distill_result.json"))
     # Workers' output (rank 0's epoch lines) goes to our stderr as it comes, so
     # progress shows live and --json stdout stays clean; the tail explains a failure.
     tail = collections.deque(maxlen=15)
-    with subprocess.Popen(torchrun_command(job_file, nproc), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    with subprocess.Popen(torchrun_command(job_file, nproc, entry), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                           text=True) as proc:
         for line in proc.stdout:
             sys.stderr.write(line)
             tail.append(line.rstrip())
     if proc.returncode != 0:
-        raise EdgekitError(f"distributed distillation failed (torchrun exit {proc.returncode}):\n" + "\n".join(tail))
+        raise EdgekitError(f"distributed {what} failed (torchrun exit {proc.returncode}):\n" + "\n".join(tail))
     result = workdir / "distill_result.json"
     if not result.is_file():  # multi-node: rank 0 ran on another node, which has the result
-        raise EdgekitError("this node ran no rank 0: the trained student is written on the first node (--node-rank 0)")
+        raise EdgekitError(f"this node ran no rank 0: the result of {what} is written on the first node (--node-rank 0)")
     return json.loads(result.read_text())
 
 
