@@ -112,7 +112,7 @@ def test_qat_lifts_the_sqnr_of_a_model_built_to_need_it(outlier_app, tmp_path):
     assert (out.argmax(1) == ref.argmax(1)).mean() >= 0.99
 
 
-def test_qat_on_two_processes_through_torchrun(outlier_app):
+def test_qat_on_two_processes_through_torchrun(outlier_app, capfd):
     from edgekit.model.app import load_app
 
     spec = load_app(outlier_app)
@@ -120,6 +120,11 @@ def test_qat_on_two_processes_through_torchrun(outlier_app):
                                      _data(outlier_app, "train"), spec, PER_TENSOR, qat.QatConfig(), nproc=2)
     assert record["processes"] == 2 and record["backend"] == "gloo"
     assert record["batch"] == qat.QatConfig().batch_size  # the global batch: 8 on each rank
+    # the workers' output reaches the user as it comes: rank 0's epochs, not the libraries' chatter
+    err = capfd.readouterr().err
+    assert f"QAT epoch {qat.QatConfig().epochs}/{qat.QatConfig().epochs}" in err
+    for noise in ("Failed to load", "OMP_NUM_THREADS", "Enum subclass"):
+        assert noise not in err, err
     ptq_db, qat_db = _ptq_and_qat_sqnr(outlier_app, state)
     assert qat_db > ptq_db + 3.0, (ptq_db, qat_db)
 

@@ -14,6 +14,10 @@ import os
 import sys
 from pathlib import Path
 
+from edgekit.quiet import quiet_model_libraries
+
+quiet_model_libraries()  # a fresh worker process: before the imports below wake torch's and torchao's loggers
+
 from edgekit.model.app import build_module
 from edgekit.model.data import example_inputs, load_npz
 from edgekit.model.saved import load_transformed, save_transformed

@@ -41,8 +41,11 @@ def run_ddp(job: dict, nproc: int, workdir: Path, entry: str = ENTRY, what: str 
     # Workers' output (rank 0's epoch lines) goes to our stderr as it comes, so
     # progress shows live and --json stdout stays clean; the tail explains a failure.
     tail = collections.deque(maxlen=15)
+    # torchrun sets OMP_NUM_THREADS=1 for each worker when it is unset, with a banner saying so: set
+    # it here (the same value; a user's own wins) so the banner does not reach the terminal.
+    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
     with subprocess.Popen(torchrun_command(job_file, nproc, entry), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                          text=True) as proc:
+                          text=True, env=env) as proc:
         for line in proc.stdout:
             sys.stderr.write(line)
             tail.append(line.rstrip())

@@ -13,6 +13,10 @@ import json
 import sys
 from pathlib import Path
 
+from edgekit.quiet import quiet_model_libraries
+
+quiet_model_libraries()  # a fresh worker process: before the imports below wake torch's and torchao's loggers
+
 from edgekit.formats import get_format
 from edgekit.model.app import build_module
 from edgekit.model.data import load_npz
