@@ -144,7 +144,7 @@ def _loss(logits, teacher_logits, labels, s_taps, t_taps, adapters, cfg: Distill
     return loss
 
 
-def _train_batches(train, specs, batch: int, epoch: int, rank: int, world: int, seed: int):
+def train_batches(train, specs, batch: int, epoch: int, rank: int, world: int, seed: int):
     """This rank's share of one epoch: the same global shuffle on every rank
     (DistributedSampler's scheme), each rank taking every world-th sample."""
     import torch
@@ -202,7 +202,7 @@ def distill(student, teacher, train, evaluation, specs, cfg: DistillConfig, step
     for epoch in steps.track(range(1, cfg.epochs + 1), cfg.epochs, "distilling"):
         student.train()
         total, n = 0.0, 0
-        for xs, ys in _train_batches(train, specs, cfg.batch_size, epoch, rank, world, cfg.seed):
+        for xs, ys in train_batches(train, specs, cfg.batch_size, epoch, rank, world, cfg.seed):
             with torch.no_grad():
                 teacher_logits = teacher(*xs)
             loss = _loss(module(*xs), teacher_logits, ys, s_taps, t_taps, trainable.adapters, cfg)

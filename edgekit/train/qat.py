@@ -35,6 +35,7 @@ import time
 import numpy as np
 
 from edgekit.errors import UsageError
+from edgekit.train.distill import train_batches
 
 OBSERVER_EPOCHS = 1  # epochs the activation ranges follow the data before they are frozen (torchao's recipe)
 
@@ -84,7 +85,8 @@ def finetune(fmt, model, calib, train, specs, cfg, qat: QatConfig, steps, rank: 
         if epoch > OBSERVER_EPOCHS:
             prepared.apply(disable_observer)
         total, n = 0.0, 0
-        for xs in _epoch_batches(train, specs, batch, epoch, rank, world, qat.seed):
+        # this rank's share of the epoch, whole batches only (the graph was exported at one batch)
+        for xs, _ in train_batches(train, specs, batch * world, epoch, rank, world, qat.seed):
             with torch.no_grad():
                 target = _outputs(teacher(*xs))
             loss = relative_error(_outputs(module(*xs)), target)
@@ -156,20 +158,6 @@ def _rank_batch(model, train, specs, qat: QatConfig, world: int) -> int:
     except Exception:  # noqa: BLE001 - a forward fixed to its batch (a reshape to (1, -1)): train at it
         return own
     return batch
-
-
-def _epoch_batches(train, specs, per_rank: int, epoch: int, rank: int, world: int, seed: int):
-    """This rank's share of one epoch (the same global shuffle on every rank), whole batches only:
-    the graph was exported at one batch."""
-    from torch.utils.data.distributed import DistributedSampler
-
-    sampler = DistributedSampler(range(len(train)), num_replicas=world, rank=rank, shuffle=True, seed=seed,
-                                 drop_last=True)
-    sampler.set_epoch(epoch)
-    order = np.fromiter(iter(sampler), dtype=np.int64)
-    for start in range(0, len(order) - per_rank + 1, per_rank):
-        idx = order[start:start + per_rank]
-        yield _rows(train, specs, idx)
 
 
 def finetune_ddp(fmt, model, calib, train, spec, cfg, qat: QatConfig, nproc: int):
