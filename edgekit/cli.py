@@ -100,6 +100,9 @@ recipe_options = _options(
     click.option("--per-tensor", is_flag=True, default=None, help="Per-tensor weight scales instead of per-channel (to compare)."),
     click.option("--equalize/--no-equalize", default=None,
                  help="Cross-layer range equalization into depthwise convs before static int8 (Nagel et al., 2019)."),
+    click.option("--smooth-quant", type=float, metavar="ALPHA",
+                 help="SmoothQuant (Xiao et al., 2023) before static int8: move activation outliers into the "
+                 "weights of Linears fed by a LayerNorm/RMSNorm, with strength ALPHA in (0, 1), e.g. 0.5."),
     click.option("--weight-rounding", type=click.Choice(("nearest", "gptq")),
                  help="Static int8 weights: rounded by GPTQ on the calibration inputs (Frantar et al., 2022), "
                  "or each to its nearest level. [default: gptq]"),

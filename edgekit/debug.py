@@ -20,6 +20,8 @@ tensors show:
   before an activation that clamps (a ReLU6 sharing its conv's observer);
 - the range is set by a few outliers (max |x| far above its 99.9th percentile);
 - channels of very different ranges share one per-tensor scale;
+- a few features (the last axis, a Linear's inputs) set the range: transformer
+  outlier features, which SmoothQuant moves into the weights;
 - the op runs outside the delegate (from the build's lowering record).
 
 `--baseline tutorial` replays the same build with the format's stock quantizer
@@ -46,6 +48,7 @@ from edgekit.errors import UsageError
 from edgekit.formats import get_format
 from edgekit.formats.base import QuantConfig, torch_export
 from edgekit.formats.equalize import equalize
+from edgekit.formats.smoothing import smooth
 from edgekit.formats.rounding import round_weights
 from edgekit.manifest import update_manifest
 from edgekit.model.data import batches, load_npz, random_dataset
@@ -59,6 +62,9 @@ TOP = 8
 WASTED_RANGE = 4.0  # int8 range over the values' own max |x|: 4x wastes 2 of the 8 bits
 OUTLIER_RATIO = 5.0  # max |x| over its 99.9th percentile
 CHANNEL_SPREAD = 20.0
+# The widest feature (last axis) over the median feature's max |x|: transformers' outlier features
+# run 20-100x (Dettmers et al., 2022, "LLM.int8()"); a conv's last axis (width) stays within a few x.
+OUTLIER_FEATURES = 10.0
 CLAMPS = {"hardtanh", "relu", "clamp", "relu6"}  # largest over smallest per-channel max |x| (channels with any signal)
 
 
@@ -118,6 +124,9 @@ def debug_build(build_dir: str | Path, *, fmt: str | None = None, app: str | Non
     if q.get("equalize") and q["per_channel"]:
         # the float model the quantizer saw: each tensor is compared with its equalized float value
         model = equalize(original, example, batches(calib, spec.inputs))[0]
+    if q.get("smooth_quant") is not None:
+        # and smoothed: the activations each int8 range was set on are the smoothed ones
+        model = smooth(model, example, batches(calib, spec.inputs), q["smooth_quant"])[0]
     if q.get("weight_rounding") == "gptq" and q["per_channel"]:
         # and with its weights already on the int8 grid: the error shown is the activations' (the
         # rounding's own is the gap between this model and the original, which the build's gate judges)
@@ -335,6 +344,7 @@ class _Stats:
         self.max = 0.0
         self.p999: list[float] = []
         self.channel_max = None
+        self.hidden_max = None  # per channel of the last axis: a Linear's input features
 
     def add(self, actual, ref, sqnr: float) -> None:
         """`actual`, `ref`: torch tensors (the PT2E replay) or numpy arrays (onnx)."""
@@ -350,6 +360,9 @@ class _Stats:
         if b.ndim >= 3:  # N, C, ...: per-channel max over everything but the channel axis
             ch = np.abs(np.moveaxis(b, 1, 0)).reshape(b.shape[1], -1).max(axis=1)
             self.channel_max = ch if self.channel_max is None else np.maximum(self.channel_max, ch)
+        if b.ndim == 3:  # N, T, C: the features a transformer's Linears read (its hidden dimension)
+            hid = np.abs(b).reshape(-1, b.shape[-1]).max(axis=0)
+            self.hidden_max = hid if self.hidden_max is None else np.maximum(self.hidden_max, hid)
 
     @property
     def sqnr(self) -> float:
@@ -431,7 +444,13 @@ def _diagnose(g: LayerGap) -> str:
     p999 = float(np.mean(st.p999)) if st.p999 else 0.0
     if p999 > 0 and st.max / p999 > OUTLIER_RATIO:
         return (f"range set by outliers: max |x| is {st.max / p999:.0f}x its 99.9th percentile "
-                "(percentile calibration; SmoothQuant for transformer Linears)")
+                "(percentile calibration; --smooth-quant 0.5 where a LayerNorm feeds Linears)")
+    if st.hidden_max is not None:
+        live = st.hidden_max[st.hidden_max > 0]
+        if live.size > 1 and live.max() / np.median(live) > OUTLIER_FEATURES:
+            return (f"a few features set the range: the widest is {live.max() / np.median(live):.0f}x the median "
+                    "feature's (transformer outlier features: --smooth-quant 0.5 where a LayerNorm/RMSNorm "
+                    "feeds Linears)")
     if st.channel_max is not None:
         live = st.channel_max[st.channel_max > 0]
         if live.size > 1 and live.max() / live.min() > CHANNEL_SPREAD:

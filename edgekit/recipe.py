@@ -87,6 +87,14 @@ class BuildRecipe:
         if self.quant.calibration is not None and self.quant.calibration not in CALIBRATIONS:
             raise UsageError(f"--calibration: unknown method '{self.quant.calibration}'",
                              hint=f"choose one of: {', '.join(CALIBRATIONS)}")
+        alpha = self.quant.smooth_quant
+        if alpha is not None and (isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0 < alpha < 1):
+            raise UsageError(f"--smooth-quant {alpha}: SmoothQuant's alpha is a number between 0 and 1 (exclusive)",
+                             hint="0.5 balances activations and weights (the paper's default); up to 0.85 for "
+                             "stronger activation outliers")
+        if alpha is not None and self.quant.scheme != "static":
+            raise UsageError(f"--smooth-quant applies to --quant static only (got --quant {self.quant.scheme})",
+                             hint="dynamic int8 quantizes each activation from its own range: nothing to smooth")
         if self.quality not in QUALITY_MODES:
             raise UsageError(f"--quality {self.quality}: unknown", hint=f"choose one of: {', '.join(QUALITY_MODES)}")
         if self.calib_samples is not None and self.calib_samples <= 0:
@@ -103,7 +111,7 @@ class BuildRecipe:
     def to_json(self) -> dict:
         quant = {"scheme": self.quant.scheme, "per_channel": self.quant.per_channel,
                  "calibration": self.quant.calibration, "equalize": self.quant.equalize,
-                 "weight_rounding": self.quant.weight_rounding}
+                 "smooth_quant": self.quant.smooth_quant, "weight_rounding": self.quant.weight_rounding}
         doc = {"formats": list(self.formats), "quant": quant, "calib_samples": self.calib_samples,
                "gate": dataclasses.asdict(self.gate), "sensitivity": self.sensitivity,
                "stages": stage_options_to_json(self.stages), "quality": self.quality}
@@ -113,7 +121,8 @@ class BuildRecipe:
     def from_json(cls, doc: dict, where: str) -> "BuildRecipe":
         _keys(doc, {"formats", "quant", "calib_samples", "gate", "sensitivity", "stages", "quality"}, where)
         quant = doc.get("quant") or {}
-        _keys(quant, {"scheme", "per_channel", "calibration", "equalize", "weight_rounding"}, f"{where}: quant")
+        _keys(quant, {"scheme", "per_channel", "calibration", "equalize", "smooth_quant", "weight_rounding"},
+              f"{where}: quant")
         gate = doc.get("gate") or {}
         _keys(gate, {f.name for f in dataclasses.fields(GateOptions)}, f"{where}: gate")
         try:
@@ -121,6 +130,7 @@ class BuildRecipe:
                 formats=tuple(doc.get("formats") or ()),
                 quant=QuantConfig(scheme=quant.get("scheme", "static"), per_channel=quant.get("per_channel", True),
                                   calibration=quant.get("calibration"), equalize=bool(quant.get("equalize", False)),
+                                  smooth_quant=quant.get("smooth_quant"),
                                   weight_rounding=_weight_rounding(quant.get("weight_rounding", "gptq"), where)),
                 calib_samples=doc.get("calib_samples"),
                 gate=GateOptions(**gate),
@@ -219,7 +229,8 @@ def recipe_from_options(base: BuildRecipe | None = None, *, recipe_file=None, fo
                         per_tensor=None, max_accuracy_drop=None, min_cosine=None, min_agreement=None, task=None,
                         no_fallback=None, sensitivity=None, prune=None, prune_macs=None, prune_importance=None,
                         prune_global=None, distill=None, distill_epochs=None, nproc=None, lowrank=None,
-                        lowrank_energy=None, sparsity=None, quality=None, equalize=None, weight_rounding=None):
+                        lowrank_energy=None, sparsity=None, quality=None, equalize=None, smooth_quant=None,
+                        weight_rounding=None):
     """A recipe from flat options, named as the command line names them (what `edgekit build` maps
     its options onto, and the short way to write one in Python): `base` (`recipe_file`'s if given,
     else an app's), with every option given (not None) over it, one field at a time.
@@ -230,7 +241,8 @@ def recipe_from_options(base: BuildRecipe | None = None, *, recipe_file=None, fo
     recipe = BuildRecipe.from_file(recipe_file) if recipe_file else (base or BuildRecipe())
     quant = dataclasses.replace(recipe.quant, **{k: v for k, v in {
         "scheme": quant, "calibration": calibration, "per_channel": False if per_tensor else None,
-        "equalize": equalize, "weight_rounding": weight_rounding}.items() if v is not None})
+        "equalize": equalize, "smooth_quant": smooth_quant, "weight_rounding": weight_rounding}.items()
+        if v is not None})
     gate = dataclasses.replace(recipe.gate, **{k: v for k, v in {
         "min_cosine": min_cosine, "min_agreement": min_agreement, "max_accuracy_drop": max_accuracy_drop,
         "task": task, "fallback": False if no_fallback else None}.items() if v is not None})

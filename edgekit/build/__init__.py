@@ -126,7 +126,7 @@ def run_build(spec: ModelSpec, target: Target, recipe: BuildRecipe, out, steps, 
                 # decided on the calibration inputs (fallback.py), whatever the evaluation data says
                 quality = record.get("quality")
                 kept_cfg = dataclasses.replace(cfg, **{k: v for k, v in record["quantization"].items()
-                                                     if k in ("scheme", "calibration", "equalize")},
+                                                     if k in ("scheme", "calibration", "equalize", "smooth_quant")},
                                                skip_layers=tuple(record["quantization"].get("float_layers", ())))
                 record, ranking = fall_back(ctx, fmt, kept_cfg, ranking, recipe.gate.max_accuracy_drop)
                 record["quality"] = quality

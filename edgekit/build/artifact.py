@@ -24,6 +24,7 @@ from edgekit.compare import Gate, arithmetic, compare_runs, is_class_scores, sum
 from edgekit.formats.base import QuantConfig
 from edgekit.formats.equalize import equalize
 from edgekit.formats.rounding import round_weights
+from edgekit.formats.smoothing import smooth
 from edgekit.manifest import sha256_file
 from edgekit.model.data import batches
 from edgekit.model.loaded import LoadedModel, data_digest
@@ -130,9 +131,10 @@ def _trained(ctx: BuildContext, fmt, model, cfg: QuantConfig):
 
 def float_model_for(ctx: BuildContext, cfg: QuantConfig):
     """The float model the quantizer gets, and what was done to it first: (model, {"equalization":
-    record, "rounding": record}, only the keys of what ran). The same for every format:
-    `--equalize`, cross-layer range equalization (formats/equalize.py), then `--weight-rounding
-    gptq`, weights rounded on the calibration inputs (formats/rounding.py), on the equalized model."""
+    record, "smoothing": record, "rounding": record}, only the keys of what ran). The same for every
+    format: `--equalize`, cross-layer range equalization (formats/equalize.py), then `--smooth-quant`,
+    SmoothQuant's smoothing of the Linear inputs (formats/smoothing.py), then `--weight-rounding
+    gptq`, weights rounded on the calibration inputs (formats/rounding.py), on the model so far."""
     loaded = ctx.loaded
     done: dict = {}
     model = loaded.model
@@ -141,11 +143,15 @@ def float_model_for(ctx: BuildContext, cfg: QuantConfig):
     elif cfg.equalize:
         done["equalization"] = {"pairs": 0, "note": "per-tensor weights: equalizing would cost the producers' "
                                                     "weights what it gives the activations; left as it is"}
+    if cfg.smooth_quant is not None and cfg.scheme == "static":
+        model, done["smoothing"] = smoothed(ctx, cfg)
     if cfg.weight_rounding == "gptq" and cfg.scheme == "static":
         if cfg.per_channel:
             source = model
-            model, done["rounding"] = made_once(ctx, ("gptq", cfg.equalize, cfg.skip_layers), lambda: round_weights(
-                source, loaded.example, batches(loaded.calib, ctx.spec.inputs), cfg.skip_layers))
+            model, done["rounding"] = made_once(ctx, ("gptq", cfg.equalize, cfg.smooth_quant, cfg.skip_layers),
+                                                lambda: round_weights(source, loaded.example,
+                                                                      batches(loaded.calib, ctx.spec.inputs),
+                                                                      cfg.skip_layers))
         else:
             done["rounding"] = {"layers": 0, "note": "per-tensor weights: one scale per tensor, which the "
                                                             "per-row grid of formats/rounding.py does not hold"}
@@ -160,7 +166,18 @@ def equalized(ctx: BuildContext):
                                                        batches(loaded.calib, ctx.spec.inputs)))
 
 
-PREPARED = ("equalization", "rounding", "qat")  # quantized_model's records, kept under the record's `quantization`
+def smoothed(ctx: BuildContext, cfg: QuantConfig):
+    """(the float model smoothed with `cfg.smooth_quant`, after equalization when `cfg` asks for it,
+    and its record), made once per build: what --smooth-quant gives the quantizer before any weight
+    rounding, and what --quality auto reads the pair count from."""
+    loaded = ctx.loaded
+    equalize_first = cfg.equalize and cfg.per_channel
+    source = equalized(ctx)[0] if equalize_first else loaded.model
+    return made_once(ctx, ("smooth", equalize_first, cfg.smooth_quant), lambda: smooth(
+        source, loaded.example, batches(loaded.calib, ctx.spec.inputs), cfg.smooth_quant))
+
+
+PREPARED = ("equalization", "smoothing", "rounding", "qat")  # quantized_model's records, kept under the record's `quantization`
 
 
 def made_once(ctx: BuildContext, key: tuple, make):

@@ -23,20 +23,24 @@ own artifact stays:
 3. the format's other calibration methods (not when `--calibration` names one): a
    range observer that suits one model's activations ruins another's (outliers,
    long tails);
-4. dynamic activations, for models whose MACs are mostly in Linear layers
+4. SmoothQuant (formats/smoothing.py, alpha DEFAULT_ALPHA), for models where a LayerNorm or
+   RMSNorm feeds Linear layers only (pre-LN transformers): its outlier channels, which set
+   the one per-tensor range, are divided down and their weight columns scaled up (Xiao et
+   al., 2023); still static int8, so the artifact keeps the static kernels;
+5. dynamic activations, for models whose MACs are mostly in Linear layers
    (transformers), where the format has them: weights int8 as before, each
    activation quantized per call from its own range. Transformer activations carry
    outlier channels that no static range covers without wasting most of the 256
    levels (Dettmers et al., 2022, "LLM.int8()"; Xiao et al., 2023, "SmoothQuant"),
    and the int8 kernels stay the same (XNNPACK's qd8 GEMMs, ORT's MatMulInteger);
-5. mixed precision: the layers that carry the error kept in float, 1, 2, 4 then 8 of
+6. mixed precision: the layers that carry the error kept in float, 1, 2, 4 then 8 of
    them, as long as they do at most FLOAT_MACS_CAP of the Conv/Linear MACs, on the
    closest static try so far. The layers are ranked once per build by what each one
    costs quantized alone (sensitivity.py, on the calibration inputs) and the number is
    chosen by the same label-free gate as every try, so it needs no labels (the labelled
    `--max-accuracy-drop` fallback, fallback.py, continues from what this kept). Only tries
    that could be kept are made (_mixed_precision says when, and the record's `not_tried` why);
-6. quantization-aware training, the last resort, when the build has training inputs (`--train`
+7. quantization-aware training, the last resort, when the build has training inputs (`--train`
    or data.train; labels not needed) and the format a QAT path (`prepare_qat`: .pte): the closest
    static try so far fine-tuned with fake quantization to match the float model (train/qat.py,
    on --nproc processes through torchrun). The training inputs are its own: it is judged on the
@@ -67,11 +71,13 @@ from edgekit.build.artifact import (
     judge,
     qat_train_data,
     quantized_model,
+    smoothed,
 )
 from edgekit.build.fallback import rank, simulated
 from edgekit.compare import arithmetic, compare_runs, summary
 from edgekit.errors import UsageError
 from edgekit.formats.base import QuantConfig
+from edgekit.formats.smoothing import DEFAULT_ALPHA
 from edgekit.model.data import batches
 
 MIN_SELECTION = 4  # calibration samples: fewer cannot tell two tries apart, so auto then builds one pass
@@ -243,6 +249,9 @@ def _ladder(ctx: BuildContext, fmt, cfg: QuantConfig, calibration_pinned: bool, 
         for method in fmt.CALIBRATIONS:
             if method != first:
                 yield Try(f"static int8 ({method})", dataclasses.replace(cfg, calibration=method))
+    smoothing = dataclasses.replace(cfg, smooth_quant=DEFAULT_ALPHA)
+    if cfg.smooth_quant is None and smoothed(ctx, smoothing)[1]["pairs"]:
+        yield Try(f"static int8 ({first} + SmoothQuant alpha {DEFAULT_ALPHA})", smoothing)
     if "dynamic" in fmt.SCHEMES and _linear_dominated(ctx):
         yield Try("dynamic int8 activations", dataclasses.replace(cfg, scheme="dynamic", calibration=None))
     if not cfg.skip_layers and cfg.only_layers is None:
@@ -251,7 +260,7 @@ def _ladder(ctx: BuildContext, fmt, cfg: QuantConfig, calibration_pinned: bool, 
 
 
 def _quantization_aware(ctx: BuildContext, fmt, tries: list[Try], notes: list[str]):
-    """Try 6 of the module doc: quantization-aware training (train/qat.py) on the closest static
+    """Try 7 of the module doc: quantization-aware training (train/qat.py) on the closest static
     try so far (its float layers, equalization and weight rounding), when the build has training
     inputs and the format a QAT path."""
     from edgekit.train.qat import QatConfig
@@ -275,7 +284,7 @@ def _quantization_aware(ctx: BuildContext, fmt, tries: list[Try], notes: list[st
 
 
 def _mixed_precision(ctx: BuildContext, tries: list[Try], notes: list[str]):
-    """Try 5 of the module doc: the most harmful layers float, on the closest static try so far.
+    """Try 6 of the module doc: the most harmful layers float, on the closest static try so far.
 
     Only the tries that can be kept are made: a try is kept when it halves the output error
     (CLEARLY_BETTER), and the output error (1 - cosine, for small errors half the noise-to-signal

@@ -99,6 +99,9 @@ class QuantConfig:
     calibration: str | None = None  # None: the format's own default
     skip_layers: tuple[str, ...] = ()  # module names kept in float (accuracy fallback)
     equalize: bool = False  # cross-layer range equalization of the float model first (formats/equalize.py)
+    # SmoothQuant's migration strength alpha: the float model's Linear inputs smoothed first
+    # (formats/smoothing.py); None: not smoothed
+    smooth_quant: float | None = None
     # Static int8 weights rounded by GPTQ on the calibration inputs (formats/rounding.py) unless
     # "nearest": on pretrained EfficientNet-Lite0 nearest rounding is most of the int8 error.
     weight_rounding: str = "gptq"
@@ -117,6 +120,8 @@ class QuantConfig:
             doc["float_layers"] = list(self.skip_layers)
         if self.equalize:
             doc["equalize"] = True
+        if self.smooth_quant is not None:
+            doc["smooth_quant"] = self.smooth_quant
         if self.scheme == "static":
             doc["weight_rounding"] = self.weight_rounding
         if self.qat:  # the ranges come from QAT's own observers (train/qat.py), not the calibration method

@@ -79,7 +79,7 @@ def equalize(model, example: tuple, calib_batches) -> tuple[object, dict]:
     pairs = _pairs(ep, model)
     if not pairs:
         return model, {"pairs": 0, "note": "no conv -> activation -> depthwise conv pair"}
-    ranges = _input_ranges(model, [p["consumer"] for p in pairs], calib_batches)
+    ranges = input_ranges(model, [p["consumer"] for p in pairs], calib_batches)
     layers = []
     for p in pairs:
         r = ranges.get(p["consumer"])
@@ -186,8 +186,9 @@ def _upper_clamp(node) -> float | None:
     return float(high) if low == 0 and high is not None and high > 0 else None
 
 
-def _input_ranges(model, consumers: list[str], calib_batches) -> dict:
-    """Per-channel max |x| of each consumer's input over the calibration data."""
+def input_ranges(model, consumers: list[str], calib_batches, channel_dim: int = 1) -> dict:
+    """Per-channel max |x| of each consumer's input over the calibration data (channels on
+    `channel_dim`: 1 for a conv's NCHW input, -1 for a Linear's; smoothing.py reads it too)."""
     import torch
 
     ranges: dict[str, torch.Tensor] = {}
@@ -195,7 +196,7 @@ def _input_ranges(model, consumers: list[str], calib_batches) -> dict:
 
     def hook(name):
         def record(_module, args):
-            x = args[0].detach().abs().transpose(0, 1).reshape(args[0].shape[1], -1).amax(dim=1)
+            x = args[0].detach().abs().movedim(channel_dim, 0).reshape(args[0].shape[channel_dim], -1).amax(dim=1)
             ranges[name] = x if name not in ranges else torch.maximum(ranges[name], x)
             calls[name] = calls.get(name, 0) + 1
         return record
