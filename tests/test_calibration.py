@@ -14,7 +14,7 @@ _SLOW = {("torchscript-lite", "histogram"), ("onnx", "entropy"), ("executorch", 
 SUPPORTED = [
     ("executorch", "minmax"), ("executorch", "histogram"), ("executorch", "percentile"),
     ("torchscript-lite", "minmax"), ("torchscript-lite", "histogram"),
-    ("onnx", "minmax"), ("onnx", "percentile"), ("onnx", "entropy"),
+    ("onnx", "minmax"), ("onnx", "percentile"), ("onnx", "entropy"), ("onnx", "histogram"),
 ]
 
 
@@ -34,6 +34,7 @@ def calibrated(tmp_path_factory, digits_app):
                 digits_app, "rpi4", api.recipe(formats=(fmt,), calibration=method, calib_samples=32),
                 out=root / f"{fmt}-{method}")
         return built[(fmt, method)]
+    get.root = root  # each build in root / f"{fmt}-{method}"
     return get
 
 
@@ -103,7 +104,8 @@ def test_clipping_calibrators_survive_a_glitch_that_ruins_minmax(digits_app, gli
 @pytest.mark.parametrize(
     "args,fragments",
     [
-        (["--format", "onnx", "--calibration", "histogram"], ["--calibration histogram", "onnx offers: minmax, percentile, entropy"]),
+        (["--format", "torchscript-lite", "--calibration", "percentile"],
+         ["--calibration percentile", "torchscript-lite offers: minmax, histogram"]),
         (["--format", "executorch", "--calibration", "entropy"], ["executorch offers: minmax, histogram, percentile"]),
         (["--format", "all", "--calibration", "entropy"], ["--calibration entropy"]),
         (["--format", "torchscript-lite", "--quant", "fp16", "--target", "rpi5"], ["no fp16", "QNNPACK has no fp16 kernels"]),
@@ -118,3 +120,28 @@ def test_what_a_backend_lacks_is_a_usage_error(run_cli, digits_app, tmp_path, ar
     for fragment in fragments:
         assert fragment in proc.stderr, (fragment, proc.stderr)
     assert not (tmp_path / "out").exists()
+
+
+def test_onnx_histogram_is_the_range_the_pt2e_formats_observe(calibrated, digits_app):
+    """--calibration histogram in .onnx: torchao's HistogramObserver (XNNPACK's and LiteRT's own) on the
+    tensors onnxruntime collects. The .onnx input's scale and zero point are the observer's on the
+    same calibration images."""
+    import onnx
+    import torch
+    from onnx import numpy_helper
+    from torchao.quantization.pt2e.observer import HistogramObserver
+
+    def input_qparams(method):
+        calibrated("onnx", method)
+        model = onnx.load(str(calibrated.root / f"onnx-{method}" / "model.onnx"))
+        init = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+        [q] = [n for n in model.graph.node if n.op_type == "QuantizeLinear" and n.input[0] == model.graph.input[0].name]
+        return float(init[q.input[1]]), int(init[q.input[2]])
+
+    observer = HistogramObserver(dtype=torch.quint8, qscheme=torch.per_tensor_affine)
+    for x in np.load(digits_app / "calib.npz")["x"][:32]:
+        observer(torch.from_numpy(np.ascontiguousarray(x[None], dtype=np.float32)))
+    scale, zero_point = (float(v) for v in observer.calculate_qparams())
+    ours = input_qparams("histogram")
+    assert ours[0] == pytest.approx(scale, rel=1e-4) and ours[1] == zero_point, (ours, scale, zero_point)
+    # (that the other tensors' ranges differ from minmax's: test_method_changes_the_quantization)

@@ -52,9 +52,10 @@ NATIVE_TOOLS = ("onnxruntime_perf_test",)
 GUEST_WHEELS = {"onnxruntime": None}  # the host's version on the emulated board: host and guest outputs compare
 PREFERRED_NATIVE_TOOL = None
 SCHEMES = ("static", "dynamic", "fp16")
-# onnxruntime's calibrators. It has no plain "histogram" method: its histogram
-# calibrators are entropy and percentile.
-CALIBRATIONS = ("minmax", "percentile", "entropy")
+# onnxruntime's calibrators, and "histogram": the PT2E formats' own range search (torchao's
+# HistogramObserver, the range minimising L2 quantization error over a histogram) on the tensors
+# onnxruntime's calibrator collects (_HistogramL2Collector), so the name means one thing in every format.
+CALIBRATIONS = ("minmax", "percentile", "entropy", "histogram")
 DEFAULT_CALIBRATION = "minmax"
 _SCOPES_KEY = "pkg.torch.onnx.name_scopes"  # module path of each node, written by the dynamo exporter
 # fp16 weight storage pays off only for tensors of some size; small ones (shapes,
@@ -279,11 +280,13 @@ def _quantize_static(src: Path, dst: Path, batches, cfg: QuantConfig, excluded: 
         quantize_static,
     )
 
+    calibration = cfg.calibration or DEFAULT_CALIBRATION
     method = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
-              "entropy": CalibrationMethod.Entropy}[cfg.calibration or DEFAULT_CALIBRATION]
+              "entropy": CalibrationMethod.Entropy,
+              "histogram": CalibrationMethod.Percentile}[calibration]  # its histogram calibrator, our collector
     # numpy's overflow warnings from the histogram calibrators are theirs; a range that cannot be
     # binned at all is a named limit below.
-    with _entropy_histogram_bins(), np.errstate(all="ignore"):
+    with _calibrator_options(l2_histogram=calibration == "histogram"), np.errstate(all="ignore"):
         try:
             quantize_static(
                 str(src), str(dst), _CalibrationReader(src, batches), quant_format=QuantFormat.QDQ,
@@ -308,11 +311,13 @@ _ENTROPY_BINS = {"num_bins": 2048, "num_quantized_bins": 128}
 
 
 @contextlib.contextmanager
-def _entropy_histogram_bins():
-    """quantize_static builds its entropy calibrator with 128 bins for 128 levels
-    and forwards no option to change that: with equal counts the search has one
-    candidate (the full min/max range), so 'entropy' would silently be 'minmax'.
-    Give the calibrator factory quantize_static calls the bins it needs."""
+def _calibrator_options(l2_histogram: bool = False):
+    """What quantize_static forwards no option for, given to the calibrator factory it calls:
+
+    - it builds its entropy calibrator with 128 bins for 128 levels: with equal counts the
+      search has one candidate (the full min/max range), so 'entropy' would silently be
+      'minmax'; the calibrator gets the bins it needs;
+    - `l2_histogram`: the histogram calibrator collects into _HistogramL2Collector."""
     import importlib
 
     # The module, not the `quantize` function the package re-exports under that name.
@@ -320,13 +325,60 @@ def _entropy_histogram_bins():
     original = ort_quantize.create_calibrator
 
     def create_calibrator(*args, extra_options=None, **kwargs):
-        return original(*args, extra_options={**_ENTROPY_BINS, **(extra_options or {})}, **kwargs)
+        calibrator = original(*args, extra_options={**_ENTROPY_BINS, **(extra_options or {})}, **kwargs)
+        if l2_histogram:
+            calibrator.collector = _HistogramL2Collector()  # collect_data makes its own only when there is none
+        return calibrator
 
     ort_quantize.create_calibrator = create_calibrator
     try:
         yield
     finally:
         ort_quantize.create_calibrator = original
+
+
+class _HistogramL2Collector:
+    """onnxruntime's calibration tensors into torchao's HistogramObserver, one per tensor: the range
+    XNNPACK's and LiteRT's quantizers observe (a histogram over every batch, then the range whose
+    uint8 quantization has the least L2 error on it, torchao's _non_linear_param_search), for the
+    same asymmetric uint8 activations onnxruntime writes here. The collector interface is
+    onnxruntime's HistogramCollector's: collect({tensor: [arrays]}), compute_collection_result()."""
+
+    def __init__(self):
+        self.observers: dict = {}
+        # tensors whose span float32 cannot hold (an additive attention mask of finfo.min beside
+        # positive scores): no histogram of finite bins, so no range from here; activations.py keeps
+        # such tensors float in every format
+        self.unbinnable: set[str] = set()
+
+    def collect(self, name_to_arr: dict) -> None:
+        import torch
+        from torchao.quantization.pt2e.observer import HistogramObserver
+
+        for name, arrays in name_to_arr.items():
+            for a in arrays if isinstance(arrays, list) else [arrays]:
+                a = np.asarray(a)
+                if name in self.unbinnable or not a.size or not np.issubdtype(a.dtype, np.floating):
+                    continue
+                if not np.isfinite(np.float32(a.max()) - np.float32(a.min())):
+                    self.unbinnable.add(name)
+                    self.observers.pop(name, None)
+                    continue
+                if name not in self.observers:
+                    self.observers[name] = HistogramObserver(dtype=torch.quint8, qscheme=torch.per_tensor_affine)
+                self.observers[name](torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32)))
+
+    def compute_collection_result(self) -> dict:
+        """{tensor: (lowest, highest, histogram, bin edges)}: the observer's range as the scale and
+        zero point it chose span it, which onnxruntime turns back into that scale and zero point."""
+        ranges = {}
+        for name, observer in self.observers.items():
+            scale, zero_point = (float(v) for v in observer.calculate_qparams())
+            low, high = (observer.quant_min - zero_point) * scale, (observer.quant_max - zero_point) * scale
+            ranges[name] = (np.array(low, dtype=np.float32), np.array(high, dtype=np.float32),
+                            observer.histogram.numpy(), np.linspace(float(observer.min_val), float(observer.max_val),
+                                                                    observer.bins + 1, dtype=np.float32))
+        return ranges
 
 
 def _quantize_dynamic(src: Path, dst: Path, cfg: QuantConfig, excluded: list[str]) -> None:
