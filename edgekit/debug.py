@@ -48,8 +48,8 @@ from edgekit.errors import UsageError
 from edgekit.formats import get_format
 from edgekit.formats.base import QuantConfig, torch_export
 from edgekit.formats.equalize import equalize
-from edgekit.formats.smoothing import smooth
 from edgekit.formats.rounding import round_weights
+from edgekit.formats.smoothing import smooth
 from edgekit.manifest import update_manifest
 from edgekit.model.data import batches, load_npz, random_dataset
 from edgekit.model.loaded import RANDOM_CALIB_SAMPLES

@@ -302,8 +302,8 @@ CASES = [
     # --- options
     Case("format-unknown", lambda t, e: _digits("--format", "coreml"), 2, ("'coreml' is not one of",)),
     Case("fp16-on-rpi4", lambda t, e: _digits("--quant", "fp16"), 2, ("no fp16 arithmetic",)),
-    Case("calibration-onnx-histogram", lambda t, e: _digits("--format", "onnx", "--calibration", "histogram"), 2,
-         ("onnx offers",)),
+    Case("calibration-ptl-percentile", lambda t, e: _digits("--format", "torchscript-lite", "--calibration", "percentile"),
+         2, ("torchscript-lite offers",)),
     Case("calib-samples-zero", lambda t, e: _digits("--calib-samples", "0"), 2, ("must be a positive number",)),
     Case("max-drop-negative", lambda t, e: _digits("--max-accuracy-drop", "-1"), 2, ("0 or more points",)),
     Case("max-drop-without-labels", lambda t, e: _digits("--eval", _npz(t, "e.npz", x=_x()), "--max-accuracy-drop", "1"), 2,

@@ -26,7 +26,8 @@ weight of its own:
 - `layer_norm(x, shape, weight, bias)`: weight and bias divided by s (pre-LN blocks:
   ViT/DeiT, GPT-style, Whisper: the LayerNorm before q/k/v and before the MLP);
 - `mul(weight, x)` by a 1-D parameter of the channel count (RMSNorm as Llama, Qwen2,
-  T5 write it: the normalised x times its weight, last): the weight divided by s.
+  T5 write it: the normalised x times its weight, last; or any learned per-feature
+  scale read by Linears only): the weight divided by s.
 
 Post-LN encoders (BERT, MiniLM, RoBERTa) have no such pair: their LayerNorm's output
 is also the residual stream added after the next block, and dividing it would change
