@@ -23,6 +23,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import require_litert
 from edgekit.formats import executorch as et
 from edgekit.formats.base import QuantConfig
 from edgekit.model.data import Dataset
@@ -110,6 +111,32 @@ def test_qat_lifts_the_sqnr_of_a_model_built_to_need_it(outlier_app, tmp_path):
     with torch.no_grad():
         ref = model(torch.from_numpy(held_out)).numpy()
     assert (out.argmax(1) == ref.argmax(1)).mean() >= 0.99
+
+
+def test_qat_for_the_tflite_lifts_the_artifacts_sqnr_in_litert(outlier_app, tmp_path):
+    """The same fine-tune through LiteRT's PT2E quantizer (its QAT config): both .tflite files,
+    post-training and trained, converted and run in LiteRT's interpreter on held-out digits."""
+    require_litert()
+    from edgekit.formats import litert
+
+    model = _model(outlier_app)
+    prepared, record = qat.finetune(litert, model, _data(outlier_app, "calib"), _data(outlier_app, "train"), SPECS,
+                                    PER_TENSOR, qat.QatConfig(), Steps(show=False))
+    held_out = _data(outlier_app, "eval").arrays["x"]  # neither calibrates nor trains
+    calib = torch.from_numpy(_data(outlier_app, "calib").arrays["x"])
+    example = (torch.from_numpy(held_out[:1]),)
+    with torch.no_grad():
+        ref = model(torch.from_numpy(held_out)).numpy()
+    sqnr = {}
+    for name, qmodel in (("ptq", litert.quantize(model, example, [(calib[i:i + 1],) for i in range(len(calib))],
+                                                  PER_TENSOR)),
+                         ("qat", qat.converted(litert, model, example, PER_TENSOR, prepared))):
+        litert.export(qmodel, example, tmp_path / f"{name}.tflite")
+        runner = litert.load_for_validation(tmp_path / f"{name}.tflite")
+        out = np.concatenate([runner.run([held_out[i:i + 1]])[0] for i in range(len(held_out))])
+        sqnr[name] = float(10 * np.log10((ref ** 2).sum() / ((ref - out) ** 2).sum()))
+    assert sqnr["qat"] > sqnr["ptq"] + 3.0, sqnr
+    assert record["processes"] == 1 and len(record["history"]) == qat.QatConfig().epochs
 
 
 def test_qat_on_two_processes_through_torchrun(outlier_app, capfd):

@@ -41,7 +41,7 @@ own artifact stays:
    `--max-accuracy-drop` fallback, fallback.py, continues from what this kept). Only tries
    that could be kept are made (_mixed_precision says when, and the record's `not_tried` why);
 7. quantization-aware training, the last resort, when the build has training inputs (`--train`
-   or data.train; labels not needed) and the format a QAT path (`prepare_qat`: .pte): the closest
+   or data.train; labels not needed) and the format a QAT path (`prepare_qat`: .pte, .tflite): the closest
    static try so far fine-tuned with fake quantization to match the float model (train/qat.py,
    on --nproc processes through torchrun). The training inputs are its own: it is judged on the
    calibration inputs like every try, and its fixed epochs choose nothing on them.
@@ -269,8 +269,8 @@ def _quantization_aware(ctx: BuildContext, fmt, tries: list[Try], notes: list[st
     if not static:
         return
     if not hasattr(fmt, "prepare_qat"):
-        notes.append(f"quantization-aware training not tried: {fmt.NAME} has no QAT path here (executorch has: "
-                     "torchao's prepare_qat_pt2e with XNNPACK's QAT config)")
+        notes.append(f"quantization-aware training not tried: {fmt.NAME} has no QAT path here (the PT2E formats, "
+                     "executorch and litert, have: torchao's prepare_qat_pt2e with their quantizers' QAT configs)")
         return
     train = qat_train_data(ctx)
     if train is None:

@@ -109,19 +109,65 @@ def quantize(model, example_inputs: tuple, calib_batches: Iterable[tuple], cfg: 
     return LiteRtQuantized(converted, quantizer)
 
 
-def _litert_quantizer(cfg: QuantConfig, tutorial: bool = False):
+# ---------------------------------------------------------------- quantization-aware training (train/qat.py)
+
+
+def prepare_qat(model, example_inputs: tuple, cfg: QuantConfig):
+    """The model's graph with fake quantization where `quantize` puts int8 (the same quantizer and
+    float layers), to fine-tune: torchao's prepare_qat_pt2e with litert-torch's QAT config (its
+    activations observed by moving-average min/max fake quantization). The model is not changed."""
+    import copy
+
+    quiet_python_logs()
+    from torchao.quantization.pt2e.quantize_pt2e import prepare_qat_pt2e
+    from torchao.quantization.pt2e.utils import _fuse_conv_bn_
+
+    _quiet_env()
+    with native_stderr_captured():
+        quantizer = _litert_quantizer(cfg, qat=True)
+    graph = torch_export(copy.deepcopy(model), example_inputs).module()
+    # Batch norms folded into their convs first, as prepare_pt2e does for post-training, and the
+    # quantizer's QAT-only conv+bn annotators left out (_litert_quantizer): litert-torch 0.10's hand
+    # torchao 0.18 a function where it takes a module (ValueError), whether or not a batch norm is
+    # there. train/qat.py keeps batch norm on its running statistics, so the folded conv is the same.
+    _fuse_conv_bn_(graph)
+    safe = integer_safe(quantizer, cfg.skip_layers)
+    prepared = prepare_qat_pt2e(graph, safe)
+    prepared.meta[_QAT_KEY] = (quantizer, safe)
+    return prepared
+
+
+_QAT_KEY = "edgekit_qat"
+
+
+def convert_qat(prepared) -> LiteRtQuantized:
+    """The fine-tuned graph as `quantize` returns its own (what `export` converts)."""
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e
+
+    quantizer, safe = prepared.meta[_QAT_KEY]
+    converted = convert_pt2e(prepared, fold_quantize=False)
+    converted.training = False
+    record_report(converted, safe)
+    return LiteRtQuantized(converted, quantizer)
+
+
+def _litert_quantizer(cfg: QuantConfig, tutorial: bool = False, qat: bool = False):
     from litert_torch.quantize.pt2e_quantizer import (
         PT2EQuantizer,
         get_symmetric_quantization_config,
     )
 
-    config = get_symmetric_quantization_config(is_per_channel=cfg.per_channel)
+    config = get_symmetric_quantization_config(is_per_channel=cfg.per_channel, is_qat=qat)
     if tutorial:  # litert-torch's README: the global symmetric config, nothing else
         return PT2EQuantizer().set_global(config)
-    config = with_calibration(config, cfg.calibration or DEFAULT_CALIBRATION)
+    if not qat:  # QAT's ranges are its fake quantizers' (train/qat.py), not a calibration method's
+        config = with_calibration(config, cfg.calibration or DEFAULT_CALIBRATION)
     # The float layers (mixed precision, the accuracy fallback) are left out by integer_safe:
     # PT2EQuantizer.set_module_name takes no None ("quantization_config == None is not supported").
-    return PT2EQuantizer().set_global(config)
+    quantizer = PT2EQuantizer().set_global(config)
+    if qat:  # its batch norms are folded before annotation (prepare_qat)
+        quantizer.STATIC_QAT_ONLY_OPS = [op for op in PT2EQuantizer.STATIC_QAT_ONLY_OPS if "bn" not in op]
+    return quantizer
 
 
 SCREENED_AS = GraphRunner.validated_as  # how build/quality.py judges a try with `screen`
