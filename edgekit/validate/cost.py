@@ -85,7 +85,24 @@ def int8_peak(lib: KernelLibrary, dotprod: bool) -> float:
 #   bound by load throughput (1 128-bit load/cycle vs 2 FMA/cycle on A72/A76) -> at most 0.5
 #   of GEMM; XNNPACK's dwconv micro-kernels get about 2/3 of that -> 0.35.
 # matmul between activations (attention): packed on the fly, ~0.7 of a weight GEMM.
-KIND_EFFICIENCY = {"dense_conv": 1.0, "linear": 1.0, "depthwise_conv": 0.35, "matmul": 0.7}
+# The base (1.0) is a GEMM over pre-packed weights: 1x1 convolutions and Linear layers, most of
+# MobileNetV2's MACs, which CORE_EFFICIENCY is fitted on. A k x k convolution reaches more of the peak
+# (XNNPACK's indirect GEMM reuses each loaded input row k*k times, K = 9 * C_in instead of C_in):
+# `dense_conv` is FITTED on the published ResNet-18 figure (calibrate()). Attention's two matmuls
+# and other activation x activation products are packed on the fly.
+KIND_EFFICIENCY = {"pointwise_conv": 1.0, "linear": 1.0, "dense_conv": 1.636, "depthwise_conv": 0.35, "matmul": 0.7,
+                   "attention": 0.7}
+FITTED_KINDS = ("dense_conv",)  # the KIND_EFFICIENCY entries calibrate() fits (the rest are estimates)
+# What XNNPACK computes in fp32 inside an int8 .pte: no quantizer annotates these (its BMM and softmax
+# configs are FP32 only; layer norm, GELU, SiLU stay float), so they read, write and multiply in fp32.
+# Charged so for every format: the other quantizers leave about the same ops float (ORT's QDQ may
+# quantize a softmax), a difference within the uncalibrated formats' wider band.
+FLOAT_KINDS = {"matmul", "attention"}
+FLOAT_OPS = {"softmax", "_softmax", "layer_norm", "native_layer_norm", "gelu", "silu", "sigmoid", "tanh", "erf",
+             "exp", "group_norm", "native_group_norm"}
+# Cycles per element of a vectorized fp32 exp/erf/tanh (XNNPACK's polynomial microkernels: ~15-20
+# NEON instructions per 4 lanes on 2 pipes) -- ESTIMATE. Scalar (portable kernels): 4 lanes fewer.
+TRANSCENDENTAL_CYCLES = 2.5
 
 # Sustained/theoretical DRAM bandwidth: STREAM-like copies on LPDDR4 SoCs reach ~40-60 % of the
 # bus's theoretical peak (the Pi 4 profile's 12.8 GB/s is theoretical); ESTIMATE 0.5.
@@ -105,7 +122,7 @@ FUSED_OPS = {"batch_norm", "_native_batch_norm_legit_no_training", "relu", "relu
 # --- calibration: fraction of the peak a whole network reaches on each core, fitted on PUBLISHED ----
 # Fitted by `calibrate()` (geometric-mean fit of the two figures per core); `python -m
 # edgekit.validate.cost` prints the fit and its residuals. Values are rounded to 3 digits.
-CORE_EFFICIENCY = {"a72": 0.184, "a76": 0.533}
+CORE_EFFICIENCY = {"a72": 0.181, "a76": 0.53}
 # A53 (Pi Zero 2): no published figure with our setup. In-order, dual-issue: Arm quotes the A72 at
 # ~1.9x the A53's per-clock performance on general code -> ESTIMATE a72 / 1.9.
 DERIVED_EFFICIENCY = {"a53": ("a72", 1 / 1.9)}
@@ -122,6 +139,16 @@ PUBLISHED = [
     ("ExecuTorch + XNNPACK, Raspberry Pi 5", "a76", 2.4, True, 17.0, "fp32", 10.9),
     ("ExecuTorch + XNNPACK, Raspberry Pi 5", "a76", 2.4, True, 17.0, "int8", 4.0),
 ]
+# Other networks' published Raspberry Pi 5 figures: int8 ExecuTorch .pte on XNNPACK, p50 latency, Arm's
+# model cards on Hugging Face (Arm/<name>-int8-xnnpack-executorch; Cortex-A76, Raspberry Pi OS 64-bit).
+# (source, edgekit.zoo module, core, clock_ghz, dotprod, mem_bandwidth_gbs, dtype, ms)
+# FITTED_KINDS are fitted on the first (the one k x k-conv network); the others only check the model.
+PUBLISHED_NETWORKS = [
+    ("Arm model card resnet-18-int8-xnnpack-executorch", "resnet18", "a76", 2.4, True, 17.0, "int8", 8.751),
+    ("Arm model card resnet-50-int8-xnnpack-executorch", "resnet50", "a76", 2.4, True, 17.0, "int8", 20.64),
+    ("Arm model card deit-tiny-int8-xnnpack-executorch", "deit_tiny", "a76", 2.4, True, 17.0, "int8", 26.40),
+]
+CALIBRATION_NETWORKS = PUBLISHED_NETWORKS[:1]
 
 
 @dataclass(frozen=True)
@@ -153,8 +180,8 @@ def core_class(cpu: str) -> str | None:
 
 
 def efficiency(core: str, fitted: dict | None = None) -> tuple[float, bool]:
-    """(fraction of peak, calibrated?) for a core class."""
-    table = fitted or CORE_EFFICIENCY
+    """(fraction of peak, calibrated?) for a core class; `fitted`: calibrate()'s result."""
+    table = {k: v for k, v in (fitted or {}).items() if k not in FITTED_KINDS} or CORE_EFFICIENCY
     if core in table:
         return table[core], True
     base, scale = DERIVED_EFFICIENCY[core]
@@ -162,22 +189,26 @@ def efficiency(core: str, fitted: dict | None = None) -> tuple[float, bool]:
 
 
 def op_seconds(row, dtype: str, delegated: bool, m: Machine, core_eff: float,
-               lib: KernelLibrary = KERNEL_LIBRARIES["xnnpack"]) -> float:
-    """Seconds for one op. `row` has kind, op, macs, weight_elems, in_elems, out_elems."""
+               lib: KernelLibrary = KERNEL_LIBRARIES["xnnpack"], kinds: dict | None = None) -> float:
+    """Seconds for one op. `row` has kind, op, macs, weight_elems, in_elems, out_elems[, transcendental];
+    `kinds`: KIND_EFFICIENCY entries to use instead (calibrate()'s)."""
     if row["kind"] == "view" or row["op"] in FUSED_OPS:
         return 0.0
+    if dtype == "int8" and (row["kind"] in FLOAT_KINDS or row["op"] in FLOAT_OPS):
+        dtype = "fp32"  # left float in an int8 artifact
     hz = m.clock_ghz * 1e9
     bytes_per = 1 if dtype == "int8" else 4
     moved = (row["weight_elems"] + row["in_elems"] + row["out_elems"]) * bytes_per
     memory_s = moved / (m.mem_bandwidth_gbs * 1e9 * BANDWIDTH_EFFICIENCY)
     overhead_s = OP_OVERHEAD_CYCLES * lib.op_overhead / hz
+    curves = row.get("transcendental", 0) * TRANSCENDENTAL_CYCLES
     if not delegated:  # portable kernels: scalar fp32, one thread
-        return max(row["macs"] / (hz * PORTABLE_MAC_PER_CYCLE), memory_s) + overhead_s
+        return max(row["macs"] / (hz * PORTABLE_MAC_PER_CYCLE) + curves * 4 / hz, memory_s) + overhead_s
     peak = int8_peak(lib, m.dotprod) if dtype == "int8" else MAC_PER_CYCLE[(dtype, m.dotprod)]
     peak *= NARROW_NEON_CORES.get(m.core, 1.0)
     threads_eff = 1 + (m.threads - 1) * PARALLEL_EFFICIENCY
-    rate = hz * peak * core_eff * KIND_EFFICIENCY.get(row["kind"], 1.0) * threads_eff
-    compute_s = row["macs"] / rate if row["macs"] else 0.0
+    rate = hz * peak * core_eff * {**KIND_EFFICIENCY, **(kinds or {})}.get(row["kind"], 1.0) * threads_eff
+    compute_s = (row["macs"] / rate if row["macs"] else 0.0) + curves / (hz * threads_eff)
     return max(compute_s, memory_s) + overhead_s
 
 
@@ -187,10 +218,11 @@ def predict_ms(rows, dtype: str, m: Machine, outside: set[str] = frozenset(), fi
     not take; `kernels`: the format's ARM kernel library (KERNEL_LIBRARIES)."""
     eff, _ = efficiency(m.core, fitted)
     lib = KERNEL_LIBRARIES[kernels]
+    kinds = {k: v for k, v in (fitted or {}).items() if k in FITTED_KINDS}
     total = 0.0
     for r in rows:
         row = r if isinstance(r, dict) else r.to_json()
-        total += op_seconds(row, dtype, row["op"] not in outside, m, eff, lib)
+        total += op_seconds(row, dtype, row["op"] not in outside, m, eff, lib, kinds)
     return total * 1e3
 
 
@@ -218,14 +250,19 @@ def predict(rows, dtype: str, target, outside: set[str] = frozenset(), kernels: 
 # --- calibration -----------------------------------------------------------------------------------
 
 
-def mobilenet_v2_rows():
-    """Per-op work of the standard MobileNetV2 1.0 at 224x224 (the published figures' network)."""
+def zoo_rows(name: str) -> list[dict]:
+    """Per-op work of an edgekit.zoo network at 224x224 (the published figures' input)."""
+    import importlib
+
     import torch
 
-    from edgekit.zoo.mobilenet_v2 import build_model  # the zoo's models are torch modules: imported with torch
+    model = importlib.import_module(f"edgekit.zoo.{name}").build_model()
+    return [r.to_json() for r in model_work(model, (torch.zeros(1, 3, 224, 224),))]
 
 
-    return [r.to_json() for r in model_work(build_model(), (torch.zeros(1, 3, 224, 224),))]
+def mobilenet_v2_rows():
+    """Per-op work of the standard MobileNetV2 1.0 at 224x224 (the published figures' network)."""
+    return zoo_rows("mobilenet_v2")
 
 
 def _machine(entry) -> Machine:
@@ -233,19 +270,45 @@ def _machine(entry) -> Machine:
     return Machine(core, clock, dotprod, bw, threads=4)
 
 
-def calibrate(rows) -> dict:
-    """Fit CORE_EFFICIENCY: per core, the efficiency whose predictions match its published
-    figures in geometric mean. Latency is ~1/efficiency where compute dominates, so a few
-    fixed-point rounds of the log-mean ratio converge."""
-    fitted = {}
-    for core in sorted({e[1] for e in PUBLISHED}):
-        entries = [e for e in PUBLISHED if e[1] == core]
-        eff = 0.2
-        for _ in range(30):
-            ratios = [predict_ms(rows, e[5], _machine(e), fitted={core: eff}) / e[6] for e in entries]
-            eff *= math.exp(sum(math.log(r) for r in ratios) / len(ratios))
-        fitted[core] = eff
+def _network_machine(entry) -> Machine:
+    _, _, core, clock, dotprod, bw, _, _ = entry
+    return Machine(core, clock, dotprod, bw, threads=4)
+
+
+def calibrate(rows, networks: dict | None = None) -> dict:
+    """Fit CORE_EFFICIENCY on the MobileNetV2 figures (`rows`: its work) and the FITTED_KINDS on
+    CALIBRATION_NETWORKS (`networks`: name -> rows, made from the zoo when not given): per core the
+    efficiency whose predictions match its figures in geometric mean, then the k x k-conv factor on
+    its network, in turns until both settle. Latency is ~1/efficiency where compute dominates, so a
+    few fixed-point rounds of the log-mean ratio converge."""
+    networks = networks or {e[1]: zoo_rows(e[1]) for e in CALIBRATION_NETWORKS}
+    fitted = {"dense_conv": KIND_EFFICIENCY["dense_conv"]}
+    for _ in range(8):
+        for core in sorted({e[1] for e in PUBLISHED}):
+            entries = [e for e in PUBLISHED if e[1] == core]
+            eff = fitted.get(core, 0.2)
+            for _ in range(30):
+                ratios = [predict_ms(rows, e[5], _machine(e), fitted={**fitted, core: eff}) / e[6] for e in entries]
+                eff *= math.exp(sum(math.log(r) for r in ratios) / len(ratios))
+            fitted[core] = eff
+        for e in CALIBRATION_NETWORKS:
+            for _ in range(30):  # a k x k conv's time is ~1 / its factor: the same fixed point
+                ratio = predict_ms(networks[e[1]], e[6], _network_machine(e), fitted=fitted) / e[7]
+                fitted["dense_conv"] *= ratio
     return fitted
+
+
+def network_table(fitted: dict | None = None, entries=PUBLISHED_NETWORKS, networks: dict | None = None) -> list[dict]:
+    """Each published network figure with the model's prediction, range and error ratio."""
+    out = []
+    for e in entries:
+        rows = (networks or {}).get(e[1]) or zoo_rows(e[1])
+        point = predict_ms(rows, e[6], _network_machine(e), fitted=fitted)
+        out.append({"source": e[0], "network": e[1], "core": e[2], "dtype": e[6], "published_ms": e[7],
+                    "predicted_ms": round(point, 2), "low_ms": round(point / BAND_CALIBRATED, 2),
+                    "high_ms": round(point * BAND_CALIBRATED, 2), "ratio": round(point / e[7], 3),
+                    "use": "calibration" if e in CALIBRATION_NETWORKS else "check"})
+    return out
 
 
 def calibration_table(rows, fitted: dict | None = None) -> list[dict]:
@@ -263,9 +326,15 @@ def calibration_table(rows, fitted: dict | None = None) -> list[dict]:
 if __name__ == "__main__":  # python -m edgekit.validate.cost: refit and show the table in docs/cost_model.md
     rows = mobilenet_v2_rows()
     fitted = calibrate(rows)
-    print("fitted CORE_EFFICIENCY:", {k: round(v, 3) for k, v in fitted.items()})
+    print("fitted CORE_EFFICIENCY and KIND_EFFICIENCY:", {k: round(v, 3) for k, v in fitted.items()})
     print("| figure | dtype | published ms | predicted ms (range) | predicted / published |")
     print("|---|---|---|---|---|")
     for r in calibration_table(rows):
         print(f"| {r['source']} | {r['dtype']} | {r['published_ms']} | {r['predicted_ms']} "
+              f"({r['low_ms']}–{r['high_ms']}) | {r['ratio']} |")
+    print()
+    print("| figure | network | used for | published ms | predicted ms (range) | predicted / published |")
+    print("|---|---|---|---|---|---|")
+    for r in network_table():
+        print(f"| {r['source']} | {r['network']} | {r['use']} | {r['published_ms']} | {r['predicted_ms']} "
               f"({r['low_ms']}–{r['high_ms']}) | {r['ratio']} |")

@@ -16,6 +16,9 @@ from dataclasses import asdict, dataclass
 # of them into their neighbours' memory layout.
 VIEW_OPS = {"view", "reshape", "flatten", "squeeze", "unsqueeze", "permute", "transpose", "t", "contiguous",
             "expand", "alias", "clone", "detach", "_assert_tensor_metadata", "dropout", "getitem", "lift_fresh_copy"}
+# Ops that evaluate an exp, erf or tanh per output element (a polynomial of a few dozen instructions).
+TRANSCENDENTAL_OPS = {"softmax", "_softmax", "log_softmax", "_log_softmax", "gelu", "silu", "sigmoid", "tanh", "erf",
+                      "exp", "elu", "mish"}
 POOL_OPS = {"max_pool2d", "avg_pool2d", "adaptive_avg_pool2d", "mean", "max_pool2d_with_indices"}
 
 
@@ -23,11 +26,14 @@ POOL_OPS = {"max_pool2d", "avg_pool2d", "adaptive_avg_pool2d", "mean", "max_pool
 class OpWork:
     name: str  # the graph node's name ("conv2d_3")
     op: str  # the aten op's short name ("conv2d")
-    kind: str  # dense_conv, depthwise_conv, linear, matmul, elementwise, pool, view, other
+    # pointwise_conv (1x1), dense_conv (k x k), depthwise_conv, linear, matmul (activation x
+    # activation), attention (scaled_dot_product_attention), elementwise, pool, view, other
+    kind: str
     macs: int  # multiply-accumulates
     weight_elems: int  # parameters read (0 for activations-only ops)
     in_elems: int  # activation elements read
     out_elems: int  # activation elements written
+    transcendental: int = 0  # elements through an exp/erf/tanh (softmax, GELU, SiLU, sigmoid, tanh)
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -58,12 +64,14 @@ def graph_work(graph) -> list[OpWork]:
             rows.append(_conv(node, op, out))
         elif op in ("linear", "addmm", "mm", "matmul", "bmm"):
             rows.append(_matmul(node, op, out))
+        elif op == "scaled_dot_product_attention":
+            rows.append(_attention(node, op, out))
         elif op in VIEW_OPS:
             rows.append(OpWork(node.name, op, "view", 0, 0, 0, 0))
         else:
             kind = "pool" if op in POOL_OPS else "elementwise"
             in_elems = sum(_numel(a.meta.get("val")) for a in ins)
-            rows.append(OpWork(node.name, op, kind, 0, 0, in_elems, out))
+            rows.append(OpWork(node.name, op, kind, 0, 0, in_elems, out, out if op in TRANSCENDENTAL_OPS else 0))
     return rows
 
 
@@ -83,7 +91,8 @@ def _conv(node, op: str, out: int) -> OpWork:
     groups = _conv_groups(node, op)
     per_out = math.prod(wshape[1:])  # Cin/groups * kh * kw MACs for each output element
     cin = tuple(x.meta["val"].shape)[1]
-    kind = "depthwise_conv" if groups > 1 and groups == cin else "dense_conv"
+    kind = "depthwise_conv" if groups > 1 and groups == cin else \
+        "pointwise_conv" if math.prod(wshape[2:]) == 1 else "dense_conv"
     return OpWork(node.name, op, kind, out * per_out, math.prod(wshape), _numel(x.meta.get("val")), out)
 
 
@@ -107,6 +116,16 @@ def _matmul(node, op: str, out: int) -> OpWork:
     kind = "linear" if op in ("linear", "addmm") or weight else "matmul"
     return OpWork(node.name, op, kind, out * k, _numel(b.meta.get("val")) if kind == "linear" else 0,
                   _numel(a.meta.get("val")) + (0 if kind == "linear" else _numel(b.meta.get("val"))), out)
+
+
+def _attention(node, op: str, out: int) -> OpWork:
+    """scaled_dot_product_attention(q, k, v): q k^T and its softmax, then that times v, per batch
+    and head: L*S*E + L*S*Ev MACs and L*S exponentials."""
+    q, k, v = (tuple(a.meta["val"].shape) for a in node.args[:3])
+    batch = math.prod(q[:-2])
+    scores = batch * q[-2] * k[-2]
+    return OpWork(node.name, op, "attention", scores * (q[-1] + v[-1]), 0,
+                  math.prod(q) + math.prod(k) + math.prod(v), out, scores)
 
 
 def _is_param(node) -> bool:

@@ -22,7 +22,8 @@ ALIASES = {"convolution": "conv2d", "_convolution": "conv2d", "addmm": "linear",
 # The float graph's op names an artifact op may come from (cost model: which rows run off the fast path).
 # Coarse on purpose: a 3-D conv left outside also marks the model's 2-D convs as outside, erring slow.
 GRAPH_NAMES = {"convolution": {"conv1d", "conv2d", "conv3d"}, "_convolution": {"conv1d", "conv2d", "conv3d"},
-               "addmm": {"linear", "addmm"}, "mm": {"linear", "mm", "matmul"}}
+               "addmm": {"linear", "addmm"}, "mm": {"linear", "mm", "matmul"},
+               "native_layer_norm": {"layer_norm", "native_layer_norm"}}
 
 
 def graph_names(ops) -> set[str]:

@@ -1,0 +1,65 @@
+"""A ResNet-50 (He et al. 2015, arXiv:1512.03385), written here because torchvision does not
+import beside this torch build.
+
+Bottleneck blocks: 1x1 reduce, 3x3, 1x1 expand (x4), each with batch norm, plus the identity
+(or a strided 1x1 projection). Stages of 3, 4, 6, 3 blocks, 64 -> 128 -> 256 -> 512 inner
+widths: 25.6 M parameters, 4.1 GMACs at 224x224, the stride on the 3x3 conv as torchvision's
+(ResNet v1.5). Random weights: the cost model's check (docs/cost_model.md) needs its structure.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+LAYERS = (3, 4, 6, 3)  # blocks per stage: Table 1 of the paper
+WIDTHS = (64, 128, 256, 512)
+EXPANSION = 4
+
+
+class Bottleneck(nn.Module):
+    def __init__(self, c_in: int, width: int, stride: int = 1) -> None:
+        super().__init__()
+        c_out = width * EXPANSION
+        self.conv1, self.bn1 = nn.Conv2d(c_in, width, 1, bias=False), nn.BatchNorm2d(width)
+        self.conv2, self.bn2 = nn.Conv2d(width, width, 3, stride, 1, bias=False), nn.BatchNorm2d(width)
+        self.conv3, self.bn3 = nn.Conv2d(width, c_out, 1, bias=False), nn.BatchNorm2d(c_out)
+        self.relu = nn.ReLU(inplace=True)
+        self.downsample = None
+        if stride != 1 or c_in != c_out:
+            self.downsample = nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride, bias=False), nn.BatchNorm2d(c_out))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.relu(self.bn2(self.conv2(out)))
+        return self.relu(self.bn3(self.conv3(out)) + identity)
+
+
+class ResNet50(nn.Module):
+    """(N, 3, H, W) -> (N, num_classes)."""
+
+    def __init__(self, num_classes: int = 1000) -> None:
+        super().__init__()
+        self.conv1, self.bn1 = nn.Conv2d(3, 64, 7, 2, 3, bias=False), nn.BatchNorm2d(64)
+        self.relu, self.maxpool = nn.ReLU(inplace=True), nn.MaxPool2d(3, 2, 1)
+        stages, c_in = [], 64
+        for i, (blocks, width) in enumerate(zip(LAYERS, WIDTHS)):
+            stride = 1 if i == 0 else 2
+            stages.append(nn.Sequential(*[Bottleneck(c_in if b == 0 else width * EXPANSION, width,
+                                                     stride if b == 0 else 1) for b in range(blocks)]))
+            c_in = width * EXPANSION
+        self.layer1, self.layer2, self.layer3, self.layer4 = stages
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(c_in, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        return self.fc(torch.flatten(self.avgpool(x), 1))
+
+
+def build_model() -> nn.Module:
+    """ResNet-50 for 224x224 ImageNet, 1000 classes (random weights)."""
+    torch.manual_seed(0)
+    return ResNet50().eval()
