@@ -158,6 +158,27 @@ def ort_int8_default(fp32: Contender, calib: list[np.ndarray], out: Path) -> Con
     return prepare("ort_int8_default", "ONNX Runtime int8, quantize_static defaults", "int8 by hand", build)
 
 
+def tutorial_edge(model, example: tuple, calib: list[tuple]):
+    """ExecuTorch's PT2E + XNNPACK tutorial in one go, as written there: the lowered program
+    (EdgeProgramManager; `.to_executorch().buffer` is the .pte). pt2e_xnnpack below times its steps."""
+    import torch
+    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+    from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
+        XNNPACKQuantizer,
+        get_symmetric_quantization_config,
+    )
+    from executorch.exir import to_edge_transform_and_lower
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+
+    graph = torch.export.export(model, example).module()
+    prepared = prepare_pt2e(graph, XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True)))
+    with torch.no_grad():
+        for batch in calib:
+            prepared(*batch)
+    converted = convert_pt2e(prepared)
+    return to_edge_transform_and_lower(torch.export.export(converted, example), partitioner=[XnnpackPartitioner()])
+
+
 def pt2e_xnnpack(model, sample: np.ndarray, calib: list[np.ndarray], out: Path) -> Contender:
     """ExecuTorch's tutorial, step by step, each step timed."""
 

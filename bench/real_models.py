@@ -30,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
+from baselines import tutorial_edge
 from measure import latency_ms, short_error
 from models import REPO
 
@@ -137,22 +138,7 @@ def _tutorial(model, example: tuple, calib: list[tuple], work: Path) -> Candidat
     """https://docs.pytorch.org/executorch/stable/tutorial-xnnpack-delegate-lowering.html, as written."""
 
     def build(p: Candidate) -> None:
-        import torch
-        from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
-        from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
-            XNNPACKQuantizer,
-            get_symmetric_quantization_config,
-        )
-        from executorch.exir import to_edge_transform_and_lower
-        from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
-
-        graph = torch.export.export(model, example).module()
-        prepared = prepare_pt2e(graph, XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True)))
-        with torch.no_grad():
-            for batch in calib:
-                prepared(*batch)
-        converted = convert_pt2e(prepared)
-        edge = to_edge_transform_and_lower(torch.export.export(converted, example), partitioner=[XnnpackPartitioner()])
+        edge = tutorial_edge(model, example, calib)
         p.artifact = work / "tutorial" / "model.pte"
         p.artifact.parent.mkdir(parents=True, exist_ok=True)
         p.artifact.write_bytes(edge.to_executorch().buffer)

@@ -1,17 +1,21 @@
 """Do the graph rewrites (edgekit/formats/xnnpack_rewrites.py) pay off? Host latency of int8
-`.pte` artifacts of mean-pooled nets built with and without them, side by side.
+artifacts of standard architectures, side by side: ExecuTorch's PT2E tutorial path, edgekit's
+`.pte` without and with the rewrites, and edgekit's `.onnx`.
 
-    .venv/bin/python bench/rewrites.py [--threads 1] [--rounds 15] [--runs 10]
+    .venv/bin/python bench/rewrites.py [--rounds 15] [--runs 10] [--models deit_tiny,...]
 
-Each model is built twice in this one process, the same way except for the rewrites (the
-"without" artifact is what ExecuTorch's PT2E tutorial path lowers: `x.mean((2, 3))` left on
-the portable kernels), then both are timed in interleaved rounds so machine noise hits them
-alike. Writes bench/rewrites.md. Host timings: compare the ratio, not the milliseconds.
+Each model is built four ways in this one process from the same float model and calibration
+inputs, then the four artifacts are timed in interleaved rounds (so machine noise hits them
+alike), at 1 thread and at all of this machine's threads. Each artifact is compared with the
+float model on held-out random inputs as the quality gate compares (random weights: structure
+decides latency; agreement says the artifact still computes the model). Writes
+bench/rewrites.md. Host timings: compare the ratios, not the milliseconds.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -20,10 +24,14 @@ import numpy as np
 import torch
 from torch import nn
 
+from baselines import tutorial_edge
 from machine import facts
-from measure import interleaved_medians
+from measure import interleaved_medians, short_error
 
 OUT = Path(__file__).resolve().parent / "rewrites.md"
+CALIB, HELD_OUT = 8, 16  # random inputs to calibrate on, and others to compare with float on
+KINDS = ("tutorial", "without", "with", "onnx")
+LABELS = {"tutorial": "tutorial .pte", "without": ".pte, no rewrites", "with": ".pte (edgekit)", "onnx": ".onnx (edgekit)"}
 
 
 def resnet18_mean_pooled():
@@ -51,66 +59,179 @@ def mobilenet_v3_small():
     return build_model()
 
 
-MODELS = {"resnet18 (mean-pooled)": resnet18_mean_pooled, "mobilenet_v3_small": mobilenet_v3_small}
+def mobilenet_v2():
+    from edgekit.zoo.mobilenet_v2 import build_model
+
+    return build_model()
 
 
-def build(model, example, path: Path, rewrites: bool) -> dict:
+def deit_tiny():
+    from edgekit.zoo.deit_tiny import build_model  # F.scaled_dot_product_attention, nn.LayerNorm
+
+    return build_model()
+
+
+class BertTiny(nn.Module):
+    """A BERT-tiny-class encoder (2 layers, 128 wide, 2 heads: google's bert_uncased_L-2_H-128_A-2
+    shape) from transformers' own BertModel, mean-pooled over the tokens its padding mask keeps."""
+
+    def __init__(self):
+        super().__init__()
+        from transformers import BertConfig, BertModel
+
+        self.bert = BertModel(BertConfig(hidden_size=128, num_hidden_layers=2, num_attention_heads=2,
+                                         intermediate_size=512), add_pooling_layer=False)
+
+    def forward(self, input_ids, attention_mask):
+        h = self.bert(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        keep = attention_mask.unsqueeze(-1).to(h.dtype)
+        return (h * keep).sum(1) / keep.sum(1).clamp(min=1e-9)
+
+
+def bert_tiny():
+    return BertTiny()
+
+
+MODELS = {"deit_tiny": deit_tiny, "resnet18 (mean-pooled)": resnet18_mean_pooled,
+          "mobilenet_v2": mobilenet_v2, "mobilenet_v3_small": mobilenet_v3_small, "bert_tiny": bert_tiny}
+TOKENS = 128  # bert_tiny's sequence length; its inputs are token ids and a padding mask
+
+
+def example_for(name: str) -> tuple:
+    """One input of the model's kind: an image, or token ids with the last quarter padded."""
+    if name != "bert_tiny":
+        return (torch.randn(1, 3, 224, 224),)
+    mask = torch.ones(1, TOKENS, dtype=torch.long)
+    mask[:, 3 * TOKENS // 4:] = 0
+    return torch.randint(0, 30522, (1, TOKENS)), mask
+
+
+def build_pte(model, example, calib, path: Path, rewrites: bool) -> dict:
     from edgekit.formats import executorch, xnnpack_rewrites
     from edgekit.formats.base import QuantConfig
 
-    saved = xnnpack_rewrites.REWRITES
+    saved = xnnpack_rewrites.REWRITES, xnnpack_rewrites.LOWERING_REWRITES
     if not rewrites:
-        xnnpack_rewrites.REWRITES = []
+        xnnpack_rewrites.REWRITES, xnnpack_rewrites.LOWERING_REWRITES = [], []
     try:
-        calib = [(torch.randn_like(example[0]),) for _ in range(8)]
-        qmodel = executorch.quantize(model, example, calib, QuantConfig())
+        # nearest weight rounding, as the tutorial: what differs is the graph, not the weights
+        qmodel = executorch.quantize(model, example, calib, QuantConfig(weight_rounding="nearest"))
         lowering = executorch.export(qmodel, example, path)
     finally:
-        xnnpack_rewrites.REWRITES = saved
+        xnnpack_rewrites.REWRITES, xnnpack_rewrites.LOWERING_REWRITES = saved
     return {"outside": lowering["ops_outside_delegate"], "rewrites": [r["rewrite"] for r in lowering["rewrites"]]}
 
 
-def time_side_by_side(paths: list[Path], x: np.ndarray, threads: int, rounds: int, runs: int) -> list[float]:
-    from edgekit.formats import get_format
+def build_tutorial(model, example, calib, path: Path) -> dict:
+    """ExecuTorch's PT2E + XNNPACK tutorial, as written there."""
+    from edgekit.formats.executorch import _ops_outside_delegate
 
-    runners = [get_format("executorch").load(p, threads=threads) for p in paths]
-    return interleaved_medians(runners, [x], 5, rounds, runs)
+    edge = tutorial_edge(model, example, calib)
+    outside = _ops_outside_delegate(edge.exported_program().graph_module)
+    path.write_bytes(edge.to_executorch().buffer)
+    return {"outside": outside, "rewrites": []}
+
+
+def build_onnx(model, example, calib, path: Path) -> dict:
+    from edgekit.formats import onnx
+    from edgekit.formats.base import QuantConfig
+
+    names = ("x",) if len(example) == 1 else ("input_ids", "attention_mask")
+    qmodel = onnx.quantize(model, example, calib, QuantConfig(weight_rounding="nearest", input_names=names))
+    onnx.export(qmodel, example, path)
+    return {"outside": [f["op"] for f in onnx.lint(path)["findings"]], "rewrites": []}
+
+
+def agreement(model, runner, held_out: list) -> str:
+    """The artifact against the float model as the quality gate reads it (edgekit.compare): top-1
+    agreement on the decisive samples (random weights leave many near-ties) and mean logit cosine."""
+    from edgekit.compare import Gate, compare_output
+
+    with torch.no_grad():
+        ref = np.concatenate([model(*x).numpy() for x in held_out])
+    out = np.concatenate([runner.run([t.numpy() for t in x])[0] for x in held_out])
+    embedding = len(held_out[0]) > 1  # bert_tiny: a sentence embedding, judged by cosine alone
+    m = compare_output(ref, out, Gate(), task="embedding" if embedding else "classification")
+    agree = m["top1_agreement_decisive"]
+    if embedding:
+        return f"embedding, {m['cosine']:.4f}"
+    return (f"{agree:.0f} % of {m['top1_decisive_samples']}" if agree is not None else "no decisive sample") + \
+        f", {m['cosine']:.4f}"
 
 
 def main() -> None:
+    from edgekit.formats import get_format
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--runs", type=int, default=10)
+    parser.add_argument("--models", default=",".join(MODELS))
     args = parser.parse_args()
+    threads = (1, os.cpu_count() or 1)
     start = time.time()
     rows = []
     with tempfile.TemporaryDirectory(prefix="edgekit-bench-rewrites-") as tmp:
-        for name, make in MODELS.items():
+        for name in args.models.split(","):
             torch.manual_seed(0)
-            model = make().eval()
-            example = (torch.randn(1, 3, 224, 224),)
-            paths = [Path(tmp) / f"{name.split()[0]}-{kind}.pte" for kind in ("with", "without")]
-            with_info, without_info = build(model, example, paths[0], True), build(model, example, paths[1], False)
-            ms = time_side_by_side(paths, example[0].numpy(), args.threads, args.rounds, args.runs)
-            rows.append((name, with_info, without_info, ms))
-            print(name, ms, flush=True)
+            model = MODELS[name]().eval()
+            example = example_for(name)
+            calib = [example_for(name) for _ in range(CALIB)]
+            held_out = [example_for(name) for _ in range(HELD_OUT)]
+            stem = name.split()[0]
+            paths = {k: Path(tmp) / f"{stem}-{k}{'.onnx' if k == 'onnx' else '.pte'}" for k in KINDS}
+            builders = {"tutorial": lambda p: build_tutorial(model, example, calib, p),
+                        "without": lambda p: build_pte(model, example, calib, p, False),
+                        "with": lambda p: build_pte(model, example, calib, p, True),
+                        "onnx": lambda p: build_onnx(model, example, calib, p)}
+            info = {}
+            for k, build in builders.items():
+                try:
+                    info[k] = build(paths[k])
+                except Exception as e:  # noqa: BLE001 - a path that fails keeps its row, with the error
+                    info[k] = {"error": short_error(e), "outside": [], "rewrites": []}
+            built = [k for k in KINDS if "error" not in info[k]]
+            fmt = {k: get_format("onnx" if k == "onnx" else "executorch") for k in KINDS}
+            kept = {k: agreement(model, fmt[k].load(paths[k]), held_out) if k in built else "fails: " + info[k]["error"]
+                    for k in KINDS}
+            ms = {}
+            for n in threads:
+                runners = [fmt[k].load(paths[k], threads=n) for k in built]
+                feed = [t.numpy() for t in example]
+                ms[n] = dict(zip(built, interleaved_medians(runners, feed, 5, args.rounds, args.runs)))
+            rows.append((name, info, kept, ms))
+            print(name, ms, kept, flush=True)
     m = facts()
     lines = [
-        "# Graph rewrites: int8 .pte with and without them, side by side",
+        "# Graph rewrites: int8 artifacts side by side",
         "",
         f"Reproduce: `.venv/bin/python bench/rewrites.py` ({time.time() - start:.0f} s for this run). "
-        f"{m['date']}, {m['cpu']}, {args.threads} thread(s); median of {args.rounds} interleaved rounds of "
-        f"{args.runs} runs each, batch 1, 224x224, random weights (structure decides latency). Host times: "
-        "read the ratio.",
+        f"{m['date']}, {m['cpu']}; median of {args.rounds} interleaved rounds of {args.runs} runs each, batch 1, "
+        f"224x224 images or {TOKENS} tokens (a quarter padded), random weights (structure decides latency), "
+        f"calibrated on {CALIB} random inputs, compared with "
+        f"float on {HELD_OUT} others. `.pte` artifacts with nearest weight rounding, as the tutorial. Host times: "
+        "read the ratios.",
         "",
-        "| model | without: ops off the delegate | ms | with: rewrites | ops off the delegate | ms | without / with |",
-        "|---|---|---:|---|---|---:|---:|",
+        "Ops each `.pte` leaves on ExecuTorch's portable kernels (scalar, one thread), and what edgekit rewrote:",
+        "",
+        "| model | tutorial .pte | .pte without rewrites | .pte (edgekit): rewrites | off the delegate |",
+        "|---|---|---|---|---|",
     ]
-    for name, w, wo, (ms_with, ms_without) in rows:
-        lines.append(f"| {name} | {', '.join(wo['outside']) or 'none'} | {ms_without:.3f} | "
-                     f"{'; '.join(w['rewrites']) or 'none'} | {', '.join(w['outside']) or 'none'} | {ms_with:.3f} | "
-                     f"{ms_without / ms_with:.2f}× |")
+    def off(i):
+        return "fails" if "error" in i else ", ".join(i["outside"]) or "none"
+
+    for name, info, _, _ in rows:
+        lines.append(f"| {name} | {off(info['tutorial'])} | "
+                     f"{off(info['without'])} | {'; '.join(info['with']['rewrites']) or 'none'} | {off(info['with'])} |")
+    lines += ["", "Latency (ms), and agreement with float: top-1 agreement on the samples whose float top class "
+              "leads by more than 2 output steps (the quality gate's decisive samples), and mean logit cosine:", "",
+              "| model | threads | " + " | ".join(LABELS[k] for k in KINDS) + " | edgekit .pte / tutorial |",
+              "|---|---:|" + "---:|" * (len(KINDS) + 1)]
+    for name, _, kept, ms in rows:
+        for n in threads:
+            ratio = f"{ms[n]['with'] / ms[n]['tutorial']:.2f}×" if {"with", "tutorial"} <= set(ms[n]) else "—"
+            lines.append(f"| {name} | {n} | " + " | ".join(f"{ms[n][k]:.3f}" if k in ms[n] else "—" for k in KINDS) +
+                         f" | {ratio} |")
+        lines.append(f"| {name} | agreement | " + " | ".join(kept[k] for k in KINDS) + " | |")
     OUT.write_text("\n".join(lines) + "\n")
     print(f"wrote {OUT}")
 

@@ -87,6 +87,11 @@ def test_hf_encoder_with_a_mask_builds_in_every_format_that_can_take_it(real_dat
     for fmt, record in m["formats"].items():
         assert record["gate"]["passed"] and record["metrics"]["cosine"] > 0.999, fmt
         assert record["metrics"]["data"]["held_out"] and not record["metrics"]["data"]["labels"]
+    # its boolean padding mask reaches SDPA: the attention is rewritten onto the delegate, so its
+    # decomposition's safe softmax (any, eq, logical_not over the scores) is not left on portable kernels
+    lowering = m["formats"]["executorch"]["lowering"]
+    assert any(r["rewrite"].startswith("scaled_dot_product_attention") for r in lowering["rewrites"]), lowering
+    assert not {"any", "eq", "logical_not"} & set(lowering["ops_outside_delegate"]), lowering["ops_outside_delegate"]
     skipped = m["skipped_formats"]["torchscript-lite"]
     assert HF_TORCHSCRIPT_LIMIT in skipped["error"] and "--quant dynamic" in skipped["hint"]
     assert "torchscript-lite skipped" in proc.stdout  # said in the summary, not only in the manifest

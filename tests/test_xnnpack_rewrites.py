@@ -3,6 +3,9 @@ each exact, and each moving a real architecture's op from the portable kernels t
 
 from __future__ import annotations
 
+import copy
+
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -72,5 +75,123 @@ def test_a_mean_pooled_net_stays_on_the_delegate(architecture, tmp_path, monkeyp
     assert [r["rewrite"] for r in lowering["rewrites"]] == [xnnpack_rewrites.REWRITES[0][0]]
     assert executorch.lint(tmp_path / "model.pte")["findings"] == []
     monkeypatch.setattr(xnnpack_rewrites, "REWRITES", [])
+    monkeypatch.setattr(xnnpack_rewrites, "LOWERING_REWRITES", [])  # whose mean rewrite would take it after quantization
     plain = _lowered(model, example, tmp_path, "plain.pte")
     assert "mean" in plain["ops_outside_delegate"] and plain["rewrites"] == []
+
+
+# ---------------------------------------------------------------- after quantization: float ops
+
+
+class Encoder(nn.Module):
+    """What the lowering rewrites take, each in a form users write: a LayerNorm over a 4-D
+    channels-last tensor (ConvNeXt's), q, k, v unbound from one projection, SDPA with an explicit
+    scale, without one, with a float and with a boolean mask, attention written out with 4-D
+    matmuls, a class token selected, tokens mean-pooled; and a causal SDPA, which stays as it is."""
+
+    def __init__(self, dim=16, heads=2):
+        super().__init__()
+        self.heads, self.qkv, self.norm, self.norm4 = heads, nn.Linear(dim, 3 * dim), nn.LayerNorm(dim), nn.LayerNorm(dim)
+
+    def forward(self, x, mask):
+        n, t, c = x.shape
+        y = self.norm4(x.reshape(n, 2, t // 2, c)).reshape(n, t, c)
+        q, k, v = self.qkv(self.norm(y)).reshape(n, t, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4).unbind(0)
+        a = torch.nn.functional.scaled_dot_product_attention(q, k, v, scale=0.3)
+        b = torch.nn.functional.scaled_dot_product_attention(q, k, v)
+        masked = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        # a padding-style boolean mask: every query keeps at least its own key
+        keep = (mask > 0) | torch.eye(t, dtype=torch.bool)
+        bool_masked = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=keep)
+        causal = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
+        written_out = torch.softmax(torch.matmul(q, k.transpose(-2, -1)) * 0.25, dim=-1) @ v
+        out = (a + b + masked + bool_masked + causal + written_out).transpose(1, 2).reshape(n, t, c)
+        return out[:, 0] + out.mean(1)
+
+
+def test_the_lowering_rewrites_compute_the_float_model_and_leave_a_causal_attention_alone():
+    torch.manual_seed(0)
+    model, example = Encoder().eval(), (torch.randn(2, 6, 16), torch.randn(2, 1, 6, 6))
+    graph = torch_export(model, example).module()
+    rewritten = copy.deepcopy(graph)
+    records = xnnpack_rewrites.lower_float_ops(rewritten, copy.deepcopy(graph), example)
+    assert {r["rewrite"]: len(r["nodes"]) for r in records} == {
+        name: count for (name, _), count in zip(xnnpack_rewrites.LOWERING_REWRITES, (2, 4, 1, 1, 2, 1))}
+    assert all(r["checked"].startswith("on the float graph: outputs within") for r in records)
+    sdpa = torch.ops.aten.scaled_dot_product_attention.default
+    assert [n.target for n in rewritten.graph.nodes].count(sdpa) == 1  # the causal one
+    left = {n.target for n in rewritten.graph.nodes if n.op == "call_function"}
+    assert not left & {torch.ops.aten.layer_norm.default, torch.ops.aten.select.int, torch.ops.aten.unbind.int,
+                       torch.ops.aten.matmul.default}
+    means = [n for n in rewritten.graph.nodes if n.target == torch.ops.aten.mean.dim]
+    assert means and all(n.args[1] == [2, 3] and n.args[2] for n in means)  # every mean in the delegate's form
+    unseen = (torch.randn(2, 6, 16) * 10, torch.randn(2, 1, 6, 6))  # not the example the check ran on
+    with torch.no_grad():
+        torch.testing.assert_close(rewritten(*unseen), model(*unseen), rtol=1e-4, atol=1e-4)
+
+
+def test_a_vision_transformer_stays_on_the_delegate_and_keeps_its_outputs(tmp_path, monkeypatch):
+    """A DeiT-class ViT (F.scaled_dot_product_attention, nn.LayerNorm, a class token): the tutorial
+    path leaves its layer norms, the attention's safe softmax and its copies on the portable kernels;
+    with the rewrites every op is delegated, and the .pte in ExecuTorch computes what its quantized
+    graph does in Python."""
+    from edgekit.zoo.deit_tiny import build_small
+
+    model, example = build_small(), (torch.randn(1, 3, 32, 32),)
+    calib = [(torch.randn_like(example[0]),) for _ in range(4)]
+    qmodel = executorch.quantize(model, example, calib, QuantConfig())
+    lowering = executorch.export(qmodel, example, tmp_path / "vit.pte")
+    assert lowering["ops_outside_delegate"] == [], lowering["ops_outside_delegate"]
+    assert executorch.lint(tmp_path / "vit.pte")["findings"] == []
+    assert {r["rewrite"] for r in lowering["rewrites"]} == {name for name, _ in xnnpack_rewrites.LOWERING_REWRITES[:4]}
+
+    runner = executorch.load(tmp_path / "vit.pte")
+    held_out = [torch.randn_like(example[0]) for _ in range(8)]
+    with torch.no_grad():
+        simulated = torch.cat([qmodel(x) for x in held_out]).numpy()
+        reference = torch.cat([model(x) for x in held_out])
+    ran = torch.from_numpy(np.concatenate([runner.run([x.numpy()])[0] for x in held_out]))
+    assert torch.nn.functional.cosine_similarity(ran, torch.from_numpy(simulated)).min() > 0.999
+    assert torch.nn.functional.cosine_similarity(ran, reference).mean() > 0.99
+
+    monkeypatch.setattr(xnnpack_rewrites, "LOWERING_REWRITES", [])
+    plain = _lowered(model, example, tmp_path, "plain.pte")
+    assert {"native_layer_norm", "where", "any", "select_copy"} <= set(plain["ops_outside_delegate"])
+
+
+
+def test_a_trained_vit_written_out_keeps_its_accuracy_on_the_delegate(tmp_path):
+    """The vit_digits sample (trained weights; attention written out with torch.matmul, LayerNorm,
+    tokens mean-pooled) on real held-out digits: every op on the delegate, accuracy kept."""
+    from conftest import REPO
+    from edgekit import api
+
+    m = api.build(REPO / "sample_apps" / "vit_digits", "rpi5", api.recipe(formats=("executorch",), quality="fast"),
+                  out=tmp_path / "vit")
+    record = m["formats"]["executorch"]
+    assert record["lowering"]["ops_outside_delegate"] == [], record["lowering"]
+    rewrites = {r["rewrite"] for r in record["lowering"]["rewrites"]}
+    assert {name for name, _ in xnnpack_rewrites.LOWERING_REWRITES} - rewrites == {
+        xnnpack_rewrites.LOWERING_REWRITES[i][0] for i in (1, 2, 3)}  # no SDPA, class token or unbind in it
+    assert record["gate"]["passed"]
+    assert record["metrics"]["accuracy_artifact"] >= record["metrics"]["accuracy_float"] - 0.5, record["metrics"]
+
+
+def test_a_rewrite_that_moves_the_float_outputs_is_not_applied():
+    """A boolean mask that drops every key of one query: SDPA's safe softmax gives that row zeros,
+    the additive mask an average of the dropped keys. The check on the float graph sees it, and the
+    quantized graph keeps the original op; the record says why."""
+    import torch.nn.functional as F
+
+    class Dropped(nn.Module):
+        def forward(self, q, mask):
+            return F.scaled_dot_product_attention(q, q, q, attn_mask=mask)
+
+    mask = torch.ones(1, 1, 4, 4, dtype=torch.bool)
+    mask[..., 0, :] = False  # query 0 keeps no key
+    example = (torch.randn(1, 2, 4, 8), mask)
+    graph = torch_export(Dropped().eval(), example).module()
+    quantized = copy.deepcopy(graph)  # stands in for the converted graph: the same ops
+    [record] = xnnpack_rewrites.lower_float_ops(quantized, copy.deepcopy(graph), example)
+    assert record["applied"] is False and "the artifact keeps these ops" in record["checked"]
+    assert any(n.target == torch.ops.aten.scaled_dot_product_attention.default for n in quantized.graph.nodes)

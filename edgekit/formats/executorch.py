@@ -38,7 +38,7 @@ from edgekit.formats.pt2e import (
     report_of,
     with_calibration,
 )
-from edgekit.formats.xnnpack_rewrites import keep_on_delegate
+from edgekit.formats.xnnpack_rewrites import keep_on_delegate, lower_float_ops, lowers_float_ops
 from edgekit.quiet import native_stderr_captured, quiet_python_logs
 
 NAME = "executorch"
@@ -79,7 +79,10 @@ def quantize(model, example_inputs: tuple, calib_batches: Iterable[tuple], cfg: 
         return float16_model(model).eval()
     graph = torch_export(model, example_inputs).module()
     rewrites = keep_on_delegate(graph, example_inputs)
+    float_graph = copy.deepcopy(graph) if lowers_float_ops(graph) else None  # prepare_pt2e changes `graph`
     quantized = quantize_exported(graph, example_inputs, calib_batches, cfg)
+    if float_graph is not None:
+        rewrites += lower_float_ops(quantized, float_graph, example_inputs)
     quantized.meta[REWRITES_KEY] = rewrites
     return quantized
 
@@ -125,9 +128,10 @@ def prepare_qat(model, example_inputs: tuple, cfg: QuantConfig):
     quiet_python_logs()
     graph = torch_export(copy.deepcopy(model), example_inputs).module()
     rewrites = keep_on_delegate(graph, example_inputs)
+    float_graph = copy.deepcopy(graph) if lowers_float_ops(graph) else None
     quantizer = _quantizer(cfg, qat=True)
     prepared = prepare_qat_pt2e(graph, quantizer)
-    prepared.meta[_QAT_KEY] = (quantizer, rewrites)
+    prepared.meta[_QAT_KEY] = (quantizer, rewrites, float_graph, example_inputs)
     return prepared
 
 
@@ -136,8 +140,10 @@ _QAT_KEY = "edgekit_qat"
 
 def convert_qat(prepared):
     """The fine-tuned graph as `quantize` returns its own (what `export` lowers)."""
-    quantizer, rewrites = prepared.meta[_QAT_KEY]
+    quantizer, rewrites, float_graph, example_inputs = prepared.meta[_QAT_KEY]
     converted = _converted(prepared, quantizer)
+    if float_graph is not None:
+        rewrites = rewrites + lower_float_ops(converted, float_graph, example_inputs)
     converted.meta[REWRITES_KEY] = rewrites
     return converted
 
@@ -318,7 +324,16 @@ ADVICE = {
     "embedding": "embedding lookups are not delegated (cheap gathers); fine unless the table is large",
     "index": "advanced indexing is not delegated: use slicing, or move it out of forward()",
     "grid_sampler_2d": "grid_sample is not delegated: precompute the grid or resample outside the model",
-    "native_layer_norm": "layer norm outside XNNPACK: check the export kept it as one op (affine, last dim)",
+    "native_layer_norm": ("XNNPACK has no layer norm: edgekit rewrites one over the last dim (nn.LayerNorm) into "
+                          "delegated ops; one over other dims has no rewrite yet: normalise the last dim"),
+    # what scaled_dot_product_attention's decomposition leaves (its safe softmax, its copies)
+    **{op: ("left by F.scaled_dot_product_attention with dropout or is_causal (edgekit rewrites the others "
+            "into delegated bmm + softmax); no rewrite exists for those yet: pass the causal mask as attn_mask, "
+            "or write q @ k.transpose(-2, -1) * scale + mask, softmax, @ v")
+       for op in ("any", "eq", "logical_not", "where", "full_like")},
+    "select_copy": "integer indexing (x[:, 0]) outside a float graph: edgekit rewrites a float one into a slice",
+    "squeeze_copy": ("unbind / squeeze outside a float graph: edgekit rewrites a float tensor's unbind into "
+                     "slices; otherwise index with slicing (x[:, :1]) and reshape"),
     "mean": ("XNNPACK takes only the mean over H and W of a 4-D tensor (its global average pooling; edgekit "
              "rewrites x.mean((2, 3)) to it): for other dims no rewrite exists yet, reshape so the mean is "
              "over the last two dims of a 4-D tensor"),
@@ -449,6 +464,8 @@ def emulated_baseline(core, model, example: tuple, one_sample) -> int | None:
 
     graph = torch_export(model, example).module()
     keep_on_delegate(graph, example)  # the same rewrites as the int8 artifact's
+    if lowers_float_ops(graph):
+        lower_float_ops(graph, copy.deepcopy(graph), example)
     with tempfile.TemporaryDirectory(prefix="edgekit-float-pte-") as tmp:
         path = Path(tmp) / "float.pte"
         export(graph, example, path)
