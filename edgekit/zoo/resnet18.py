@@ -16,6 +16,7 @@ from torch import nn
 # Blocks per stage and the stage widths: ResNet18 in Table 1 of the paper.
 LAYERS = (2, 2, 2, 2)
 WIDTHS = (64, 128, 256, 512)
+STEM = 64  # the 7x7 stem's channels
 
 
 class BasicBlock(nn.Module):
@@ -37,19 +38,21 @@ class BasicBlock(nn.Module):
         return self.relu(self.bn2(self.conv2(out)) + identity)
 
 
-class ResNet18(nn.Module):
-    """(N, 3, H, W) -> (N, num_classes)."""
+class ResNet(nn.Module):
+    """(N, 3, H, W) -> (N, num_classes): a 7x7 stem of STEM channels and max pooling, four stages of
+    `block`s (block(c_in, c_out, stride)) whose outputs are `widths` wide, then average pooling and a
+    Linear. resnet50.py uses it with its bottleneck block."""
 
-    def __init__(self, num_classes: int = 1000, layers=LAYERS, widths=WIDTHS) -> None:
+    def __init__(self, num_classes: int = 1000, layers=LAYERS, widths=WIDTHS, block=BasicBlock) -> None:
         super().__init__()
-        self.conv1 = nn.Conv2d(3, widths[0], 7, 2, 3, bias=False)
-        self.bn1 = nn.BatchNorm2d(widths[0])
+        self.conv1 = nn.Conv2d(3, STEM, 7, 2, 3, bias=False)
+        self.bn1 = nn.BatchNorm2d(STEM)
         self.relu = nn.ReLU(inplace=True)
         self.maxpool = nn.MaxPool2d(3, 2, 1)
-        stages, c_in = [], widths[0]
+        stages, c_in = [], STEM
         for i, (blocks, c_out) in enumerate(zip(layers, widths)):
             stride = 1 if i == 0 else 2  # the stem already downsampled 4x
-            stages.append(nn.Sequential(*[BasicBlock(c_in if b == 0 else c_out, c_out, stride if b == 0 else 1)
+            stages.append(nn.Sequential(*[block(c_in if b == 0 else c_out, c_out, stride if b == 0 else 1)
                                           for b in range(blocks)]))
             c_in = c_out
         self.layer1, self.layer2, self.layer3, self.layer4 = stages
@@ -64,4 +67,4 @@ class ResNet18(nn.Module):
 
 def build_model() -> nn.Module:
     """ResNet18 for 224x224 ImageNet, 1000 classes (random weights)."""
-    return ResNet18().eval()
+    return ResNet().eval()

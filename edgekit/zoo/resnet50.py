@@ -12,15 +12,17 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from edgekit.zoo.resnet18 import ResNet
+
 LAYERS = (3, 4, 6, 3)  # blocks per stage: Table 1 of the paper
-WIDTHS = (64, 128, 256, 512)
-EXPANSION = 4
+EXPANSION = 4  # a bottleneck's output is 4x its inner width
+WIDTHS = tuple(EXPANSION * w for w in (64, 128, 256, 512))  # each stage's output channels
 
 
 class Bottleneck(nn.Module):
-    def __init__(self, c_in: int, width: int, stride: int = 1) -> None:
+    def __init__(self, c_in: int, c_out: int, stride: int = 1) -> None:
         super().__init__()
-        c_out = width * EXPANSION
+        width = c_out // EXPANSION
         self.conv1, self.bn1 = nn.Conv2d(c_in, width, 1, bias=False), nn.BatchNorm2d(width)
         self.conv2, self.bn2 = nn.Conv2d(width, width, 3, stride, 1, bias=False), nn.BatchNorm2d(width)
         self.conv3, self.bn3 = nn.Conv2d(width, c_out, 1, bias=False), nn.BatchNorm2d(c_out)
@@ -36,30 +38,7 @@ class Bottleneck(nn.Module):
         return self.relu(self.bn3(self.conv3(out)) + identity)
 
 
-class ResNet50(nn.Module):
-    """(N, 3, H, W) -> (N, num_classes)."""
-
-    def __init__(self, num_classes: int = 1000) -> None:
-        super().__init__()
-        self.conv1, self.bn1 = nn.Conv2d(3, 64, 7, 2, 3, bias=False), nn.BatchNorm2d(64)
-        self.relu, self.maxpool = nn.ReLU(inplace=True), nn.MaxPool2d(3, 2, 1)
-        stages, c_in = [], 64
-        for i, (blocks, width) in enumerate(zip(LAYERS, WIDTHS)):
-            stride = 1 if i == 0 else 2
-            stages.append(nn.Sequential(*[Bottleneck(c_in if b == 0 else width * EXPANSION, width,
-                                                     stride if b == 0 else 1) for b in range(blocks)]))
-            c_in = width * EXPANSION
-        self.layer1, self.layer2, self.layer3, self.layer4 = stages
-        self.avgpool = nn.AdaptiveAvgPool2d(1)
-        self.fc = nn.Linear(c_in, num_classes)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
-        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
-        return self.fc(torch.flatten(self.avgpool(x), 1))
-
-
 def build_model() -> nn.Module:
     """ResNet-50 for 224x224 ImageNet, 1000 classes (random weights)."""
     torch.manual_seed(0)
-    return ResNet50().eval()
+    return ResNet(layers=LAYERS, widths=WIDTHS, block=Bottleneck).eval()
