@@ -116,7 +116,7 @@ def test_the_lowering_rewrites_compute_the_float_model_and_leave_a_causal_attent
     rewritten = copy.deepcopy(graph)
     records = xnnpack_rewrites.lower_float_ops(rewritten, copy.deepcopy(graph), example)
     assert {r["rewrite"]: len(r["nodes"]) for r in records} == {
-        name: count for (name, _), count in zip(xnnpack_rewrites.LOWERING_REWRITES, (2, 4, 1, 1, 2, 1))}
+        name: count for (name, *_), count in zip(xnnpack_rewrites.LOWERING_REWRITES, (2, 4, 1, 1, 2, 1))}
     assert all(r["checked"].startswith("on the float graph: outputs within") for r in records)
     sdpa = torch.ops.aten.scaled_dot_product_attention.default
     assert [n.target for n in rewritten.graph.nodes].count(sdpa) == 1  # the causal one
@@ -143,7 +143,7 @@ def test_a_vision_transformer_stays_on_the_delegate_and_keeps_its_outputs(tmp_pa
     lowering = executorch.export(qmodel, example, tmp_path / "vit.pte")
     assert lowering["ops_outside_delegate"] == [], lowering["ops_outside_delegate"]
     assert executorch.lint(tmp_path / "vit.pte")["findings"] == []
-    assert {r["rewrite"] for r in lowering["rewrites"]} == {name for name, _ in xnnpack_rewrites.LOWERING_REWRITES[:4]}
+    assert {r["rewrite"] for r in lowering["rewrites"]} == {name for name, *_ in xnnpack_rewrites.LOWERING_REWRITES[:4]}
 
     runner = executorch.load(tmp_path / "vit.pte")
     held_out = [torch.randn_like(example[0]) for _ in range(8)]
@@ -171,7 +171,7 @@ def test_a_trained_vit_written_out_keeps_its_accuracy_on_the_delegate(tmp_path):
     record = m["formats"]["executorch"]
     assert record["lowering"]["ops_outside_delegate"] == [], record["lowering"]
     rewrites = {r["rewrite"] for r in record["lowering"]["rewrites"]}
-    assert {name for name, _ in xnnpack_rewrites.LOWERING_REWRITES} - rewrites == {
+    assert {name for name, *_ in xnnpack_rewrites.LOWERING_REWRITES} - rewrites == {
         xnnpack_rewrites.LOWERING_REWRITES[i][0] for i in (1, 2, 3)}  # no SDPA, class token or unbind in it
     assert record["gate"]["passed"]
     assert record["metrics"]["accuracy_artifact"] >= record["metrics"]["accuracy_float"] - 0.5, record["metrics"]

@@ -102,12 +102,8 @@ LOWERING_TOLERANCE = 1e-4
 
 def lowers_float_ops(graph_module) -> bool:
     """Has the graph an op a lowering rewrite may take (then lower_float_ops needs its float copy)?"""
-    import torch
-
-    aten = torch.ops.aten
-    targets = {aten.layer_norm.default, aten.scaled_dot_product_attention.default, aten.select.int, aten.unbind.int,
-               aten.matmul.default, aten.mean.dim}
-    return any(n.op == "call_function" and n.target in targets for n in graph_module.graph.nodes)
+    targets = {target for _, _, target in LOWERING_REWRITES}
+    return any(n.op == "call_function" and str(n.target) in targets for n in graph_module.graph.nodes)
 
 
 def lower_float_ops(quantized, float_graph, example_inputs: tuple) -> list[dict]:
@@ -144,7 +140,7 @@ def _apply(graph_module, rewrites) -> list[dict]:
     """Each rewrite on the graph (the module runs its old code until _recompile); the records of
     those that changed it."""
     records = []
-    for name, rewrite in rewrites:
+    for name, rewrite, *_ in rewrites:
         changed = rewrite(graph_module)
         if changed:
             records.append({"rewrite": name, "nodes": changed})
@@ -435,11 +431,14 @@ def _mean(graph_module) -> list[str]:
     return changed
 
 
+# (what it does, the rewrite, the ATen op it takes: lowers_float_ops looks for these)
 LOWERING_REWRITES = [
-    ("layer norm -> mean (XNNPACK global average pooling), sub, mul, rsqrt, add", _layer_norm),
-    ("scaled_dot_product_attention -> bmm, mul, [add mask,] softmax, bmm", _attention),
-    ("select -> slice + view", _select),
-    ("unbind -> slice + view per output", _unbind),
-    ("matmul (rank >= 3) -> bmm on 3-D reshapes", _matmul),
-    ("mean over other dims -> XNNPACK global average pooling on a 4-D reshape", _mean),
+    ("layer norm -> mean (XNNPACK global average pooling), sub, mul, rsqrt, add", _layer_norm,
+     "aten.layer_norm.default"),
+    ("scaled_dot_product_attention -> bmm, mul, [add mask,] softmax, bmm", _attention,
+     "aten.scaled_dot_product_attention.default"),
+    ("select -> slice + view", _select, "aten.select.int"),
+    ("unbind -> slice + view per output", _unbind, "aten.unbind.int"),
+    ("matmul (rank >= 3) -> bmm on 3-D reshapes", _matmul, "aten.matmul.default"),
+    ("mean over other dims -> XNNPACK global average pooling on a 4-D reshape", _mean, "aten.mean.dim"),
 ]
