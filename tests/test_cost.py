@@ -6,8 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from edgekit.validate import cost
 from edgekit.target import load_target
+from edgekit.validate import cost
+from edgekit.validate.graph import model_work
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "cost_model.md"
 
@@ -62,6 +63,52 @@ def test_attention_is_counted(networks):
     assert 1.2e9 < sum(r["macs"] for r in rows) < 1.3e9
     attention = [r for r in rows if r["kind"] == "attention"]
     assert len(attention) == 12 and all(r["transcendental"] == 3 * 197 * 197 for r in attention)
+
+
+def test_band_is_what_the_checks_justify(mnv2_rows, networks):
+    """The calibrated band is the worst error over every published figure (the two networks no fit has
+    seen included), rounded up, no wider -- and at most 1.6x end to end."""
+    table = cost.calibration_table(mnv2_rows) + cost.network_table(networks=networks)
+    worst = max(max(r["ratio"], 1 / r["ratio"]) for r in table)
+    assert worst <= cost.BAND_CALIBRATED < worst + 0.01, (worst, cost.BAND_CALIBRATED)
+    assert cost.BAND_CALIBRATED ** 2 <= 1.6
+
+
+def _rows(model, shape):
+    import torch
+
+    return [r.to_json() for r in model_work(model, (torch.randn(*shape),))]
+
+
+def test_converts_are_charged_where_int8_meets_float():
+    """A layer norm between two int8 Linears costs a dequantize into it and a quantize out of it; a
+    ReLU (fused into the Linear) costs none; a float artifact none."""
+    import torch
+
+    ln = _rows(torch.nn.Sequential(torch.nn.Linear(64, 32), torch.nn.LayerNorm(32), torch.nn.Linear(32, 8)), (4, 64))
+    relu = _rows(torch.nn.Sequential(torch.nn.Linear(64, 32), torch.nn.ReLU(), torch.nn.Linear(32, 8)), (4, 64))
+    converts = cost.conversions(ln, "int8")
+    linear, norm = (next(r["name"] for r in ln if r["op"] == op) for op in ("linear", "layer_norm"))
+    assert converts == {(linear, norm): 4 * 32, (norm, None): 4 * 32}
+    assert cost.conversions(relu, "int8") == {} and cost.conversions(ln, "fp32") == {}
+    m = cost.Machine.from_target(load_target("rpi5"))
+    assert cost.conversion_seconds(ln, "int8", m) > 0
+    # an op outside the delegate runs in float too: converts on both sides of it
+    assert len(cost.conversions(relu, "int8", outside={"relu"})) == 0  # fused: passes through
+    assert len(cost.conversions(ln, "int8", outside={"linear"})) == 0  # everything float: no int8 left
+
+
+def test_requantization_makes_short_reductions_cost_more_per_mac():
+    """The same MACs over K = 16 (many outputs) take longer in int8 than over K = 1024 (few): each
+    output is requantized once, whatever K (REQUANT_CYCLES_PER_OUTPUT)."""
+    m = cost.Machine.from_target(load_target("rpi5"))
+    eff, _ = cost.efficiency(m.core)
+    macs = 2 ** 24
+    short = {"kind": "linear", "op": "linear", "macs": macs, "weight_elems": 16 * 64, "in_elems": macs // 64,
+             "out_elems": macs // 16}
+    long = {"kind": "linear", "op": "linear", "macs": macs, "weight_elems": 1024 * 64, "in_elems": macs // 64,
+            "out_elems": macs // 1024}
+    assert cost.op_seconds(short, "int8", True, m, eff) > 1.2 * cost.op_seconds(long, "int8", True, m, eff)
 
 
 def test_int8_ratio_is_not_fitted_yet_close(mnv2_rows):

@@ -34,6 +34,7 @@ class OpWork:
     in_elems: int  # activation elements read
     out_elems: int  # activation elements written
     transcendental: int = 0  # elements through an exp/erf/tanh (softmax, GELU, SiLU, sigmoid, tanh)
+    inputs: tuple[str, ...] = ()  # names of the rows whose outputs this op reads (its producers)
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -61,17 +62,19 @@ def graph_work(graph) -> list[OpWork]:
         out = _numel(node.meta.get("val"))
         ins = [a for a in node.all_input_nodes]
         if op in ("conv1d", "conv2d", "conv3d", "convolution", "_convolution"):
-            rows.append(_conv(node, op, out))
+            row = _conv(node, op, out)
         elif op in ("linear", "addmm", "mm", "matmul", "bmm"):
-            rows.append(_matmul(node, op, out))
+            row = _matmul(node, op, out)
         elif op == "scaled_dot_product_attention":
-            rows.append(_attention(node, op, out))
+            row = _attention(node, op, out)
         elif op in VIEW_OPS:
-            rows.append(OpWork(node.name, op, "view", 0, 0, 0, 0))
+            row = OpWork(node.name, op, "view", 0, 0, 0, 0)
         else:
             kind = "pool" if op in POOL_OPS else "elementwise"
             in_elems = sum(_numel(a.meta.get("val")) for a in ins)
-            rows.append(OpWork(node.name, op, kind, 0, 0, in_elems, out, out if op in TRANSCENDENTAL_OPS else 0))
+            row = OpWork(node.name, op, kind, 0, 0, in_elems, out, out if op in TRANSCENDENTAL_OPS else 0)
+        row.inputs = tuple(a.name for a in ins if a.op == "call_function")
+        rows.append(row)
     return rows
 
 
