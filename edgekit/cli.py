@@ -235,7 +235,9 @@ def quantize(**options):
 @click.option("--alpha", type=float, default=0.7, show_default=True, help="Weight of the teacher (soft) loss; 1 - alpha: the label loss.")
 @click.option("--feature-weight", type=float, default=1.0, show_default=True, help="Weight of the feature MSE; 0: logits only.")
 @click.option("--feature", "features", multiple=True, metavar="MODULE", help="Match this module's output (repeatable). [default: the output layer's input]")
-@click.option("--patience", type=int, default=5, show_default=True, help="Early stop after this many epochs without a better held-out accuracy.")
+@click.option("--patience", type=int, default=5, show_default=True, help="Early stop after this many epochs without a better validation score.")
+@click.option("--validation", type=float, default=0.15, show_default=True, metavar="SHARE",
+              help="Share of the training data held out to choose the epoch (the evaluation data chooses nothing).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--nproc", type=int, default=1, show_default=True, help="Processes: > 1 runs DDP through torchrun (gloo on CPU, nccl on GPUs).")
 @click.option("-o", "--out", type=click.Path(file_okay=False), help="Output directory [default: build/<name>-distilled].")
@@ -267,9 +269,11 @@ def distill(app_dir, model, input_shape, inputs, weights, calib, eval_, train, s
     if as_json:
         click.echo(json.dumps(record, indent=2))
         return
+    validation = record["validation"]
     click.echo(f"student: {record['student']['macs']:,} MACs, {record['student']['params']:,} params "
-               f"(teacher {record['teacher']['macs']:,} MACs); held-out accuracy {record['accuracy_before']:.2f} % -> "
-               f"{record['accuracy']:.2f} % (best epoch {record['best_epoch']}, {record['processes']} process(es))")
+               f"(teacher {record['teacher']['macs']:,} MACs); evaluation {record['evaluation_metric']} "
+               f"{record['accuracy_before']:.2f} % -> {record['accuracy']:.2f} % (epoch {record['best_epoch']}, "
+               f"chosen on {validation['samples']} training samples held out; {record['processes']} process(es))")
     click.echo(f"saved: {record['out']}/{record['files']['model']} and {record['files']['program']}")
 
 

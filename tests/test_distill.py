@@ -67,3 +67,76 @@ def test_two_ddp_processes_match_one_process(digits_app, tmp_path):
     saved = json.loads((tmp_path / "two" / "distill.json").read_text())
     assert saved["accuracy"] == two["accuracy"]
     assert (tmp_path / "two" / "float_model.pt2").is_file()
+
+
+def _blobs(n: int, seed: int, labelled: bool = True):
+    """Ten separable clusters of 8x8 'images' (a class's mean plus noise)."""
+    import numpy as np
+
+    from edgekit.model.data import Dataset
+
+    rng = np.random.default_rng(seed)
+    centres = np.random.default_rng(99).normal(size=(10, 1, 8, 8)).astype(np.float32)
+    y = rng.integers(0, 10, n)
+    x = (centres[y] + 0.8 * rng.normal(size=(n, 1, 8, 8))).astype(np.float32)
+    return Dataset({"x": x}, y.astype(np.int64) if labelled else None, "blobs")
+
+
+def test_validation_is_held_out_of_the_training_data():
+    from edgekit.train.distill import MAX_VALIDATION, split_validation
+
+    data = _blobs(1000, 0)
+    rest, held = split_validation(data, 0.15, seed=3)
+    assert (len(rest), len(held)) == (850, 150)
+    rows = {tuple(r) for r in data.arrays["x"].reshape(1000, -1)[:, :4].round(5)}
+    assert {tuple(r) for r in rest.arrays["x"].reshape(850, -1)[:, :4].round(5)}.isdisjoint(
+        {tuple(r) for r in held.arrays["x"].reshape(150, -1)[:, :4].round(5)}) and len(rows) == 1000
+    again, _ = split_validation(data, 0.15, seed=3)
+    assert (again.arrays["x"] == rest.arrays["x"]).all()  # the same split on every rank
+    _, capped = split_validation(_blobs(20000, 1), 0.5, seed=0)
+    assert len(capped) == MAX_VALIDATION
+    with pytest.raises(UsageError, match="too few"):
+        split_validation(_blobs(8, 2), 0.15, seed=0)
+
+
+def _distill_blobs(evaluation, train):
+    from edgekit.model.spec import InputSpec
+    from edgekit.progress import Steps
+    from edgekit.train.distill import distill
+
+    torch.manual_seed(0)
+    teacher = _Net(64)
+    opt = torch.optim.Adam(teacher.parameters(), 1e-2)
+    for _ in range(150):  # a teacher that knows the clusters
+        opt.zero_grad()
+        nn.functional.cross_entropy(teacher(torch.from_numpy(train.arrays["x"])),
+                                    torch.from_numpy(_blobs(600, 0).labels)).backward()
+        opt.step()
+    torch.manual_seed(1)
+    student = _Net(8)
+    cfg = DistillConfig(epochs=6, patience=2, batch_size=32)
+    return distill(student, teacher.eval(), train, evaluation, (InputSpec("x", (1, 1, 8, 8)),), cfg,
+                   Steps(show=False), (torch.zeros(1, 1, 8, 8),))
+
+
+def test_evaluation_data_chooses_nothing():
+    """The epoch kept and the early stop come from the validation part of the training data: the same run
+    judged against correct or against scrambled evaluation labels keeps the same epoch and history, and
+    only the reported evaluation figure differs."""
+    import dataclasses
+
+    import numpy as np
+
+    train, evaluation = _blobs(600, 0), _blobs(300, 5)
+    scrambled = dataclasses.replace(evaluation, labels=np.random.default_rng(0).permutation(evaluation.labels))
+    honest, fooled = _distill_blobs(evaluation, train), _distill_blobs(scrambled, train)
+    assert honest["history"] == fooled["history"] and honest["best_epoch"] == fooled["best_epoch"]
+    assert honest["validation"]["samples"] == 90 and "validation" in honest["history"][0]
+    assert honest["accuracy"] > 50 and fooled["accuracy"] < 25  # scored on evaluation (chance: 10 %), after the choice
+
+
+def test_distillation_without_labels_uses_the_teacher():
+    """No labels anywhere: the soft-label loss alone, validation and evaluation by agreement with the teacher."""
+    unlabelled = _distill_blobs(_blobs(300, 5, labelled=False), _blobs(600, 0, labelled=False))
+    assert unlabelled["validation"]["metric"] == unlabelled["evaluation_metric"] == "agreement with the teacher"
+    assert unlabelled["accuracy"] > unlabelled["accuracy_before"] + 30

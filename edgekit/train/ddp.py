@@ -53,7 +53,7 @@ def main(job_path: str) -> None:
         student = load_transformed(build_module(spec), Path(job["student"])) if job.get("student") \
             else _student_from_factory(job)
         train = load_npz(spec.train, spec.inputs, spec.origin("train"), need_labels=False)
-        evaluation = load_npz(spec.eval, spec.inputs, spec.origin("eval"), need_labels=True)
+        evaluation = load_npz(spec.eval, spec.inputs, spec.origin("eval"), need_labels=False)
         steps = Steps(show=rank == 0)
         result = distill(student, teacher, train, evaluation, spec.inputs, cfg, steps, example_inputs(spec.inputs),
                          rank=rank, world=world)

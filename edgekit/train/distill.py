@@ -9,6 +9,12 @@ output layer (the penultimate features), which every classifier has; when
 pruning made the student narrower, a learned 1x1 conv / linear adapter maps it
 to the teacher's width and is thrown away after training.
 
+Every choice the loop makes (the best epoch, when to stop) is made on a
+validation part held out of the training data; the evaluation data is scored
+twice, before and after, and chooses nothing, so its accuracy is an honest one.
+Labels are optional: without them the loss is the teacher's soft labels alone,
+and validation is top-1 agreement with the teacher.
+
 The same loop runs in one process or under DDP (edgekit/train/ddp.py): the
 global batch is the same either way (each of N ranks takes batch/N), so the
 two runs follow the same recipe and land within noise of each other.
@@ -34,7 +40,8 @@ class DistillConfig:
     alpha: float = 0.7  # share of the soft (teacher) loss; the rest is the hard-label loss
     feature_weight: float = 1.0  # 0: logit distillation only
     features: tuple[str, ...] = ()  # module names whose outputs are matched; (): the output layer's input
-    patience: int = 5  # early stop: epochs without a better held-out accuracy
+    patience: int = 5  # early stop: epochs without a better validation score
+    validation: float = 0.15  # share of the training data held out for the choices above
     seed: int = 0
 
     def check(self) -> None:
@@ -48,6 +55,8 @@ class DistillConfig:
             raise UsageError(f"--alpha must be between 0 and 1, got {self.alpha}")
         if self.feature_weight < 0:
             raise UsageError(f"--feature-weight must be 0 or more, got {self.feature_weight}")
+        if not 0 < self.validation < 1:
+            raise UsageError(f"--validation must be a share between 0 and 1, got {self.validation}")
 
     def to_json(self) -> dict:
         doc = asdict(self)
@@ -161,34 +170,65 @@ def train_batches(train, specs, batch: int, epoch: int, rank: int, world: int, s
         yield xs, ys
 
 
-def accuracy(model, data, specs, batch: int = 256) -> float:
-    """Top-1 accuracy (percent) of the float model on a labelled dataset."""
+def accuracy(model, data, specs, batch: int = 256, teacher=None) -> float:
+    """Top-1 accuracy (percent) of the float model on a labelled dataset; on an unlabelled one, top-1
+    agreement (percent) with `teacher`."""
     import torch
+
+    def top1(net, xs):
+        out = net(*xs)
+        return (out[0] if isinstance(out, (tuple, list)) else out).argmax(-1).numpy()
 
     model.eval()
     correct = 0
     with torch.no_grad():
         for start in range(0, len(data), batch):
             xs = tuple(torch.from_numpy(np.ascontiguousarray(data.arrays[s.name][start:start + batch])) for s in specs)
-            out = model(*xs)
-            out = out[0] if isinstance(out, (tuple, list)) else out
-            correct += int((out.argmax(-1).numpy() == data.labels[start:start + batch]).sum())
+            truth = data.labels[start:start + batch] if data.labels is not None else top1(teacher, xs)
+            correct += int((top1(model, xs) == truth).sum())
     return round(100.0 * correct / len(data), 2)
+
+
+# Samples held out of the training data are capped: 2,000 measure an accuracy to about a point
+# (binomial standard error sqrt(p(1-p)/n) <= 1.1 % at n = 2,000), and the rest train.
+MAX_VALIDATION = 2000
+MIN_TRAIN = 10
+
+
+def split_validation(train, share: float, seed: int):
+    """(training part, validation part) of the training data: a fixed shuffle (the same on every rank),
+    `share` of it held out, at most MAX_VALIDATION samples, at least one."""
+    from edgekit.model.data import Dataset
+
+    n = len(train)
+    held = min(max(1, round(n * share)), MAX_VALIDATION)
+    if n - held < MIN_TRAIN:
+        raise UsageError(f"{train.origin or 'training data'}: {n} samples are too few to hold out a validation part "
+                         f"and still train", hint=f"give at least {MIN_TRAIN + 2} training samples")
+    order = np.random.default_rng(seed).permutation(n)
+
+    def part(idx):
+        return Dataset({k: v[idx] for k, v in train.arrays.items()},
+                       None if train.labels is None else train.labels[idx], train.source, train.origin)
+
+    return part(np.sort(order[held:])), part(np.sort(order[:held]))
 
 
 def distill(student, teacher, train, evaluation, specs, cfg: DistillConfig, steps, example: tuple,
             rank: int = 0, world: int = 1) -> dict:
-    """Train `student` (in place) from `teacher`; keeps the weights of the best held-out epoch.
+    """Train `student` (in place) from `teacher`; keeps the weights of the epoch best on a validation
+    part of `train` (split_validation), and scores `evaluation`, which chooses nothing, before and after.
 
-    Returns the record: per-epoch loss and accuracy, the best epoch, why it stopped.
+    Returns the record: per-epoch loss and validation score, the best epoch, why it stopped, and the
+    evaluation accuracy (agreement with the teacher where it has no labels).
     Under DDP (world > 1) the process group must be initialised; rank 0's
-    accuracy decides early stopping for every rank so all stop together.
+    validation score decides early stopping for every rank so all stop together.
     """
     import torch
 
     cfg.check()
-    if evaluation.labels is None:
-        raise UsageError("distillation needs labelled evaluation data for early stopping", hint="pass --eval eval.npz with x and y")
+    train, validation = split_validation(train, cfg.validation, cfg.seed)
+    metric = "accuracy" if validation.labels is not None else "agreement with the teacher"
     torch.manual_seed(cfg.seed)
     teacher.eval()
     trainable, s_taps, t_taps = make_trainable(student, teacher, cfg, example)
@@ -197,8 +237,10 @@ def distill(student, teacher, train, evaluation, specs, cfg: DistillConfig, step
         module = torch.nn.parallel.DistributedDataParallel(trainable)
     optimizer = torch.optim.AdamW(trainable.parameters(), lr=cfg.lr, weight_decay=1e-4)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs)
-    best = {"accuracy": accuracy(student, evaluation, specs), "epoch": 0, "state": copy.deepcopy(student.state_dict())}
-    start, history, stopped = best["accuracy"], [], "epochs"
+    start = accuracy(student, evaluation, specs, teacher=teacher)
+    best = {"score": accuracy(student, validation, specs, teacher=teacher), "epoch": 0,
+            "state": copy.deepcopy(student.state_dict())}
+    history, stopped = [], "epochs"
     for epoch in steps.track(range(1, cfg.epochs + 1), cfg.epochs, "distilling"):
         student.train()
         total, n = 0.0, 0
@@ -211,13 +253,13 @@ def distill(student, teacher, train, evaluation, specs, cfg: DistillConfig, step
             optimizer.step()
             total, n = total + loss.item(), n + 1
         schedule.step()
-        acc = _agreed(accuracy(student, evaluation, specs), world)
-        history.append({"epoch": epoch, "loss": round(total / max(n, 1), 4), "accuracy": acc})
-        steps.console.print(f"  epoch {epoch}/{cfg.epochs}  loss {total / max(n, 1):.4f}  held-out {acc:.2f} %")
-        if acc > best["accuracy"]:
-            best = {"accuracy": acc, "epoch": epoch, "state": copy.deepcopy(student.state_dict())}
+        score = _agreed(accuracy(student, validation, specs, teacher=teacher), world)
+        history.append({"epoch": epoch, "loss": round(total / max(n, 1), 4), "validation": score})
+        steps.console.print(f"  epoch {epoch}/{cfg.epochs}  loss {total / max(n, 1):.4f}  validation {score:.2f} %")
+        if score > best["score"]:
+            best = {"score": score, "epoch": epoch, "state": copy.deepcopy(student.state_dict())}
         elif epoch - best["epoch"] >= cfg.patience:
-            stopped = f"early stop: no better held-out accuracy for {cfg.patience} epochs"
+            stopped = f"early stop: no better validation {metric} for {cfg.patience} epochs"
             break
     for taps in (s_taps, t_taps):
         if taps:
@@ -225,7 +267,9 @@ def distill(student, teacher, train, evaluation, specs, cfg: DistillConfig, step
     student.load_state_dict(best["state"])
     student.eval()
     return {"config": cfg.to_json(), "history": history, "best_epoch": best["epoch"],
-            "accuracy_before": start, "accuracy": best["accuracy"],
+            "validation": {"samples": len(validation), "metric": metric, "best": best["score"]},
+            "evaluation_metric": "accuracy" if evaluation.labels is not None else "agreement with the teacher",
+            "accuracy_before": start, "accuracy": accuracy(student, evaluation, specs, teacher=teacher),
             "stopped": stopped, "processes": world}
 
 
