@@ -41,6 +41,12 @@ def test_prune_distill_cuts_macs_and_keeps_int8_accuracy(pruned_build):
     # the artifact was made from the pruned model: parity is measured against it
     assert pruned_build["metrics"]["accuracy_float"] == distilled["accuracy_float"]
     assert "MACs 2,409,738 -> " in pruned_build["_stderr"]
+    # half the channels is three quarters of the MACs here, and the build says so
+    removed = round(100 * (1 - pruned["macs"] / before["macs"]))
+    assert pruned["macs_removed"] == pytest.approx(1 - pruned["macs"] / before["macs"], abs=1e-4) and removed > 70
+    said = " ".join(pruned_build["_stderr"].split())
+    assert f"--prune 0.5: 50 % of channels -> {removed} % of MACs removed" in said
+    assert "--prune-macs 0.5 would keep 50 % of them" in said
 
 
 @pytest.mark.slow  # a second build in a fresh process (~30 s); the pruned build itself runs by default

@@ -185,8 +185,15 @@ def _accuracy(model, loaded: LoadedModel):
 def _prune(model, cfg, ctx: StageContext):
     taylor = _taylor_batches(ctx.train(labels=True, who="--prune-importance taylor"), ctx.spec) \
         if cfg.importance == "taylor" else None
+    macs_before = count(model, ctx.loaded.example)["macs"]
     prune(model, ctx.loaded.example, cfg, taylor)
-    return model, {}
+    removed = 1 - count(model, ctx.loaded.example)["macs"] / macs_before
+    if cfg.ratio is not None:  # a share of channels is not a share of MACs: say which it was
+        ctx.steps.console.print(
+            f"  --prune {cfg.ratio:g}: {cfg.ratio * 100:.0f} % of channels -> {removed * 100:.0f} % of MACs removed"
+            + (f" (a layer's MACs fall with the widths of its input and its output; --prune-macs "
+               f"{1 - cfg.ratio:g} would keep {(1 - cfg.ratio) * 100:.0f} % of them)" if removed > cfg.ratio + 0.05 else ""))
+    return model, {"macs_removed": round(removed, 4)}
 
 
 def _lowrank(model, cfg, ctx: StageContext):
