@@ -122,7 +122,9 @@ recipe_options = _options(
                  help="How channels are ranked. [default: l2]"),
     click.option("--prune-global", is_flag=True, default=None, help="Rank channels across layers (uneven widths) instead of per layer."),
     click.option("--distill", is_flag=True, default=None, help="Recover accuracy by distillation from the model as loaded (needs --train or data.train)."),
-    click.option("--distill-epochs", type=int, metavar="N", help="Distillation epochs (early stop on --eval). [default: 20]"),
+    click.option("--distill-epochs", type=int, metavar="N",
+                 help="Distillation epochs (early stop on a validation part of the training data). "
+                      "[default: fitted to the training data's size]"),
     click.option("--nproc", type=int, help="Training processes, for distillation and quantization-aware training (DDP via torchrun). [default: 1]"),
     click.option("--lowrank", type=float, metavar="FRACTION", help="SVD-factorise Linear/1x1 Conv layers, keeping this fraction of the rank (where it saves MACs)."),
     click.option("--lowrank-energy", type=float, metavar="E", help="Instead of --lowrank: the smallest rank keeping this share of sum(s^2)."),
@@ -228,14 +230,14 @@ def quantize(**options):
 @click.option("--student-weights", type=click.Path(dir_okay=False), help="The student's starting state_dict.")
 @click.option("--prune", type=float, metavar="RATIO", help="Instead of --student: the teacher with this fraction of channels pruned.")
 @click.option("-t", "--target", shell_complete=_complete_target, default="rpi4", show_default=True, help="Target profile (its channel rounding, with --prune).")
-@click.option("--epochs", type=int, default=20, show_default=True)
+@click.option("--epochs", type=int, help="[default: fitted to the training data's size, 20 to 200]")
 @click.option("--batch-size", type=int, default=64, show_default=True, help="Global batch, over all processes.")
 @click.option("--lr", type=float, default=2e-3, show_default=True)
 @click.option("--temperature", type=float, default=4.0, show_default=True, help="Softmax temperature T of the logit loss.")
 @click.option("--alpha", type=float, default=0.7, show_default=True, help="Weight of the teacher (soft) loss; 1 - alpha: the label loss.")
 @click.option("--feature-weight", type=float, default=1.0, show_default=True, help="Weight of the feature MSE; 0: logits only.")
 @click.option("--feature", "features", multiple=True, metavar="MODULE", help="Match this module's output (repeatable). [default: the output layer's input]")
-@click.option("--patience", type=int, default=5, show_default=True, help="Early stop after this many epochs without a better validation score.")
+@click.option("--patience", type=int, help="Early stop after this many epochs without a lower validation loss. [default: a fifth of the epochs]")
 @click.option("--validation", type=float, default=0.15, show_default=True, metavar="SHARE",
               help="Share of the training data held out to choose the epoch (the evaluation data chooses nothing).")
 @click.option("--seed", type=int, default=0, show_default=True)

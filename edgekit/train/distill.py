@@ -31,22 +31,33 @@ from edgekit.errors import UsageError
 from edgekit.model.layers import output_layers
 
 
+# The schedule fitted to the data (epochs=None): enough epochs for about TARGET_STEPS optimizer steps
+# (a 1,000-sample training set at batch 64 is 16 steps an epoch: 20 epochs were 320 steps, stopped while
+# the loss still fell), between MIN_EPOCHS and MAX_EPOCHS; the run stops when the validation loss has
+# not improved for a fifth of them (at least PATIENCE_MIN epochs).
+TARGET_STEPS = 1500
+MIN_EPOCHS, MAX_EPOCHS = 20, 200
+PATIENCE_MIN = 5
+
+
 @dataclass(frozen=True)
 class DistillConfig:
-    epochs: int = 20
+    epochs: int | None = None  # None: fitted to the training data's size (planned_epochs)
     batch_size: int = 64  # global, over all processes
     lr: float = 2e-3
     temperature: float = 4.0
     alpha: float = 0.7  # share of the soft (teacher) loss; the rest is the hard-label loss
     feature_weight: float = 1.0  # 0: logit distillation only
     features: tuple[str, ...] = ()  # module names whose outputs are matched; (): the output layer's input
-    patience: int = 5  # early stop: epochs without a better validation score
+    patience: int | None = None  # early stop: epochs without a lower validation loss; None: a fifth of the epochs
     validation: float = 0.15  # share of the training data held out for the choices above
     seed: int = 0
 
     def check(self) -> None:
-        if self.epochs < 1:
+        if self.epochs is not None and self.epochs < 1:
             raise UsageError(f"--epochs must be at least 1, got {self.epochs}")
+        if self.patience is not None and self.patience < 1:
+            raise UsageError(f"--patience must be at least 1, got {self.patience}")
         if self.batch_size < 1:
             raise UsageError(f"--batch-size must be at least 1, got {self.batch_size}")
         if self.temperature <= 0:
@@ -153,6 +164,28 @@ def _loss(logits, teacher_logits, labels, s_taps, t_taps, adapters, cfg: Distill
     return loss
 
 
+def planned_epochs(cfg: DistillConfig, train_samples: int) -> tuple[int, int]:
+    """(epochs, patience): the config's, or fitted to the data's size (TARGET_STEPS)."""
+    steps_per_epoch = max(1, train_samples // cfg.batch_size)
+    epochs = cfg.epochs or min(MAX_EPOCHS, max(MIN_EPOCHS, -(-TARGET_STEPS // steps_per_epoch)))
+    return epochs, cfg.patience or max(PATIENCE_MIN, epochs // 5)
+
+
+def validation_loss(student, teacher, data, specs, cfg: DistillConfig, batch: int = 256) -> float:
+    """The logit part of the training loss on held-out data: a continuous score (top-1 on a few hundred
+    samples moves in steps of a sample and stops moving long before the student stops improving)."""
+    import torch
+
+    student.eval()
+    total = 0.0
+    with torch.no_grad():
+        for start in range(0, len(data), batch):
+            xs = tuple(torch.from_numpy(np.ascontiguousarray(data.arrays[s.name][start:start + batch])) for s in specs)
+            ys = torch.from_numpy(data.labels[start:start + batch]) if data.labels is not None else None
+            total += float(_loss(student(*xs), teacher(*xs), ys, None, None, (), cfg)) * len(xs[0])
+    return round(total / len(data), 6)
+
+
 def train_batches(train, specs, batch: int, epoch: int, rank: int, world: int, seed: int):
     """This rank's share of one epoch: the same global shuffle on every rank
     (DistributedSampler's scheme), each rank taking every world-th sample."""
@@ -229,6 +262,7 @@ def distill(student, teacher, train, evaluation, specs, cfg: DistillConfig, step
     cfg.check()
     train, validation = split_validation(train, cfg.validation, cfg.seed)
     metric = "accuracy" if validation.labels is not None else "agreement with the teacher"
+    epochs, patience = planned_epochs(cfg, len(train))
     torch.manual_seed(cfg.seed)
     teacher.eval()
     trainable, s_taps, t_taps = make_trainable(student, teacher, cfg, example)
@@ -236,12 +270,12 @@ def distill(student, teacher, train, evaluation, specs, cfg: DistillConfig, step
     if world > 1:
         module = torch.nn.parallel.DistributedDataParallel(trainable)
     optimizer = torch.optim.AdamW(trainable.parameters(), lr=cfg.lr, weight_decay=1e-4)
-    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs)
     start = accuracy(student, evaluation, specs, teacher=teacher)
-    best = {"score": accuracy(student, validation, specs, teacher=teacher), "epoch": 0,
-            "state": copy.deepcopy(student.state_dict())}
-    history, stopped = [], "epochs"
-    for epoch in steps.track(range(1, cfg.epochs + 1), cfg.epochs, "distilling"):
+    best = {"loss": validation_loss(student, teacher, validation, specs, cfg), "epoch": 0,
+            "score": accuracy(student, validation, specs, teacher=teacher), "state": copy.deepcopy(student.state_dict())}
+    history, stopped = [], f"{epochs} epochs"
+    for epoch in steps.track(range(1, epochs + 1), epochs, "distilling"):
         student.train()
         total, n = 0.0, 0
         for xs, ys in train_batches(train, specs, cfg.batch_size, epoch, rank, world, cfg.seed):
@@ -253,13 +287,16 @@ def distill(student, teacher, train, evaluation, specs, cfg: DistillConfig, step
             optimizer.step()
             total, n = total + loss.item(), n + 1
         schedule.step()
+        held_loss = _agreed(validation_loss(student, teacher, validation, specs, cfg), world)
         score = _agreed(accuracy(student, validation, specs, teacher=teacher), world)
-        history.append({"epoch": epoch, "loss": round(total / max(n, 1), 4), "validation": score})
-        steps.console.print(f"  epoch {epoch}/{cfg.epochs}  loss {total / max(n, 1):.4f}  validation {score:.2f} %")
-        if score > best["score"]:
-            best = {"score": score, "epoch": epoch, "state": copy.deepcopy(student.state_dict())}
-        elif epoch - best["epoch"] >= cfg.patience:
-            stopped = f"early stop: no better validation {metric} for {cfg.patience} epochs"
+        history.append({"epoch": epoch, "loss": round(total / max(n, 1), 4), "validation_loss": held_loss,
+                        "validation": score})
+        steps.console.print(f"  epoch {epoch}/{epochs}  loss {total / max(n, 1):.4f}  validation loss {held_loss:.4f}"
+                            f"  {metric} {score:.2f} %")
+        if held_loss < best["loss"]:
+            best = {"loss": held_loss, "score": score, "epoch": epoch, "state": copy.deepcopy(student.state_dict())}
+        elif epoch - best["epoch"] >= patience:
+            stopped = f"early stop: no lower validation loss for {patience} epochs"
             break
     for taps in (s_taps, t_taps):
         if taps:
@@ -267,14 +304,15 @@ def distill(student, teacher, train, evaluation, specs, cfg: DistillConfig, step
     student.load_state_dict(best["state"])
     student.eval()
     return {"config": cfg.to_json(), "history": history, "best_epoch": best["epoch"],
-            "validation": {"samples": len(validation), "metric": metric, "best": best["score"]},
+            "epochs": {"planned": epochs, "patience": patience, "ran": len(history)},
+            "validation": {"samples": len(validation), "metric": metric, "best": best["score"], "loss": best["loss"]},
             "evaluation_metric": "accuracy" if evaluation.labels is not None else "agreement with the teacher",
             "accuracy_before": start, "accuracy": accuracy(student, evaluation, specs, teacher=teacher),
             "stopped": stopped, "processes": world}
 
 
 def _agreed(acc: float, world: int) -> float:
-    """Rank 0's accuracy, on every rank (BN statistics differ slightly per rank)."""
+    """Rank 0's figure (a validation accuracy or loss), on every rank (BN statistics differ slightly per rank)."""
     if world == 1:
         return acc
     import torch
@@ -282,4 +320,4 @@ def _agreed(acc: float, world: int) -> float:
 
     t = torch.tensor([acc], dtype=torch.float64)
     dist.broadcast(t, src=0)
-    return round(float(t), 2)
+    return float(t)
