@@ -1,20 +1,28 @@
 """Do the graph rewrites (edgekit/formats/xnnpack_rewrites.py) pay off? Host latency of int8
 artifacts of standard architectures, side by side: ExecuTorch's PT2E tutorial path, edgekit's
-`.pte` without and with the rewrites, and edgekit's `.onnx`.
+`.pte` without and with the rewrites, and edgekit's `.onnx`; and the guest instructions one
+inference of each executes on emulated Cortex-A72 and A76 cores.
 
-    .venv/bin/python bench/rewrites.py [--rounds 15] [--runs 10] [--models deit_tiny,...]
+    .venv/bin/python bench/rewrites.py [--rounds 15] [--runs 10] [--models deit_tiny,...] [--no-emulate]
 
 Each model is built four ways in this one process from the same float model and calibration
 inputs, then the four artifacts are timed in interleaved rounds (so machine noise hits them
 alike), at 1 thread and at all of this machine's threads. Each artifact is compared with the
 float model on held-out random inputs as the quality gate compares (random weights: structure
-decides latency; agreement says the artifact still computes the model). Writes
-bench/rewrites.md. Host timings: compare the ratios, not the milliseconds.
+decides latency; agreement says the artifact still computes the model). Then, where the arm64
+emulator is built (`make emulator`; skipped with a note otherwise, or with --no-emulate), each
+artifact runs once more on each core with the same input, one thread, under qemu-aarch64 with the
+instruction-count plugin, as `edgekit validate --emulate` counts: a `.pte` in the native ExecuTorch
+runner (edgekit.emulator.check.run_native_pte), the `.onnx` in the guest's onnxruntime
+(run_in_guest_python, which counts only between marker syscalls around one `session.run`, not
+the interpreter's start-up). Writes bench/rewrites.md and bench/rewrites.json. Host timings:
+compare the ratios, not the milliseconds.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import tempfile
 import time
@@ -29,6 +37,7 @@ from machine import facts
 from measure import interleaved_medians, short_error
 
 OUT = Path(__file__).resolve().parent / "rewrites.md"
+CORES = ("cortex-a72", "cortex-a76")  # rpi4's and rpi5's cores
 CALIB, HELD_OUT = 8, 16  # random inputs to calibrate on, and others to compare with float on
 KINDS = ("tutorial", "without", "with", "onnx")
 LABELS = {"tutorial": "tutorial .pte", "without": ".pte, no rewrites", "with": ".pte (edgekit)", "onnx": ".onnx (edgekit)"}
@@ -106,6 +115,10 @@ def example_for(name: str) -> tuple:
     return torch.randint(0, 30522, (1, TOKENS)), mask
 
 
+def input_names(example: tuple) -> tuple[str, ...]:
+    return ("x",) if len(example) == 1 else ("input_ids", "attention_mask")
+
+
 def build_pte(model, example, calib, path: Path, rewrites: bool) -> dict:
     from edgekit.formats import executorch, xnnpack_rewrites
     from edgekit.formats.base import QuantConfig
@@ -136,8 +149,8 @@ def build_onnx(model, example, calib, path: Path) -> dict:
     from edgekit.formats import onnx
     from edgekit.formats.base import QuantConfig
 
-    names = ("x",) if len(example) == 1 else ("input_ids", "attention_mask")
-    qmodel = onnx.quantize(model, example, calib, QuantConfig(weight_rounding="nearest", input_names=names))
+    qmodel = onnx.quantize(model, example, calib,
+                           QuantConfig(weight_rounding="nearest", input_names=input_names(example)))
     onnx.export(qmodel, example, path)
     return {"outside": [f["op"] for f in onnx.lint(path)["findings"]], "rewrites": []}
 
@@ -159,6 +172,47 @@ def agreement(model, runner, held_out: list) -> str:
         f", {m['cosine']:.4f}"
 
 
+def emulator(skip: bool):
+    """(EmulatorPaths, None) if the arm64 emulator is built, else (None, why the counts are skipped)."""
+    if skip:
+        return None, "--no-emulate"
+    from edgekit.emulator.paths import EmulatorPaths
+    from edgekit.emulator.setup import require_ready
+    from edgekit.errors import UsageError
+
+    paths = EmulatorPaths.default()
+    try:
+        require_ready(paths)
+    except UsageError as e:
+        return None, f"{e.message} ({e.hint})"
+    return paths, None
+
+
+def emulated_counts(emu, artifacts: dict, example: tuple, work: Path) -> dict:
+    """{core: {kind: guest instructions of one inference of `example` | "fails: why"}} for the built
+    artifacts in `artifacts` ({kind: path}), at one thread, with edgekit's own emulated runs."""
+    from edgekit.emulator.check import EmulatedCore, run_in_guest_python, run_native_pte
+
+    sample = [t.numpy() for t in example]  # the one input, every artifact and core alike
+    counts = {}
+    for cpu in CORES:
+        (work / cpu).mkdir(parents=True, exist_ok=True)
+        core = EmulatedCore(emu, cpu, work / cpu)
+        counts[cpu] = {}
+        for kind, path in artifacts.items():
+            begin = time.time()
+            try:
+                if path.suffix == ".onnx":
+                    _, n, _ = run_in_guest_python(core, path, [sample], list(input_names(example)), kind, "onnxruntime")
+                else:
+                    _, n, _ = run_native_pte(core, path, [sample], kind)
+                counts[cpu][kind] = n if n is not None else "fails: the count plugin wrote no count"
+            except Exception as e:  # noqa: BLE001 - a run that fails keeps its cell, with the reason
+                counts[cpu][kind] = "fails: " + short_error(e)
+            print(f"  {cpu} {kind}: {counts[cpu][kind]} ({time.time() - begin:.0f} s)", flush=True)
+    return counts
+
+
 def main() -> None:
     from edgekit.formats import get_format
 
@@ -166,9 +220,15 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--runs", type=int, default=10)
     parser.add_argument("--models", default=",".join(MODELS))
+    parser.add_argument("--no-emulate", action="store_true", help="skip the emulated instruction counts")
+    parser.add_argument("--out", type=Path, default=OUT, help="the Markdown to write (a .json beside it)")
     args = parser.parse_args()
     threads = (1, os.cpu_count() or 1)
     start = time.time()
+    emu, skipped = emulator(args.no_emulate)
+    if skipped:
+        print(f"note: emulated instruction counts skipped: {skipped}", flush=True)
+    emulated_s = 0.0
     rows = []
     with tempfile.TemporaryDirectory(prefix="edgekit-bench-rewrites-") as tmp:
         for name in args.models.split(","):
@@ -198,13 +258,19 @@ def main() -> None:
                 runners = [fmt[k].load(paths[k], threads=n) for k in built]
                 feed = [t.numpy() for t in example]
                 ms[n] = dict(zip(built, interleaved_medians(runners, feed, 5, args.rounds, args.runs)))
-            rows.append((name, info, kept, ms))
             print(name, ms, kept, flush=True)
+            counts = {}
+            if emu is not None:
+                begin = time.time()
+                counts = emulated_counts(emu, {k: paths[k] for k in built}, example, Path(tmp) / "emulated" / stem)
+                emulated_s += time.time() - begin
+            rows.append((name, info, kept, ms, counts))
     m = facts()
     lines = [
         "# Graph rewrites: int8 artifacts side by side",
         "",
-        f"Reproduce: `.venv/bin/python bench/rewrites.py` ({time.time() - start:.0f} s for this run). "
+        f"Reproduce: `.venv/bin/python bench/rewrites.py` ({time.time() - start:.0f} s for this run"
+        + (f", {emulated_s:.0f} s of it the emulated counts" if emu is not None else "") + "). "
         f"{m['date']}, {m['cpu']}; median of {args.rounds} interleaved rounds of {args.runs} runs each, batch 1, "
         f"224x224 images or {TOKENS} tokens (a quarter padded), random weights (structure decides latency), "
         f"calibrated on {CALIB} random inputs, compared with "
@@ -219,21 +285,48 @@ def main() -> None:
     def off(i):
         return "fails" if "error" in i else ", ".join(i["outside"]) or "none"
 
-    for name, info, _, _ in rows:
+    for name, info, *_ in rows:
         lines.append(f"| {name} | {off(info['tutorial'])} | "
                      f"{off(info['without'])} | {'; '.join(info['with']['rewrites']) or 'none'} | {off(info['with'])} |")
     lines += ["", "Latency (ms), and agreement with float: top-1 agreement on the samples whose float top class "
               "leads by more than 2 output steps (the quality gate's decisive samples), and mean logit cosine:", "",
               "| model | threads | " + " | ".join(LABELS[k] for k in KINDS) + " | edgekit .pte / tutorial |",
               "|---|---:|" + "---:|" * (len(KINDS) + 1)]
-    for name, _, kept, ms in rows:
+    for name, _, kept, ms, _ in rows:
         for n in threads:
             ratio = f"{ms[n]['with'] / ms[n]['tutorial']:.2f}×" if {"with", "tutorial"} <= set(ms[n]) else "—"
             lines.append(f"| {name} | {n} | " + " | ".join(f"{ms[n][k]:.3f}" if k in ms[n] else "—" for k in KINDS) +
                          f" | {ratio} |")
         lines.append(f"| {name} | agreement | " + " | ".join(kept[k] for k in KINDS) + " | |")
-    OUT.write_text("\n".join(lines) + "\n")
-    print(f"wrote {OUT}")
+    lines += ["", "Guest instructions of one inference (millions) on emulated cores: the same input for every artifact, "
+              "one thread, qemu-aarch64 with edgekit's instruction-count plugin (as `edgekit validate --emulate`)."]
+    if emu is None:
+        lines.append(f"Not counted in this run: {skipped}.")
+    else:
+        lines += ["Deterministic (the same artifact and input give the same count), one thread, and not latency: "
+                  "memory traffic and instructions per cycle are not in them. The `.onnx` runs in the guest's "
+                  "onnxruntime under Python; only its one `session.run` between marker syscalls is counted, not the "
+                  "interpreter's start-up.", "",
+                  "| model | core | " + " | ".join(LABELS[k] + (" (M instr)" if k == KINDS[0] else "") for k in KINDS)
+                  + " | edgekit .pte / tutorial |",
+                  "|---|---|" + "---:|" * (len(KINDS) + 1)]
+
+        def mega(c):
+            return "—" if c is None else c.replace("|", "/") if isinstance(c, str) else f"{c / 1e6:,.1f}"
+
+        for name, _, _, _, counts in rows:
+            for cpu in CORES:
+                c = counts.get(cpu, {})
+                both = all(isinstance(c.get(k), int) for k in ("with", "tutorial"))
+                ratio = f"{c['with'] / c['tutorial']:.2f}×" if both else "—"
+                lines.append(f"| {name} | {cpu} | " + " | ".join(mega(c.get(k)) for k in KINDS) + f" | {ratio} |")
+    args.out.write_text("\n".join(lines) + "\n")
+    doc = [{"model": name, "ops_outside_delegate": {k: info[k]["outside"] for k in KINDS},
+            "errors": {k: info[k]["error"] for k in KINDS if "error" in info[k]},
+            "latency_ms": {str(n): ms[n] for n in threads}, "agreement": kept, "guest_instructions": counts}
+           for name, info, kept, ms, counts in rows]
+    args.out.with_suffix(".json").write_text(json.dumps(doc, indent=1) + "\n")
+    print(f"wrote {args.out}")
 
 
 if __name__ == "__main__":
