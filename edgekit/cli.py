@@ -15,7 +15,7 @@ from pathlib import Path
 import click
 
 from edgekit import __version__
-from edgekit.errors import EXIT_INTERNAL, EXIT_USAGE, EdgekitError, environment_fault
+from edgekit.errors import EXIT_INTERNAL, EXIT_USAGE, EdgekitError, TrainingShareDone, UsageError, environment_fault
 from edgekit.progress import QUIET_ENV
 from edgekit.quiet import VERBOSE_ENV, quiet_model_libraries
 
@@ -107,7 +107,13 @@ recipe_options = _options(
                  help="Static int8 weights: rounded by GPTQ on the calibration inputs (Frantar et al., 2022), "
                  "or each to its nearest level. [default: gptq]"),
     click.option("--max-accuracy-drop", type=float, metavar="POINTS",
-                 help="Gate: fail (exit 3) if int8 loses more accuracy; first keeps sensitive layers float."),
+                 help="Gate: fail (exit 3) if the artifact loses more accuracy than this, against the model as "
+                 "loaded (pruning, distillation and int8 together); first keeps sensitive layers float."),
+    click.option("--latency-budget", type=float, metavar="MS",
+                 help="Budget: predicted latency on the target; prunes as much as needed (with --distill) "
+                 "unless --prune/--prune-macs say how much; exit 3 if the artifact misses it."),
+    click.option("--size-budget", type=float, metavar="MB",
+                 help="Budget: the artifact's size in MB; prunes as --latency-budget does; exit 3 if missed."),
     click.option("--min-cosine", type=float, metavar="C",
                  help="Gate: mean cosine similarity to float for every output. [default: 0.99, class scores 0.95; fp16 0.999]"),
     click.option("--min-agreement", type=float, metavar="PERCENT",
@@ -130,6 +136,28 @@ recipe_options = _options(
     click.option("--lowrank-energy", type=float, metavar="E", help="Instead of --lowrank: the smallest rank keeping this share of sum(s^2)."),
     click.option("--sparsity", type=float, metavar="S", help="Zero this fraction of each layer's weights (L1); shrinks the zipped artifact, not latency."),
 )
+
+node_options = _options(
+    click.option("--nnodes", type=int, default=1, show_default=True,
+                 help="Machines the distillation spans (DDP over torchrun's rendezvous): run the same command on each."),
+    click.option("--node-rank", type=int, help="This machine's place among --nnodes: 0 on the first, which writes the result."),
+    click.option("--rdzv-endpoint", metavar="HOST:PORT",
+                 help="The first machine's address and a free port there, the same on every node."),
+)
+
+
+def _use_nodes(nnodes: int, node_rank: int | None, rdzv_endpoint: str | None) -> bool:
+    """Hand the rendezvous to the launcher (edgekit/train/launch.py reads it from EDGEKIT_TORCHRUN_ARGS);
+    True when training spans machines."""
+    import shlex
+
+    from edgekit.train.launch import TORCHRUN_ARGS, rendezvous_args
+
+    args = rendezvous_args(nnodes, node_rank, rdzv_endpoint)
+    if args:
+        os.environ[TORCHRUN_ARGS] = shlex.join(args)
+    return bool(args)
+
 
 output_options = _options(
     click.option("-t", "--target", shell_complete=_complete_target, help="Target profile name (see `edgekit targets`) or a .toml path. [default: rpi4]"),
@@ -156,9 +184,13 @@ def _source_of(app_dir, model, input_shape, inputs, weights, calib, eval_, train
                       eval=eval_, train=train)
 
 
-def _run_build(app_dir, model, input_shape, inputs, weights, calib, eval_, train, target, out, as_json, **recipe) -> None:
+def _run_build(app_dir, model, input_shape, inputs, weights, calib, eval_, train, target, out, as_json,
+               nnodes=1, node_rank=None, rdzv_endpoint=None, **recipe) -> None:
     from edgekit import api
     from edgekit.errors import BuildGateFailed
+
+    if _use_nodes(nnodes, node_rank, rdzv_endpoint) and not (recipe.get("distill") or recipe.get("distill_epochs")):
+        raise UsageError(f"--nnodes {nnodes} spreads distillation over machines", hint="add --distill, or drop --nnodes")
 
     replay = _replayed_manifest(recipe.get("recipe_file"))
     spec = _source_of(app_dir, model, input_shape, inputs, weights, calib, eval_, train, replay)
@@ -198,6 +230,7 @@ def _show_build(manifest: dict, as_json: bool) -> None:
 @cli.command()
 @source_options
 @recipe_options
+@node_options
 @output_options
 def build(**options):
     """Quantize, export and validate a model for a target.
@@ -238,19 +271,23 @@ def quantize(**options):
 @click.option("--feature-weight", type=float, default=1.0, show_default=True, help="Weight of the feature MSE; 0: logits only.")
 @click.option("--feature", "features", multiple=True, metavar="MODULE", help="Match this module's output (repeatable). [default: the output layer's input]")
 @click.option("--patience", type=int, help="Early stop after this many epochs without a lower validation loss. [default: a fifth of the epochs]")
+@click.option("--mixup", type=float, default=0.4, show_default=True, metavar="A",
+              help="Blend each training input with another, l ~ Beta(A, A), the teacher labelling the blend; 0: off.")
 @click.option("--validation", type=float, default=0.15, show_default=True, metavar="SHARE",
               help="Share of the training data held out to choose the epoch (the evaluation data chooses nothing).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--nproc", type=int, default=1, show_default=True, help="Processes: > 1 runs DDP through torchrun (gloo on CPU, nccl on GPUs).")
+@node_options
 @click.option("-o", "--out", type=click.Path(file_okay=False), help="Output directory [default: build/<name>-distilled].")
 @click.option("--json", "as_json", is_flag=True, help="Print the result record as JSON.")
 def distill(app_dir, model, input_shape, inputs, weights, calib, eval_, train, student, student_weights, prune, target,
-            nproc, out, as_json, **training):
+            nproc, nnodes, node_rank, rdzv_endpoint, out, as_json, **training):
     """Train a smaller student from a teacher (logit + feature distillation).
 
     \b
     edgekit distill sample_apps/digits --prune 0.5
     edgekit distill sample_apps/digits --prune 0.5 --nproc 2
+    edgekit distill sample_apps/digits --prune 0.5 --nnodes 2 --node-rank 0 --rdzv-endpoint head:29500
     edgekit distill --model nets:big --weights big.pt --input-shape 1,3,32,32 --student nets:small --train train.npz --eval eval.npz
     """
     import dataclasses
@@ -265,6 +302,7 @@ def distill(app_dir, model, input_shape, inputs, weights, calib, eval_, train, s
     student_spec = dataclasses.replace(spec, factory=student, weights=Path(student_weights).resolve() if student_weights else None,
                                        from_app=spec.from_app - {"weights"}) if student else None
     training["features"] = tuple(training["features"])
+    _use_nodes(nnodes, node_rank, rdzv_endpoint)
     stages = StageOptions(prune=PruneConfig(ratio=prune) if prune is not None else None,
                           distill=DistillConfig(**training), nproc=nproc)
     record = api.distill(spec, target, stages, student=student_spec, out=out, progress=True)
@@ -277,6 +315,70 @@ def distill(app_dir, model, input_shape, inputs, weights, calib, eval_, train, s
                f"{record['accuracy_before']:.2f} % -> {record['accuracy']:.2f} % (epoch {record['best_epoch']}, "
                f"chosen on {validation['samples']} training samples held out; {record['processes']} process(es))")
     click.echo(f"saved: {record['out']}/{record['files']['model']} and {record['files']['program']}")
+
+
+def _fractions(ctx, param, value):
+    if value is None:
+        return None
+    try:
+        return tuple(float(v) for v in value.split(","))
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not a comma-separated list of numbers, e.g. 1,0.5,0.25") from None
+
+
+@cli.command()
+@source_options
+@click.option("-t", "--target", shell_complete=_complete_target, default="rpi4", show_default=True, help="Target profile.")
+@click.option("--max-accuracy-drop", type=float, metavar="POINTS",
+              help="Budget: accuracy lost against the model as loaded (pruning, distillation and int8 together).")
+@click.option("--latency-budget", type=float, metavar="MS", help="Budget: latency predicted on the target.")
+@click.option("--size-budget", type=float, metavar="MB", help="Budget: the artifact's size.")
+@click.option("--fractions", callback=_fractions, metavar="F,F,...",
+              help="Kept-MAC fractions to try (pruning + distillation; 1 is the model as it is). [default: 1,0.75,0.5,0.35,0.25]")
+@click.option("--format", "formats", multiple=True, type=click.Choice(("executorch", "torchscript-lite", "onnx", "litert")),
+              help="Formats to try (repeatable). [default: the target's and onnx]")
+@click.option("--trials", type=int, metavar="N", help="Build at most N candidates.")
+@click.option("--time-limit", type=float, metavar="SECONDS", help="Start no candidate after this many seconds.")
+@click.option("-o", "--out", type=click.Path(file_okay=False), help="Search directory [default: build/<name>-<target>-search].")
+@click.option("--json", "as_json", is_flag=True, help="Print the search record as JSON.")
+def search(app_dir, model, input_shape, inputs, weights, calib, eval_, train, target, max_accuracy_drop,
+           latency_budget, size_budget, fractions, formats, trials, time_limit, out, as_json):
+    """Try pruning amounts x formats, keep the Pareto front, build the best that meets the budget.
+
+    \b
+    edgekit search sample_apps/digits --target rpi4 --max-accuracy-drop 1.0
+    edgekit search sample_apps/digits --latency-budget 0.1 --fractions 1,0.5,0.25 --trials 4
+    """
+    from edgekit import api
+    from edgekit.errors import BuildGateFailed
+    from edgekit.api import DEFAULT_BUILD_ROOT
+    from edgekit.progress import Steps
+    from edgekit.recipe import app_recipe
+    from edgekit.search import FRACTIONS, SearchOptions, run_search
+    from edgekit.target import load_target
+
+    spec = api.source(app_dir, model=model, input_shape=input_shape, inputs=inputs, weights=weights, calib=calib,
+                      eval=eval_, train=train)
+    tgt = load_target(target)
+    options = SearchOptions(fractions=fractions or FRACTIONS, formats=tuple(formats),
+                            max_accuracy_drop=max_accuracy_drop, latency_budget_ms=latency_budget,
+                            size_budget_mb=size_budget, trials=trials, time_limit_s=time_limit)
+    out_dir = Path(out) if out else DEFAULT_BUILD_ROOT / f"{spec.name}-{tgt.name}-search"
+    try:
+        doc = run_search(spec, tgt, options, out_dir, Steps(show=True), base_recipe=app_recipe(spec))
+    except BuildGateFailed as e:
+        if as_json:
+            click.echo(json.dumps(e.manifest, indent=2))
+        raise
+    if as_json:
+        click.echo(json.dumps(doc, indent=2))
+        return
+    final = doc["final"]
+    click.echo(f"{len(doc['results'])} candidates, {len(doc['pareto'])} on the Pareto front "
+               f"({out_dir / 'pareto.json'}, plotted in {out_dir / 'report.html'})")
+    click.echo(f"chosen: {doc['chosen']}, built from all of the data in {final['build_dir']}: "
+               f"{final['accuracy']:.2f} % on the evaluation data" if final.get("accuracy") is not None else
+               f"chosen: {doc['chosen']}, built in {final['build_dir']}")
 
 
 @cli.group(invoke_without_command=True)
@@ -340,6 +442,9 @@ def main(argv: list[str] | None = None) -> None:
     except click.Abort:
         click.echo("aborted", err=True)
         sys.exit(130)
+    except TrainingShareDone as e:  # a node other than the first: its part is done, and that is all
+        click.echo(e.message, err=True)
+        sys.exit(e.exit_code)
     except EdgekitError as e:
         _debug_traceback()
         _error_line(f"error: {e.message}")

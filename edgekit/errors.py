@@ -40,6 +40,13 @@ class EdgekitError(Exception):
         return self.message if not self.hint else f"{self.message}\n  fix: {self.hint}"
 
 
+class TrainingShareDone(EdgekitError):
+    """Not an error: on a node other than the first of a multi-machine training run, this node's share
+    is done and the result is on the first node (exit 0, the message says so)."""
+
+    exit_code = 0
+
+
 class UsageError(EdgekitError):
     """The user's input (a flag, a file, a model spec) is wrong: exit 2."""
 

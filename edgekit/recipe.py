@@ -51,6 +51,8 @@ class GateOptions:
     min_agreement: float | None = None  # percent
     max_accuracy_drop: float | None = None  # points; needs labelled evaluation data
     fallback: bool = True  # keep the most sensitive layers float to meet max_accuracy_drop
+    latency_budget_ms: float | None = None  # predicted on the target (build/budget.py); pruning planned to meet it
+    size_budget_mb: float | None = None  # the artifact file, in MB (10^6 bytes)
     task: str | None = None  # None: the model spec's (edgekit.toml model.task), else auto
 
     def check(self) -> None:
@@ -61,6 +63,12 @@ class GateOptions:
                              hint="e.g. --min-agreement 95")
         if self.max_accuracy_drop is not None and self.max_accuracy_drop < 0:
             raise UsageError(f"--max-accuracy-drop must be 0 or more points, got {self.max_accuracy_drop}")
+        if self.latency_budget_ms is not None and not self.latency_budget_ms > 0:
+            raise UsageError(f"--latency-budget must be a positive number of milliseconds, got {self.latency_budget_ms:g}",
+                             hint="e.g. --latency-budget 5 (ms per inference, predicted on the target)")
+        if self.size_budget_mb is not None and not self.size_budget_mb > 0:
+            raise UsageError(f"--size-budget must be a positive number of MB, got {self.size_budget_mb:g}",
+                             hint="e.g. --size-budget 2 (the artifact file, 10^6 bytes)")
         if self.task is not None and self.task not in TASKS:
             raise UsageError(f"--task: unknown task {self.task!r}", hint=f"use one of: {', '.join(TASKS)}")
 
@@ -230,7 +238,7 @@ def recipe_from_options(base: BuildRecipe | None = None, *, recipe_file=None, fo
                         no_fallback=None, sensitivity=None, prune=None, prune_macs=None, prune_importance=None,
                         prune_global=None, distill=None, distill_epochs=None, nproc=None, lowrank=None,
                         lowrank_energy=None, sparsity=None, quality=None, equalize=None, smooth_quant=None,
-                        weight_rounding=None):
+                        weight_rounding=None, latency_budget=None, size_budget=None):
     """A recipe from flat options, named as the command line names them (what `edgekit build` maps
     its options onto, and the short way to write one in Python): `base` (`recipe_file`'s if given,
     else an app's), with every option given (not None) over it, one field at a time.
@@ -245,7 +253,8 @@ def recipe_from_options(base: BuildRecipe | None = None, *, recipe_file=None, fo
         if v is not None})
     gate = dataclasses.replace(recipe.gate, **{k: v for k, v in {
         "min_cosine": min_cosine, "min_agreement": min_agreement, "max_accuracy_drop": max_accuracy_drop,
-        "task": task, "fallback": False if no_fallback else None}.items() if v is not None})
+        "task": task, "fallback": False if no_fallback else None, "latency_budget_ms": latency_budget,
+        "size_budget_mb": size_budget}.items() if v is not None})
     stages = recipe.stages
     if prune is not None or prune_macs is not None:
         stages = dataclasses.replace(stages, prune=PruneConfig(ratio=prune, macs_target=prune_macs))

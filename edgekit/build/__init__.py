@@ -20,6 +20,7 @@ import itertools
 
 import numpy as np
 
+from edgekit.build import budget
 from edgekit.build.artifact import BuildContext
 from edgekit.build.builddir import staged_build_dir
 from edgekit.build.fallback import fall_back, rank
@@ -101,7 +102,14 @@ def run_build(spec: ModelSpec, target: Target, recipe: BuildRecipe, out, steps, 
             raise UsageError("--max-accuracy-drop needs labelled evaluation data",
                              hint="pass --eval eval.npz with the inputs and labels y; without labels the gate "
                              "judges agreement with the float model (--min-cosine, --min-agreement)")
-        stage_chain.check(chain, spec, labelled)
+    plan_record = None
+    if budget.wanted(recipe.gate):
+        with steps.step("budget", {"latency_budget_ms": recipe.gate.latency_budget_ms,
+                                   "size_budget_mb": recipe.gate.size_budget_mb}, "plan for the budget") as planned:
+            recipe, plan_record = budget.plan(loaded, recipe, target, formats[0].ARM_KERNELS, steps)
+            planned.update(plan_record)
+        chain = stage_chain.plan(recipe.stages, target)
+    stage_chain.check(chain, spec, labelled)
     gate_failures = []
     with staged_build_dir(out, warn=steps.console_warning) as stage:
         digest = rec["output"]
@@ -144,14 +152,22 @@ def run_build(spec: ModelSpec, target: Target, recipe: BuildRecipe, out, steps, 
                              hint=first["hint"])
         manifest = _manifest(spec, target, recipe, records, float_bytes, ranking, steps, gate, skipped)
         manifest.update(_lint_and_predict(loaded, stage, records, target, steps))
+        budget_failures = budget.check(manifest, records, recipe, steps)
+        if plan_record is not None:
+            manifest["budget"]["plan"] = plan_record
         if auto:
             manifest, gate_failures = _choose_primary(manifest, records, gate_failures, steps,
                                                       lambda rs: _manifest(spec, target, recipe, rs, float_bytes,
                                                                            ranking, steps, gate, skipped))
+            chosen = manifest["format_choice"]["chosen"]
+            if chosen is not None:  # what ships is the one chosen: its budget is the build's
+                budget_failures = [f for f in budget_failures if f.startswith(records[chosen]["artifact"]["file"] + ":")]
         write_json_atomic(stage / MANIFEST, _public(manifest))
     manifest = read_manifest(out)  # as written, with what the swap added (device runs kept from before)
     if gate_failures:
         raise BuildGateFailed("quality gate failed: " + "; ".join(gate_failures), _gate_hint(records, out), manifest)
+    if budget_failures:
+        raise BuildGateFailed("budget not met: " + "; ".join(budget_failures), _budget_hint(out), manifest)
     return manifest
 
 
@@ -182,6 +198,11 @@ def _say_reused(steps) -> None:
         saved = sum(s.get("saved_seconds") or 0 for s in cached)
         steps.console.print(f"reused {len(cached)} cached step(s) from an earlier build with the same inputs: "
                             f"{saved:.1f} s of work not redone (EDGEKIT_STEP_CACHE=off to redo it)")
+
+
+def _budget_hint(out) -> str:
+    return (f"the build is kept in {out} with what each artifact reached (manifest.json 'budget'); try: more "
+            "training data for --distill (--train), a smaller cut (--prune-macs), or a larger budget")
 
 
 def _gate_hint(records: dict, out) -> str:

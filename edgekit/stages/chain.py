@@ -37,7 +37,7 @@ from edgekit.stages.options import StageOptions
 from edgekit.stages.prune import prune
 from edgekit.stages.sparsity import sparsify
 from edgekit.train.distill import accuracy, distill
-from edgekit.train.launch import distill_ddp
+from edgekit.train.launch import distill_ddp, several_nodes
 
 FLOAT_MODEL = "float_model.pt"  # splits, layer sizes + state_dict (weights_only-safe; rebuilt with the factory)
 FLOAT_PROGRAM = "float_model.pt2"  # torch.export program, for the user: reloads with no Python code (unpickles)
@@ -70,7 +70,7 @@ class Stage:
     name: str
     config: object  # the stage's config dataclass (to_json for the record)
     label: str  # what the progress line says
-    needs: tuple[str, ...]  # "train", "labelled train", "labelled eval"
+    needs: tuple[str, ...]  # "train", "labelled train", "eval" (its figures read it), "labelled eval"
     apply: Callable  # (model, config, StageContext) -> (model, facts for the record)
     cache: bool = True  # deterministic given its key: its output may be reused
 
@@ -87,7 +87,7 @@ def plan(options: StageOptions, target) -> list[Stage]:
     if options.distill:
         # More than one process: the result depends on the reduction order across ranks (cached all the same).
         chain.append(Stage("distill", options.distill, f"distill from the loaded model ({options.nproc} process"
-                           f"{'es' if options.nproc > 1 else ''})", ("train", "labelled eval"), _distill))
+                           f"{'es' if options.nproc > 1 else ''})", ("train", "eval"), _distill))
     if options.sparsity:
         chain.append(Stage("sparsity", options.sparsity, f"zero {options.sparsity.sparsity:.0%} of weights", (), _sparsity))
     return chain
@@ -133,7 +133,7 @@ def _run_stage(stage: Stage, model, digest: str, ctx: StageContext, before: dict
     inputs = {"model": digest, "processes": ctx.nproc}
     if stage.needs and ctx.spec.train is not None:
         inputs["train"] = data_digest(ctx.train(labels=False))
-    if "labelled eval" in stage.needs:
+    if {"eval", "labelled eval"} & set(stage.needs):  # a cached record's figures are the evaluation data's
         inputs["eval"] = data_digest(ctx.loaded.evaluation)
     key = step_key(stage.name, config, inputs)
     hit = cache.get(key) if cache is not None and stage.cache else None
@@ -204,7 +204,7 @@ def _lowrank(model, cfg, ctx: StageContext):
 
 def _distill(model, cfg, ctx: StageContext):
     train = ctx.train(labels=False)
-    if ctx.nproc > 1:
+    if ctx.nproc > 1 or several_nodes():
         model, result = distill_ddp(ctx.spec, cfg, ctx.nproc, student=None if ctx.student_spec else model,
                                     student_spec=ctx.student_spec)
     else:

@@ -1,0 +1,139 @@
+"""Budgets for the whole build: `--max-accuracy-drop`, `--latency-budget`, `--size-budget`.
+
+A budget is what the user wants of the artifact they ship, measured from the model
+as they loaded it: "at most 1 point below my model, under 0.5 ms on rpi4, under
+1 MB". Pruning, distillation and quantization each take a share of it; the build
+is judged on the sum.
+
+1. Planning, before any stage runs, where the recipe names no pruning amount of
+   its own (`--prune`/`--prune-macs` stay direct knobs): the least pruning whose
+   predicted int8 latency on the target (validate/cost.py, the primary format's
+   kernels) and int8 weight bytes meet the budgets. Candidates keep a fraction
+   of the MACs (PLAN_FRACTIONS, most first); each is a pruned copy of the model,
+   counted and predicted, nothing trained or run, so the choice is made on the
+   cost model and no data. Pruning without `--distill` is refused: the budget
+   asks for accuracy too, and distillation (on `--train`) is what recovers it.
+2. Checking, after: every artifact's predicted latency, its file size, and its
+   accuracy on the evaluation data against the model as loaded (the `measure`
+   step's). A miss fails the build (exit 3), naming what each artifact reached,
+   so the closest one is on the screen; the build dir keeps them all.
+
+Without a budget, a build whose stages (pruning, low rank) cost more than
+WARN_POINTS of accuracy says so: nothing is silent about a lost point.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+
+from edgekit.errors import UsageError
+
+# Fractions of the MACs a planned pruning keeps, tried in order: the first that meets the budgets wins.
+PLAN_FRACTIONS = (0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.35, 0.3, 0.25, 0.2, 0.15, 0.1)
+# Accuracy points the stages may cost before a build without --max-accuracy-drop warns.
+WARN_POINTS = 1.0
+MB = 1e6
+
+
+def wanted(gate) -> bool:
+    return gate.latency_budget_ms is not None or gate.size_budget_mb is not None
+
+
+def _predicted(model, example, target, kernels: str) -> dict:
+    from edgekit.stages.macs import count
+    from edgekit.validate import cost
+    from edgekit.validate.graph import model_work
+
+    rows = [r.to_json() for r in model_work(model, example)]
+    prediction = cost.predict(rows, "int8", target, kernels=kernels) or {}
+    return {"latency_ms": prediction.get("latency_ms"), "int8_weight_mb": round(count(model, example)["params"] / MB, 4),
+            "macs": sum(r["macs"] for r in rows)}
+
+
+def _meets(p: dict, gate) -> bool:
+    fast = gate.latency_budget_ms is None or (p["latency_ms"] is not None and p["latency_ms"] <= gate.latency_budget_ms)
+    small = gate.size_budget_mb is None or p["int8_weight_mb"] <= gate.size_budget_mb
+    return fast and small
+
+
+def plan(loaded, recipe, target, kernels: str, steps):
+    """(the recipe to build, the plan's record). Prunes only where the budget needs it and the recipe
+    left the amount open."""
+    from edgekit.stages.prune import PruneConfig, prune
+
+    gate = recipe.gate
+    example = loaded.example
+    unpruned = _predicted(loaded.model, example, target, kernels)
+    if unpruned["latency_ms"] is None and gate.latency_budget_ms is not None:
+        raise UsageError(f"--latency-budget: the cost model predicts nothing for target '{target.name}' (not an ARM core)",
+                         hint="use an ARM target profile (rpi4, rpi5, pi-zero2, android-arm64)")
+    record = {"latency_budget_ms": gate.latency_budget_ms, "size_budget_mb": gate.size_budget_mb,
+              "unpruned": unpruned, "candidates": []}
+    if recipe.stages.prune is not None or _meets(unpruned, gate):
+        record["pruning"] = "as the recipe says" if recipe.stages.prune is not None else "none needed"
+        return recipe, record
+    chosen = None
+    for fraction in PLAN_FRACTIONS:
+        trial = copy.deepcopy(loaded.model)
+        prune(trial, example, dataclasses.replace(PruneConfig(macs_target=fraction), round_to=target.round_to))
+        p = {"macs_kept": fraction, **_predicted(trial, example, target, kernels)}
+        record["candidates"].append(p)
+        if _meets(p, gate):
+            chosen = p
+            break
+    if chosen is None:
+        record["pruning"] = "no candidate meets the budget"
+        closest = min(record["candidates"], key=lambda c: c["latency_ms"] or 0)
+        steps.warn(f"no pruning meets the budget by the cost model (closest: {closest['macs_kept']:g} of the MACs, "
+                   f"{closest['latency_ms']} ms, {closest['int8_weight_mb']} MB of int8 weights); building it anyway")
+        chosen = closest
+    else:
+        record["pruning"] = f"--prune-macs {chosen['macs_kept']:g}"
+    if recipe.stages.distill is None:
+        raise UsageError(f"the budget needs pruning (to {chosen['macs_kept']:g} of the MACs: predicted "
+                         f"{chosen['latency_ms']} ms vs {unpruned['latency_ms']} ms unpruned) and the accuracy "
+                         "it costs comes back by distillation", hint="add --distill with --train train.npz (labels "
+                         "optional), or set --prune/--prune-macs yourself")
+    steps.console.print(f"  budget: {record['pruning']} (predicted {chosen['latency_ms']} ms on {target.name}, "
+                        f"{unpruned['latency_ms']} ms unpruned)")
+    stages = dataclasses.replace(recipe.stages, prune=PruneConfig(macs_target=chosen["macs_kept"]))
+    return dataclasses.replace(recipe, stages=stages), record
+
+
+def check(manifest: dict, records: dict, recipe, steps) -> list[str]:
+    """The budget's verdict on every artifact, into manifest['budget']; returns the failures (exit 3)."""
+    gate = recipe.gate
+    measure = next((s for s in manifest.get("steps", []) if s.get("stage") == "measure"), None)
+    loaded_accuracy = measure.get("accuracy_float") if measure else None
+    checks = ((manifest.get("validation") or {}).get("formats")) or {}
+    verdicts, failures = {}, []
+    for name, record in records.items():
+        artifact, metrics = record["artifact"], record["metrics"]
+        accuracy = metrics.get("accuracy_artifact")
+        v = {"file": artifact["file"], "accuracy": accuracy,
+             "accuracy_drop": None if accuracy is None or loaded_accuracy is None else round(loaded_accuracy - accuracy, 2),
+             "predicted_ms": ((checks.get(name) or {}).get("prediction") or {}).get("latency_ms"),
+             "mb": round(artifact["bytes"] / MB, 4), "misses": []}
+        if gate.max_accuracy_drop is not None and v["accuracy_drop"] is not None and v["accuracy_drop"] > gate.max_accuracy_drop:
+            v["misses"].append(f"{accuracy:.2f} % is {v['accuracy_drop']:.2f} points below the model as loaded "
+                               f"({loaded_accuracy:.2f} %), over --max-accuracy-drop {gate.max_accuracy_drop:g}")
+        if gate.latency_budget_ms is not None and (v["predicted_ms"] is None or v["predicted_ms"] > gate.latency_budget_ms):
+            v["misses"].append(f"predicted {v['predicted_ms']} ms, over --latency-budget {gate.latency_budget_ms:g}")
+        if gate.size_budget_mb is not None and v["mb"] > gate.size_budget_mb:
+            v["misses"].append(f"{v['mb']} MB, over --size-budget {gate.size_budget_mb:g}")
+        verdicts[name] = v
+        if v["misses"]:
+            failures.append(f"{v['file']}: {'; '.join(v['misses'])}")
+    manifest["budget"] = {**manifest.get("budget", {}), "accuracy_loaded": loaded_accuracy,
+                          "max_accuracy_drop": gate.max_accuracy_drop, "latency_budget_ms": gate.latency_budget_ms,
+                          "size_budget_mb": gate.size_budget_mb, "artifacts": verdicts,
+                          "met": [n for n, v in verdicts.items() if not v["misses"]]}
+    if gate.max_accuracy_drop is None and loaded_accuracy is not None:
+        lost = [v for v in verdicts.values() if v["accuracy_drop"] is not None and v["accuracy_drop"] > WARN_POINTS]
+        if lost and any(s.get("stage") in ("prune", "lowrank", "distill") for s in manifest.get("steps", [])):
+            worst = max(lost, key=lambda v: v["accuracy_drop"])
+            steps.warn(f"{worst['file']} scores {worst['accuracy']:.2f} %, {worst['accuracy_drop']:.2f} points below "
+                       f"the model as loaded ({loaded_accuracy:.2f} %); --max-accuracy-drop POINTS makes that an "
+                       "error (exit 3)")
+    return failures

@@ -1,0 +1,344 @@
+"""`edgekit search`: the compression choices for a target, their Pareto front, and the best one
+that meets the budget, built.
+
+Candidates are kept-MAC fractions (channel pruning with distillation from the model as loaded;
+1.0 is the model as it is) times formats (their int8 kernels on the target differ). Each is a
+whole `edgekit build` (prune -> distill -> static int8 -> export), judged the way the build judges,
+and scored on three axes: accuracy, the latency the cost model predicts on the target
+(validate/cost.py), and the artifact's size.
+
+Nothing is chosen on the data that is reported. The training data is split once (a fixed seed):
+the candidates train on its larger part and are scored on the rest (`search_val.npz`, the
+evaluation data of every candidate build; labels optional: without them, top-1 agreement with the
+model as loaded). The choice -- the fastest predicted candidate whose accuracy there is within
+`--max-accuracy-drop` of the unpruned model's and which meets `--latency-budget`/`--size-budget` --
+is then built again from the user's own data (all of the training data, the real evaluation data),
+and that build's own budget check on the evaluation data, which chose nothing, is the verdict
+(exit 3 if it misses; exit 3 too if no candidate met the budget, showing the closest).
+
+Cheap first: before anything is trained, every fraction is pruned on a copy and predicted by the
+cost model (seconds); with a latency or size budget, the ones predicted over it are not trained.
+The rest run from the least pruned to the most, a progress bar showing the best so far;
+`--trials` and `--time-limit` bound them. Every finished candidate is written to `search.json` as
+it ends, so a second run with the same inputs resumes where the first stopped (and the step cache
+keeps the distilled students). `pareto.json` holds the front; `report.html` plots it.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from edgekit.errors import BuildGateFailed, EdgekitError, UsageError
+from edgekit.manifest import write_json_atomic, write_text_atomic
+
+FRACTIONS = (1.0, 0.75, 0.5, 0.35, 0.25)  # kept MAC fractions tried by default
+VALIDATION = 0.2  # share of the training data the candidates are scored on
+SEARCH_RECORD, PARETO, REPORT = "search.json", "pareto.json", "report.html"
+
+
+@dataclass(frozen=True)
+class SearchOptions:
+    fractions: tuple[float, ...] = FRACTIONS
+    formats: tuple[str, ...] = ()  # (): the target's format and onnx
+    max_accuracy_drop: float | None = None  # points, against the unpruned model, on the search's validation part
+    latency_budget_ms: float | None = None  # predicted on the target
+    size_budget_mb: float | None = None
+    trials: int | None = None  # at most this many candidate builds
+    time_limit_s: float | None = None  # no new candidate after this many seconds
+    seed: int = 0
+
+    def check(self) -> None:
+        if not self.fractions or any(not 0 < f <= 1 for f in self.fractions):
+            raise UsageError(f"--fractions must be kept-MAC fractions in (0, 1], got {list(self.fractions)}",
+                             hint="e.g. --fractions 1,0.5,0.25")
+        for flag, value in (("--max-accuracy-drop", self.max_accuracy_drop), ("--latency-budget", self.latency_budget_ms),
+                            ("--size-budget", self.size_budget_mb), ("--trials", self.trials),
+                            ("--time-limit", self.time_limit_s)):
+            if value is not None and (value < 0 if flag == "--max-accuracy-drop" else value <= 0):
+                raise UsageError(f"{flag} must be a positive number, got {value:g}")
+
+
+def split_training_data(spec, out: Path, seed: int) -> tuple[Path, Path]:
+    """(search_train.npz, search_val.npz) in `out`: the training data split once, VALIDATION of it held out."""
+    from edgekit.model.data import load_npz
+    from edgekit.train.distill import split_validation
+
+    train = load_npz(spec.train, spec.inputs, spec.origin("train"), need_labels=False)
+    rest, held = split_validation(train, VALIDATION, seed)
+    paths = out / "search_train.npz", out / "search_val.npz"
+    for path, part in zip(paths, (rest, held)):
+        arrays = {(s.name if len(spec.inputs) > 1 else "x"): part.arrays[s.name] for s in spec.inputs}
+        if part.labels is not None:
+            arrays["y"] = part.labels
+        np.savez(path, **arrays)
+    return paths
+
+
+def plan(loaded, target, options: SearchOptions, formats) -> list[dict]:
+    """Every candidate with its cost-model figures, from pruned copies (nothing trained): cheap first."""
+    from edgekit.stages.prune import PruneConfig, prune
+    from edgekit.validate import cost
+    from edgekit.validate.graph import model_work
+
+    out = []
+    for fraction in sorted(set(options.fractions), reverse=True):
+        model = copy.deepcopy(loaded.model)
+        if fraction < 1:
+            prune(model, loaded.example, PruneConfig(macs_target=fraction, round_to=target.round_to))
+        rows = [r.to_json() for r in model_work(model, loaded.example)]
+        params = sum(p.numel() for p in model.parameters())
+        for fmt in formats:
+            prediction = cost.predict(rows, "int8", target, kernels=fmt.ARM_KERNELS) or {}
+            out.append({"id": f"macs{fraction:g}-{fmt.NAME}", "macs_kept": fraction, "format": fmt.NAME,
+                        "planned": {"macs": sum(r["macs"] for r in rows), "predicted_ms": prediction.get("latency_ms"),
+                                    "int8_weight_mb": round(params / 1e6, 4)}})
+    return out
+
+
+def _over_budget_by_plan(candidate: dict, options: SearchOptions) -> str | None:
+    p = candidate["planned"]
+    if options.latency_budget_ms is not None and p["predicted_ms"] is not None and p["predicted_ms"] > options.latency_budget_ms:
+        return f"predicted {p['predicted_ms']} ms before training, over --latency-budget {options.latency_budget_ms:g}"
+    if options.size_budget_mb is not None and p["int8_weight_mb"] > options.size_budget_mb:
+        return f"{p['int8_weight_mb']} MB of int8 weights, over --size-budget {options.size_budget_mb:g}"
+    return None
+
+
+def pareto_front(results: list[dict]) -> list[dict]:
+    """The candidates no other beats on all three: higher accuracy, lower predicted latency, smaller file."""
+    def beats(a, b):
+        ge = a["accuracy"] >= b["accuracy"] and a["predicted_ms"] <= b["predicted_ms"] and a["bytes"] <= b["bytes"]
+        gt = a["accuracy"] > b["accuracy"] or a["predicted_ms"] < b["predicted_ms"] or a["bytes"] < b["bytes"]
+        return ge and gt
+
+    scored = [r for r in results if r.get("accuracy") is not None and r.get("predicted_ms") is not None]
+    front = [r for r in scored if not any(beats(o, r) for o in scored if o is not r)]
+    return sorted(front, key=lambda r: r["predicted_ms"])
+
+
+def misses(result: dict, reference: float | None, options: SearchOptions) -> list[str]:
+    """What keeps a scored candidate from the budget (empty: it meets it)."""
+    out = []
+    if options.max_accuracy_drop is not None and reference is not None and \
+            reference - result["accuracy"] > options.max_accuracy_drop:
+        out.append(f"{reference - result['accuracy']:.2f} points below the unpruned model on the search's validation part")
+    if options.latency_budget_ms is not None and (result["predicted_ms"] or 0) > options.latency_budget_ms:
+        out.append(f"predicted {result['predicted_ms']} ms")
+    if options.size_budget_mb is not None and result["bytes"] / 1e6 > options.size_budget_mb:
+        out.append(f"{result['bytes'] / 1e6:.3f} MB")
+    return out
+
+
+def _shortfall(result: dict, reference: float | None, options: SearchOptions) -> float:
+    """How far a candidate is from the budget, each budget's overshoot as a share of it (0: meets it)."""
+    total = 0.0
+    if options.max_accuracy_drop is not None and reference is not None:
+        total += max(0.0, reference - result["accuracy"] - options.max_accuracy_drop) / max(options.max_accuracy_drop, 0.1)
+    if options.latency_budget_ms is not None:
+        total += max(0.0, result["predicted_ms"] / options.latency_budget_ms - 1)
+    if options.size_budget_mb is not None:
+        total += max(0.0, result["bytes"] / 1e6 / options.size_budget_mb - 1)
+    return total
+
+
+def _candidate_recipe(base, candidate: dict, options: SearchOptions):
+    from edgekit.recipe import recipe_from_options
+
+    fraction = candidate["macs_kept"]
+    return recipe_from_options(base, formats=(candidate["format"],), prune_macs=fraction if fraction < 1 else None,
+                               distill=True if fraction < 1 else None)
+
+
+def _score(manifest: dict, candidate: dict) -> dict:
+    metrics = manifest["metrics"]
+    accuracy = metrics.get("accuracy_artifact")
+    metric = "accuracy"
+    if accuracy is None:  # unlabelled: agreement with the float model it was made from
+        accuracy, metric = metrics.get("top1_agreement"), "agreement"
+    prediction = ((manifest.get("validation") or {}).get("formats") or {}).get(candidate["format"], {}).get("prediction") or {}
+    steps = {s["stage"]: s for s in manifest.get("steps", [])}
+    return {**candidate, "accuracy": accuracy, "metric": metric, "accuracy_float": metrics.get("accuracy_float"),
+            "accuracy_loaded": (steps.get("measure") or {}).get("accuracy_float"),
+            "predicted_ms": prediction.get("latency_ms"), "bytes": manifest["artifact"]["bytes"],
+            "macs": (steps.get("distill") or steps.get("prune") or steps.get("measure") or {}).get("macs"),
+            "gate_passed": manifest["gate"]["passed"], "build_dir": manifest.get("build_dir")}
+
+
+def run_search(spec, target, options: SearchOptions, out: Path, steps, base_recipe=None) -> dict:
+    """The search (see the module's docstring); returns its record (also search.json)."""
+    from edgekit import api
+    from edgekit.formats import get_format
+    from edgekit.model.loaded import LoadedModel, model_digest
+    from edgekit.recipe import BuildRecipe
+
+    options.check()
+    if spec.train is None:
+        raise UsageError("edgekit search trains its candidates (distillation after pruning): it needs training data",
+                         hint="pass --train train.npz (labels optional), or set data.train in edgekit.toml")
+    formats = [get_format(f) for f in (options.formats or dict.fromkeys((target.format, "onnx")))]
+    for fmt in formats:
+        if fmt.available() is not None:
+            raise UsageError(f"--format {fmt.NAME}: {fmt.available()}", hint=getattr(fmt, "INSTALL_HINT", None))
+    base = base_recipe or BuildRecipe()
+    out.mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
+    with steps.step("load", {"factory": spec.factory}, "load model") as rec:
+        loaded = LoadedModel.load(spec, warn=steps.warn)
+        rec["output"] = model_digest(loaded.model)
+    with steps.step("split", {"validation": VALIDATION, "seed": options.seed}, "hold out a validation part") as rec:
+        train_path, val_path = split_training_data(spec, out, options.seed)
+        searched = dataclasses.replace(spec, train=train_path, eval=val_path, from_app=spec.from_app - {"train", "eval"})
+    with steps.step("plan", {"fractions": list(options.fractions)}, "predict every candidate (nothing trained)") as rec:
+        candidates = plan(loaded, target, options, formats)
+        rec["candidates"] = len(candidates)
+    key = {"model": model_digest(loaded.model), "train": _file_digest(spec.train), "target": target.name,
+           "recipe": base.to_json(), "seed": options.seed}
+    record_path = out / SEARCH_RECORD
+    previous = _previous(record_path, key)
+    results, skipped, stopped = [], [], None
+    todo = []
+    for c in candidates:
+        why = _over_budget_by_plan(c, options)
+        if why and c["macs_kept"] < 1:
+            skipped.append({**c, "skipped": why})
+        else:
+            todo.append(c)
+    with steps.step("search", {"candidates": len(todo)}, f"build {len(todo)} candidates") as rec:
+        best = None
+        for i, c in enumerate(steps.track(todo, len(todo), "candidates")):
+            if c["id"] in previous:
+                results.append(previous[c["id"]])
+            else:
+                if options.trials is not None and len([r for r in results if not r.get("resumed")]) >= options.trials:
+                    stopped = f"--trials {options.trials}"
+                    break
+                if options.time_limit_s is not None and time.monotonic() - started > options.time_limit_s:
+                    stopped = f"--time-limit {options.time_limit_s:g} s"
+                    break
+                results.append(_build_candidate(api, searched, target, base, c, out, options))
+                _write_record(record_path, key, results, skipped, stopped)
+            reference = _reference(results)
+            scored = [r for r in results if r.get("accuracy") is not None and not misses(r, reference, options)]
+            best = min(scored, key=lambda r: (r["predicted_ms"], -r["accuracy"])) if scored else best
+            if best:
+                steps.console.print(f"  {i + 1}/{len(todo)} {c['id']}: best so far {best['id']} "
+                                    f"({best['accuracy']:.2f} %, predicted {best['predicted_ms']} ms)")
+        rec["stopped"] = stopped
+    reference = _reference(results)
+    front = pareto_front(results)
+    for r in results:
+        r["pareto"] = r in front
+        r["misses"] = misses(r, reference, options) if r.get("accuracy") is not None else ["failed"]
+    meeting = [r for r in results if not r["misses"]]
+    chosen = min(meeting, key=lambda r: (r["predicted_ms"], -r["accuracy"])) if meeting else None
+    closest = min((r for r in results if r.get("accuracy") is not None),
+                  key=lambda r: (_shortfall(r, reference, options), r["predicted_ms"]), default=None)
+    doc = {**_record(key, results, skipped, stopped), "reference_accuracy": reference,
+           "budget": {"max_accuracy_drop": options.max_accuracy_drop, "latency_budget_ms": options.latency_budget_ms,
+                      "size_budget_mb": options.size_budget_mb},
+           "pareto": [r["id"] for r in front], "chosen": chosen["id"] if chosen else None,
+           "closest": closest["id"] if closest else None, "seconds": round(time.monotonic() - started, 1)}
+    write_json_atomic(out / PARETO, {"axes": ["accuracy", "predicted_ms", "bytes"], "reference_accuracy": reference,
+                                     "front": front, "chosen": doc["chosen"]})
+    write_text_atomic(out / REPORT, render_report(doc, results, spec.name, target.name))
+    write_json_atomic(record_path, doc)
+    if chosen is None:
+        shown = f"closest: {closest['id']} ({closest['accuracy']:.2f} %, predicted {closest['predicted_ms']} ms; " \
+                f"{', '.join(closest['misses'])})" if closest else "no candidate was built"
+        raise BuildGateFailed(f"no candidate meets the budget; {shown}",
+                              f"the candidates are in {out} (pareto.json, report.html); loosen the budget or give "
+                              "more training data", doc)
+    with steps.step("final", {"candidate": chosen["id"]}, f"build {chosen['id']} from all of the data") as rec:
+        recipe = dataclasses.replace(_candidate_recipe(base, chosen, options),
+                                     gate=dataclasses.replace(base.gate, max_accuracy_drop=options.max_accuracy_drop,
+                                                              latency_budget_ms=options.latency_budget_ms,
+                                                              size_budget_mb=options.size_budget_mb))
+        try:
+            final = api.build(spec, str(target.path), recipe, out=out / "best")
+        except BuildGateFailed as e:  # the evaluation data, which chose nothing, says the budget is missed
+            doc["final"] = {"build_dir": str(out / "best"), "budget": e.manifest.get("budget"), "error": str(e)}
+            write_json_atomic(record_path, doc)
+            raise BuildGateFailed(f"{chosen['id']} met the budget on the search's validation part but not on the "
+                                  f"evaluation data: {e}", e.hint, doc) from None
+        doc["final"] = {"build_dir": str(out / "best"), "accuracy": final["metrics"].get("accuracy_artifact"),
+                        "budget": final.get("budget")}
+        rec["build_dir"] = str(out / "best")
+    write_json_atomic(record_path, doc)
+    return doc
+
+
+def _file_digest(path: Path) -> str:
+    import hashlib
+
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
+
+
+def _reference(results: list[dict]) -> float | None:
+    """The unpruned model's own float accuracy on the search's validation part (each build's `measure`)."""
+    return next((r["accuracy_loaded"] for r in results if r.get("accuracy_loaded") is not None), None)
+
+
+def _build_candidate(api, spec, target, base, candidate: dict, out: Path, options: SearchOptions) -> dict:
+    recipe = _candidate_recipe(base, candidate, options)
+    begin = time.monotonic()
+    build_dir = out / "candidates" / candidate["id"]
+    try:
+        manifest = api.build(spec, str(target.path), recipe, out=build_dir)
+    except BuildGateFailed as e:  # a candidate whose int8 misses the quality gate is still a point, marked
+        manifest = e.manifest
+    except EdgekitError as e:
+        return {**candidate, "accuracy": None, "error": e.message, "seconds": round(time.monotonic() - begin, 1)}
+    return {**_score(manifest, candidate), "seconds": round(time.monotonic() - begin, 1)}
+
+
+def _record(key: dict, results: list[dict], skipped: list[dict], stopped: str | None) -> dict:
+    return {"key": key, "results": results, "skipped": skipped, "stopped": stopped}
+
+
+def _write_record(path: Path, key: dict, results, skipped, stopped) -> None:
+    write_json_atomic(path, _record(key, results, skipped, stopped))
+
+
+def _previous(path: Path, key: dict) -> dict:
+    """Finished candidates of an earlier run with the same inputs (resume), by id."""
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    if doc.get("key") != key:
+        return {}
+    return {r["id"]: {**r, "resumed": True} for r in doc.get("results", []) if r.get("accuracy") is not None}
+
+
+def render_report(doc: dict, results: list[dict], name: str, target: str) -> str:
+    """report.html of the search: the front plotted (accuracy vs predicted latency, size as the marker's
+    area), and every candidate in a table."""
+    from html import escape
+
+    from edgekit.report import plots
+    from edgekit.report.html import CSS, _img, _table
+
+    png = plots.pareto(results, doc.get("chosen"), doc.get("reference_accuracy"))
+    rows = [[escape(r["id"]), "–" if r.get("accuracy") is None else f"{r['accuracy']:.2f}",
+             "–" if r.get("predicted_ms") is None else f"{r['predicted_ms']:.3f}",
+             "–" if r.get("bytes") is None else f"{r['bytes'] / 1e3:.1f}",
+             "yes" if r.get("pareto") else "", escape("; ".join(r.get("misses") or []) or "meets it")]
+            for r in sorted(results, key=lambda r: (r.get("predicted_ms") or 0))]
+    chosen = doc.get("chosen")
+    return "\n".join([
+        "<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
+        f"<title>edgekit search: {escape(name)} → {escape(target)}</title><style>{CSS}</style></head><body>",
+        f"<h1>edgekit search: {escape(name)} → {escape(target)}</h1>",
+        f'<p class="sub">{len(results)} candidates built, {len(doc.get("skipped", []))} ruled out by the cost model '
+        f'before training; chosen: <b>{escape(chosen or "none meets the budget")}</b></p>',
+        _img(png, "Pareto front", "accuracy on the search's validation part (held out of the training data) vs "
+             "latency predicted on the target; marker area: artifact size; the front is joined"),
+        _table(["candidate", "accuracy %", "predicted ms", "size KB", "on the front", "budget"], rows),
+        "</body></html>"])
