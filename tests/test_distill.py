@@ -140,3 +140,39 @@ def test_distillation_without_labels_uses_the_teacher():
     unlabelled = _distill_blobs(_blobs(300, 5, labelled=False), _blobs(600, 0, labelled=False))
     assert unlabelled["validation"]["metric"] == unlabelled["evaluation_metric"] == "agreement with the teacher"
     assert unlabelled["accuracy"] > unlabelled["accuracy_before"] + 30
+
+
+def test_two_nodes_meet_at_one_rendezvous(run_cli, digits_app, tmp_path):
+    """`--nnodes 2`: two launches on 127.0.0.1 (as two machines would run them) meet at one rendezvous
+    and train one student together (world size 2, gloo); the first node writes it, the second says
+    its share is done and exits 0 with nothing written."""
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    common = ["distill", str(digits_app), "--prune", "0.5", "--epochs", "2", "--nnodes", "2",
+              "--rdzv-endpoint", f"127.0.0.1:{port}", "--json"]
+    second = subprocess.Popen([sys.executable, "-m", "edgekit", *common, "--node-rank", "1", "--out", str(tmp_path / "n1")],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    first = run_cli(*common, "--node-rank", "0", "--out", str(tmp_path / "n0"), timeout=600)
+    out, err = second.communicate(timeout=120)
+    assert first.returncode == 0, first.stderr
+    assert second.returncode == 0, err
+    record = json.loads(first.stdout)
+    assert record["processes"] == 2 and record["backend"] == "gloo" and len(record["history"]) == 2
+    assert (tmp_path / "n0" / "float_model.pt").is_file() and not (tmp_path / "n1").exists()
+    assert "node 1: trained its share" in err and out == ""
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--nnodes", "2"], "every node needs --node-rank"),
+    (["--nnodes", "2", "--node-rank", "2", "--rdzv-endpoint", "127.0.0.1:29500"], "--node-rank 2 is not one of 0..1"),
+    (["--nnodes", "2", "--node-rank", "0", "--rdzv-endpoint", "head"], "is not HOST:PORT"),
+    (["--node-rank", "1"], "apply to several machines"),
+])
+def test_bad_node_options_name_the_flag(run_cli, digits_app, tmp_path, args, message):
+    proc = run_cli("distill", str(digits_app), "--prune", "0.5", *args, "--out", str(tmp_path / "x"))
+    assert proc.returncode == 2 and message in proc.stderr and not (tmp_path / "x").exists()
