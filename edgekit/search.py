@@ -4,17 +4,22 @@ that meets the budget, built.
 Candidates are kept-MAC fractions (channel pruning with distillation from the model as loaded;
 1.0 is the model as it is) times formats (their int8 kernels on the target differ). Each is a
 whole `edgekit build` (prune -> distill -> static int8 -> export), judged the way the build judges,
-and scored on three axes: accuracy, the latency the cost model predicts on the target
-(validate/cost.py), and the artifact's size.
+and scored on three axes: agreement with the model as loaded, the latency the cost model predicts
+on the target (validate/cost.py), and the artifact's size.
 
-Nothing is chosen on the data that is reported. The training data is split once (a fixed seed):
-the candidates train on its larger part and are scored on the rest (`search_val.npz`, the
-evaluation data of every candidate build; labels optional: without them, top-1 agreement with the
-model as loaded). The choice -- the fastest predicted candidate whose accuracy there is within
-`--max-accuracy-drop` of the unpruned model's and which meets `--latency-budget`/`--size-budget` --
-is then built again from the user's own data (all of the training data, the real evaluation data),
-and that build's own budget check on the evaluation data, which chose nothing, is the verdict
-(exit 3 if it misses; exit 3 too if no candidate met the budget, showing the closest).
+Nothing is chosen on the data that is reported. Candidates are judged on the calibration inputs,
+as every choice of a build is (build/quality.py, build/fallback.py): each candidate build takes
+them as its evaluation data, and each artifact is scored by its top-1 agreement with the model as
+loaded there, and, between equal agreements, by how far its outputs drift from that model's
+(divergence). Not a part of the training data: the model as loaded was trained on it, so its own
+answers there are remembered, not predicted, and every student would look worse against them than
+it is (the digits model is right on 100 % of a held-out fifth of its training data, 99.17 % of its
+evaluation data). Disagreement bounds the accuracy a candidate can lose (a sample where it agrees
+with the unpruned model is right or wrong as that model is), so `--max-accuracy-drop` is checked
+on it, conservatively, and needs no labels. The choice -- the fastest predicted candidate within
+the accuracy budget and `--latency-budget`/`--size-budget` -- is then built again with the user's
+evaluation data, whose own budget check (build/budget.py), on data that chose nothing, is the
+verdict (exit 3 if it misses; exit 3 too if no candidate met the budget, showing the closest).
 
 Cheap first: before anything is trained, every fraction is pruned on a copy and predicted by the
 cost model (seconds); with a latency or size budget, the ones predicted over it are not trained.
@@ -39,7 +44,6 @@ from edgekit.errors import BuildGateFailed, EdgekitError, UsageError
 from edgekit.manifest import write_json_atomic, write_text_atomic
 
 FRACTIONS = (1.0, 0.75, 0.5, 0.35, 0.25)  # kept MAC fractions tried by default
-VALIDATION = 0.2  # share of the training data the candidates are scored on
 SEARCH_RECORD, PARETO, REPORT = "search.json", "pareto.json", "report.html"
 
 
@@ -63,22 +67,6 @@ class SearchOptions:
                             ("--time-limit", self.time_limit_s)):
             if value is not None and (value < 0 if flag == "--max-accuracy-drop" else value <= 0):
                 raise UsageError(f"{flag} must be a positive number, got {value:g}")
-
-
-def split_training_data(spec, out: Path, seed: int) -> tuple[Path, Path]:
-    """(search_train.npz, search_val.npz) in `out`: the training data split once, VALIDATION of it held out."""
-    from edgekit.model.data import load_npz
-    from edgekit.train.distill import split_validation
-
-    train = load_npz(spec.train, spec.inputs, spec.origin("train"), need_labels=False)
-    rest, held = split_validation(train, VALIDATION, seed)
-    paths = out / "search_train.npz", out / "search_val.npz"
-    for path, part in zip(paths, (rest, held)):
-        arrays = {(s.name if len(spec.inputs) > 1 else "x"): part.arrays[s.name] for s in spec.inputs}
-        if part.labels is not None:
-            arrays["y"] = part.labels
-        np.savez(path, **arrays)
-    return paths
 
 
 def plan(loaded, target, options: SearchOptions, formats) -> list[dict]:
@@ -112,9 +100,9 @@ def _over_budget_by_plan(candidate: dict, options: SearchOptions) -> str | None:
 
 
 def quality(r: dict) -> tuple:
-    """A candidate's quality, best highest: its accuracy, then (on a tie: a few hundred held-out samples
-    leave many) how close its outputs stay to the unpruned model's (divergence, lower is closer)."""
-    return r["accuracy"], -(r.get("divergence") or 0.0)
+    """A candidate's quality, best highest: its agreement with the unpruned model, then (on a tie: a few
+    hundred calibration inputs leave many) how close its outputs stay to the unpruned model's (divergence, lower is closer)."""
+    return r["agreement"], -(r.get("divergence") or 0.0)
 
 
 def pareto_front(results: list[dict]) -> list[dict]:
@@ -124,7 +112,7 @@ def pareto_front(results: list[dict]) -> list[dict]:
         gt = quality(a) > quality(b) or a["predicted_ms"] < b["predicted_ms"] or a["bytes"] < b["bytes"]
         return ge and gt
 
-    scored = [r for r in results if r.get("accuracy") is not None and r.get("predicted_ms") is not None]
+    scored = [r for r in results if r.get("agreement") is not None and r.get("predicted_ms") is not None]
     front = [r for r in scored if not any(beats(o, r) for o in scored if o is not r)]
     return sorted(front, key=lambda r: r["predicted_ms"])
 
@@ -133,8 +121,8 @@ def misses(result: dict, reference: float | None, options: SearchOptions) -> lis
     """What keeps a scored candidate from the budget (empty: it meets it)."""
     out = []
     if options.max_accuracy_drop is not None and reference is not None and \
-            reference - result["accuracy"] > options.max_accuracy_drop:
-        out.append(f"{reference - result['accuracy']:.2f} points below the unpruned model on the search's validation part")
+            reference - result["agreement"] > options.max_accuracy_drop:
+        out.append(f"disagrees with the unpruned model on {reference - result['agreement']:.2f} % of the calibration inputs")
     if options.latency_budget_ms is not None and (result["predicted_ms"] or 0) > options.latency_budget_ms:
         out.append(f"predicted {result['predicted_ms']} ms")
     if options.size_budget_mb is not None and result["bytes"] / 1e6 > options.size_budget_mb:
@@ -146,7 +134,7 @@ def _shortfall(result: dict, reference: float | None, options: SearchOptions) ->
     """How far a candidate is from the budget, each budget's overshoot as a share of it (0: meets it)."""
     total = 0.0
     if options.max_accuracy_drop is not None and reference is not None:
-        total += max(0.0, reference - result["accuracy"] - options.max_accuracy_drop) / max(options.max_accuracy_drop, 0.1)
+        total += max(0.0, reference - result["agreement"] - options.max_accuracy_drop) / max(options.max_accuracy_drop, 0.1)
     if options.latency_budget_ms is not None:
         total += max(0.0, result["predicted_ms"] / options.latency_budget_ms - 1)
     if options.size_budget_mb is not None:
@@ -163,16 +151,9 @@ def _candidate_recipe(base, candidate: dict, options: SearchOptions):
 
 
 def _score(manifest: dict, candidate: dict) -> dict:
-    metrics = manifest["metrics"]
-    accuracy = metrics.get("accuracy_artifact")
-    metric = "accuracy"
-    if accuracy is None:  # unlabelled: agreement with the float model it was made from
-        accuracy, metric = metrics.get("top1_agreement"), "agreement"
     prediction = ((manifest.get("validation") or {}).get("formats") or {}).get(candidate["format"], {}).get("prediction") or {}
     steps = {s["stage"]: s for s in manifest.get("steps", [])}
-    return {**candidate, "accuracy": accuracy, "metric": metric, "accuracy_float": metrics.get("accuracy_float"),
-            "accuracy_loaded": (steps.get("measure") or {}).get("accuracy_float"),
-            "predicted_ms": prediction.get("latency_ms"), "bytes": manifest["artifact"]["bytes"],
+    return {**candidate, "predicted_ms": prediction.get("latency_ms"), "bytes": manifest["artifact"]["bytes"],
             "macs": (steps.get("distill") or steps.get("prune") or steps.get("measure") or {}).get("macs"),
             "gate_passed": manifest["formats"][candidate["format"]]["gate"]["passed"],
             "build_dir": manifest.get("build_dir")}
@@ -182,6 +163,7 @@ def run_search(spec, target, options: SearchOptions, out: Path, steps, base_reci
     """The search (see the module's docstring); returns its record (also search.json)."""
     from edgekit import api
     from edgekit.formats import get_format
+    from edgekit.model.data import load_npz
     from edgekit.model.loaded import LoadedModel, model_digest
     from edgekit.recipe import BuildRecipe
 
@@ -189,6 +171,9 @@ def run_search(spec, target, options: SearchOptions, out: Path, steps, base_reci
     if spec.train is None:
         raise UsageError("edgekit search trains its candidates (distillation after pruning): it needs training data",
                          hint="pass --train train.npz (labels optional), or set data.train in edgekit.toml")
+    if spec.calib is None:
+        raise UsageError("edgekit search judges its candidates on the calibration inputs: it needs them",
+                         hint="pass --calib calib.npz (inputs the model was not trained on; no labels needed)")
     formats = [get_format(f) for f in (options.formats or dict.fromkeys((target.format, "onnx")))]
     for fmt in formats:
         if fmt.available() is not None:
@@ -199,17 +184,15 @@ def run_search(spec, target, options: SearchOptions, out: Path, steps, base_reci
     with steps.step("load", {"factory": spec.factory}, "load model") as rec:
         loaded = LoadedModel.load(spec, warn=steps.warn)
         rec["output"] = model_digest(loaded.model)
-    with steps.step("split", {"validation": VALIDATION, "seed": options.seed}, "hold out a validation part") as rec:
-        train_path, val_path = split_training_data(spec, out, options.seed)
-        searched = dataclasses.replace(spec, train=train_path, eval=val_path, from_app=spec.from_app - {"train", "eval"})
-        from edgekit.model.data import load_npz
-
-        val = load_npz(val_path, spec.inputs, "the search's validation part", need_labels=False)
-        judged = (val, spec.inputs, reference_outputs(loaded.model, val, spec.inputs))
+        # The candidates' evaluation data is the calibration inputs (what they are judged on, see above).
+        searched = dataclasses.replace(spec, eval=spec.calib, from_app=spec.from_app - {"eval"})
+        calib = load_npz(spec.calib, spec.inputs, spec.origin("calib"), need_labels=False)
+        judged = (calib, spec.inputs, reference_outputs(loaded.model, calib, spec.inputs))
     with steps.step("plan", {"fractions": list(options.fractions)}, "predict every candidate (nothing trained)") as rec:
         candidates = plan(loaded, target, options, formats)
         rec["candidates"] = len(candidates)
-    key = {"model": model_digest(loaded.model), "train": _file_digest(spec.train), "target": target.name,
+    key = {"model": model_digest(loaded.model), "train": _file_digest(spec.train),
+           "calib": _file_digest(spec.calib), "target": target.name,
            "recipe": base.to_json(), "seed": options.seed}
     record_path = out / SEARCH_RECORD
     previous = _previous(record_path, key)
@@ -235,33 +218,34 @@ def run_search(spec, target, options: SearchOptions, out: Path, steps, base_reci
                     break
                 results.append(_build_candidate(api, searched, target, base, c, out, options, judged))
                 _write_record(record_path, key, results, skipped, stopped)
-            reference = _reference(results)
-            scored = [r for r in results if r.get("accuracy") is not None and not misses(r, reference, options)]
+            reference = REFERENCE
+            scored = [r for r in results if r.get("agreement") is not None and not misses(r, reference, options)]
             best = min(scored, key=lambda r: (r["predicted_ms"], tuple(-q for q in quality(r)))) if scored else best
             if best:
                 steps.console.print(f"  {i + 1}/{len(todo)} {c['id']}: best so far {best['id']} "
-                                    f"({best['accuracy']:.2f} %, predicted {best['predicted_ms']} ms)")
+                                    f"({best['agreement']:.2f} %, predicted {best['predicted_ms']} ms)")
         rec["stopped"] = stopped
-    reference = _reference(results)
+    reference = REFERENCE
     front = pareto_front(results)
     for r in results:
         r["pareto"] = r in front
-        r["misses"] = misses(r, reference, options) if r.get("accuracy") is not None else ["failed"]
+        r["misses"] = misses(r, reference, options) if r.get("agreement") is not None else ["failed"]
     meeting = [r for r in results if not r["misses"]]
     chosen = min(meeting, key=lambda r: (r["predicted_ms"], tuple(-q for q in quality(r)))) if meeting else None
-    closest = min((r for r in results if r.get("accuracy") is not None),
+    closest = min((r for r in results if r.get("agreement") is not None),
                   key=lambda r: (_shortfall(r, reference, options), r["predicted_ms"]), default=None)
-    doc = {**_record(key, results, skipped, stopped), "reference_accuracy": reference,
+    doc = {**_record(key, results, skipped, stopped), "reference_agreement": reference,
            "budget": {"max_accuracy_drop": options.max_accuracy_drop, "latency_budget_ms": options.latency_budget_ms,
                       "size_budget_mb": options.size_budget_mb},
            "pareto": [r["id"] for r in front], "chosen": chosen["id"] if chosen else None,
            "closest": closest["id"] if closest else None, "seconds": round(time.monotonic() - started, 1)}
-    write_json_atomic(out / PARETO, {"axes": ["accuracy", "predicted_ms", "bytes"], "reference_accuracy": reference,
+    write_json_atomic(out / PARETO, {"axes": ["agreement, then divergence", "predicted_ms", "bytes"],
+                                     "reference_agreement": reference,
                                      "front": front, "chosen": doc["chosen"]})
     write_text_atomic(out / REPORT, render_report(doc, results, spec.name, target.name))
     write_json_atomic(record_path, doc)
     if chosen is None:
-        shown = f"closest: {closest['id']} ({closest['accuracy']:.2f} %, predicted {closest['predicted_ms']} ms; " \
+        shown = f"closest: {closest['id']} ({closest['agreement']:.2f} %, predicted {closest['predicted_ms']} ms; " \
                 f"{', '.join(closest['misses'])})" if closest else "no candidate was built"
         raise BuildGateFailed(f"no candidate meets the budget; {shown}",
                               f"the candidates are in {out} (pareto.json, report.html); loosen the budget or give "
@@ -291,29 +275,33 @@ def _file_digest(path: Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
 
 
-def _reference(results: list[dict]) -> float | None:
-    """The unpruned model's own float accuracy on the search's validation part (each build's `measure`)."""
-    return next((r["accuracy_loaded"] for r in results if r.get("accuracy_loaded") is not None), None)
+# Agreement of the model as loaded with itself: what each candidate's agreement is measured from.
+REFERENCE = 100.0
 
 
-def divergence(runner, data, specs, reference: list) -> float:
-    """Mean divergence of an artifact's first output from the unpruned float model's on held-out data:
-    KL(reference || artifact) of the softmaxes for class scores, else the squared error relative to the
-    reference's mean square. Label-free and continuous."""
-    total = 0.0
+def judge(runner, data, specs, reference: list) -> tuple[float, float]:
+    """(top-1 agreement %, divergence) of an artifact's first output with the unpruned float model's on
+    the calibration inputs. Divergence: KL(reference || artifact) of the softmaxes for class scores,
+    else the squared error relative to the reference's mean square; label-free and continuous. Outputs
+    that are not class scores agree where they are within 1e-2 relative error."""
+    total, agree = 0.0, 0
     for i, want in enumerate(reference):
         got = runner.run([data.arrays[s.name][i:i + 1] for s in specs])[0].astype(np.float64).reshape(want.shape)
         if want.ndim == 2 and want.shape[-1] > 1:
+            agree += int((got.argmax(-1) == want.argmax(-1)).all())
             p, q = (np.exp(v - v.max(-1, keepdims=True)) for v in (want, got))
             p, q = p / p.sum(-1, keepdims=True), q / q.sum(-1, keepdims=True)
             total += float((p * (np.log(p + 1e-12) - np.log(q + 1e-12))).sum(-1).mean())
         else:
-            total += float(((got - want) ** 2).mean() / max((want ** 2).mean(), 1e-12))
-    return round(total / max(len(reference), 1), 6)
+            error = float(((got - want) ** 2).mean() / max((want ** 2).mean(), 1e-12))
+            total += error
+            agree += int(error < 1e-2)
+    n = max(len(reference), 1)
+    return round(100.0 * agree / n, 2), round(total / n, 6)
 
 
 def reference_outputs(model, data, specs) -> list:
-    """The unpruned float model's first output on each held-out sample (what divergence compares with)."""
+    """The unpruned float model's first output on each calibration input (what judge() compares with)."""
     import torch
 
     from edgekit.compare import all_outputs
@@ -334,14 +322,14 @@ def _build_candidate(api, spec, target, base, candidate: dict, out: Path, option
     except BuildGateFailed as e:  # a candidate whose int8 misses the quality gate is still a point, marked
         manifest = e.manifest
     except EdgekitError as e:
-        return {**candidate, "accuracy": None, "error": e.message, "seconds": round(time.monotonic() - begin, 1)}
+        return {**candidate, "agreement": None, "error": e.message, "seconds": round(time.monotonic() - begin, 1)}
     scored = _score(manifest, candidate)
-    if judged is not None:  # (validation data, input specs, reference outputs)
+    if judged is not None:  # (calibration inputs, input specs, the unpruned model's outputs on them)
         from edgekit.formats import get_format
 
         data, specs, reference = judged
         runner = get_format(candidate["format"]).load(build_dir / manifest["artifact"]["file"], threads=1)
-        scored["divergence"] = divergence(runner, data, specs, reference)
+        scored["agreement"], scored["divergence"] = judge(runner, data, specs, reference)
     return {**scored, "seconds": round(time.monotonic() - begin, 1)}
 
 
@@ -361,19 +349,19 @@ def _previous(path: Path, key: dict) -> dict:
         return {}
     if doc.get("key") != key:
         return {}
-    return {r["id"]: {**r, "resumed": True} for r in doc.get("results", []) if r.get("accuracy") is not None}
+    return {r["id"]: {**r, "resumed": True} for r in doc.get("results", []) if r.get("agreement") is not None}
 
 
 def render_report(doc: dict, results: list[dict], name: str, target: str) -> str:
-    """report.html of the search: the front plotted (accuracy vs predicted latency, size as the marker's
+    """report.html of the search: the front plotted (agreement vs predicted latency, size as the marker's
     area), and every candidate in a table."""
     from html import escape
 
     from edgekit.report import plots
     from edgekit.report.html import CSS, _img, _table
 
-    png = plots.pareto(results, doc.get("chosen"), doc.get("reference_accuracy"))
-    rows = [[escape(r["id"]), "–" if r.get("accuracy") is None else f"{r['accuracy']:.2f}",
+    png = plots.pareto(results, doc.get("chosen"), doc.get("reference_agreement"))
+    rows = [[escape(r["id"]), "–" if r.get("agreement") is None else f"{r['agreement']:.2f}",
              "–" if r.get("divergence") is None else f"{r['divergence']:.4f}",
              "–" if r.get("predicted_ms") is None else f"{r['predicted_ms']:.3f}",
              "–" if r.get("bytes") is None else f"{r['bytes'] / 1e3:.1f}",
@@ -386,9 +374,9 @@ def render_report(doc: dict, results: list[dict], name: str, target: str) -> str
         f"<h1>edgekit search: {escape(name)} → {escape(target)}</h1>",
         f'<p class="sub">{len(results)} candidates built, {len(doc.get("skipped", []))} ruled out by the cost model '
         f'before training; chosen: <b>{escape(chosen or "none meets the budget")}</b></p>',
-        _img(png, "Pareto front", "accuracy on the search's validation part (held out of the training data) vs "
+        _img(png, "Pareto front", "top-1 agreement with the unpruned model on the calibration inputs vs "
              "latency predicted on the target; marker area: artifact size; the front is joined"),
-        _table(["candidate", "accuracy %", "divergence", "predicted ms", "size KB", "on the front", "budget"], rows),
-        '<p class="note">accuracy and divergence (from the unpruned model&#39;s outputs: KL of the softmaxes, lower '
-        'is closer; it orders candidates of equal accuracy) on the search&#39;s validation part</p>',
+        _table(["candidate", "agreement %", "divergence", "predicted ms", "size KB", "on the front", "budget"], rows),
+        '<p class="note">agreement and divergence (from the unpruned model&#39;s outputs: KL of the softmaxes, lower '
+        'is closer; it orders candidates of equal agreement) on the calibration inputs</p>',
         "</body></html>"])

@@ -10,8 +10,8 @@ import pytest
 from edgekit.search import SearchOptions, misses, pareto_front
 
 
-def _r(id_, accuracy, ms, size, fmt="executorch", fraction=1.0):
-    return {"id": id_, "accuracy": accuracy, "predicted_ms": ms, "bytes": size, "format": fmt, "macs_kept": fraction}
+def _r(id_, agreement, ms, size, fmt="executorch", fraction=1.0):
+    return {"id": id_, "agreement": agreement, "predicted_ms": ms, "bytes": size, "format": fmt, "macs_kept": fraction}
 
 
 def test_pareto_front_keeps_what_nothing_beats_on_all_three():
@@ -20,8 +20,8 @@ def test_pareto_front_keeps_what_nothing_beats_on_all_three():
     assert [r["id"] for r in pareto_front(results)] == ["d", "a", "e"]
 
 
-def test_equal_accuracy_is_told_apart_by_divergence():
-    """On a few hundred held-out samples many candidates tie at the same accuracy: the one whose outputs
+def test_equal_agreement_is_told_apart_by_divergence():
+    """On a few hundred calibration inputs many candidates tie at the same agreement: the one whose outputs
     stay closer to the unpruned model's is the better, so a faster one that drifts further is a trade-off."""
     close = {**_r("close", 100.0, 1.0, 100), "divergence": 0.01}
     drifted = {**_r("drift", 100.0, 0.5, 100), "divergence": 0.2}
@@ -30,10 +30,12 @@ def test_equal_accuracy_is_told_apart_by_divergence():
 
 
 def test_misses_measure_the_budget_from_the_unpruned_model():
+    """Disagreement with the unpruned model bounds the accuracy lost: it is what --max-accuracy-drop checks."""
     options = SearchOptions(max_accuracy_drop=1.0, latency_budget_ms=0.5, size_budget_mb=0.1)
-    assert misses(_r("ok", 98.2, 0.5, 100_000), 99.0, options) == []
-    said = misses(_r("bad", 97.5, 0.6, 200_000), 99.0, options)
-    assert len(said) == 3 and "1.50 points below" in said[0] and "0.6 ms" in said[1] and "0.200 MB" in said[2]
+    assert misses(_r("ok", 99.2, 0.5, 100_000), 100.0, options) == []
+    said = misses(_r("bad", 98.5, 0.6, 200_000), 100.0, options)
+    assert len(said) == 3 and "disagrees with the unpruned model on 1.50 %" in said[0]
+    assert "0.6 ms" in said[1] and "0.200 MB" in said[2]
 
 
 @pytest.mark.parametrize("options, flag", [(SearchOptions(fractions=(1.5,)), "--fractions"),
@@ -55,21 +57,18 @@ def small_search(run_cli, digits_app, tmp_path_factory):
     return proc, out, time.monotonic() - begin
 
 
-def test_search_chooses_on_held_out_training_data_and_builds_the_choice(small_search):
+def test_search_chooses_on_the_calibration_inputs_and_builds_the_choice(small_search, digits_app):
     proc, out, _ = small_search
     assert proc.returncode == 0, proc.stderr
     doc = json.loads(proc.stdout)
     assert {r["id"] for r in doc["results"]} == {"macs1-executorch", "macs0.5-executorch"}
-    # every candidate was judged on the search's validation part, not on eval.npz
-    val = (out / "search_val.npz")
-    import numpy as np
-
-    held = len(np.load(val)["y"])
+    # every candidate was judged on the calibration inputs (agreement with the unpruned model), not on eval.npz
     for r in doc["results"]:
         manifest = json.loads((out / "candidates" / r["id"] / "manifest.json").read_text())
-        assert manifest["model"]["data"]["eval"] == str(val) and manifest["metrics"]["samples"] == held
+        assert manifest["model"]["data"]["eval"] == str(digits_app / "calib.npz") and manifest["metrics"]["samples"] == 300
+        assert manifest["metrics"]["accuracy_artifact"] is None  # no labels there: nothing to be tempted by
     chosen = next(r for r in doc["results"] if r["id"] == doc["chosen"])
-    assert doc["reference_accuracy"] - chosen["accuracy"] <= 1.0
+    assert doc["reference_agreement"] - chosen["agreement"] <= 1.0
     assert chosen["predicted_ms"] == min(r["predicted_ms"] for r in doc["results"] if not r["misses"])
     final = json.loads((out / "best" / "manifest.json").read_text())
     assert final["model"]["data"]["eval"].endswith("sample_apps/digits/eval.npz")  # reported on the user's own

@@ -106,7 +106,8 @@ def run_build(spec: ModelSpec, target: Target, recipe: BuildRecipe, out, steps, 
     if budget.wanted(recipe.gate):
         with steps.step("budget", {"latency_budget_ms": recipe.gate.latency_budget_ms,
                                    "size_budget_mb": recipe.gate.size_budget_mb}, "plan for the budget") as planned:
-            recipe, plan_record = budget.plan(loaded, recipe, target, formats[0].ARM_KERNELS, steps)
+            kernels = formats[0].ARM_KERNELS if formats else "xnnpack"  # none left: the build says so below
+            recipe, plan_record = budget.plan(loaded, recipe, target, kernels, steps)
             planned.update(plan_record)
         chain = stage_chain.plan(recipe.stages, target)
     stage_chain.check(chain, spec, labelled)
