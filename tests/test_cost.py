@@ -133,6 +133,20 @@ def test_ops_off_the_delegate_cost_more(mnv2_rows):
     assert cost.predict_ms(mnv2_rows, "int8", m, outside={"conv2d"}) > 5 * cost.predict_ms(mnv2_rows, "int8", m)
 
 
+def test_elementwise_ops_off_the_delegate_are_not_free():
+    """A layer norm left on ExecuTorch's portable kernels (scalar, one thread, ~10 cycles an element) costs
+    far more than the same op on the delegate, though it has no MACs."""
+    import torch
+
+    block = torch.nn.Sequential(torch.nn.Linear(192, 192), torch.nn.LayerNorm(192), torch.nn.Linear(192, 192))
+    rows = _rows(block, (197, 192))
+    m = cost.Machine.from_target(load_target("rpi5"))
+    on, off = (cost.predict_ms(rows, "int8", m, outside=o) for o in (frozenset(), {"layer_norm"}))
+    norm = next(r for r in rows if r["op"] == "layer_norm")
+    scalar_ms = norm["in_elems"] * cost.PORTABLE_CYCLES_PER_ELEMENT / (m.clock_ghz * 1e9) * 1e3
+    assert off - on > 0.5 * scalar_ms and off > 1.4 * on  # minus what the op cost on the delegate
+
+
 def test_doc_shows_the_calibration(mnv2_rows):
     text = DOC.read_text()
     for e in cost.PUBLISHED:

@@ -134,6 +134,12 @@ PARALLEL_EFFICIENCY = 0.8
 OP_OVERHEAD_CYCLES = 18_000
 # Portable (non-delegated) ExecuTorch kernels: scalar C++, one thread: ~1 MAC/cycle (ESTIMATE).
 PORTABLE_MAC_PER_CYCLE = 1.0
+# ... and their element-wise work (layer norm, masks, means: no MACs, but not free): guest instructions
+# per input element of ExecuTorch 1.5's portable kernels, counted on an emulated Cortex-A76 (edgekit's
+# arm64 runner, one op per program, two sizes): layer_norm 18.6, mean 19.5, gt + zeros_like + where
+# 42.3 (14 an op), add 2.5 (vectorized). At ~1.5 instructions per cycle for such scalar loops: ~10
+# cycles per element for the kernels a lint finding names (ESTIMATE; the add is the exception).
+PORTABLE_CYCLES_PER_ELEMENT = 10.0
 # Ops XNNPACK fuses into the preceding conv/linear (folded batch norm, clamps): no cost of their own.
 FUSED_OPS = {"batch_norm", "_native_batch_norm_legit_no_training", "relu", "relu_", "relu6", "hardtanh",
              "hardtanh_", "clamp", "_native_batch_norm_legit", "dropout"}
@@ -224,7 +230,8 @@ def op_seconds(row, dtype: str, delegated: bool, m: Machine, core_eff: float,
     overhead_s = OP_OVERHEAD_CYCLES * lib.op_overhead / hz
     curves = row.get("transcendental", 0) * TRANSCENDENTAL_CYCLES
     if not delegated:  # portable kernels: scalar fp32, one thread
-        return max(row["macs"] / (hz * PORTABLE_MAC_PER_CYCLE) + curves * 4 / hz, memory_s) + overhead_s
+        elementwise = 0 if row["macs"] else row["in_elems"] * PORTABLE_CYCLES_PER_ELEMENT
+        return max((row["macs"] / PORTABLE_MAC_PER_CYCLE + elementwise + curves * 4) / hz, memory_s) + overhead_s
     peak = int8_peak(lib, m.dotprod) if dtype == "int8" else MAC_PER_CYCLE[(dtype, m.dotprod)]
     peak *= NARROW_NEON_CORES.get(m.core, 1.0)
     threads_eff = 1 + (m.threads - 1) * PARALLEL_EFFICIENCY
