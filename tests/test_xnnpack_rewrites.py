@@ -87,7 +87,7 @@ class Encoder(nn.Module):
     """What the lowering rewrites take, each in a form users write: a LayerNorm over a 4-D
     channels-last tensor (ConvNeXt's), q, k, v unbound from one projection, SDPA with an explicit
     scale, without one, with a float and with a boolean mask, attention written out with 4-D
-    matmuls, a class token selected, tokens mean-pooled; and a causal SDPA, which stays as it is."""
+    matmuls, a class token selected, tokens mean-pooled, and a causal SDPA (a decoder's)."""
 
     def __init__(self, dim=16, heads=2):
         super().__init__()
@@ -109,17 +109,17 @@ class Encoder(nn.Module):
         return out[:, 0] + out.mean(1)
 
 
-def test_the_lowering_rewrites_compute_the_float_model_and_leave_a_causal_attention_alone():
+def test_the_lowering_rewrites_compute_the_float_model():
     torch.manual_seed(0)
     model, example = Encoder().eval(), (torch.randn(2, 6, 16), torch.randn(2, 1, 6, 6))
     graph = torch_export(model, example).module()
     rewritten = copy.deepcopy(graph)
     records = xnnpack_rewrites.lower_float_ops(rewritten, copy.deepcopy(graph), example)
     assert {r["rewrite"]: len(r["nodes"]) for r in records} == {
-        name: count for (name, *_), count in zip(xnnpack_rewrites.LOWERING_REWRITES, (2, 4, 1, 1, 2, 1))}
+        name: count for (name, *_), count in zip(xnnpack_rewrites.LOWERING_REWRITES, (2, 5, 1, 1, 2, 1))}
     assert all(r["checked"].startswith("on the float graph: outputs within") for r in records)
     sdpa = torch.ops.aten.scaled_dot_product_attention.default
-    assert [n.target for n in rewritten.graph.nodes].count(sdpa) == 1  # the causal one
+    assert [n.target for n in rewritten.graph.nodes].count(sdpa) == 0  # the causal one too
     left = {n.target for n in rewritten.graph.nodes if n.op == "call_function"}
     assert not left & {torch.ops.aten.layer_norm.default, torch.ops.aten.select.int, torch.ops.aten.unbind.int,
                        torch.ops.aten.matmul.default}
@@ -128,6 +128,23 @@ def test_the_lowering_rewrites_compute_the_float_model_and_leave_a_causal_attent
     unseen = (torch.randn(2, 6, 16) * 10, torch.randn(2, 1, 6, 6))  # not the example the check ran on
     with torch.no_grad():
         torch.testing.assert_close(rewritten(*unseen), model(*unseen), rtol=1e-4, atol=1e-4)
+
+
+def test_a_causal_attention_over_a_longer_key_sequence_keeps_the_top_left_triangle():
+    """is_causal with L != S (a decoder step over a cache): SDPA keeps keys j <= i, aligned at the top
+    left; the rewrite's constant mask must do the same."""
+    class Causal(nn.Module):
+        def forward(self, q, k, v):
+            return torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
+
+    example = (torch.randn(1, 2, 3, 8), torch.randn(1, 2, 5, 8), torch.randn(1, 2, 5, 8))
+    graph = torch_export(Causal().eval(), example).module()
+    rewritten = copy.deepcopy(graph)
+    records = xnnpack_rewrites.lower_float_ops(rewritten, copy.deepcopy(graph), example)
+    assert [r for r in records if r["nodes"]] and all(r["checked"].startswith("on the float graph") for r in records)
+    unseen = tuple(torch.randn_like(t) for t in example)
+    with torch.no_grad():
+        torch.testing.assert_close(rewritten(*unseen), Causal()(*unseen), rtol=1e-4, atol=1e-4)
 
 
 def test_a_vision_transformer_stays_on_the_delegate_and_keeps_its_outputs(tmp_path, monkeypatch):

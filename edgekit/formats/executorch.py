@@ -327,9 +327,10 @@ ADVICE = {
     "native_layer_norm": ("XNNPACK has no layer norm: edgekit rewrites one over the last dim (nn.LayerNorm) into "
                           "delegated ops; one over other dims has no rewrite yet: normalise the last dim"),
     # what scaled_dot_product_attention's decomposition leaves (its safe softmax, its copies)
-    **{op: ("left by F.scaled_dot_product_attention with dropout or is_causal (edgekit rewrites the others "
-            "into delegated bmm + softmax); no rewrite exists for those yet: pass the causal mask as attn_mask, "
-            "or write q @ k.transpose(-2, -1) * scale + mask, softmax, @ v")
+    **{op: ("left by F.scaled_dot_product_attention with dropout, grouped-query heads (enable_gqa) or both a "
+            "mask and is_causal (edgekit rewrites the others, causal included, into delegated bmm + softmax); no "
+            "rewrite exists for those yet: drop dropout at inference, repeat k and v to the query heads, or fold "
+            "the causal triangle into attn_mask")
        for op in ("any", "eq", "logical_not", "where", "full_like")},
     "select_copy": "integer indexing (x[:, 0]) outside a float graph: edgekit rewrites a float one into a slice",
     "squeeze_copy": ("unbind / squeeze outside a float graph: edgekit rewrites a float tensor's unbind into "

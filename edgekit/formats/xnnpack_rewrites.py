@@ -21,7 +21,7 @@ input (the same function up to fp32 rounding: LOWERING_TOLERANCE), then on the c
 - layer norm over the last dim (`nn.LayerNorm`; no LayerNorm config): mean and variance as
   XNNPACK's global average pooling over a (rows, tokens, C, 1) view (MeanDimConfig's 4-D,
   dims (2, 3), keepdim form), then sub, mul, rsqrt, the affine by mul and add;
-- `F.scaled_dot_product_attention` without dropout or causal flag: its decomposition leaves a
+- `F.scaled_dot_product_attention` without dropout or GQA (causal or not): its decomposition leaves a
   "safe softmax" (any, eq, logical_not, where, full_like) for fully masked rows, and
   expand/squeeze copies for its matmuls. Rewritten as bmm(q, k^T) * scale [+ mask], softmax
   over the last dim, bmm(., v) on (batch x heads) 3-D views (a boolean mask made additive first:
@@ -165,8 +165,8 @@ def _call(graph, target, args, like, val):
     return node
 
 
-def _constant(graph_module, like, value: float, name: str):
-    """A float32 scalar held as a one-element buffer of the module (XNNPACK multiplies and adds
+def _constant(graph_module, like, value, name: str):
+    """A float32 scalar (or tensor) held as a buffer of the module (XNNPACK multiplies and adds
     tensors: a Python scalar operand keeps the op off the delegate)."""
     import torch
 
@@ -174,10 +174,11 @@ def _constant(graph_module, like, value: float, name: str):
     i = 0
     while hasattr(graph_module, f"{attr}_{i}"):
         i += 1
-    graph_module.register_buffer(f"{attr}_{i}", torch.tensor([value], dtype=torch.float32))
+    tensor = value.to(torch.float32) if isinstance(value, torch.Tensor) else torch.tensor([value], dtype=torch.float32)
+    graph_module.register_buffer(f"{attr}_{i}", tensor)
     with graph_module.graph.inserting_before(like):
         node = graph_module.graph.get_attr(f"{attr}_{i}")
-    node.meta["val"] = torch.tensor([value], dtype=torch.float32)
+    node.meta["val"] = tensor.clone()
     return node
 
 
@@ -224,11 +225,12 @@ def _layer_norm(graph_module) -> list[str]:
 
 
 def _attention(graph_module) -> list[str]:
-    """scaled_dot_product_attention(q, k, v[, attn_mask]) with no dropout, causal flag or GQA, and
+    """scaled_dot_product_attention(q, k, v[, attn_mask][, is_causal]) with no dropout or GQA, and
     q, k, v of one batch shape -> bmm, scale, [+ mask,] softmax, bmm on 3-D views. A float mask is
     added to the scores as SDPA adds it; a boolean one (Hugging Face encoders' padding mask) first
     becomes 0 where it keeps and float32's lowest where it drops, on the mask's own small tensor
-    (batch, 1, L, S). Where a query keeps no key at all, SDPA's safe softmax gives it zeros and this
+    (batch, 1, L, S). The causal flag becomes that mask for the static (L, S) shape, a constant:
+    query i keeps keys j <= i, as SDPA's lower-triangular mask aligned at the top left. Where a query keeps no key at all, SDPA's safe softmax gives it zeros and this
     one an average of the dropped keys: the float check on the example input sees that row."""
     import math
 
@@ -240,10 +242,16 @@ def _attention(graph_module) -> list[str]:
     for node in _calls(graph_module, aten.scaled_dot_product_attention.default):
         names = ("attn_mask", "dropout_p", "is_causal", "scale", "enable_gqa")
         extra = dict(zip(names, node.args[3:]), **node.kwargs)
-        if extra.get("dropout_p", 0.0) or extra.get("is_causal") or extra.get("enable_gqa"):
+        if extra.get("dropout_p", 0.0) or extra.get("enable_gqa") or (extra.get("is_causal") and
+                                                                       extra.get("attn_mask") is not None):
             continue
         q, k, v = node.args[:3]
         mask = extra.get("attn_mask")
+        if extra.get("is_causal"):
+            lq_c, s_c = int(_val(q).shape[-2]), int(_val(k).shape[-2])
+            keep = torch.ones(lq_c, s_c, dtype=torch.bool).tril()
+            causal = torch.where(keep, 0.0, float(torch.finfo(torch.float32).min))
+            mask = _constant(graph_module, node, causal, "causal_mask")
         qv, kv, vv = (_val(t) for t in (q, k, v))
         mv = _val(mask) if mask is not None else None
         if qv is None or kv is None or vv is None or qv.dim() < 3 or not (
