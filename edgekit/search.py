@@ -42,6 +42,7 @@ import numpy as np
 
 from edgekit.errors import BuildGateFailed, EdgekitError, UsageError
 from edgekit.manifest import write_json_atomic, write_text_atomic
+from edgekit.report.html import render_search
 
 FRACTIONS = (1.0, 0.75, 0.5, 0.35, 0.25)  # kept MAC fractions tried by default
 SEARCH_RECORD, PARETO, REPORT = "search.json", "pareto.json", "report.html"
@@ -161,7 +162,6 @@ def _score(manifest: dict, candidate: dict) -> dict:
 
 def run_search(spec, target, options: SearchOptions, out: Path, steps, base_recipe=None) -> dict:
     """The search (see the module's docstring); returns its record (also search.json)."""
-    from edgekit import api
     from edgekit.formats import get_format
     from edgekit.model.data import load_npz
     from edgekit.model.loaded import LoadedModel, model_digest
@@ -216,7 +216,7 @@ def run_search(spec, target, options: SearchOptions, out: Path, steps, base_reci
                 if options.time_limit_s is not None and time.monotonic() - started > options.time_limit_s:
                     stopped = f"--time-limit {options.time_limit_s:g} s"
                     break
-                results.append(_build_candidate(api, searched, target, base, c, out, options, judged))
+                results.append(_build_candidate(searched, target, base, c, out, options, judged))
                 _write_record(record_path, key, results, skipped, stopped)
             reference = REFERENCE
             scored = [r for r in results if r.get("agreement") is not None and not misses(r, reference, options)]
@@ -242,7 +242,7 @@ def run_search(spec, target, options: SearchOptions, out: Path, steps, base_reci
     write_json_atomic(out / PARETO, {"axes": ["agreement, then divergence", "predicted_ms", "bytes"],
                                      "reference_agreement": reference,
                                      "front": front, "chosen": doc["chosen"]})
-    write_text_atomic(out / REPORT, render_report(doc, results, spec.name, target.name))
+    write_text_atomic(out / REPORT, render_search(doc, results, spec.name, target.name))
     write_json_atomic(record_path, doc)
     if chosen is None:
         shown = f"closest: {closest['id']} ({closest['agreement']:.2f} %, predicted {closest['predicted_ms']} ms; " \
@@ -256,7 +256,7 @@ def run_search(spec, target, options: SearchOptions, out: Path, steps, base_reci
                                                               latency_budget_ms=options.latency_budget_ms,
                                                               size_budget_mb=options.size_budget_mb))
         try:
-            final = api.build(spec, str(target.path), recipe, out=out / "best")
+            final = _build(spec, target, recipe, out / "best")
         except BuildGateFailed as e:  # the evaluation data, which chose nothing, says the budget is missed
             doc["final"] = {"build_dir": str(out / "best"), "budget": e.manifest.get("budget"), "error": str(e)}
             write_json_atomic(record_path, doc)
@@ -312,13 +312,27 @@ def reference_outputs(model, data, specs) -> list:
                 for i in range(len(data))]
 
 
-def _build_candidate(api, spec, target, base, candidate: dict, out: Path, options: SearchOptions,
+def _build(spec, target, recipe, out: Path) -> dict:
+    """One whole build, as `edgekit build` runs it (build.run_build), quiet; its manifest with build_dir."""
+    from edgekit.build import run_build
+    from edgekit.progress import Steps
+
+    try:
+        manifest = run_build(spec, target, recipe, out, Steps(show=False))
+    except BuildGateFailed as e:
+        e.manifest["build_dir"] = str(out)
+        raise
+    manifest["build_dir"] = str(out)
+    return manifest
+
+
+def _build_candidate(spec, target, base, candidate: dict, out: Path, options: SearchOptions,
                      judged=None) -> dict:
     recipe = _candidate_recipe(base, candidate, options)
     begin = time.monotonic()
     build_dir = out / "candidates" / candidate["id"]
     try:
-        manifest = api.build(spec, str(target.path), recipe, out=build_dir)
+        manifest = _build(spec, target, recipe, build_dir)
     except BuildGateFailed as e:  # a candidate whose int8 misses the quality gate is still a point, marked
         manifest = e.manifest
     except EdgekitError as e:
@@ -350,33 +364,3 @@ def _previous(path: Path, key: dict) -> dict:
     if doc.get("key") != key:
         return {}
     return {r["id"]: {**r, "resumed": True} for r in doc.get("results", []) if r.get("agreement") is not None}
-
-
-def render_report(doc: dict, results: list[dict], name: str, target: str) -> str:
-    """report.html of the search: the front plotted (agreement vs predicted latency, size as the marker's
-    area), and every candidate in a table."""
-    from html import escape
-
-    from edgekit.report import plots
-    from edgekit.report.html import CSS, _img, _table
-
-    png = plots.pareto(results, doc.get("chosen"), doc.get("reference_agreement"))
-    rows = [[escape(r["id"]), "–" if r.get("agreement") is None else f"{r['agreement']:.2f}",
-             "–" if r.get("divergence") is None else f"{r['divergence']:.4f}",
-             "–" if r.get("predicted_ms") is None else f"{r['predicted_ms']:.3f}",
-             "–" if r.get("bytes") is None else f"{r['bytes'] / 1e3:.1f}",
-             "yes" if r.get("pareto") else "", escape("; ".join(r.get("misses") or []) or "meets it")]
-            for r in sorted(results, key=lambda r: (r.get("predicted_ms") or 0))]
-    chosen = doc.get("chosen")
-    return "\n".join([
-        "<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
-        f"<title>edgekit search: {escape(name)} → {escape(target)}</title><style>{CSS}</style></head><body>",
-        f"<h1>edgekit search: {escape(name)} → {escape(target)}</h1>",
-        f'<p class="sub">{len(results)} candidates built, {len(doc.get("skipped", []))} ruled out by the cost model '
-        f'before training; chosen: <b>{escape(chosen or "none meets the budget")}</b></p>',
-        _img(png, "Pareto front", "top-1 agreement with the unpruned model on the calibration inputs vs "
-             "latency predicted on the target; marker area: artifact size; the front is joined"),
-        _table(["candidate", "agreement %", "divergence", "predicted ms", "size KB", "on the front", "budget"], rows),
-        '<p class="note">agreement and divergence (from the unpruned model&#39;s outputs: KL of the softmaxes, lower '
-        'is closer; it orders candidates of equal agreement) on the calibration inputs</p>',
-        "</body></html>"])
