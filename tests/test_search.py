@@ -80,6 +80,7 @@ def test_search_chooses_on_the_calibration_inputs_and_builds_the_choice(small_se
     assert "data:image/png;base64," in html and doc["chosen"] in html
 
 
+@pytest.mark.slow  # a second search over the same inputs, and its final build: 40 s
 def test_search_resumes_from_its_own_record(run_cli, digits_app, small_search):
     """A second run over the same inputs builds nothing again: every candidate comes from search.json."""
     proc, out, first_seconds = small_search
