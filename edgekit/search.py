@@ -31,7 +31,6 @@ keeps the distilled students). `pareto.json` holds the front; `report.html` plot
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import json
 import time
@@ -72,22 +71,15 @@ class SearchOptions:
 
 def plan(loaded, target, options: SearchOptions, formats) -> list[dict]:
     """Every candidate with its cost-model figures, from pruned copies (nothing trained): cheap first."""
-    from edgekit.stages.prune import PruneConfig, prune
-    from edgekit.validate import cost
-    from edgekit.validate.graph import model_work
+    from edgekit.build.budget import pruned_prediction
 
     out = []
     for fraction in sorted(set(options.fractions), reverse=True):
-        model = copy.deepcopy(loaded.model)
-        if fraction < 1:
-            prune(model, loaded.example, PruneConfig(macs_target=fraction, round_to=target.round_to))
-        rows = [r.to_json() for r in model_work(model, loaded.example)]
-        params = sum(p.numel() for p in model.parameters())
+        p = pruned_prediction(loaded.model, loaded.example, target, fraction, tuple({f.ARM_KERNELS for f in formats}))
         for fmt in formats:
-            prediction = cost.predict(rows, "int8", target, kernels=fmt.ARM_KERNELS) or {}
             out.append({"id": f"macs{fraction:g}-{fmt.NAME}", "macs_kept": fraction, "format": fmt.NAME,
-                        "planned": {"macs": sum(r["macs"] for r in rows), "predicted_ms": prediction.get("latency_ms"),
-                                    "int8_weight_mb": round(params / 1e6, 4)}})
+                        "planned": {"macs": p["macs"], "predicted_ms": p["latency_ms"][fmt.ARM_KERNELS],
+                                    "int8_weight_mb": p["int8_weight_mb"]}})
     return out
 
 

@@ -40,15 +40,26 @@ def wanted(gate) -> bool:
     return gate.latency_budget_ms is not None or gate.size_budget_mb is not None
 
 
-def _predicted(model, example, target, kernels: str) -> dict:
+def pruned_prediction(model, example, target, fraction: float, kernels: tuple[str, ...]) -> dict:
+    """A copy of `model` pruned to keep `fraction` of its MACs (1: as it is), counted and predicted in int8
+    on the target by each kernel library in `kernels` (validate/cost.py); nothing trained. Returns
+    {"macs", "int8_weight_mb", "latency_ms": {kernels: ms or None}}."""
     from edgekit.stages.macs import count
+    from edgekit.stages.prune import PruneConfig, prune
     from edgekit.validate import cost
     from edgekit.validate.graph import model_work
 
+    if fraction < 1:
+        model = copy.deepcopy(model)
+        prune(model, example, PruneConfig(macs_target=fraction, round_to=target.round_to))
     rows = [r.to_json() for r in model_work(model, example)]
-    prediction = cost.predict(rows, "int8", target, kernels=kernels) or {}
-    return {"latency_ms": prediction.get("latency_ms"), "int8_weight_mb": round(count(model, example)["params"] / MB, 4),
-            "macs": sum(r["macs"] for r in rows)}
+    return {"macs": sum(r["macs"] for r in rows), "int8_weight_mb": round(count(model, example)["params"] / MB, 4),
+            "latency_ms": {k: (cost.predict(rows, "int8", target, kernels=k) or {}).get("latency_ms") for k in kernels}}
+
+
+def _predicted(model, example, target, kernels: str, fraction: float = 1.0) -> dict:
+    p = pruned_prediction(model, example, target, fraction, (kernels,))
+    return {**p, "latency_ms": p["latency_ms"][kernels]}
 
 
 def _meets(p: dict, gate) -> bool:
@@ -60,7 +71,7 @@ def _meets(p: dict, gate) -> bool:
 def plan(loaded, recipe, target, kernels: str, steps):
     """(the recipe to build, the plan's record). Prunes only where the budget needs it and the recipe
     left the amount open."""
-    from edgekit.stages.prune import PruneConfig, prune
+    from edgekit.stages.prune import PruneConfig
 
     gate = recipe.gate
     example = loaded.example
@@ -75,9 +86,7 @@ def plan(loaded, recipe, target, kernels: str, steps):
         return recipe, record
     chosen = None
     for fraction in PLAN_FRACTIONS:
-        trial = copy.deepcopy(loaded.model)
-        prune(trial, example, dataclasses.replace(PruneConfig(macs_target=fraction), round_to=target.round_to))
-        p = {"macs_kept": fraction, **_predicted(trial, example, target, kernels)}
+        p = {"macs_kept": fraction, **_predicted(loaded.model, example, target, kernels, fraction)}
         record["candidates"].append(p)
         if _meets(p, gate):
             chosen = p
