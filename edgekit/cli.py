@@ -331,38 +331,69 @@ def _fractions(ctx, param, value):
 @click.option("-t", "--target", shell_complete=_complete_target, default="rpi4", show_default=True, help="Target profile.")
 @click.option("--max-accuracy-drop", type=float, metavar="POINTS",
               help="Budget: accuracy lost against the model as loaded (pruning, distillation and int8 together).")
-@click.option("--latency-budget", type=float, metavar="MS", help="Budget: latency predicted on the target.")
+@click.option("--latency-budget", type=float, metavar="MS",
+              help="Budget: latency on the target (measured with --device, else predicted).")
 @click.option("--size-budget", type=float, metavar="MB", help="Budget: the artifact's size.")
 @click.option("--fractions", callback=_fractions, metavar="F,F,...",
               help="Kept-MAC fractions to try (pruning + distillation; 1 is the model as it is). [default: 1,0.75,0.5,0.35,0.25]")
+@click.option("--lowrank", "lowrank", metavar="F,F,...|none",
+              help="Rank fractions to try (low-rank factorisation + distillation). [default: 0.5 where the cost model predicts it saves 10 %]")
+@click.option("--quant", "schemes", default="static", show_default=True, metavar="SCHEME,...",
+              help="Quantization schemes to try: static, dynamic, fp16.")
 @click.option("--format", "formats", multiple=True, type=click.Choice(("executorch", "torchscript-lite", "onnx", "litert")),
               help="Formats to try (repeatable). [default: the target's and onnx]")
+@click.option("-d", "--device", metavar="DEVICE",
+              help="Time every candidate on this device (user@host[:port], adb[:SERIAL] or local) and choose by that.")
+@click.option("--python", metavar="PATH", help="The device's python with the runtimes installed. [default: python3; this one for local]")
+@click.option("--remote-dir", metavar="DIR", help="Base directory on the device. [default: ~/edgekit; /data/local/tmp/edgekit on adb]")
+@click.option("--ssh-config", type=click.Path(dir_okay=False), help="ssh config file to use instead of ~/.ssh/config (ssh -F).")
+@click.option("--threads", type=int, metavar="N", help="Threads on the device. [default: the target profile's]")
+@click.option("--runs", type=int, default=50, show_default=True, help="Timed runs per candidate on the device.")
+@click.option("--allow-arch-mismatch", is_flag=True, help="Time on a device that is not the target's architecture (e.g. --device local).")
+@click.option("--emulate", is_flag=True, help="Count each candidate's guest instructions on the target's emulated core (`make emulator` first) and choose by that.")
 @click.option("--trials", type=int, metavar="N", help="Build at most N candidates.")
 @click.option("--time-limit", type=float, metavar="SECONDS", help="Start no candidate after this many seconds.")
 @click.option("-o", "--out", type=click.Path(file_okay=False), help="Search directory [default: build/<name>-<target>-search].")
 @click.option("--json", "as_json", is_flag=True, help="Print the search record as JSON.")
 def search(app_dir, model, input_shape, inputs, weights, calib, eval_, train, target, max_accuracy_drop,
-           latency_budget, size_budget, fractions, formats, trials, time_limit, out, as_json):
-    """Try pruning amounts x formats, keep the Pareto front, build the best that meets the budget.
+           latency_budget, size_budget, fractions, lowrank, schemes, formats, device, python, remote_dir, ssh_config,
+           threads, runs, allow_arch_mismatch, emulate, trials, time_limit, out, as_json):
+    """Try pruning amounts, low rank, quantization schemes and formats; keep the Pareto front; build the
+    best that meets the budget.
 
     \b
     edgekit search sample_apps/digits --target rpi4 --max-accuracy-drop 1.0
     edgekit search sample_apps/digits --latency-budget 0.1 --fractions 1,0.5,0.25 --trials 4
+    edgekit search sample_apps/digits --device pi@raspberrypi.local --max-accuracy-drop 1.0
     """
     from edgekit import api
     from edgekit.errors import BuildGateFailed
     from edgekit.api import DEFAULT_BUILD_ROOT
+    from edgekit.deploy import BenchOptions
+    from edgekit.deploy.devices import device_defaults, parse_device
     from edgekit.progress import Steps
     from edgekit.recipe import app_recipe
-    from edgekit.search import FRACTIONS, SearchOptions, run_search
+    from edgekit.search import FRACTIONS, TIMING_SECONDS, SearchOptions, run_search
     from edgekit.target import load_target
 
     spec = api.source(app_dir, model=model, input_shape=input_shape, inputs=inputs, weights=weights, calib=calib,
                       eval=eval_, train=train)
     tgt = load_target(target)
+    if (python or remote_dir or ssh_config or threads or allow_arch_mismatch) and not device:
+        raise UsageError("--python, --remote-dir, --ssh-config, --threads and --allow-arch-mismatch apply to "
+                         "the device runs of --device",
+                         hint="add --device DEVICE (e.g. --device local), or leave them out")
     options = SearchOptions(fractions=fractions or FRACTIONS, formats=tuple(formats),
+                            lowrank=None if lowrank is None else _fractions(None, None, lowrank) if lowrank != "none" else (),
+                            schemes=tuple(q.strip() for q in schemes.split(",") if q.strip()),
                             max_accuracy_drop=max_accuracy_drop, latency_budget_ms=latency_budget,
-                            size_budget_mb=size_budget, trials=trials, time_limit_s=time_limit)
+                            size_budget_mb=size_budget, trials=trials, time_limit_s=time_limit,
+                            # this computer: the python running edgekit has every runtime (as `edgekit bench`)
+                            device=parse_device(device, device_defaults(
+                                python=python or (sys.executable if device == "local" else None), remote_dir=remote_dir,
+                                ssh_config=str(Path(ssh_config).resolve()) if ssh_config else None)) if device else None,
+                            bench=BenchOptions(threads=threads, runs=runs, min_seconds=TIMING_SECONDS) if device else None,
+                            allow_arch_mismatch=allow_arch_mismatch, emulate=emulate)
     out_dir = Path(out) if out else DEFAULT_BUILD_ROOT / f"{spec.name}-{tgt.name}-search"
     try:
         doc = run_search(spec, tgt, options, out_dir, Steps(show=True), base_recipe=app_recipe(spec))
@@ -379,6 +410,8 @@ def search(app_dir, model, input_shape, inputs, weights, calib, eval_, train, ta
     click.echo(f"chosen: {doc['chosen']}, built from all of the data in {final['build_dir']}: "
                f"{final['accuracy']:.2f} % on the evaluation data" if final.get("accuracy") is not None else
                f"chosen: {doc['chosen']}, built in {final['build_dir']}")
+    if final.get("measured_ms") is not None:
+        click.echo(f"measured on {final['measured_on']}: {final['measured_ms']} ms (p50)")
 
 
 @cli.group(invoke_without_command=True)

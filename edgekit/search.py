@@ -2,10 +2,17 @@
 that meets the budget, built.
 
 Candidates are kept-MAC fractions (channel pruning with distillation from the model as loaded;
-1.0 is the model as it is) times formats (their int8 kernels on the target differ). Each is a
-whole `edgekit build` (prune -> distill -> static int8 -> export), judged the way the build judges,
-and scored on three axes: agreement with the model as loaded, the latency the cost model predicts
-on the target (validate/cost.py), and the artifact's size.
+1.0 is the model as it is) and low-rank factorisations (where the cost model says they save time),
+times quantization schemes (static int8 by default; `--quant static,fp16,dynamic`), times formats
+(their kernels on the target differ). Each is a whole `edgekit build` (prune or factorise ->
+distill -> quantize -> export), judged the way the build judges, and scored on three axes:
+agreement with the model as loaded, latency, and the artifact's size.
+
+Latency is, in order of preference, what the user's own board measures (`--device`: each candidate
+deployed and timed there, p50 of the runner's runs; the latency budget is then checked on that), the
+guest instructions of one inference on the target's emulated core (`--emulate`; a count, not a time:
+it orders candidates, the budget stays on the prediction), or what the cost model predicts on the
+target (validate/cost.py). The record says which (`axis`).
 
 Nothing is chosen on the data that is reported. Candidates are judged on the calibration inputs,
 as every choice of a build is (build/quality.py, build/fallback.py): each candidate build takes
@@ -31,6 +38,7 @@ keeps the distilled students). `pareto.json` holds the front; `report.html` plot
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import time
@@ -39,29 +47,56 @@ from pathlib import Path
 
 import numpy as np
 
+from edgekit.emulator.check import emulated_core
 from edgekit.errors import BuildGateFailed, EdgekitError, UsageError
 from edgekit.manifest import write_json_atomic, write_text_atomic
 from edgekit.report.html import render_search
 
 FRACTIONS = (1.0, 0.75, 0.5, 0.35, 0.25)  # kept MAC fractions tried by default
+# Rank fractions tried by default where the cost model predicts the factorised model at most
+# LOWRANK_HELPS of the unpruned one's latency on the target (Linear-heavy models: transformers);
+# elsewhere (convolutions) factorising saves nothing worth a candidate build.
+LOWRANK = (0.5,)
+LOWRANK_HELPS = 0.9
+# Latency axes, best first: the key in each result and how the report names it.
+AXES = {"measured_ms": "latency measured on {device} (ms, p50)",
+        "instructions": "guest instructions per inference on the emulated {cpu}",
+        "predicted_ms": "latency predicted on {target} (ms)"}
 SEARCH_RECORD, PARETO, REPORT = "search.json", "pareto.json", "report.html"
+# Each candidate is timed on a --device for at least this long (seconds): a tiny model's 50 runs
+# take a millisecond, too short for a median that orders candidates a few percent apart.
+TIMING_SECONDS = 2.0
 
 
 @dataclass(frozen=True)
 class SearchOptions:
     fractions: tuple[float, ...] = FRACTIONS
     formats: tuple[str, ...] = ()  # (): the target's format and onnx
+    schemes: tuple[str, ...] = ("static",)  # quantization schemes (formats/base.py SCHEMES)
+    lowrank: tuple[float, ...] | None = None  # rank fractions; None: LOWRANK where it helps, (): none
     max_accuracy_drop: float | None = None  # points, against the unpruned model, on the search's validation part
     latency_budget_ms: float | None = None  # predicted on the target
     size_budget_mb: float | None = None
     trials: int | None = None  # at most this many candidate builds
     time_limit_s: float | None = None  # no new candidate after this many seconds
     seed: int = 0
+    device: object | None = None  # a deploy.Device: every candidate is timed there
+    bench: object | None = None  # deploy.BenchOptions for those runs
+    allow_arch_mismatch: bool = False  # time on a device that is not the target's architecture (e.g. this host)
+    emulate: bool = False  # count each candidate's guest instructions on the target's emulated core
 
     def check(self) -> None:
+        from edgekit.formats.base import SCHEMES
+
         if not self.fractions or any(not 0 < f <= 1 for f in self.fractions):
             raise UsageError(f"--fractions must be kept-MAC fractions in (0, 1], got {list(self.fractions)}",
                              hint="e.g. --fractions 1,0.5,0.25")
+        if any(not 0 < f < 1 for f in self.lowrank or ()):
+            raise UsageError(f"--lowrank must be rank fractions in (0, 1), got {list(self.lowrank)}",
+                             hint="e.g. --lowrank 0.5,0.25, or --lowrank none")
+        if not self.schemes or any(q not in SCHEMES for q in self.schemes):
+            raise UsageError(f"--quant must be schemes among {', '.join(SCHEMES)}, got {','.join(self.schemes)}",
+                             hint="e.g. --quant static,fp16")
         for flag, value in (("--max-accuracy-drop", self.max_accuracy_drop), ("--latency-budget", self.latency_budget_ms),
                             ("--size-budget", self.size_budget_mb), ("--trials", self.trials),
                             ("--time-limit", self.time_limit_s)):
@@ -70,22 +105,63 @@ class SearchOptions:
 
 
 def plan(loaded, target, options: SearchOptions, formats) -> list[dict]:
-    """Every candidate with its cost-model figures, from pruned copies (nothing trained): cheap first."""
+    """Every candidate with its cost-model figures, from pruned or factorised copies (nothing trained):
+    cheap first."""
     from edgekit.build.budget import pruned_prediction
+    from edgekit.formats.base import QuantConfig, check_supported
 
+    kernels = tuple({f.ARM_KERNELS for f in formats})
+    shapes = [(fraction, None) for fraction in sorted(set(options.fractions), reverse=True)]
+    unpruned = None
+    for rank in sorted(set(LOWRANK if options.lowrank is None else options.lowrank), reverse=True):
+        p = pruned_prediction(loaded.model, loaded.example, target, 1.0, kernels, lowrank=rank)
+        if options.lowrank is None:  # the default: only where the cost model says it saves time
+            unpruned = unpruned or pruned_prediction(loaded.model, loaded.example, target, 1.0, kernels)
+            k = formats[0].ARM_KERNELS
+            if p["latency_ms"][k] is None or p["latency_ms"][k] > LOWRANK_HELPS * unpruned["latency_ms"][k]:
+                continue
+        shapes.append((1.0, rank))
     out = []
-    for fraction in sorted(set(options.fractions), reverse=True):
-        p = pruned_prediction(loaded.model, loaded.example, target, fraction, tuple({f.ARM_KERNELS for f in formats}))
+    for fraction, rank in shapes:
+        p = pruned_prediction(loaded.model, loaded.example, target, fraction, kernels, lowrank=rank)
         for fmt in formats:
-            out.append({"id": f"macs{fraction:g}-{fmt.NAME}", "macs_kept": fraction, "format": fmt.NAME,
-                        "planned": {"macs": p["macs"], "predicted_ms": p["latency_ms"][fmt.ARM_KERNELS],
-                                    "int8_weight_mb": p["int8_weight_mb"]}})
+            for scheme in options.schemes:
+                # fp16 kernels are not calibrated: fp32 is the conservative bound (as validate predicts)
+                ms = p["fp32_latency_ms" if scheme == "fp16" else "latency_ms"][fmt.ARM_KERNELS]
+                c = {"id": candidate_id(fraction, rank, fmt.NAME, scheme), "macs_kept": fraction,
+                     "lowrank": rank, "format": fmt.NAME, "scheme": scheme,
+                     "planned": {"macs": p["macs"], "predicted_ms": ms, "int8_weight_mb": p["int8_weight_mb"]}}
+                try:  # a scheme the format or the target cannot run (fp16 on a Cortex-A72) is no candidate
+                    check_supported(fmt, QuantConfig(scheme=scheme), target)
+                except UsageError as e:
+                    c["refused"] = e.message
+                out.append(c)
     return out
 
 
+def candidate_id(fraction: float, rank: float | None, fmt: str, scheme: str) -> str:
+    """'macs0.5-onnx', 'rank0.5-executorch-fp16': what was cut, the format, the scheme where not static int8."""
+    shape = f"rank{rank:g}" if rank is not None else f"macs{fraction:g}"
+    return f"{shape}-{fmt}" + ("" if scheme == "static" else f"-{scheme}")
+
+
+def latency_axis(options: SearchOptions) -> str:
+    """The result key candidates are ordered by (AXES): the device's timing, else the emulated count,
+    else the prediction."""
+    return "measured_ms" if options.device is not None else "instructions" if options.emulate else "predicted_ms"
+
+
+def _budget_ms(r: dict, options: SearchOptions):
+    """The latency the budget is checked on: measured on the device where one is given, else predicted."""
+    return r.get("measured_ms") if options.device is not None else r.get("predicted_ms")
+
+
 def _over_budget_by_plan(candidate: dict, options: SearchOptions) -> str | None:
+    """Why the cost model rules a candidate out before it is trained (None: it does not). Not on latency
+    when a device is given: the device decides that."""
     p = candidate["planned"]
-    if options.latency_budget_ms is not None and p["predicted_ms"] is not None and p["predicted_ms"] > options.latency_budget_ms:
+    if options.latency_budget_ms is not None and options.device is None and p["predicted_ms"] is not None \
+            and p["predicted_ms"] > options.latency_budget_ms:
         return f"predicted {p['predicted_ms']} ms before training, over --latency-budget {options.latency_budget_ms:g}"
     if options.size_budget_mb is not None and p["int8_weight_mb"] > options.size_budget_mb:
         return f"{p['int8_weight_mb']} MB of int8 weights, over --size-budget {options.size_budget_mb:g}"
@@ -98,16 +174,16 @@ def quality(r: dict) -> tuple:
     return r["agreement"], -(r.get("divergence") or 0.0)
 
 
-def pareto_front(results: list[dict]) -> list[dict]:
-    """The candidates no other beats on all three: quality, predicted latency, file size."""
+def pareto_front(results: list[dict], axis: str = "predicted_ms") -> list[dict]:
+    """The candidates no other beats on all three: quality, latency (`axis`), file size."""
     def beats(a, b):
-        ge = quality(a) >= quality(b) and a["predicted_ms"] <= b["predicted_ms"] and a["bytes"] <= b["bytes"]
-        gt = quality(a) > quality(b) or a["predicted_ms"] < b["predicted_ms"] or a["bytes"] < b["bytes"]
+        ge = quality(a) >= quality(b) and a[axis] <= b[axis] and a["bytes"] <= b["bytes"]
+        gt = quality(a) > quality(b) or a[axis] < b[axis] or a["bytes"] < b["bytes"]
         return ge and gt
 
-    scored = [r for r in results if r.get("agreement") is not None and r.get("predicted_ms") is not None]
+    scored = [r for r in results if r.get("agreement") is not None and r.get(axis) is not None]
     front = [r for r in scored if not any(beats(o, r) for o in scored if o is not r)]
-    return sorted(front, key=lambda r: r["predicted_ms"])
+    return sorted(front, key=lambda r: r[axis])
 
 
 def misses(result: dict, reference: float | None, options: SearchOptions) -> list[str]:
@@ -116,8 +192,9 @@ def misses(result: dict, reference: float | None, options: SearchOptions) -> lis
     if options.max_accuracy_drop is not None and reference is not None and \
             reference - result["agreement"] > options.max_accuracy_drop:
         out.append(f"disagrees with the unpruned model on {reference - result['agreement']:.2f} % of the calibration inputs")
-    if options.latency_budget_ms is not None and (result["predicted_ms"] or 0) > options.latency_budget_ms:
-        out.append(f"predicted {result['predicted_ms']} ms")
+    ms = _budget_ms(result, options)
+    if options.latency_budget_ms is not None and (ms is None or ms > options.latency_budget_ms):
+        out.append(f"{'measured' if options.device is not None else 'predicted'} {ms} ms")
     if options.size_budget_mb is not None and result["bytes"] / 1e6 > options.size_budget_mb:
         out.append(f"{result['bytes'] / 1e6:.3f} MB")
     return out
@@ -129,7 +206,7 @@ def _shortfall(result: dict, reference: float | None, options: SearchOptions) ->
     if options.max_accuracy_drop is not None and reference is not None:
         total += max(0.0, reference - result["agreement"] - options.max_accuracy_drop) / max(options.max_accuracy_drop, 0.1)
     if options.latency_budget_ms is not None:
-        total += max(0.0, result["predicted_ms"] / options.latency_budget_ms - 1)
+        total += max(0.0, (_budget_ms(result, options) or float("inf")) / options.latency_budget_ms - 1)
     if options.size_budget_mb is not None:
         total += max(0.0, result["bytes"] / 1e6 / options.size_budget_mb - 1)
     return total
@@ -138,16 +215,20 @@ def _shortfall(result: dict, reference: float | None, options: SearchOptions) ->
 def _candidate_recipe(base, candidate: dict, options: SearchOptions):
     from edgekit.recipe import recipe_from_options
 
-    fraction = candidate["macs_kept"]
-    return recipe_from_options(base, formats=(candidate["format"],), prune_macs=fraction if fraction < 1 else None,
-                               distill=True if fraction < 1 else None)
+    fraction, rank, scheme = candidate["macs_kept"], candidate.get("lowrank"), candidate.get("scheme", "static")
+    recipe = recipe_from_options(base, formats=(candidate["format"],), prune_macs=fraction if fraction < 1 else None,
+                                 lowrank=rank, distill=True if fraction < 1 or rank is not None else None, quant=scheme)
+    if scheme != "static":  # what the app's recipe says of calibration applies to static int8 only
+        recipe = dataclasses.replace(recipe, quant=dataclasses.replace(recipe.quant, calibration=None, smooth_quant=None))
+    return recipe
 
 
 def _score(manifest: dict, candidate: dict) -> dict:
     prediction = ((manifest.get("validation") or {}).get("formats") or {}).get(candidate["format"], {}).get("prediction") or {}
     steps = {s["stage"]: s for s in manifest.get("steps", [])}
     return {**candidate, "predicted_ms": prediction.get("latency_ms"), "bytes": manifest["artifact"]["bytes"],
-            "macs": (steps.get("distill") or steps.get("prune") or steps.get("measure") or {}).get("macs"),
+            "artifact": manifest["artifact"]["file"],
+            "macs": (steps.get("distill") or steps.get("prune") or steps.get("lowrank") or steps.get("measure") or {}).get("macs"),
             "gate_passed": manifest["formats"][candidate["format"]]["gate"]["passed"],
             "build_dir": manifest.get("build_dir")}
 
@@ -155,8 +236,6 @@ def _score(manifest: dict, candidate: dict) -> dict:
 def run_search(spec, target, options: SearchOptions, out: Path, steps, base_recipe=None) -> dict:
     """The search (see the module's docstring); returns its record (also search.json)."""
     from edgekit.formats import get_format
-    from edgekit.model.data import load_npz
-    from edgekit.model.loaded import LoadedModel, model_digest
     from edgekit.recipe import BuildRecipe
 
     options.check()
@@ -170,9 +249,22 @@ def run_search(spec, target, options: SearchOptions, out: Path, steps, base_reci
     for fmt in formats:
         if fmt.available() is not None:
             raise UsageError(f"--format {fmt.NAME}: {fmt.available()}", hint=getattr(fmt, "INSTALL_HINT", None))
+        if options.emulate and not hasattr(fmt, "emulate"):
+            raise UsageError(f"--emulate: {fmt.NAME} artifacts do not run on the emulated board "
+                             f"({fmt.EMULATION_UNSUPPORTED})", hint="choose --format among the others, or leave out --emulate")
     base = base_recipe or BuildRecipe()
+    axis = latency_axis(options)
     out.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
+    with contextlib.ExitStack() as stack:
+        core = stack.enter_context(emulated_core(target)) if options.emulate else None  # refused early if not built
+        return _search(spec, target, options, out, steps, base, formats, axis, core, started)
+
+
+def _search(spec, target, options: SearchOptions, out: Path, steps, base, formats, axis: str, core, started: float) -> dict:
+    from edgekit.model.data import load_npz
+    from edgekit.model.loaded import LoadedModel, model_digest
+
     with steps.step("load", {"factory": spec.factory}, "load model") as rec:
         loaded = LoadedModel.load(spec, warn=steps.warn)
         rec["output"] = model_digest(loaded.model)
@@ -180,9 +272,15 @@ def run_search(spec, target, options: SearchOptions, out: Path, steps, base_reci
         searched = dataclasses.replace(spec, eval=spec.calib, from_app=spec.from_app - {"eval"})
         calib = load_npz(spec.calib, spec.inputs, spec.origin("calib"), need_labels=False)
         judged = (calib, spec.inputs, reference_outputs(loaded.model, calib, spec.inputs))
-    with steps.step("plan", {"fractions": list(options.fractions)}, "predict every candidate (nothing trained)") as rec:
+    with steps.step("plan", {"fractions": list(options.fractions), "schemes": list(options.schemes)},
+                    "predict every candidate (nothing trained)") as rec:
         candidates = plan(loaded, target, options, formats)
         rec["candidates"] = len(candidates)
+    if all(c.get("refused") for c in candidates):
+        raise UsageError(f"no candidate can be built: {candidates[0]['refused']}",
+                         hint="choose --quant and --format the target supports (`edgekit targets show "
+                              f"{target.name}`)")
+    measure = Measurer(options, core, calib, spec.inputs)
     key = {"model": model_digest(loaded.model), "train": _file_digest(spec.train),
            "calib": _file_digest(spec.calib), "target": target.name,
            "recipe": base.to_json(), "seed": options.seed}
@@ -191,16 +289,18 @@ def run_search(spec, target, options: SearchOptions, out: Path, steps, base_reci
     results, skipped, stopped = [], [], None
     todo = []
     for c in candidates:
-        why = _over_budget_by_plan(c, options)
-        if why and c["macs_kept"] < 1:
-            skipped.append({**c, "skipped": why})
+        why = c.get("refused") or _over_budget_by_plan(c, options)
+        if c.get("refused") or why and (c["macs_kept"] < 1 or c["lowrank"] is not None):
+            skipped.append({**{k: v for k, v in c.items() if k != "refused"}, "skipped": why})
         else:
             todo.append(c)
     with steps.step("search", {"candidates": len(todo)}, f"build {len(todo)} candidates") as rec:
         best = None
         for i, c in enumerate(steps.track(todo, len(todo), "candidates")):
             if c["id"] in previous:
-                results.append(previous[c["id"]])
+                # where the candidate is now: a search dir may have been moved since
+                results.append(measure.again({**previous[c["id"]], "build_dir": str(out / "candidates" / c["id"])}))
+                _write_record(record_path, key, results, skipped, stopped)
             else:
                 if options.trials is not None and len([r for r in results if not r.get("resumed")]) >= options.trials:
                     stopped = f"--trials {options.trials}"
@@ -208,44 +308,52 @@ def run_search(spec, target, options: SearchOptions, out: Path, steps, base_reci
                 if options.time_limit_s is not None and time.monotonic() - started > options.time_limit_s:
                     stopped = f"--time-limit {options.time_limit_s:g} s"
                     break
-                results.append(_build_candidate(searched, target, base, c, out, options, judged))
+                results.append(measure(_build_candidate(searched, target, base, c, out, options, judged)))
                 _write_record(record_path, key, results, skipped, stopped)
             reference = REFERENCE
-            scored = [r for r in results if r.get("agreement") is not None and not misses(r, reference, options)]
-            best = min(scored, key=lambda r: (r["predicted_ms"], tuple(-q for q in quality(r)))) if scored else best
+            scored = [r for r in results if r.get("agreement") is not None and r.get(axis) is not None
+                      and not misses(r, reference, options)]
+            best = min(scored, key=lambda r: (r[axis], tuple(-q for q in quality(r)))) if scored else best
             if best:
                 steps.console.print(f"  {i + 1}/{len(todo)} {c['id']}: best so far {best['id']} "
-                                    f"({best['agreement']:.2f} %, predicted {best['predicted_ms']} ms)")
+                                    f"({best['agreement']:.2f} %, {shown_latency(best, axis)})")
         rec["stopped"] = stopped
     reference = REFERENCE
-    front = pareto_front(results)
+    front = pareto_front(results, axis)
     for r in results:
         r["pareto"] = r in front
-        r["misses"] = misses(r, reference, options) if r.get("agreement") is not None else ["failed"]
+        r["misses"] = (misses(r, reference, options) + ([] if r.get(axis) is not None else [f"no {axis}"])
+                       if r.get("agreement") is not None else ["failed"])
     meeting = [r for r in results if not r["misses"]]
-    chosen = min(meeting, key=lambda r: (r["predicted_ms"], tuple(-q for q in quality(r)))) if meeting else None
+    chosen = min(meeting, key=lambda r: (r[axis], tuple(-q for q in quality(r)))) if meeting else None
     closest = min((r for r in results if r.get("agreement") is not None),
-                  key=lambda r: (_shortfall(r, reference, options), r["predicted_ms"]), default=None)
+                  key=lambda r: (_shortfall(r, reference, options), r.get(axis) or float("inf")), default=None)
+    label = AXES[axis].format(device=getattr(options.device, "name", None), cpu=getattr(core, "qemu_cpu", None),
+                              target=target.name)
     doc = {**_record(key, results, skipped, stopped), "reference_agreement": reference,
+           "axis": {"key": axis, "label": label},
            "budget": {"max_accuracy_drop": options.max_accuracy_drop, "latency_budget_ms": options.latency_budget_ms,
-                      "size_budget_mb": options.size_budget_mb},
+                      "size_budget_mb": options.size_budget_mb,
+                      "latency_on": "measured" if options.device is not None else "predicted"},
            "pareto": [r["id"] for r in front], "chosen": chosen["id"] if chosen else None,
            "closest": closest["id"] if closest else None, "seconds": round(time.monotonic() - started, 1)}
-    write_json_atomic(out / PARETO, {"axes": ["agreement, then divergence", "predicted_ms", "bytes"],
+    write_json_atomic(out / PARETO, {"axes": ["agreement, then divergence", axis, "bytes"],
                                      "reference_agreement": reference,
                                      "front": front, "chosen": doc["chosen"]})
     write_text_atomic(out / REPORT, render_search(doc, results, spec.name, target.name))
     write_json_atomic(record_path, doc)
     if chosen is None:
-        shown = f"closest: {closest['id']} ({closest['agreement']:.2f} %, predicted {closest['predicted_ms']} ms; " \
+        shown = f"closest: {closest['id']} ({closest['agreement']:.2f} %, {shown_latency(closest, axis)}; " \
                 f"{', '.join(closest['misses'])})" if closest else "no candidate was built"
         raise BuildGateFailed(f"no candidate meets the budget; {shown}",
                               f"the candidates are in {out} (pareto.json, report.html); loosen the budget or give "
                               "more training data", doc)
     with steps.step("final", {"candidate": chosen["id"]}, f"build {chosen['id']} from all of the data") as rec:
+        # With a device, the build's own latency check (the cost model's) gives way to the device's, below.
         recipe = dataclasses.replace(_candidate_recipe(base, chosen, options),
                                      gate=dataclasses.replace(base.gate, max_accuracy_drop=options.max_accuracy_drop,
-                                                              latency_budget_ms=options.latency_budget_ms,
+                                                              latency_budget_ms=None if options.device is not None
+                                                              else options.latency_budget_ms,
                                                               size_budget_mb=options.size_budget_mb))
         try:
             final = _build(spec, target, recipe, out / "best")
@@ -257,8 +365,75 @@ def run_search(spec, target, options: SearchOptions, out: Path, steps, base_reci
         doc["final"] = {"build_dir": str(out / "best"), "accuracy": final["metrics"].get("accuracy_artifact"),
                         "budget": final.get("budget")}
         rec["build_dir"] = str(out / "best")
+        if options.device is not None:  # the verdict on latency: the final artifact timed on the device
+            timed = measure.on_device(out / "best", final["artifact"]["file"], chosen["format"])
+            doc["final"].update(timed)
+            write_json_atomic(record_path, doc)
+            if options.latency_budget_ms is not None and timed["measured_ms"] > options.latency_budget_ms:
+                raise BuildGateFailed(f"{chosen['id']} built from all of the data measures {timed['measured_ms']} ms on "
+                                      f"{options.device.name}, over --latency-budget {options.latency_budget_ms:g}",
+                                      f"the build is in {out / 'best'}; loosen the budget or search further cuts "
+                                      "(--fractions)", doc)
     write_json_atomic(record_path, doc)
     return doc
+
+
+def shown_latency(r: dict, axis: str) -> str:
+    """A result's latency as the terminal shows it, on the search's axis."""
+    value = r.get(axis)
+    if value is None:
+        return f"no {axis}"
+    if axis == "instructions":
+        return f"{value / 1e6:.3g} M guest instructions"
+    return f"{value} ms {'measured' if axis == 'measured_ms' else 'predicted'}"
+
+
+class Measurer:
+    """What the search learns of a built candidate beyond the cost model: its latency on the user's
+    device (deploy.deploy_to with a benchmark: pushed, checked, timed there, the run recorded in the
+    candidate's build dir like any `edgekit deploy --bench`), and the guest instructions of one inference
+    (the first calibration input) on the target's emulated core."""
+
+    def __init__(self, options: SearchOptions, core, calib, specs):
+        self.options, self.core = options, core
+        self.sample = [calib.arrays[s.name][:1] for s in specs]
+        self.names = [s.name for s in specs]
+
+    def __call__(self, r: dict) -> dict:
+        if r.get("agreement") is None or not r.get("build_dir"):
+            return r
+        artifact = r.get("artifact") or json.loads((Path(r["build_dir"]) / "manifest.json").read_text())["artifact"]["file"]
+        if self.options.device is not None and r.get("measured_on") != self.options.device.name:
+            r = {**r, **self.on_device(Path(r["build_dir"]), artifact, r["format"])}
+        if self.core is not None and r.get("emulated_cpu") != self.core.qemu_cpu:
+            r = {**r, **self.on_core(Path(r["build_dir"]) / artifact, r["format"])}
+        return r
+
+    again = __call__  # a resumed candidate: measured now where the earlier run did not (or elsewhere)
+
+    def on_device(self, build_dir: Path, artifact: str, fmt: str) -> dict:
+        from edgekit.deploy.records import open_build
+        from edgekit.deploy.session import DeployFailed, DeployPlan, deploy_to
+
+        device = self.options.device
+        record = deploy_to(open_build(build_dir, fmt), device,
+                           DeployPlan(bench=self.options.bench, allow_arch_mismatch=self.options.allow_arch_mismatch))
+        if not record["ok"]:  # the device is the search's clock: without it nothing can be ordered
+            raise DeployFailed(f"timing {build_dir.name}/{artifact} on {device.name}: {record['error']}",
+                               record.get("hint"), [record])
+        bench = record["bench"]
+        return {"measured_ms": bench["p50"], "measured_p90_ms": bench.get("p90"), "measured_on": device.name,
+                "measured_threads": bench.get("threads"), "device_run": record.get("record_file")}
+
+    def on_core(self, artifact: Path, fmt: str) -> dict:
+        from edgekit.emulator.check import EmulationFailed
+        from edgekit.formats import get_format
+
+        try:
+            _, count, _ = get_format(fmt).emulate(self.core, artifact, [self.sample], self.names)
+        except EmulationFailed as e:
+            return {"instructions": None, "emulated_cpu": self.core.qemu_cpu, "emulation_error": str(e)}
+        return {"instructions": count, "emulated_cpu": self.core.qemu_cpu}
 
 
 def _file_digest(path: Path) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 
 import pytest
 
@@ -100,3 +101,137 @@ def test_impossible_budget_exits_3_with_the_closest(run_cli, digits_app, tmp_pat
     said = " ".join(proc.stderr.split())
     assert "no candidate meets the budget; closest: macs1-executorch" in said and "predicted" in said
     assert (tmp_path / "s" / "pareto.json").is_file()
+
+
+# --- what is searched: low rank, quantization schemes (the plan: pruned or factorised copies, nothing trained)
+
+
+@pytest.fixture(scope="module")
+def digits_loaded(digits_app):
+    from edgekit import api
+    from edgekit.model.loaded import LoadedModel
+
+    return LoadedModel.load(api.source(str(digits_app)), warn=lambda *_: None)
+
+
+def _plan(loaded, target, **options):
+    from edgekit.formats import get_format
+    from edgekit.search import plan
+    from edgekit.target import load_target
+
+    return plan(loaded, load_target(target), SearchOptions(**options), [get_format("executorch"), get_format("onnx")])
+
+
+def test_plan_tries_low_rank_only_where_the_cost_model_says_it_saves_time(digits_loaded):
+    """The digits CNN is 3x3 convolutions: factorising its one Linear saves nothing, so the default
+    adds no low-rank candidate; asked for explicitly, it is planned, fewer MACs and all."""
+    assert not [c for c in _plan(digits_loaded, "rpi4", fractions=(1.0,)) if c["lowrank"] is not None]
+    asked = _plan(digits_loaded, "rpi4", fractions=(1.0,), lowrank=(0.25,))
+    rank = next(c for c in asked if c["id"] == "rank0.25-onnx")
+    unpruned = next(c for c in asked if c["id"] == "macs1-onnx")
+    assert rank["lowrank"] == 0.25 and rank["macs_kept"] == 1.0
+    assert 0 < unpruned["planned"]["macs"] - rank["planned"]["macs"] < 0.01 * unpruned["planned"]["macs"]
+
+
+def test_plan_refuses_schemes_the_target_cannot_run(digits_loaded):
+    """fp16 needs the ARMv8.2 half-precision arithmetic a Cortex-A72 lacks: refused on rpi4 (with the
+    reason), planned on rpi5, and predicted slower than static int8 there."""
+    rpi4 = {c["id"]: c for c in _plan(digits_loaded, "rpi4", fractions=(1.0,), lowrank=(), schemes=("static", "fp16"))}
+    assert "no fp16 arithmetic" in rpi4["macs1-onnx-fp16"]["refused"] and "refused" not in rpi4["macs1-onnx"]
+    rpi5 = {c["id"]: c for c in _plan(digits_loaded, "rpi5", fractions=(1.0,), lowrank=(), schemes=("static", "fp16"))}
+    assert "refused" not in rpi5["macs1-executorch-fp16"]
+    assert rpi5["macs1-executorch-fp16"]["planned"]["predicted_ms"] > rpi5["macs1-executorch"]["planned"]["predicted_ms"]
+
+
+def test_only_fp16_on_a_target_without_it_is_a_usage_error(run_cli, digits_app, tmp_path):
+    proc = run_cli("search", str(digits_app), "--target", "rpi4", "--quant", "fp16", "--fractions", "1",
+                   "--out", str(tmp_path / "s"))
+    assert proc.returncode == 2, proc.stderr
+    assert "no candidate can be built" in proc.stderr and "no fp16 arithmetic" in proc.stderr
+
+
+# --- latency measured on the user's device, or counted on the emulated core
+
+
+def _resumed(small_search, tmp_path) -> Path:
+    """A copy of the small search: its candidates are built; what a second run adds is the measuring."""
+    import shutil
+
+    proc, out, _ = small_search
+    assert proc.returncode == 0, proc.stderr
+    copy = tmp_path / "digits"
+    shutil.copytree(out, copy)
+    return copy
+
+
+def _search_args(digits_app, out):
+    return ["search", str(digits_app), "--target", "rpi4", "--fractions", "1,0.5", "--format", "executorch",
+            "--max-accuracy-drop", "1.0", "--out", str(out), "--json"]
+
+
+@pytest.mark.slow  # three runtime starts over ssh and a final build: 75 s (the local device below stays in the default run)
+def test_search_times_every_candidate_on_the_device_and_chooses_by_that(run_cli, digits_app, small_search,
+                                                                        ssh_device, tmp_path):
+    """--device: each candidate pushed to the tests' real sshd and timed there (a run record in its build dir,
+    as `edgekit deploy --bench` leaves); the front and the choice are on the measured latency, and the final
+    build is timed there too."""
+    from test_deploy_ssh import device_args
+
+    out = _resumed(small_search, tmp_path)
+    proc = run_cli(*_search_args(digits_app, out), "--device", ssh_device.address,
+                   *device_args(ssh_device, tmp_path / "device"), "--allow-arch-mismatch", "--threads", "1",
+                   "--runs", "20", timeout=900)
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(proc.stdout)
+    assert doc["axis"]["key"] == "measured_ms" and ssh_device.address in doc["axis"]["label"]
+    for r in doc["results"]:
+        assert r["resumed"] and r["measured_on"] == ssh_device.address and r["measured_ms"] > 0
+        run = json.loads(Path(r["device_run"]).read_text())
+        assert run["transport"] == "ssh" and run["ok"] and run["bench"]["p50"] == r["measured_ms"]
+        assert Path(r["device_run"]).parent == out / "candidates" / r["id"] / "device_runs"
+    chosen = next(r for r in doc["results"] if r["id"] == doc["chosen"])
+    assert chosen["measured_ms"] == min(r["measured_ms"] for r in doc["results"] if not r["misses"])
+    assert doc["final"]["measured_on"] == ssh_device.address and doc["final"]["measured_ms"] > 0
+    assert "measured ms" in (out / "report.html").read_text()
+
+
+def test_a_device_that_cannot_be_reached_stops_the_search_naming_it(run_cli, digits_app, small_search, tmp_path):
+    """No device, no clock: exit 4 (a device failure), naming the device; nothing is chosen on predictions instead."""
+    out = _resumed(small_search, tmp_path)
+    proc = run_cli(*_search_args(digits_app, out), "--device", "nobody@127.0.0.1:1", "--allow-arch-mismatch",
+                   timeout=300)
+    assert proc.returncode == 4, proc.stderr
+    assert "nobody@127.0.0.1:1" in proc.stderr and "timing macs1-executorch" in proc.stderr
+    assert not (out / "best" / "device_runs").exists()
+
+
+def test_a_latency_budget_with_a_device_is_checked_on_the_measurement(run_cli, digits_app, small_search, tmp_path):
+    out = _resumed(small_search, tmp_path)
+    proc = run_cli(*_search_args(digits_app, out), "--device", "local", "--allow-arch-mismatch", "--threads", "1",
+                   "--runs", "20", "--latency-budget", "0.000001", timeout=600)
+    assert proc.returncode == 3, proc.stderr
+    said = " ".join(proc.stderr.split())
+    assert "no candidate meets the budget" in said and " ms measured" in said
+    doc = json.loads((out / "search.json").read_text())
+    assert doc["budget"]["latency_on"] == "measured"
+    assert all(r["measured_on"] == "local" and r["measured_threads"] == 1 for r in doc["results"])
+    assert all(any(m.startswith("measured ") for m in r["misses"]) for r in doc["results"])
+
+
+def test_device_options_without_a_device_are_refused(run_cli, digits_app, tmp_path):
+    proc = run_cli("search", str(digits_app), "--threads", "1", "--out", str(tmp_path / "s"))
+    assert proc.returncode == 2 and "--device" in proc.stderr
+
+
+@pytest.mark.emulator
+def test_search_counts_guest_instructions_on_the_emulated_core(run_cli, digits_app, small_search, tmp_path):
+    """--emulate: one inference of each candidate on the emulated Cortex-A72 (the native runner under qemu),
+    its guest instructions the axis; the pruned candidate runs fewer."""
+    out = _resumed(small_search, tmp_path)
+    proc = run_cli(*_search_args(digits_app, out), "--emulate", timeout=1800)
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(proc.stdout)
+    assert doc["axis"]["key"] == "instructions"
+    counts = {r["id"]: r["instructions"] for r in doc["results"]}
+    assert all(r["emulated_cpu"] == "cortex-a72" for r in doc["results"])
+    assert 0 < counts["macs0.5-executorch"] < counts["macs1-executorch"]

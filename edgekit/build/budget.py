@@ -40,21 +40,27 @@ def wanted(gate) -> bool:
     return gate.latency_budget_ms is not None or gate.size_budget_mb is not None
 
 
-def pruned_prediction(model, example, target, fraction: float, kernels: tuple[str, ...]) -> dict:
-    """A copy of `model` pruned to keep `fraction` of its MACs (1: as it is), counted and predicted in int8
-    on the target by each kernel library in `kernels` (validate/cost.py); nothing trained. Returns
-    {"macs", "int8_weight_mb", "latency_ms": {kernels: ms or None}}."""
+def pruned_prediction(model, example, target, fraction: float, kernels: tuple[str, ...], lowrank: float | None = None) -> dict:
+    """A copy of `model` pruned to keep `fraction` of its MACs (1: as it is), or with its Linear and 1x1
+    layers factorised to `lowrank` of their rank (stages/lowrank.py), counted and predicted on the target by
+    each kernel library in `kernels` (validate/cost.py), in int8 and in fp32; nothing trained. Returns
+    {"macs", "int8_weight_mb", "latency_ms": {kernels: int8 ms or None}, "fp32_latency_ms": {kernels: ...}}."""
+    from edgekit.stages.lowrank import LowRankConfig, factorise
     from edgekit.stages.macs import count
     from edgekit.stages.prune import PruneConfig, prune
     from edgekit.validate import cost
     from edgekit.validate.graph import model_work
 
-    if fraction < 1:
+    if fraction < 1 or lowrank is not None:
         model = copy.deepcopy(model)
+    if fraction < 1:
         prune(model, example, PruneConfig(macs_target=fraction, round_to=target.round_to))
+    if lowrank is not None:
+        factorise(model, LowRankConfig(rank_fraction=lowrank))
     rows = [r.to_json() for r in model_work(model, example)]
     return {"macs": sum(r["macs"] for r in rows), "int8_weight_mb": round(count(model, example)["params"] / MB, 4),
-            "latency_ms": {k: (cost.predict(rows, "int8", target, kernels=k) or {}).get("latency_ms") for k in kernels}}
+            **{f"{prefix}latency_ms": {k: (cost.predict(rows, dtype, target, kernels=k) or {}).get("latency_ms")
+                                       for k in kernels} for prefix, dtype in (("", "int8"), ("fp32_", "fp32"))}}
 
 
 def _predicted(model, example, target, kernels: str, fraction: float = 1.0) -> dict:

@@ -347,25 +347,35 @@ def _warnings(warnings: list[str]) -> str:
 
 
 def render_search(doc: dict, results: list[dict], name: str, target: str) -> str:
-    """report.html of the search: the front plotted (agreement vs predicted latency, size as the marker's
-    area), and every candidate in a table."""
-    png = plots.pareto(results, doc.get("chosen"), doc.get("reference_agreement"))
-    rows = [[escape(r["id"]), "–" if r.get("agreement") is None else f"{r['agreement']:.2f}",
-             "–" if r.get("divergence") is None else f"{r['divergence']:.4f}",
-             "–" if r.get("predicted_ms") is None else f"{r['predicted_ms']:.3f}",
-             "–" if r.get("bytes") is None else f"{r['bytes'] / 1e3:.1f}",
-             "yes" if r.get("pareto") else "", escape("; ".join(r.get("misses") or []) or "meets it")]
-            for r in sorted(results, key=lambda r: (r.get("predicted_ms") or 0))]
+    """report.html of the search: the front plotted (agreement vs latency on the search's axis: measured,
+    emulated instructions or predicted; size as the marker's area), and every candidate in a table."""
+    axis = doc.get("axis") or {"key": "predicted_ms", "label": "latency predicted on the target (ms)"}
+    key = axis["key"]
+    png = plots.pareto(results, doc.get("chosen"), doc.get("reference_agreement"), key, axis["label"])
+
+    def cell(value, fmt):
+        return "–" if value is None else fmt.format(value)
+
+    measured = key != "predicted_ms"
+    rows = [[escape(r["id"]), cell(r.get("agreement"), "{:.2f}"), cell(r.get("divergence"), "{:.4f}"),
+             cell(r.get("predicted_ms"), "{:.3f}")]
+            + ([cell(r.get(key), "{:,}" if key == "instructions" else "{:.4f}")] if measured else [])
+            + [cell(r.get("bytes") and r["bytes"] / 1e3, "{:.1f}"),
+               "yes" if r.get("pareto") else "", escape("; ".join(r.get("misses") or []) or "meets it")]
+            for r in sorted(results, key=lambda r: (r.get(key) or 0))]
     chosen = doc.get("chosen")
+    header = (["candidate", "agreement %", "divergence", "predicted ms"]
+              + ([{"measured_ms": "measured ms", "instructions": "guest instructions"}[key]] if measured else [])
+              + ["size KB", "on the front", "budget"])
     return "\n".join([
         "<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
         f"<title>edgekit search: {escape(name)} → {escape(target)}</title><style>{CSS}</style></head><body>",
         f"<h1>edgekit search: {escape(name)} → {escape(target)}</h1>",
         f'<p class="sub">{len(results)} candidates built, {len(doc.get("skipped", []))} ruled out by the cost model '
-        f'before training; chosen: <b>{escape(chosen or "none meets the budget")}</b></p>',
-        _img(png, "Pareto front", "top-1 agreement with the unpruned model on the calibration inputs vs "
-             "latency predicted on the target; marker area: artifact size; the front is joined"),
-        _table(["candidate", "agreement %", "divergence", "predicted ms", "size KB", "on the front", "budget"], rows),
+        f'before training; ordered by {escape(axis["label"])}; chosen: <b>{escape(chosen or "none meets the budget")}</b></p>',
+        _img(png, "Pareto front", f"top-1 agreement with the unpruned model on the calibration inputs vs "
+             f"{escape(axis['label'])}; marker area: artifact size; the front is joined"),
+        _table(header, rows),
         '<p class="note">agreement and divergence (from the unpruned model&#39;s outputs: KL of the softmaxes, lower '
         'is closer; it orders candidates of equal agreement) on the calibration inputs</p>',
         "</body></html>"])
