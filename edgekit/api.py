@@ -158,8 +158,8 @@ def distill(source: str | Path | ModelSpec, target: str = "rpi4", stages=None, *
     """Train a student from the teacher (`source`, with its weights); returns the record.
 
     `stages`: a StageOptions with `distill` set (a DistillConfig; `nproc` > 1 runs it under DDP via
-    torchrun) and, without a `student`, `prune` (the student is the teacher pruned, channel rounding
-    from `target`). `student`: another model's spec (`edgekit.api.source(model=...)`). The same
+    torchrun) and, without a `student`, `prune` and/or `depth` (the student is the teacher pruned,
+    channel rounding from `target`, or with blocks dropped). `student`: another model's spec (`edgekit.api.source(model=...)`). The same
     stage chain as `build` runs (edgekit/stages/chain.py). Writes OUT/float_model.pt (+ .pt2) and
     OUT/distill.json, whole or not at all; OUT defaults to build/<name>-distilled/.
     """
@@ -168,8 +168,10 @@ def distill(source: str | Path | ModelSpec, target: str = "rpi4", stages=None, *
     stages = stages or StageOptions()
     if stages.distill is None:
         raise UsageError("nothing to distill: the stages have no distill step", hint="pass StageOptions(distill=DistillConfig())")
-    if (student is None) == (stages.prune is None):
-        raise UsageError("give the student: --student MODULE:FACTORY, or --prune RATIO to distill into the pruned teacher")
+    cut = stages.prune is not None or stages.depth is not None
+    if (student is None) == (not cut):
+        raise UsageError("give the student: --student MODULE:FACTORY, or --prune RATIO / --depth KEEP to distill into "
+                         "the pruned teacher")
     stages.check()
     tgt = load_target(target)
     chain = stage_chain.plan(stages, tgt)
@@ -184,11 +186,18 @@ def distill(source: str | Path | ModelSpec, target: str = "rpi4", stages=None, *
         distilled = next(r for r in steps.records if r["stage"] == "distill")
         record = {**distilled["result"], "teacher": {**count(loaded.model, loaded.example), "factory": spec.factory},
                   "student": {**count(trained, loaded.example),
-                              "factory": student.factory if student else f"{spec.factory} pruned {stages.prune.ratio:g}"},
+                              "factory": student.factory if student else _cut_name(spec.factory, stages)},
                   "seconds": distilled["seconds"], "steps": steps.records, "out": str(out_dir),
                   "files": {"model": stage_chain.FLOAT_MODEL, "program": stage_chain.FLOAT_PROGRAM}}
         write_json_atomic(stage / "distill.json", record)
     return record
+
+
+def _cut_name(factory: str, stages) -> str:
+    """'nets:big pruned 0.5, 2 of 3 blocks'-like: what the student is, made from the teacher."""
+    cut = [f"pruned {stages.prune.ratio:g}"] if stages.prune is not None and stages.prune.ratio is not None else []
+    cut += [f"keeping {stages.depth.keep:g} of its blocks"] if stages.depth is not None else []
+    return f"{factory} {', '.join(cut) or 'pruned'}"
 
 
 __all__ += ["distill"]

@@ -122,6 +122,7 @@ recipe_options = _options(
                  help="What the output is: class scores get the top-1 check. [default: the app's, else auto: 2-D outputs]"),
     click.option("--no-fallback", is_flag=True, default=None, help="With --max-accuracy-drop: only check, don't keep layers float."),
     click.option("--sensitivity", is_flag=True, default=None, help="Rank layers by how much quantizing each alone hurts."),
+    click.option("--depth", type=float, metavar="KEEP", help="Depth pruning: keep this share of the repeated blocks (transformer layers), dropping the least influential."),
     click.option("--prune", type=float, metavar="RATIO", help="Channel pruning: remove this fraction of channels (DepGraph; rounded to the target's multiple)."),
     click.option("--prune-macs", type=float, metavar="FRACTION", help="Channel pruning until at most this fraction of the MACs is left."),
     click.option("--prune-importance", type=click.Choice(("l1", "l2", "taylor", "bn-scale")),
@@ -262,6 +263,7 @@ def quantize(**options):
 @click.option("--student", metavar="MODULE:FACTORY", help="The student's factory (a smaller model).")
 @click.option("--student-weights", type=click.Path(dir_okay=False), help="The student's starting state_dict.")
 @click.option("--prune", type=float, metavar="RATIO", help="Instead of --student: the teacher with this fraction of channels pruned.")
+@click.option("--depth", type=float, metavar="KEEP", help="Instead of --student: the teacher keeping this share of its repeated blocks (with --prune too).")
 @click.option("-t", "--target", shell_complete=_complete_target, default="rpi4", show_default=True, help="Target profile (its channel rounding, with --prune).")
 @click.option("--epochs", type=int, help="[default: fitted to the training data's size, 20 to 200]")
 @click.option("--batch-size", type=int, default=64, show_default=True, help="Global batch, over all processes.")
@@ -280,7 +282,7 @@ def quantize(**options):
 @node_options
 @click.option("-o", "--out", type=click.Path(file_okay=False), help="Output directory [default: build/<name>-distilled].")
 @click.option("--json", "as_json", is_flag=True, help="Print the result record as JSON.")
-def distill(app_dir, model, input_shape, inputs, weights, calib, eval_, train, student, student_weights, prune, target,
+def distill(app_dir, model, input_shape, inputs, weights, calib, eval_, train, student, student_weights, prune, depth, target,
             nproc, nnodes, node_rank, rdzv_endpoint, out, as_json, **training):
     """Train a smaller student from a teacher (logit + feature distillation).
 
@@ -293,6 +295,7 @@ def distill(app_dir, model, input_shape, inputs, weights, calib, eval_, train, s
     import dataclasses
 
     from edgekit import api
+    from edgekit.stages.depth import DepthConfig
     from edgekit.stages.options import StageOptions
     from edgekit.stages.prune import PruneConfig
     from edgekit.train.distill import DistillConfig
@@ -303,7 +306,8 @@ def distill(app_dir, model, input_shape, inputs, weights, calib, eval_, train, s
                                        from_app=spec.from_app - {"weights"}) if student else None
     training["features"] = tuple(training["features"])
     _use_nodes(nnodes, node_rank, rdzv_endpoint)
-    stages = StageOptions(prune=PruneConfig(ratio=prune) if prune is not None else None,
+    stages = StageOptions(depth=DepthConfig(depth) if depth is not None else None,
+                          prune=PruneConfig(ratio=prune) if prune is not None else None,
                           distill=DistillConfig(**training), nproc=nproc)
     record = api.distill(spec, target, stages, student=student_spec, out=out, progress=True)
     if as_json:
@@ -336,6 +340,8 @@ def _fractions(ctx, param, value):
 @click.option("--size-budget", type=float, metavar="MB", help="Budget: the artifact's size.")
 @click.option("--fractions", callback=_fractions, metavar="F,F,...",
               help="Kept-MAC fractions to try (pruning + distillation; 1 is the model as it is). [default: 1,0.75,0.5,0.35,0.25]")
+@click.option("--depth", "depths", metavar="F,F,...|none",
+              help="Shares of the repeated blocks to keep, with every fraction (depth pruning + distillation). [default: 0.5 where the model has repeated blocks]")
 @click.option("--lowrank", "lowrank", metavar="F,F,...|none",
               help="Rank fractions to try (low-rank factorisation + distillation). [default: 0.5 where the cost model predicts it saves 10 %]")
 @click.option("--quant", "schemes", default="static", show_default=True, metavar="SCHEME,...",
@@ -356,7 +362,7 @@ def _fractions(ctx, param, value):
 @click.option("-o", "--out", type=click.Path(file_okay=False), help="Search directory [default: build/<name>-<target>-search].")
 @click.option("--json", "as_json", is_flag=True, help="Print the search record as JSON.")
 def search(app_dir, model, input_shape, inputs, weights, calib, eval_, train, target, max_accuracy_drop,
-           latency_budget, size_budget, fractions, lowrank, schemes, formats, device, python, remote_dir, ssh_config,
+           latency_budget, size_budget, fractions, depths, lowrank, schemes, formats, device, python, remote_dir, ssh_config,
            threads, runs, allow_arch_mismatch, emulate, trials, time_limit, out, as_json):
     """Try pruning amounts, low rank, quantization schemes and formats; keep the Pareto front; build the
     best that meets the budget.
@@ -385,6 +391,7 @@ def search(app_dir, model, input_shape, inputs, weights, calib, eval_, train, ta
                          hint="add --device DEVICE (e.g. --device local), or leave them out")
     options = SearchOptions(fractions=fractions or FRACTIONS, formats=tuple(formats),
                             lowrank=None if lowrank is None else _fractions(None, None, lowrank) if lowrank != "none" else (),
+                            depths=None if depths is None else _fractions(None, None, depths) if depths != "none" else (),
                             schemes=tuple(q.strip() for q in schemes.split(",") if q.strip()),
                             max_accuracy_drop=max_accuracy_drop, latency_budget_ms=latency_budget,
                             size_budget_mb=size_budget, trials=trials, time_limit_s=time_limit,

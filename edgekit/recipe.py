@@ -27,6 +27,7 @@ from edgekit.compare import TASKS
 from edgekit.errors import UsageError
 from edgekit.formats import FORMATS
 from edgekit.formats.base import CALIBRATIONS, SCHEMES, WEIGHT_ROUNDINGS, QuantConfig
+from edgekit.stages.depth import DepthConfig
 from edgekit.stages.lowrank import LowRankConfig
 from edgekit.stages.options import (
     StageOptions,
@@ -238,7 +239,7 @@ def recipe_from_options(base: BuildRecipe | None = None, *, recipe_file=None, fo
                         no_fallback=None, sensitivity=None, prune=None, prune_macs=None, prune_importance=None,
                         prune_global=None, distill=None, distill_epochs=None, nproc=None, lowrank=None,
                         lowrank_energy=None, sparsity=None, quality=None, equalize=None, smooth_quant=None,
-                        weight_rounding=None, latency_budget=None, size_budget=None):
+                        weight_rounding=None, latency_budget=None, size_budget=None, depth=None):
     """A recipe from flat options, named as the command line names them (what `edgekit build` maps
     its options onto, and the short way to write one in Python): `base` (`recipe_file`'s if given,
     else an app's), with every option given (not None) over it, one field at a time.
@@ -270,6 +271,8 @@ def recipe_from_options(base: BuildRecipe | None = None, *, recipe_file=None, fo
             base_distill, epochs=distill_epochs if distill_epochs is not None else base_distill.epochs))
     if lowrank is not None or lowrank_energy is not None:
         stages = dataclasses.replace(stages, lowrank=LowRankConfig(lowrank, lowrank_energy))
+    if depth is not None:
+        stages = dataclasses.replace(stages, depth=DepthConfig(depth))
     if sparsity is not None:
         stages = dataclasses.replace(stages, sparsity=SparsityConfig(sparsity))
     if nproc is not None:

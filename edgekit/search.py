@@ -2,8 +2,10 @@
 that meets the budget, built.
 
 Candidates are kept-MAC fractions (channel pruning with distillation from the model as loaded;
-1.0 is the model as it is) and low-rank factorisations (where the cost model says they save time),
-times quantization schemes (static int8 by default; `--quant static,fp16,dynamic`), times formats
+1.0 is the model as it is), each also with half of the model's repeated blocks dropped where it has
+them (depth pruning, stages/depth.py: fewer ops, which is what turns into time on a small transformer,
+where per-op dispatch outweighs the MACs), and low-rank factorisations (where the cost model says
+they save time), times quantization schemes (static int8 by default; `--quant static,fp16,dynamic`), times formats
 (their kernels on the target differ). Each is a whole `edgekit build` (prune or factorise ->
 distill -> quantize -> export), judged the way the build judges, and scored on three axes:
 agreement with the model as loaded, latency, and the artifact's size.
@@ -16,24 +18,32 @@ target (validate/cost.py). The record says which (`axis`).
 
 Nothing is chosen on the data that is reported. Candidates are judged on the calibration inputs,
 as every choice of a build is (build/quality.py, build/fallback.py): each candidate build takes
-them as its evaluation data, and each artifact is scored by its top-1 agreement with the model as
-loaded there, and, between equal agreements, by how far its outputs drift from that model's
-(divergence). Not a part of the training data: the model as loaded was trained on it, so its own
-answers there are remembered, not predicted, and every student would look worse against them than
-it is (the digits model is right on 100 % of a held-out fifth of its training data, 99.17 % of its
-evaluation data). Disagreement bounds the accuracy a candidate can lose (a sample where it agrees
-with the unpruned model is right or wrong as that model is), so `--max-accuracy-drop` is checked
-on it, conservatively, and needs no labels. The choice -- the fastest predicted candidate within
-the accuracy budget and `--latency-budget`/`--size-budget` -- is then built again with the user's
-evaluation data, whose own budget check (build/budget.py), on data that chose nothing, is the
-verdict (exit 3 if it misses; exit 3 too if no candidate met the budget, showing the closest).
+them as its evaluation data, and each artifact is scored by its accuracy there where they have
+labels, its top-1 agreement with the model as loaded, and, between equal agreements, by how far its
+outputs drift from that model's (divergence). Not a part of the training data: the model as loaded
+was trained on it, so its own answers there are remembered, not predicted, and every student would
+look worse against them than it is (the digits model is right on 100 % of a held-out fifth of its training data, 99.17 % of its
+evaluation data). Where the calibration data has labels (y), the accuracy a candidate loses is
+measured there, against the unpruned model's accuracy on the same inputs: data nothing was trained on
+and nothing reports. Without labels, disagreement bounds it (a sample where a candidate agrees with the
+unpruned model is right or wrong as that model is), conservatively: on vit_digits, whose unpruned model
+is wrong on 2 % of its evaluation data, a student that disagrees on 3 % scores as well as it. The
+estimate a teacher's own probabilities give (the expected accuracy of each answer under them) is no
+better: neural networks are overconfident (Guo et al. 2017, "On Calibration of Modern Neural
+Networks"), and it put that student 1.5 points down where it gained 0.3. The choice -- the fastest
+candidate within the accuracy budget and `--latency-budget`/`--size-budget` -- is then built again
+with the user's evaluation data, whose own budget check (build/budget.py), on data that chose
+nothing, is the verdict (exit 3 if it misses; exit 3 too if no candidate met the budget, showing the
+closest).
 
 Cheap first: before anything is trained, every fraction is pruned on a copy and predicted by the
 cost model (seconds); with a latency or size budget, the ones predicted over it are not trained.
 The rest run from the least pruned to the most, a progress bar showing the best so far;
-`--trials` and `--time-limit` bound them. Every finished candidate is written to `search.json` as
-it ends, so a second run with the same inputs resumes where the first stopped (and the step cache
-keeps the distilled students). `pareto.json` holds the front; `report.html` plots it.
+`--trials` and `--time-limit` bound them. With an accuracy budget, a candidate's float student is
+judged before its int8 export (most of a candidate's time): one that already misses is not exported.
+Every finished candidate is written to `search.json` as it ends, so a second run with the same inputs
+resumes where the first stopped (and the step cache keeps the distilled students). `pareto.json`
+holds the front; `report.html` plots it.
 """
 
 from __future__ import annotations
@@ -58,6 +68,9 @@ FRACTIONS = (1.0, 0.75, 0.5, 0.35, 0.25)  # kept MAC fractions tried by default
 # elsewhere (convolutions) factorising saves nothing worth a candidate build.
 LOWRANK = (0.5,)
 LOWRANK_HELPS = 0.9
+# Shares of the repeated blocks kept, tried by default with every kept-MAC fraction where the model
+# has at least two blocks that can be dropped (three transformer layers: two kept).
+DEPTHS = (0.5,)
 # Latency axes, best first: the key in each result and how the report names it.
 AXES = {"measured_ms": "latency measured on {device} (ms, p50)",
         "instructions": "guest instructions per inference on the emulated {cpu}",
@@ -74,6 +87,7 @@ class SearchOptions:
     formats: tuple[str, ...] = ()  # (): the target's format and onnx
     schemes: tuple[str, ...] = ("static",)  # quantization schemes (formats/base.py SCHEMES)
     lowrank: tuple[float, ...] | None = None  # rank fractions; None: LOWRANK where it helps, (): none
+    depths: tuple[float, ...] | None = None  # shares of the repeated blocks kept; None: DEPTHS where there are blocks
     max_accuracy_drop: float | None = None  # points, against the unpruned model, on the search's validation part
     latency_budget_ms: float | None = None  # predicted on the target
     size_budget_mb: float | None = None
@@ -91,6 +105,9 @@ class SearchOptions:
         if not self.fractions or any(not 0 < f <= 1 for f in self.fractions):
             raise UsageError(f"--fractions must be kept-MAC fractions in (0, 1], got {list(self.fractions)}",
                              hint="e.g. --fractions 1,0.5,0.25")
+        if any(not 0 < f < 1 for f in self.depths or ()):
+            raise UsageError(f"--depth must be shares of the repeated blocks kept, in (0, 1), got {list(self.depths)}",
+                             hint="e.g. --depth 0.5, or --depth none")
         if any(not 0 < f < 1 for f in self.lowrank or ()):
             raise UsageError(f"--lowrank must be rank fractions in (0, 1), got {list(self.lowrank)}",
                              hint="e.g. --lowrank 0.5,0.25, or --lowrank none")
@@ -111,7 +128,10 @@ def plan(loaded, target, options: SearchOptions, formats) -> list[dict]:
     from edgekit.formats.base import QuantConfig, check_supported
 
     kernels = tuple({f.ARM_KERNELS for f in formats})
-    shapes = [(fraction, None) for fraction in sorted(set(options.fractions), reverse=True)]
+    fractions = sorted(set(options.fractions), reverse=True)
+    shapes = [(fraction, None, None) for fraction in fractions]  # (kept MACs, rank, kept blocks)
+    for keep in sorted(set(_depths(loaded, options)), reverse=True):
+        shapes += [(fraction, None, keep) for fraction in fractions]
     unpruned = None
     for rank in sorted(set(LOWRANK if options.lowrank is None else options.lowrank), reverse=True):
         p = pruned_prediction(loaded.model, loaded.example, target, 1.0, kernels, lowrank=rank)
@@ -120,16 +140,16 @@ def plan(loaded, target, options: SearchOptions, formats) -> list[dict]:
             k = formats[0].ARM_KERNELS
             if p["latency_ms"][k] is None or p["latency_ms"][k] > LOWRANK_HELPS * unpruned["latency_ms"][k]:
                 continue
-        shapes.append((1.0, rank))
+        shapes.append((1.0, rank, None))
     out = []
-    for fraction, rank in shapes:
-        p = pruned_prediction(loaded.model, loaded.example, target, fraction, kernels, lowrank=rank)
+    for fraction, rank, keep in shapes:
+        p = pruned_prediction(loaded.model, loaded.example, target, fraction, kernels, lowrank=rank, depth=keep)
         for fmt in formats:
             for scheme in options.schemes:
                 # fp16 kernels are not calibrated: fp32 is the conservative bound (as validate predicts)
                 ms = p["fp32_latency_ms" if scheme == "fp16" else "latency_ms"][fmt.ARM_KERNELS]
-                c = {"id": candidate_id(fraction, rank, fmt.NAME, scheme), "macs_kept": fraction,
-                     "lowrank": rank, "format": fmt.NAME, "scheme": scheme,
+                c = {"id": candidate_id(fraction, rank, fmt.NAME, scheme, keep), "macs_kept": fraction,
+                     "lowrank": rank, "depth": keep, "format": fmt.NAME, "scheme": scheme,
                      "planned": {"macs": p["macs"], "predicted_ms": ms, "int8_weight_mb": p["int8_weight_mb"]}}
                 try:  # a scheme the format or the target cannot run (fp16 on a Cortex-A72) is no candidate
                     check_supported(fmt, QuantConfig(scheme=scheme), target)
@@ -139,10 +159,27 @@ def plan(loaded, target, options: SearchOptions, formats) -> list[dict]:
     return out
 
 
-def candidate_id(fraction: float, rank: float | None, fmt: str, scheme: str) -> str:
-    """'macs0.5-onnx', 'rank0.5-executorch-fp16': what was cut, the format, the scheme where not static int8."""
+def _depths(loaded, options: SearchOptions) -> tuple[float, ...]:
+    """The depth shares to try: the asked ones (a model without blocks to drop is then an error), else
+    DEPTHS where the model has at least two blocks to drop."""
+    from edgekit.stages.depth import droppable_blocks
+
+    if options.depths == ():
+        return ()
+    blocks = droppable_blocks(loaded.model, loaded.example)
+    if len(blocks) >= 2:
+        return options.depths or DEPTHS
+    if options.depths:
+        raise UsageError(f"--depth: the model has {len(blocks) or 'no'} repeated block(s) that can be dropped",
+                         hint="leave out --depth (pruning narrows it instead)")
+    return ()
+
+
+def candidate_id(fraction: float, rank: float | None, fmt: str, scheme: str, depth: float | None = None) -> str:
+    """'macs0.5-onnx', 'depth0.5-macs1-onnx', 'rank0.5-executorch-fp16': what was cut, the format, the
+    scheme where not static int8."""
     shape = f"rank{rank:g}" if rank is not None else f"macs{fraction:g}"
-    return f"{shape}-{fmt}" + ("" if scheme == "static" else f"-{scheme}")
+    return ("" if depth is None else f"depth{depth:g}-") + f"{shape}-{fmt}" + ("" if scheme == "static" else f"-{scheme}")
 
 
 def latency_axis(options: SearchOptions) -> str:
@@ -169,9 +206,10 @@ def _over_budget_by_plan(candidate: dict, options: SearchOptions) -> str | None:
 
 
 def quality(r: dict) -> tuple:
-    """A candidate's quality, best highest: its agreement with the unpruned model, then (on a tie: a few
-    hundred calibration inputs leave many) how close its outputs stay to the unpruned model's (divergence, lower is closer)."""
-    return r["agreement"], -(r.get("divergence") or 0.0)
+    """A candidate's quality, best highest: its accuracy on the calibration data where it has labels, its
+    agreement with the unpruned model, then (on a tie: a few hundred calibration inputs leave many) how close
+    its outputs stay to the unpruned model's (divergence, lower is closer)."""
+    return r.get("accuracy") or 0.0, r["agreement"], -(r.get("divergence") or 0.0)
 
 
 def pareto_front(results: list[dict], axis: str = "predicted_ms") -> list[dict]:
@@ -186,12 +224,32 @@ def pareto_front(results: list[dict], axis: str = "predicted_ms") -> list[dict]:
     return sorted(front, key=lambda r: r[axis])
 
 
-def misses(result: dict, reference: float | None, options: SearchOptions) -> list[str]:
+@dataclass(frozen=True)
+class Reference:
+    """The unpruned model on the calibration data: its agreement with itself (100), and its accuracy where
+    the calibration data has labels (y) -- then a candidate's loss is measured as accuracy, else bounded
+    by disagreement."""
+    agreement: float = 100.0
+    accuracy: float | None = None
+
+    def loss(self, result: dict) -> float:
+        """Points a candidate loses against the unpruned model on the calibration data."""
+        if self.accuracy is not None and result.get("accuracy") is not None:
+            return round(self.accuracy - result["accuracy"], 2)
+        return round(self.agreement - result["agreement"], 2)
+
+    def says(self, result: dict) -> str:
+        if self.accuracy is not None and result.get("accuracy") is not None:
+            return (f"{result['accuracy']:.2f} % on the labelled calibration data, {self.loss(result):.2f} points below "
+                    f"the unpruned model's {self.accuracy:.2f} %")
+        return f"disagrees with the unpruned model on {self.loss(result):.2f} % of the calibration inputs"
+
+
+def misses(result: dict, reference: Reference, options: SearchOptions) -> list[str]:
     """What keeps a scored candidate from the budget (empty: it meets it)."""
     out = []
-    if options.max_accuracy_drop is not None and reference is not None and \
-            reference - result["agreement"] > options.max_accuracy_drop:
-        out.append(f"disagrees with the unpruned model on {reference - result['agreement']:.2f} % of the calibration inputs")
+    if options.max_accuracy_drop is not None and reference.loss(result) > options.max_accuracy_drop:
+        out.append(reference.says(result))
     ms = _budget_ms(result, options)
     if options.latency_budget_ms is not None and (ms is None or ms > options.latency_budget_ms):
         out.append(f"{'measured' if options.device is not None else 'predicted'} {ms} ms")
@@ -200,11 +258,11 @@ def misses(result: dict, reference: float | None, options: SearchOptions) -> lis
     return out
 
 
-def _shortfall(result: dict, reference: float | None, options: SearchOptions) -> float:
+def _shortfall(result: dict, reference: Reference, options: SearchOptions) -> float:
     """How far a candidate is from the budget, each budget's overshoot as a share of it (0: meets it)."""
     total = 0.0
-    if options.max_accuracy_drop is not None and reference is not None:
-        total += max(0.0, reference - result["agreement"] - options.max_accuracy_drop) / max(options.max_accuracy_drop, 0.1)
+    if options.max_accuracy_drop is not None:
+        total += max(0.0, reference.loss(result) - options.max_accuracy_drop) / max(options.max_accuracy_drop, 0.1)
     if options.latency_budget_ms is not None:
         total += max(0.0, (_budget_ms(result, options) or float("inf")) / options.latency_budget_ms - 1)
     if options.size_budget_mb is not None:
@@ -216,8 +274,10 @@ def _candidate_recipe(base, candidate: dict, options: SearchOptions):
     from edgekit.recipe import recipe_from_options
 
     fraction, rank, scheme = candidate["macs_kept"], candidate.get("lowrank"), candidate.get("scheme", "static")
+    depth = candidate.get("depth")
+    cut = fraction < 1 or rank is not None or depth is not None
     recipe = recipe_from_options(base, formats=(candidate["format"],), prune_macs=fraction if fraction < 1 else None,
-                                 lowrank=rank, distill=True if fraction < 1 or rank is not None else None, quant=scheme)
+                                 lowrank=rank, depth=depth, distill=True if cut else None, quant=scheme)
     if scheme != "static":  # what the app's recipe says of calibration applies to static int8 only
         recipe = dataclasses.replace(recipe, quant=dataclasses.replace(recipe.quant, calibration=None, smooth_quant=None))
     return recipe
@@ -228,7 +288,8 @@ def _score(manifest: dict, candidate: dict) -> dict:
     steps = {s["stage"]: s for s in manifest.get("steps", [])}
     return {**candidate, "predicted_ms": prediction.get("latency_ms"), "bytes": manifest["artifact"]["bytes"],
             "artifact": manifest["artifact"]["file"],
-            "macs": (steps.get("distill") or steps.get("prune") or steps.get("lowrank") or steps.get("measure") or {}).get("macs"),
+            "macs": (steps.get("distill") or steps.get("prune") or steps.get("lowrank") or steps.get("depth")
+                     or steps.get("measure") or {}).get("macs"),
             "gate_passed": manifest["formats"][candidate["format"]]["gate"]["passed"],
             "build_dir": manifest.get("build_dir")}
 
@@ -266,12 +327,15 @@ def _search(spec, target, options: SearchOptions, out: Path, steps, base, format
     from edgekit.model.loaded import LoadedModel, model_digest
 
     with steps.step("load", {"factory": spec.factory}, "load model") as rec:
-        loaded = LoadedModel.load(spec, warn=steps.warn)
-        rec["output"] = model_digest(loaded.model)
         # The candidates' evaluation data is the calibration inputs (what they are judged on, see above).
         searched = dataclasses.replace(spec, eval=spec.calib, from_app=spec.from_app - {"eval"})
+        loaded = LoadedModel.load(searched, base.calib_samples, warn=steps.warn)  # as each candidate's build loads it
+        rec["output"] = model_digest(loaded.model)
         calib = load_npz(spec.calib, spec.inputs, spec.origin("calib"), need_labels=False)
         judged = (calib, spec.inputs, reference_outputs(loaded.model, calib, spec.inputs))
+        # Labels in the calibration data (y) let the loss be measured there, on data nothing was trained on
+        # and nothing is reported on; without them it is bounded by disagreement.
+        reference = Reference(accuracy=judge(_TorchRunner(loaded.model), *judged)["accuracy"])
     with steps.step("plan", {"fractions": list(options.fractions), "schemes": list(options.schemes)},
                     "predict every candidate (nothing trained)") as rec:
         candidates = plan(loaded, target, options, formats)
@@ -290,7 +354,7 @@ def _search(spec, target, options: SearchOptions, out: Path, steps, base, format
     todo = []
     for c in candidates:
         why = c.get("refused") or _over_budget_by_plan(c, options)
-        if c.get("refused") or why and (c["macs_kept"] < 1 or c["lowrank"] is not None):
+        if c.get("refused") or why and (c["macs_kept"] < 1 or c["lowrank"] is not None or c["depth"] is not None):
             skipped.append({**{k: v for k, v in c.items() if k != "refused"}, "skipped": why})
         else:
             todo.append(c)
@@ -308,9 +372,9 @@ def _search(spec, target, options: SearchOptions, out: Path, steps, base, format
                 if options.time_limit_s is not None and time.monotonic() - started > options.time_limit_s:
                     stopped = f"--time-limit {options.time_limit_s:g} s"
                     break
-                results.append(measure(_build_candidate(searched, target, base, c, out, options, judged)))
+                results.append(measure(_build_candidate(searched, target, base, c, out, options, judged, loaded,
+                                                        reference)))
                 _write_record(record_path, key, results, skipped, stopped)
-            reference = REFERENCE
             scored = [r for r in results if r.get("agreement") is not None and r.get(axis) is not None
                       and not misses(r, reference, options)]
             best = min(scored, key=lambda r: (r[axis], tuple(-q for q in quality(r)))) if scored else best
@@ -318,7 +382,6 @@ def _search(spec, target, options: SearchOptions, out: Path, steps, base, format
                 steps.console.print(f"  {i + 1}/{len(todo)} {c['id']}: best so far {best['id']} "
                                     f"({best['agreement']:.2f} %, {shown_latency(best, axis)})")
         rec["stopped"] = stopped
-    reference = REFERENCE
     front = pareto_front(results, axis)
     for r in results:
         r["pareto"] = r in front
@@ -330,7 +393,10 @@ def _search(spec, target, options: SearchOptions, out: Path, steps, base, format
                   key=lambda r: (_shortfall(r, reference, options), r.get(axis) or float("inf")), default=None)
     label = AXES[axis].format(device=getattr(options.device, "name", None), cpu=getattr(core, "qemu_cpu", None),
                               target=target.name)
-    doc = {**_record(key, results, skipped, stopped), "reference_agreement": reference,
+    doc = {**_record(key, results, skipped, stopped), "reference_agreement": reference.agreement,
+           "reference_accuracy": reference.accuracy,
+           "judged_on": "accuracy on the labelled calibration data" if reference.accuracy is not None
+           else "agreement with the unpruned model on the calibration inputs (a bound: no labels there)",
            "axis": {"key": axis, "label": label},
            "budget": {"max_accuracy_drop": options.max_accuracy_drop, "latency_budget_ms": options.latency_budget_ms,
                       "size_budget_mb": options.size_budget_mb,
@@ -338,7 +404,8 @@ def _search(spec, target, options: SearchOptions, out: Path, steps, base, format
            "pareto": [r["id"] for r in front], "chosen": chosen["id"] if chosen else None,
            "closest": closest["id"] if closest else None, "seconds": round(time.monotonic() - started, 1)}
     write_json_atomic(out / PARETO, {"axes": ["agreement, then divergence", axis, "bytes"],
-                                     "reference_agreement": reference,
+                                     "reference_agreement": reference.agreement,
+                                     "reference_accuracy": reference.accuracy,
                                      "front": front, "chosen": doc["chosen"]})
     write_text_atomic(out / REPORT, render_search(doc, results, spec.name, target.name))
     write_json_atomic(record_path, doc)
@@ -442,20 +509,21 @@ def _file_digest(path: Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
 
 
-# Agreement of the model as loaded with itself: what each candidate's agreement is measured from.
-REFERENCE = 100.0
-
-
-def judge(runner, data, specs, reference: list) -> tuple[float, float]:
-    """(top-1 agreement %, divergence) of an artifact's first output with the unpruned float model's on
-    the calibration inputs. Divergence: KL(reference || artifact) of the softmaxes for class scores,
-    else the squared error relative to the reference's mean square; label-free and continuous. Outputs
-    that are not class scores agree where they are within 1e-2 relative error."""
-    total, agree = 0.0, 0
+def judge(runner, data, specs, reference: list) -> dict:
+    """{agreement, divergence, accuracy} of an artifact's first output against the unpruned float model's on
+    the calibration inputs. Agreement: top-1 agreement %. Divergence: KL(reference || artifact) of the
+    softmaxes for class scores, else the squared error relative to the reference's mean square; label-free
+    and continuous. Outputs that are not class scores agree where they are within 1e-2 relative error.
+    Accuracy: top-1 % against the calibration data's labels, where it has them (else None)."""
+    total, agree, right = 0.0, 0, 0
+    classes = False
     for i, want in enumerate(reference):
         got = runner.run([data.arrays[s.name][i:i + 1] for s in specs])[0].astype(np.float64).reshape(want.shape)
         if want.ndim == 2 and want.shape[-1] > 1:
+            classes = True
             agree += int((got.argmax(-1) == want.argmax(-1)).all())
+            if data.labels is not None:
+                right += int((got.argmax(-1) == data.labels[i:i + 1]).all())
             p, q = (np.exp(v - v.max(-1, keepdims=True)) for v in (want, got))
             p, q = p / p.sum(-1, keepdims=True), q / q.sum(-1, keepdims=True)
             total += float((p * (np.log(p + 1e-12) - np.log(q + 1e-12))).sum(-1).mean())
@@ -464,7 +532,8 @@ def judge(runner, data, specs, reference: list) -> tuple[float, float]:
             total += error
             agree += int(error < 1e-2)
     n = max(len(reference), 1)
-    return round(100.0 * agree / n, 2), round(total / n, 6)
+    return {"agreement": round(100.0 * agree / n, 2), "divergence": round(total / n, 6),
+            "accuracy": round(100.0 * right / n, 2) if classes and data.labels is not None else None}
 
 
 def reference_outputs(model, data, specs) -> list:
@@ -494,10 +563,18 @@ def _build(spec, target, recipe, out: Path) -> dict:
 
 
 def _build_candidate(spec, target, base, candidate: dict, out: Path, options: SearchOptions,
-                     judged=None) -> dict:
+                     judged=None, loaded=None, reference: Reference = Reference()) -> dict:
     recipe = _candidate_recipe(base, candidate, options)
     begin = time.monotonic()
     build_dir = out / "candidates" / candidate["id"]
+    if judged is not None and loaded is not None and options.max_accuracy_drop is not None and recipe.stages.any:
+        student = _float_student(loaded, target, recipe, judged)
+        if reference.loss(student) > options.max_accuracy_drop:
+            # Quantizing adds error, it does not take it away: int8 would miss too, so it is not exported
+            # (cheap first: an int8 export is most of a candidate's time).
+            return {**candidate, "agreement": None, "float_student": student,
+                    "error": f"its float student already misses: {reference.says(student)}; not exported",
+                    "seconds": round(time.monotonic() - begin, 1)}
     try:
         manifest = _build(spec, target, recipe, build_dir)
     except BuildGateFailed as e:  # a candidate whose int8 misses the quality gate is still a point, marked
@@ -510,8 +587,37 @@ def _build_candidate(spec, target, base, candidate: dict, out: Path, options: Se
 
         data, specs, reference = judged
         runner = get_format(candidate["format"]).load(build_dir / manifest["artifact"]["file"], threads=1)
-        scored["agreement"], scored["divergence"] = judge(runner, data, specs, reference)
+        scored.update(judge(runner, data, specs, reference))
     return {**scored, "seconds": round(time.monotonic() - begin, 1)}
+
+
+def _float_student(loaded, target, recipe, judged) -> dict:
+    """The candidate's stages (pruning, distillation ...) run as its build will run them -- the step cache
+    then hands the build the same student -- and the float student judged like an artifact."""
+    from edgekit.cache import StepCache
+    from edgekit.progress import Steps
+    from edgekit.stages import chain as stage_chain
+
+    chain = stage_chain.plan(recipe.stages, target)
+    student = stage_chain.run(chain, stage_chain.StageContext(loaded, Steps(show=False), recipe.stages.nproc), None,
+                              StepCache())
+    data, specs, reference = judged
+    return judge(_TorchRunner(student), data, specs, reference)
+
+
+class _TorchRunner:
+    """A float model with an artifact runner's `run` (judge() takes either)."""
+
+    def __init__(self, model):
+        self.model = model.eval()
+
+    def run(self, inputs):
+        import torch
+
+        from edgekit.compare import all_outputs
+
+        with torch.no_grad():
+            return all_outputs(self.model(*(torch.from_numpy(np_array) for np_array in inputs)))
 
 
 def _record(key: dict, results: list[dict], skipped: list[dict], stopped: str | None) -> dict:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from edgekit.search import SearchOptions, misses, pareto_front
+from edgekit.search import Reference, SearchOptions, misses, pareto_front
 
 
 def _r(id_, agreement, ms, size, fmt="executorch", fraction=1.0):
@@ -31,12 +31,18 @@ def test_equal_agreement_is_told_apart_by_divergence():
 
 
 def test_misses_measure_the_budget_from_the_unpruned_model():
-    """Disagreement with the unpruned model bounds the accuracy lost: it is what --max-accuracy-drop checks."""
+    """Without labels in the calibration data, disagreement with the unpruned model bounds the accuracy lost:
+    it is what --max-accuracy-drop checks. With them, the accuracy lost there is measured: a candidate that
+    disagrees on 3 % but is right where the unpruned model was wrong loses less than that."""
     options = SearchOptions(max_accuracy_drop=1.0, latency_budget_ms=0.5, size_budget_mb=0.1)
-    assert misses(_r("ok", 99.2, 0.5, 100_000), 100.0, options) == []
-    said = misses(_r("bad", 98.5, 0.6, 200_000), 100.0, options)
+    assert misses(_r("ok", 99.2, 0.5, 100_000), Reference(), options) == []
+    said = misses(_r("bad", 98.5, 0.6, 200_000), Reference(), options)
     assert len(said) == 3 and "disagrees with the unpruned model on 1.50 %" in said[0]
-    assert "0.6 ms" in said[1] and "0.200 MB" in said[2]
+    assert "predicted 0.6 ms" in said[1] and "0.200 MB" in said[2]
+    labelled = Reference(accuracy=97.0)
+    assert misses({**_r("differs", 97.0, 0.5, 100_000), "accuracy": 96.33}, labelled, options) == []
+    said = misses({**_r("worse", 99.0, 0.5, 100_000), "accuracy": 95.67}, labelled, options)
+    assert said == ["95.67 % on the labelled calibration data, 1.33 points below the unpruned model's 97.00 %"]
 
 
 @pytest.mark.parametrize("options, flag", [(SearchOptions(fractions=(1.5,)), "--fractions"),
@@ -67,9 +73,11 @@ def test_search_chooses_on_the_calibration_inputs_and_builds_the_choice(small_se
     for r in doc["results"]:
         manifest = json.loads((out / "candidates" / r["id"] / "manifest.json").read_text())
         assert manifest["model"]["data"]["eval"] == str(digits_app / "calib.npz") and manifest["metrics"]["samples"] == 300
-        assert manifest["metrics"]["accuracy_artifact"] is None  # no labels there: nothing to be tempted by
+        # the sample's calibration data has labels: accuracy there, on data nothing trained on or reports
+        assert abs(manifest["metrics"]["accuracy_artifact"] - r["accuracy"]) <= 100 / 300
+    assert doc["judged_on"] == "accuracy on the labelled calibration data" and doc["reference_accuracy"] > 95
     chosen = next(r for r in doc["results"] if r["id"] == doc["chosen"])
-    assert doc["reference_agreement"] - chosen["agreement"] <= 1.0
+    assert doc["reference_accuracy"] - chosen["accuracy"] <= 1.0
     assert chosen["predicted_ms"] == min(r["predicted_ms"] for r in doc["results"] if not r["misses"])
     final = json.loads((out / "best" / "manifest.json").read_text())
     assert final["model"]["data"]["eval"].endswith("sample_apps/digits/eval.npz")  # reported on the user's own
@@ -95,12 +103,21 @@ def test_search_resumes_from_its_own_record(run_cli, digits_app, small_search):
 
 
 def test_impossible_budget_exits_3_with_the_closest(run_cli, digits_app, tmp_path):
-    proc = run_cli("search", str(digits_app), "--target", "rpi4", "--fractions", "1", "--format", "executorch",
-                   "--latency-budget", "0.0001", "--out", str(tmp_path / "s"), timeout=900)
+    """Also: calibration inputs without labels -- the loss is then bounded by disagreement, and the record says so."""
+    import numpy as np
+
+    with np.load(digits_app / "calib.npz") as calib:
+        np.savez(tmp_path / "calib.npz", x=calib["x"])
+    proc = run_cli("search", str(digits_app), "--calib", str(tmp_path / "calib.npz"), "--target", "rpi4",
+                   "--fractions", "1", "--format", "executorch", "--latency-budget", "0.0001",
+                   "--max-accuracy-drop", "1", "--out", str(tmp_path / "s"), timeout=900)
     assert proc.returncode == 3, proc.stderr
     said = " ".join(proc.stderr.split())
     assert "no candidate meets the budget; closest: macs1-executorch" in said and "predicted" in said
     assert (tmp_path / "s" / "pareto.json").is_file()
+    doc = json.loads((tmp_path / "s" / "search.json").read_text())
+    assert doc["reference_accuracy"] is None and doc["judged_on"].startswith("agreement")
+    assert doc["results"][0]["accuracy"] is None and doc["results"][0]["agreement"] == 100.0
 
 
 # --- what is searched: low rank, quantization schemes (the plan: pruned or factorised copies, nothing trained)
@@ -235,3 +252,22 @@ def test_search_counts_guest_instructions_on_the_emulated_core(run_cli, digits_a
     counts = {r["id"]: r["instructions"] for r in doc["results"]}
     assert all(r["emulated_cpu"] == "cortex-a72" for r in doc["results"])
     assert 0 < counts["macs0.5-executorch"] < counts["macs1-executorch"]
+
+
+def test_plan_drops_blocks_where_the_model_has_them(digits_loaded):
+    """vit_digits (three encoder blocks): every fraction is tried again with two blocks kept, predicted faster
+    (fewer ops); the digits CNN has no blocks, so none, and asking for them is an error naming --depth."""
+    from edgekit import api
+    from edgekit.errors import UsageError
+    from edgekit.model.loaded import LoadedModel
+
+    vit = LoadedModel.load(api.source(str(Path(__file__).resolve().parent.parent / "sample_apps" / "vit_digits")), warn=lambda *_: None)
+    planned = {c["id"]: c for c in _plan(vit, "rpi4", fractions=(1.0, 0.5), lowrank=())}
+    assert set(planned) == {f"{d}macs{f}-{fmt}" for d in ("", "depth0.5-") for f in ("1", "0.5")
+                            for fmt in ("executorch", "onnx")}
+    for f in ("1", "0.5"):
+        deep, shallow = planned[f"macs{f}-executorch"], planned[f"depth0.5-macs{f}-executorch"]
+        assert shallow["depth"] == 0.5 and shallow["planned"]["predicted_ms"] < 0.8 * deep["planned"]["predicted_ms"]
+    assert not [c for c in _plan(digits_loaded, "rpi4", fractions=(1.0,)) if c["depth"] is not None]
+    with pytest.raises(UsageError, match="--depth"):
+        _plan(digits_loaded, "rpi4", fractions=(1.0,), depths=(0.5,))

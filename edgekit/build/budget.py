@@ -40,19 +40,24 @@ def wanted(gate) -> bool:
     return gate.latency_budget_ms is not None or gate.size_budget_mb is not None
 
 
-def pruned_prediction(model, example, target, fraction: float, kernels: tuple[str, ...], lowrank: float | None = None) -> dict:
+def pruned_prediction(model, example, target, fraction: float, kernels: tuple[str, ...], lowrank: float | None = None,
+                      depth: float | None = None) -> dict:
     """A copy of `model` pruned to keep `fraction` of its MACs (1: as it is), or with its Linear and 1x1
-    layers factorised to `lowrank` of their rank (stages/lowrank.py), counted and predicted on the target by
+    layers factorised to `lowrank` of their rank (stages/lowrank.py), or keeping `depth` of its repeated
+    blocks (stages/depth.py; which ones does not change the count), counted and predicted on the target by
     each kernel library in `kernels` (validate/cost.py), in int8 and in fp32; nothing trained. Returns
     {"macs", "int8_weight_mb", "latency_ms": {kernels: int8 ms or None}, "fp32_latency_ms": {kernels: ...}}."""
+    from edgekit.stages.depth import DepthConfig, drop_blocks
     from edgekit.stages.lowrank import LowRankConfig, factorise
     from edgekit.stages.macs import count
     from edgekit.stages.prune import PruneConfig, prune
     from edgekit.validate import cost
     from edgekit.validate.graph import model_work
 
-    if fraction < 1 or lowrank is not None:
+    if fraction < 1 or lowrank is not None or depth is not None:
         model = copy.deepcopy(model)
+    if depth is not None:
+        drop_blocks(model, example, DepthConfig(depth))
     if fraction < 1:
         prune(model, example, PruneConfig(macs_target=fraction, round_to=target.round_to))
     if lowrank is not None:
@@ -87,8 +92,9 @@ def plan(loaded, recipe, target, kernels: str, steps):
                          hint="use an ARM target profile (rpi4, rpi5, pi-zero2, android-arm64)")
     record = {"latency_budget_ms": gate.latency_budget_ms, "size_budget_mb": gate.size_budget_mb,
               "unpruned": unpruned, "candidates": []}
-    if recipe.stages.prune is not None or _meets(unpruned, gate):
-        record["pruning"] = "as the recipe says" if recipe.stages.prune is not None else "none needed"
+    said = recipe.stages.prune is not None or recipe.stages.depth is not None  # the amount is the user's
+    if said or _meets(unpruned, gate):
+        record["pruning"] = "as the recipe says" if said else "none needed"
         return recipe, record
     chosen = None
     for fraction in PLAN_FRACTIONS:
@@ -146,7 +152,7 @@ def check(manifest: dict, records: dict, recipe, steps) -> list[str]:
                           "met": [n for n, v in verdicts.items() if not v["misses"]]}
     if gate.max_accuracy_drop is None and loaded_accuracy is not None:
         lost = [v for v in verdicts.values() if v["accuracy_drop"] is not None and v["accuracy_drop"] > WARN_POINTS]
-        if lost and any(s.get("stage") in ("prune", "lowrank", "distill") for s in manifest.get("steps", [])):
+        if lost and any(s.get("stage") in ("depth", "prune", "lowrank", "distill") for s in manifest.get("steps", [])):
             worst = max(lost, key=lambda v: v["accuracy_drop"])
             steps.warn(f"{worst['file']} scores {worst['accuracy']:.2f} %, {worst['accuracy_drop']:.2f} points below "
                        f"the model as loaded ({loaded_accuracy:.2f} %); --max-accuracy-drop POINTS makes that an "

@@ -1,4 +1,5 @@
-"""What a model's layers are, read from the module tree (no forward pass)."""
+"""What a model's layers are, read from the module tree (no forward pass), and the structural
+changes a saved model replays on a fresh one (low-rank splits, dropped blocks)."""
 
 from __future__ import annotations
 
@@ -42,3 +43,19 @@ def lowrank_type():
                     "rank": first.weight.shape[0], "bias": second.bias is not None}
 
     return LowRank
+
+
+# Blocks depth pruning (stages/depth.py) dropped, recorded on the model so a saved model (saved.py)
+# is rebuilt from its factory with the same blocks gone: {container name: positions in the model as
+# its factory builds it}.
+DROPPED_ATTR = "edgekit_dropped_blocks"
+
+
+def remove_blocks(model, dropped: dict[str, list[int]]) -> None:
+    """Delete the blocks at these positions from each container (nn.Sequential / nn.ModuleList) of a model
+    as its factory builds it, and record them on the model."""
+    for container, indices in dropped.items():
+        holder = model.get_submodule(container) if container else model
+        for i in sorted(indices, reverse=True):  # containers renumber after a delete: last first
+            del holder[i]
+    setattr(model, DROPPED_ATTR, {k: sorted(v) for k, v in dropped.items()})

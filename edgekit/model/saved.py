@@ -2,9 +2,10 @@
 
 Two files, for two kinds of reader:
 - `float_model.pt` (this module's format, `torch.load(weights_only=True)`-safe):
-  the new layer sizes, the layers low-rank factorisation split in two, and the
-  state_dict. `load_transformed` rebuilds the model from the user's own factory,
-  re-splits and resizes each layer and loads the weights, so the result is a
+  the blocks depth pruning dropped, the new layer sizes, the layers low-rank
+  factorisation split in two, and the state_dict. `load_transformed` rebuilds the
+  model from the user's own factory, drops the same blocks, re-splits and resizes
+  each layer and loads the weights, so the result is a
   trainable nn.Module again (what distillation workers and `edgekit validate`
   use). The sizes include the attention attributes head pruning changes
   (`num_heads`, `head_dim`, `dim`), which the model's forward reshapes by.
@@ -19,7 +20,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from edgekit.errors import UsageError
-from edgekit.model.layers import lowrank_type, split_layer
+from edgekit.model.layers import DROPPED_ATTR, lowrank_type, remove_blocks, split_layer
 
 FORMAT = "edgekit-transformed/1"
 # Size attributes of the layers pruning changes (Conv, Linear, BN, LayerNorm, GroupNorm).
@@ -58,8 +59,8 @@ def save_transformed(model, path: Path) -> None:
     import torch
 
     tmp = path.with_name(f".{path.name}.tmp")
-    torch.save({"format": FORMAT, "splits": layer_splits(model), "sizes": layer_sizes(model),
-                "state_dict": model.state_dict()}, tmp)
+    torch.save({"format": FORMAT, "dropped": getattr(model, DROPPED_ATTR, {}), "splits": layer_splits(model),
+                "sizes": layer_sizes(model), "state_dict": model.state_dict()}, tmp)
     tmp.replace(path)
 
 
@@ -79,7 +80,13 @@ def load_transformed(model, path: Path):
     doc = torch.load(path, map_location="cpu", weights_only=True)
     if not isinstance(doc, dict) or doc.get("format") != FORMAT:
         raise UsageError(f"'{path}' is not a model saved by edgekit ({FORMAT})", hint="pass BUILD/float_model.pt")
-    for name, split in (doc.get("splits") or {}).items():  # low-rank layers first: they change the module tree
+    if doc.get("dropped"):  # the blocks depth pruning dropped, first: positions in the factory's model
+        try:
+            remove_blocks(model, doc["dropped"])
+        except (AttributeError, IndexError, TypeError) as e:
+            raise UsageError(f"'{path}' drops blocks the model factory does not build ({e})",
+                             hint="load it with the factory that made the build") from None
+    for name, split in (doc.get("splits") or {}).items():  # low-rank layers next: they change the module tree
         parent_name, _, leaf = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
         if not hasattr(parent, leaf):

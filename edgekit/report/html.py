@@ -351,20 +351,23 @@ def render_search(doc: dict, results: list[dict], name: str, target: str) -> str
     emulated instructions or predicted; size as the marker's area), and every candidate in a table."""
     axis = doc.get("axis") or {"key": "predicted_ms", "label": "latency predicted on the target (ms)"}
     key = axis["key"]
-    png = plots.pareto(results, doc.get("chosen"), doc.get("reference_agreement"), key, axis["label"])
+    labelled = doc.get("reference_accuracy") is not None
+    png = plots.pareto(results, doc.get("chosen"), doc["reference_accuracy"] if labelled else doc.get("reference_agreement"),
+                       key, axis["label"], "accuracy" if labelled else "agreement")
 
     def cell(value, fmt):
         return "–" if value is None else fmt.format(value)
 
     measured = key != "predicted_ms"
-    rows = [[escape(r["id"]), cell(r.get("agreement"), "{:.2f}"), cell(r.get("divergence"), "{:.4f}"),
+    rows = [[escape(r["id"]), cell(r.get("accuracy"), "{:.2f}"), cell(r.get("agreement"), "{:.2f}"),
+             cell(r.get("divergence"), "{:.4f}"),
              cell(r.get("predicted_ms"), "{:.3f}")]
             + ([cell(r.get(key), "{:,}" if key == "instructions" else "{:.4f}")] if measured else [])
             + [cell(r.get("bytes") and r["bytes"] / 1e3, "{:.1f}"),
                "yes" if r.get("pareto") else "", escape("; ".join(r.get("misses") or []) or "meets it")]
             for r in sorted(results, key=lambda r: (r.get(key) or 0))]
     chosen = doc.get("chosen")
-    header = (["candidate", "agreement %", "divergence", "predicted ms"]
+    header = (["candidate", "accuracy %", "agreement %", "divergence", "predicted ms"]
               + ([{"measured_ms": "measured ms", "instructions": "guest instructions"}[key]] if measured else [])
               + ["size KB", "on the front", "budget"])
     return "\n".join([
@@ -373,9 +376,10 @@ def render_search(doc: dict, results: list[dict], name: str, target: str) -> str
         f"<h1>edgekit search: {escape(name)} → {escape(target)}</h1>",
         f'<p class="sub">{len(results)} candidates built, {len(doc.get("skipped", []))} ruled out by the cost model '
         f'before training; ordered by {escape(axis["label"])}; chosen: <b>{escape(chosen or "none meets the budget")}</b></p>',
-        _img(png, "Pareto front", f"top-1 agreement with the unpruned model on the calibration inputs vs "
+        _img(png, "Pareto front", f"{'accuracy on' if labelled else 'top-1 agreement with the unpruned model on'} the calibration data vs "
              f"{escape(axis['label'])}; marker area: artifact size; the front is joined"),
         _table(header, rows),
-        '<p class="note">agreement and divergence (from the unpruned model&#39;s outputs: KL of the softmaxes, lower '
-        'is closer; it orders candidates of equal agreement) on the calibration inputs</p>',
+        f'<p class="note">judged on the calibration data: {escape(doc.get("judged_on") or "agreement")}; accuracy '
+        '(where it has labels), agreement and divergence (from the unpruned model&#39;s outputs: KL of the softmaxes, '
+        'lower is closer; it orders candidates of equal agreement)</p>',
         "</body></html>"])

@@ -149,34 +149,35 @@ def sizes(quality: list[dict]) -> bytes:
 
 
 def pareto(results: list[dict], chosen: str | None, reference: float | None, key: str = "predicted_ms",
-           label: str = "predicted latency on the target (ms)") -> bytes:
-    """edgekit search's candidates: agreement with the unpruned model vs latency (`key` of each result:
-    measured, emulated instructions or predicted; `label` names it), one color per format, marker area by
-    artifact size, the Pareto front joined, the chosen one circled; `reference`: the unpruned model's own
-    (100 %, a dashed line)."""
+           label: str = "predicted latency on the target (ms)", quality: str = "agreement") -> bytes:
+    """edgekit search's candidates: their `quality` ("agreement" with the unpruned model, or "accuracy" on
+    labelled calibration data) vs latency (`key` of each result: measured, emulated instructions or
+    predicted; `label` names it), one color per format, marker area by artifact size, the Pareto front
+    joined, the chosen one circled; `reference`: the unpruned model's own (a dashed line)."""
     fig, ax = _figure(7.5, 4.0)
-    scored = [r for r in results if r.get("agreement") is not None and r.get(key) is not None]
+    scored = [r for r in results if r.get(quality) is not None and r.get(key) is not None]
     colors = format_colors([r["format"] for r in scored])
     biggest = max((r["bytes"] for r in scored), default=1)
     for fmt, color in colors.items():
         mine = [r for r in scored if r["format"] == fmt]
-        ax.scatter([r[key] for r in mine], [r["agreement"] for r in mine], color=color, alpha=0.8,
+        ax.scatter([r[key] for r in mine], [r[quality] for r in mine], color=color, alpha=0.8,
                    s=[30 + 170 * r["bytes"] / biggest for r in mine], label=fmt)
         for r in mine:
-            ax.annotate(r["id"].replace(f"-{fmt}", "", 1), (r[key], r["agreement"]),  # the color says the format
+            ax.annotate(r["id"].replace(f"-{fmt}", "", 1), (r[key], r[quality]),  # the color says the format
                         fontsize=7, textcoords="offset points", xytext=(5, 3))
     front = sorted((r for r in scored if r.get("pareto")), key=lambda r: r[key])
     if front:
-        ax.plot([r[key] for r in front], [r["agreement"] for r in front], color="#1d2733", linewidth=1,
+        ax.plot([r[key] for r in front], [r[quality] for r in front], color="#1d2733", linewidth=1,
                 label="Pareto front")
     best = next((r for r in scored if r["id"] == chosen), None)
     if best:
-        ax.scatter([best[key]], [best["agreement"]], s=320, facecolors="none", edgecolors="#d62728",
+        ax.scatter([best[key]], [best[quality]], s=320, facecolors="none", edgecolors="#d62728",
                    linewidths=1.6, label="chosen")
     if reference is not None:
         ax.axhline(reference, color=COLORS["float"], linestyle="--", linewidth=1, label="the unpruned model")
     ax.set_xlabel(label)
-    ax.set_ylabel("top-1 agreement with the unpruned model (%)")
+    ax.set_ylabel("top-1 agreement with the unpruned model (%)" if quality == "agreement"
+                  else "accuracy on the labelled calibration data (%)")
     _legend_outside(ax)
     return _png(fig)
 

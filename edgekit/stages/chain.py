@@ -31,6 +31,7 @@ from edgekit.model.app import build_module
 from edgekit.model.data import Dataset, batches, load_npz
 from edgekit.model.loaded import LoadedModel, data_digest, model_digest
 from edgekit.model.saved import load_transformed, save_exported, save_transformed
+from edgekit.stages.depth import SCORE_SAMPLES, drop_blocks
 from edgekit.stages.lowrank import factorise
 from edgekit.stages.macs import change, count
 from edgekit.stages.options import StageOptions
@@ -78,6 +79,8 @@ class Stage:
 def plan(options: StageOptions, target) -> list[Stage]:
     """The chain for these options, in the fixed order; channel rounding from the target."""
     chain = []
+    if options.depth:
+        chain.append(Stage("depth", options.depth, f"drop blocks, keep {options.depth.keep:g} of them", ("train",), _depth))
     if options.prune:
         cfg = options.prune if options.prune.round_to is not None else dataclasses.replace(options.prune, round_to=target.round_to)
         label = f"prune channels {cfg.ratio:g}" if cfg.ratio is not None else f"prune to {cfg.macs_target:g} of MACs"
@@ -98,7 +101,8 @@ def check(chain: list[Stage], spec, evaluation_labels: bool) -> None:
     for stage in chain:
         for need in stage.needs:
             if need in ("train", "labelled train") and spec.train is None:
-                what = "--distill" if stage.name == "distill" else f"--prune-importance {stage.config.importance}"
+                what = {"distill": "--distill", "depth": "--depth"}.get(stage.name) or \
+                    f"--prune-importance {stage.config.importance}"
                 raise UsageError(f"{what} needs training data",
                                  hint="pass --train train.npz (x and labels y), or set data.train in edgekit.toml")
             if need == "labelled train":  # the whole file checked now (shapes, values, labels), not mid-build
@@ -194,6 +198,19 @@ def _prune(model, cfg, ctx: StageContext):
             + (f" (a layer's MACs fall with the widths of its input and its output; --prune-macs "
                f"{1 - cfg.ratio:g} would keep {(1 - cfg.ratio) * 100:.0f} % of them)" if removed > cfg.ratio + 0.05 else ""))
     return model, {"macs_removed": round(removed, 4)}
+
+
+def _depth(model, cfg, ctx: StageContext):
+    """Blocks chosen on the training inputs (never the evaluation data): the least influential go."""
+    import torch
+
+    train = ctx.train(labels=False).take(SCORE_SAMPLES)
+    scoring = [tuple(torch.from_numpy(train.arrays[s.name][i:i + 64]) for s in ctx.spec.inputs)
+               for i in range(0, len(train), 64)]
+    facts = drop_blocks(model, ctx.loaded.example, cfg, scoring)
+    ctx.steps.console.print(f"  dropped {len(facts['dropped'])} of {facts['blocks']} blocks: {', '.join(facts['dropped'])} "
+                            "(the least influential on the training inputs)")
+    return model, facts
 
 
 def _lowrank(model, cfg, ctx: StageContext):

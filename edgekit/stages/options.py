@@ -6,19 +6,24 @@ import dataclasses
 from dataclasses import dataclass
 
 from edgekit.errors import UsageError
+from edgekit.stages.depth import DepthConfig
 from edgekit.stages.lowrank import LowRankConfig
 from edgekit.stages.prune import PruneConfig
 from edgekit.stages.sparsity import SparsityConfig
 from edgekit.train.distill import DistillConfig
 
-# The stages, in the order they run: prune, low-rank, distill (teacher = the model as loaded, so it
-# recovers what the first two took), sparsity (last, so training does not refill the zeros).
-ORDER = ("prune", "lowrank", "distill", "sparsity")
-CONFIGS = {"prune": PruneConfig, "lowrank": LowRankConfig, "distill": DistillConfig, "sparsity": SparsityConfig}
+# The stages, in the order they run: depth (whole blocks dropped first: the module tree changes once,
+# and pruning then ranks the channels of the blocks that stay), prune, low-rank, distill (teacher = the
+# model as loaded, so it recovers what the first three took), sparsity (last, so training does not
+# refill the zeros).
+ORDER = ("depth", "prune", "lowrank", "distill", "sparsity")
+CONFIGS = {"depth": DepthConfig, "prune": PruneConfig, "lowrank": LowRankConfig, "distill": DistillConfig,
+           "sparsity": SparsityConfig}
 
 
 @dataclass(frozen=True)
 class StageOptions:
+    depth: DepthConfig | None = None
     prune: PruneConfig | None = None
     lowrank: LowRankConfig | None = None
     distill: DistillConfig | None = None

@@ -5,7 +5,7 @@
 Writes into DIR (default: this script's directory):
     weights.pt  state_dict (loads with torch.load(..., weights_only=True))
     train.npz   x, y
-    calib.npz   x          (calibration needs no labels)
+    calib.npz   x, y       (calibration needs no labels; with them `edgekit search` measures accuracy there)
     eval.npz    x, y
 """
 
@@ -112,7 +112,7 @@ def main() -> None:
     os.makedirs(args.out, exist_ok=True)
     torch.save(model.state_dict(), os.path.join(args.out, "weights.pt"))
     np.savez(os.path.join(args.out, "train.npz"), x=splits["train_x"], y=splits["train_y"])
-    np.savez(os.path.join(args.out, "calib.npz"), x=splits["calib_x"])
+    np.savez(os.path.join(args.out, "calib.npz"), x=splits["calib_x"], y=splits["calib_y"])
     np.savez(os.path.join(args.out, "eval.npz"), x=splits["eval_x"], y=splits["eval_y"])
     print(f"wrote weights.pt, train.npz, calib.npz, eval.npz to {args.out}")
 
