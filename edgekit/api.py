@@ -32,6 +32,7 @@ from edgekit.model.loaded import LoadedModel
 from edgekit.progress import EdgekitWarning, Steps
 from edgekit.recipe import BuildRecipe, GateOptions, app_recipe
 from edgekit.recipe import recipe_from_options as recipe
+from edgekit.search import TIMING_SECONDS
 from edgekit.report import build_report, write_html
 from edgekit.stages import chain as stage_chain
 from edgekit.stages.macs import count
@@ -46,7 +47,8 @@ source = _source  # what to build: an app dir, or module:factory with its inputs
 
 def build(source: str | Path | ModelSpec, target: str = "rpi4", recipe: BuildRecipe | None = None, *,
           out: str | Path | None = None, progress: bool = False,
-          on_step: Callable[[dict], None] | None = None) -> dict:
+          on_step: Callable[[dict], None] | None = None, device=None, bench=None,
+          allow_arch_mismatch: bool = False) -> dict:
     """Quantize, export and judge a model for a target; returns the manifest.
 
     `source`: an app directory (with edgekit.toml) or a ModelSpec (`edgekit.api.source(...)`).
@@ -56,7 +58,9 @@ def build(source: str | Path | ModelSpec, target: str = "rpi4", recipe: BuildRec
     edgekit/compare.py); one that fails is written, marked, and BuildGateFailed (exit 3) is
     raised with the manifest. `progress`: show per-step progress on stderr; without it, the
     build's warnings (also in `manifest["warnings"]`) are raised as `EdgekitWarning`s. `on_step`:
-    called with each step's record (stage, config, seconds) as it ends.
+    called with each step's record (stage, config, seconds) as it ends. `device` (a deploy Device, with
+    `bench` options and `allow_arch_mismatch`): the latency budget is judged by timing the primary artifact
+    there (build/budget.py `measured`), not by the cost model's prediction.
     """
 
     tgt = load_target(target)
@@ -64,9 +68,19 @@ def build(source: str | Path | ModelSpec, target: str = "rpi4", recipe: BuildRec
     if recipe is None:
         recipe = app_recipe(spec) or BuildRecipe()
     out_dir = Path(out) if out else DEFAULT_BUILD_ROOT / f"{spec.name}-{tgt.name}"
+    on_device = device is not None
+    if on_device and recipe.gate.latency_budget_ms is None:
+        raise UsageError("--device on a build times the artifact there for --latency-budget: give the budget",
+                         hint="add --latency-budget MS, or time any build with `edgekit deploy BUILD --device D --bench`")
     try:
         manifest = run_build(spec, tgt, recipe, out_dir,
-                             Steps(show=progress, on_step=on_step, python_warnings=not progress))
+                             Steps(show=progress, on_step=on_step, python_warnings=not progress),
+                             latency_on_device=on_device)
+        if on_device:
+            from edgekit.build.budget import measured
+
+            manifest = measured(out_dir, device, bench or BenchOptions(min_seconds=TIMING_SECONDS),
+                                allow_arch_mismatch, recipe.gate.latency_budget_ms)
     except BuildGateFailed as e:
         e.manifest["build_dir"] = str(out_dir)
         raise

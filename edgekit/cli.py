@@ -147,6 +147,26 @@ node_options = _options(
 )
 
 
+build_device_options = _options(
+    click.option("-d", "--device", metavar="DEVICE",
+                 help="Judge --latency-budget by timing the artifact on this device (user@host[:port], adb[:SERIAL] or "
+                      "local) instead of by the cost model."),
+    click.option("--python", "device_python", metavar="PATH", help="The device's python with the runtime. [default: python3; this one for local]"),
+    click.option("--allow-arch-mismatch", is_flag=True, help="Time on a device that is not the target's architecture (e.g. --device local)."),
+)
+
+
+def _device(device: str | None, python: str | None, **settings):
+    """The --device of build and search, with the device's python (local: the one running edgekit, which
+    has every runtime, as `edgekit bench`) and other per-device settings (None: the default)."""
+    from edgekit.deploy.devices import device_defaults, parse_device
+
+    if device is None:
+        return None
+    python = python or (sys.executable if device == "local" else None)
+    return parse_device(device, device_defaults(python=python, **settings))
+
+
 def _use_nodes(nnodes: int, node_rank: int | None, rdzv_endpoint: str | None) -> bool:
     """Hand the rendezvous to the launcher (edgekit/train/launch.py reads it from EDGEKIT_TORCHRUN_ARGS);
     True when training spans machines."""
@@ -186,7 +206,8 @@ def _source_of(app_dir, model, input_shape, inputs, weights, calib, eval_, train
 
 
 def _run_build(app_dir, model, input_shape, inputs, weights, calib, eval_, train, target, out, as_json,
-               nnodes=1, node_rank=None, rdzv_endpoint=None, **recipe) -> None:
+               nnodes=1, node_rank=None, rdzv_endpoint=None, device=None, device_python=None,
+               allow_arch_mismatch=False, **recipe) -> None:
     from edgekit import api
     from edgekit.errors import BuildGateFailed
 
@@ -201,7 +222,8 @@ def _run_build(app_dir, model, input_shape, inputs, weights, calib, eval_, train
     target = target or (replay or {}).get("target") or "rpi4"
     # Progress goes to stderr, so --json stdout stays clean.
     try:
-        manifest = api.build(spec, target, built_recipe, out=out, progress=True)
+        manifest = api.build(spec, target, built_recipe, out=out, progress=True, device=_device(device, device_python),
+                             allow_arch_mismatch=allow_arch_mismatch)
     except BuildGateFailed as e:  # the build dir was written: show it, with every artifact's verdict
         _show_build(e.manifest, as_json)
         raise
@@ -232,6 +254,7 @@ def _show_build(manifest: dict, as_json: bool) -> None:
 @source_options
 @recipe_options
 @node_options
+@build_device_options
 @output_options
 def build(**options):
     """Quantize, export and validate a model for a target.
@@ -241,7 +264,11 @@ def build(**options):
     edgekit build sample_apps/digits --format all --max-accuracy-drop 0.5
     edgekit build --model mynets:make_net --input-shape 1,3,32,32 --calib calib.npz --eval eval.npz
     edgekit build --recipe build/digits-rpi4/manifest.json      # the same build again
+    edgekit build sample_apps/digits --latency-budget 0.1 --prune-macs 0.5 --distill --device pi@raspberrypi.local
     """
+    if (options["device_python"] or options["allow_arch_mismatch"]) and not options["device"]:
+        raise UsageError("--python and --allow-arch-mismatch apply to the latency run of --device",
+                         hint="add --device DEVICE with --latency-budget MS, or leave them out")
     _run_build(**options)
 
 
@@ -376,7 +403,6 @@ def search(app_dir, model, input_shape, inputs, weights, calib, eval_, train, ta
     from edgekit.errors import BuildGateFailed
     from edgekit.api import DEFAULT_BUILD_ROOT
     from edgekit.deploy import BenchOptions
-    from edgekit.deploy.devices import device_defaults, parse_device
     from edgekit.progress import Steps
     from edgekit.recipe import app_recipe
     from edgekit.search import FRACTIONS, TIMING_SECONDS, SearchOptions, run_search
@@ -395,10 +421,8 @@ def search(app_dir, model, input_shape, inputs, weights, calib, eval_, train, ta
                             schemes=tuple(q.strip() for q in schemes.split(",") if q.strip()),
                             max_accuracy_drop=max_accuracy_drop, latency_budget_ms=latency_budget,
                             size_budget_mb=size_budget, trials=trials, time_limit_s=time_limit,
-                            # this computer: the python running edgekit has every runtime (as `edgekit bench`)
-                            device=parse_device(device, device_defaults(
-                                python=python or (sys.executable if device == "local" else None), remote_dir=remote_dir,
-                                ssh_config=str(Path(ssh_config).resolve()) if ssh_config else None)) if device else None,
+                            device=_device(device, python, remote_dir=remote_dir,
+                                           ssh_config=str(Path(ssh_config).resolve()) if ssh_config else None),
                             bench=BenchOptions(threads=threads, runs=runs, min_seconds=TIMING_SECONDS) if device else None,
                             allow_arch_mismatch=allow_arch_mismatch, emulate=emulate)
     out_dir = Path(out) if out else DEFAULT_BUILD_ROOT / f"{spec.name}-{tgt.name}-search"

@@ -156,3 +156,26 @@ def test_points_lost_to_pruning_are_not_silent(run_cli, user_cnn, tmp_path):
 def test_bad_budgets_name_the_flag(run_cli, flag, value, tmp_path):
     proc = run_cli("build", str(DIGITS), flag, value, "--out", str(tmp_path / "bad"))
     assert proc.returncode == 2 and flag in proc.stderr and not (tmp_path / "bad").exists()
+
+
+def test_a_latency_budget_on_a_device_is_judged_by_its_timing(run_cli, digits_app, tmp_path):
+    """--device: the cost model still plans, the device's p50 is the verdict. On this computer (the device
+    `local`), the digits .onnx takes tens of microseconds: a 1 s budget is met by the measurement, a 1 ns one
+    is missed (exit 3, naming the device and the time), and the run is recorded in the build like a deploy's."""
+    base = ["build", str(digits_app), "--format", "onnx", "--device", "local", "--allow-arch-mismatch", "--json"]
+    met = run_cli(*base, "--latency-budget", "1000", "-o", str(tmp_path / "met"))
+    assert met.returncode == 0, met.stderr
+    manifest = json.loads(met.stdout)
+    measured = manifest["budget"]["measured"]
+    assert manifest["budget"]["latency_on"] == "device" and measured["device"] == "local" and measured["met"]
+    assert 0 < measured["p50_ms"] < 1000 and Path(measured["run"]).parent == tmp_path / "met" / "device_runs"
+    missed = run_cli(*base, "--prune", "0.1", "--latency-budget", "0.000001", "-o", str(tmp_path / "missed"))
+    assert missed.returncode == 3, missed.stderr
+    said = " ".join(missed.stderr.split())
+    assert "budget not met: model.onnx measures" in said and "on local, over --latency-budget 1e-06" in said
+    assert json.loads((tmp_path / "missed" / "manifest.json").read_text())["budget"]["measured"]["met"] is False
+
+
+def test_a_device_without_a_latency_budget_is_refused(run_cli, digits_app, tmp_path):
+    proc = run_cli("build", str(digits_app), "--device", "local", "-o", str(tmp_path / "b"))
+    assert proc.returncode == 2 and "--latency-budget" in proc.stderr

@@ -64,7 +64,8 @@ def quality_gate(recipe: BuildRecipe) -> Gate:
         min_cosine=g.min_cosine, min_agreement=g.min_agreement, max_accuracy_drop=g.max_accuracy_drop)
 
 
-def run_build(spec: ModelSpec, target: Target, recipe: BuildRecipe, out, steps, cache: StepCache | None = None) -> dict:
+def run_build(spec: ModelSpec, target: Target, recipe: BuildRecipe, out, steps, cache: StepCache | None = None,
+              latency_on_device: bool = False) -> dict:
     recipe.check()
     if recipe.stages.nproc != 1 and recipe.stages.distill is None and (recipe.quality != "auto" or spec.train is None):
         raise UsageError("--nproc applies to training: --distill, or --quality auto's quantization-aware training, "
@@ -153,7 +154,7 @@ def run_build(spec: ModelSpec, target: Target, recipe: BuildRecipe, out, steps, 
                              hint=first["hint"])
         manifest = _manifest(spec, target, recipe, records, float_bytes, ranking, steps, gate, skipped)
         manifest.update(_lint_and_predict(loaded, stage, records, target, steps))
-        budget_failures = budget.check(manifest, records, recipe, steps)
+        budget_failures = budget.check(manifest, records, recipe, steps, latency_on_device)
         if plan_record is not None:
             manifest["budget"]["plan"] = plan_record
         if auto:

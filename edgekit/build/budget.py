@@ -122,8 +122,10 @@ def plan(loaded, recipe, target, kernels: str, steps):
     return dataclasses.replace(recipe, stages=stages), record
 
 
-def check(manifest: dict, records: dict, recipe, steps) -> list[str]:
-    """The budget's verdict on every artifact, into manifest['budget']; returns the failures (exit 3)."""
+def check(manifest: dict, records: dict, recipe, steps, latency_on_device: bool = False) -> list[str]:
+    """The budget's verdict on every artifact, into manifest['budget']; returns the failures (exit 3).
+    `latency_on_device`: the latency budget is judged by a device's measurement afterwards (measured()),
+    not by the prediction."""
     gate = recipe.gate
     measure = next((s for s in manifest.get("steps", []) if s.get("stage") == "measure"), None)
     loaded_accuracy = measure.get("accuracy_float") if measure else None
@@ -139,7 +141,8 @@ def check(manifest: dict, records: dict, recipe, steps) -> list[str]:
         if gate.max_accuracy_drop is not None and v["accuracy_drop"] is not None and v["accuracy_drop"] > gate.max_accuracy_drop:
             v["misses"].append(f"{accuracy:.2f} % is {v['accuracy_drop']:.2f} points below the model as loaded "
                                f"({loaded_accuracy:.2f} %), over --max-accuracy-drop {gate.max_accuracy_drop:g}")
-        if gate.latency_budget_ms is not None and (v["predicted_ms"] is None or v["predicted_ms"] > gate.latency_budget_ms):
+        if gate.latency_budget_ms is not None and not latency_on_device and \
+                (v["predicted_ms"] is None or v["predicted_ms"] > gate.latency_budget_ms):
             v["misses"].append(f"predicted {v['predicted_ms']} ms, over --latency-budget {gate.latency_budget_ms:g}")
         if gate.size_budget_mb is not None and v["mb"] > gate.size_budget_mb:
             v["misses"].append(f"{v['mb']} MB, over --size-budget {gate.size_budget_mb:g}")
@@ -148,6 +151,7 @@ def check(manifest: dict, records: dict, recipe, steps) -> list[str]:
             failures.append(f"{v['file']}: {'; '.join(v['misses'])}")
     manifest["budget"] = {**manifest.get("budget", {}), "accuracy_loaded": loaded_accuracy,
                           "max_accuracy_drop": gate.max_accuracy_drop, "latency_budget_ms": gate.latency_budget_ms,
+                          "latency_on": "device" if latency_on_device else "prediction",
                           "size_budget_mb": gate.size_budget_mb, "artifacts": verdicts,
                           "met": [n for n, v in verdicts.items() if not v["misses"]]}
     if gate.max_accuracy_drop is None and loaded_accuracy is not None:
@@ -158,3 +162,29 @@ def check(manifest: dict, records: dict, recipe, steps) -> list[str]:
                        f"the model as loaded ({loaded_accuracy:.2f} %); --max-accuracy-drop POINTS makes that an "
                        "error (exit 3)")
     return failures
+
+
+def measured(build_dir, device, bench, allow_arch_mismatch: bool, budget_ms: float) -> dict:
+    """`build --latency-budget MS --device D`: the primary artifact deployed to D and timed there (as
+    `edgekit deploy --bench`; the run lands in device_runs/), its p50 the verdict, into manifest['budget']
+    ['measured']. Raises DeployFailed (exit 4) if the device fails, BuildGateFailed (exit 3) if it misses."""
+    from edgekit.deploy.records import open_build
+    from edgekit.deploy.session import DeployFailed, DeployPlan, deploy_to
+    from edgekit.errors import BuildGateFailed
+    from edgekit.manifest import update_manifest
+
+    build = open_build(build_dir)
+    record = deploy_to(build, device, DeployPlan(bench=bench, allow_arch_mismatch=allow_arch_mismatch))
+    if not record["ok"]:
+        raise DeployFailed(f"timing {build.artifact.name} on {device.name} for --latency-budget: {record['error']}",
+                           record.get("hint"), [record])
+    verdict = {"device": device.name, "p50_ms": record["bench"]["p50"], "p90_ms": record["bench"].get("p90"),
+               "threads": record["bench"].get("threads"), "met": record["bench"]["p50"] <= budget_ms,
+               "run": record.get("record_file")}
+    manifest = update_manifest(build_dir, lambda doc: doc.setdefault("budget", {}).update(measured=verdict))
+    if not verdict["met"]:
+        raise BuildGateFailed(f"budget not met: {build.artifact.name} measures {verdict['p50_ms']} ms (p50) on "
+                              f"{device.name}, over --latency-budget {budget_ms:g}",
+                              "prune more (--prune-macs, --depth) or loosen the budget; `edgekit search --device` "
+                              "times every candidate there", manifest)
+    return manifest
