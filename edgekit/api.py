@@ -32,8 +32,8 @@ from edgekit.model.loaded import LoadedModel
 from edgekit.progress import EdgekitWarning, Steps
 from edgekit.recipe import BuildRecipe, GateOptions, app_recipe
 from edgekit.recipe import recipe_from_options as recipe
-from edgekit.search import TIMING_SECONDS
 from edgekit.report import build_report, write_html
+from edgekit.search import TIMING_SECONDS
 from edgekit.stages import chain as stage_chain
 from edgekit.stages.macs import count
 from edgekit.stages.options import StageOptions
@@ -173,9 +173,10 @@ def distill(source: str | Path | ModelSpec, target: str = "rpi4", stages=None, *
 
     `stages`: a StageOptions with `distill` set (a DistillConfig; `nproc` > 1 runs it under DDP via
     torchrun) and, without a `student`, `prune` and/or `depth` (the student is the teacher pruned,
-    channel rounding from `target`, or with blocks dropped). `student`: another model's spec (`edgekit.api.source(model=...)`). The same
-    stage chain as `build` runs (edgekit/stages/chain.py). Writes OUT/float_model.pt (+ .pt2) and
-    OUT/distill.json, whole or not at all; OUT defaults to build/<name>-distilled/.
+    channel rounding from `target`, or with blocks dropped). `student`: another model's spec
+    (`edgekit.api.source(model=...)`). The same stage chain as `build` runs (edgekit/stages/chain.py).
+    Writes OUT/float_model.pt (+ .pt2) and OUT/distill.json, whole or not at all; OUT defaults to
+    build/<name>-distilled/.
     """
 
     spec = _spec(source)
@@ -208,7 +209,7 @@ def distill(source: str | Path | ModelSpec, target: str = "rpi4", stages=None, *
 
 
 def _cut_name(factory: str, stages) -> str:
-    """'nets:big pruned 0.5, 2 of 3 blocks'-like: what the student is, made from the teacher."""
+    """'nets:big pruned 0.5, keeping 0.5 of its blocks': what the student is, made from the teacher."""
     cut = [f"pruned {stages.prune.ratio:g}"] if stages.prune is not None and stages.prune.ratio is not None else []
     cut += [f"keeping {stages.depth.keep:g} of its blocks"] if stages.depth is not None else []
     return f"{factory} {', '.join(cut) or 'pruned'}"

@@ -5,8 +5,8 @@ Candidates are kept-MAC fractions (channel pruning with distillation from the mo
 1.0 is the model as it is), each also with half of the model's repeated blocks dropped where it has
 them (depth pruning, stages/depth.py: fewer ops, which is what turns into time on a small transformer,
 where per-op dispatch outweighs the MACs), and low-rank factorisations (where the cost model says
-they save time), times quantization schemes (static int8 by default; `--quant static,fp16,dynamic`), times formats
-(their kernels on the target differ). Each is a whole `edgekit build` (prune or factorise ->
+they save time), times quantization schemes (static int8 by default; `--quant static,fp16,dynamic`),
+times formats (their kernels on the target differ). Each is a whole `edgekit build` (prune or factorise ->
 distill -> quantize -> export), judged the way the build judges, and scored on three axes:
 agreement with the model as loaded, latency, and the artifact's size.
 
@@ -22,8 +22,8 @@ them as its evaluation data, and each artifact is scored by its accuracy there w
 labels, its top-1 agreement with the model as loaded, and, between equal agreements, by how far its
 outputs drift from that model's (divergence). Not a part of the training data: the model as loaded
 was trained on it, so its own answers there are remembered, not predicted, and every student would
-look worse against them than it is (the digits model is right on 100 % of a held-out fifth of its training data, 99.17 % of its
-evaluation data). Where the calibration data has labels (y), the accuracy a candidate loses is
+look worse against them than it is (the digits model is right on 100 % of a held-out fifth of its
+training data, 99.17 % of its evaluation data). Where the calibration data has labels (y), the accuracy a candidate loses is
 measured there, against the unpruned model's accuracy on the same inputs: data nothing was trained on
 and nothing reports. Without labels, disagreement bounds it (a sample where a candidate agrees with the
 unpruned model is right or wrong as that model is), conservatively: on vit_digits, whose unpruned model
@@ -88,8 +88,8 @@ class SearchOptions:
     schemes: tuple[str, ...] = ("static",)  # quantization schemes (formats/base.py SCHEMES)
     lowrank: tuple[float, ...] | None = None  # rank fractions; None: LOWRANK where it helps, (): none
     depths: tuple[float, ...] | None = None  # shares of the repeated blocks kept; None: DEPTHS where there are blocks
-    max_accuracy_drop: float | None = None  # points, against the unpruned model, on the search's validation part
-    latency_budget_ms: float | None = None  # predicted on the target
+    max_accuracy_drop: float | None = None  # points, against the unpruned model, on the calibration data
+    latency_budget_ms: float | None = None  # measured on `device` where given, else predicted on the target
     size_budget_mb: float | None = None
     trials: int | None = None  # at most this many candidate builds
     time_limit_s: float | None = None  # no new candidate after this many seconds
@@ -380,7 +380,7 @@ def _search(spec, target, options: SearchOptions, out: Path, steps, base, format
             best = min(scored, key=lambda r: (r[axis], tuple(-q for q in quality(r)))) if scored else best
             if best:
                 steps.console.print(f"  {i + 1}/{len(todo)} {c['id']}: best so far {best['id']} "
-                                    f"({best['agreement']:.2f} %, {shown_latency(best, axis)})")
+                                    f"({shown_quality(best)}, {shown_latency(best, axis)})")
         rec["stopped"] = stopped
     front = pareto_front(results, axis)
     for r in results:
@@ -410,7 +410,7 @@ def _search(spec, target, options: SearchOptions, out: Path, steps, base, format
     write_text_atomic(out / REPORT, render_search(doc, results, spec.name, target.name))
     write_json_atomic(record_path, doc)
     if chosen is None:
-        shown = f"closest: {closest['id']} ({closest['agreement']:.2f} %, {shown_latency(closest, axis)}; " \
+        shown = f"closest: {closest['id']} ({shown_quality(closest)}, {shown_latency(closest, axis)}; " \
                 f"{', '.join(closest['misses'])})" if closest else "no candidate was built"
         raise BuildGateFailed(f"no candidate meets the budget; {shown}",
                               f"the candidates are in {out} (pareto.json, report.html); loosen the budget or give "
@@ -443,6 +443,13 @@ def _search(spec, target, options: SearchOptions, out: Path, steps, base, format
                                       "(--fractions)", doc)
     write_json_atomic(record_path, doc)
     return doc
+
+
+def shown_quality(r: dict) -> str:
+    """A result's accuracy on the labelled calibration data, else its agreement with the unpruned model."""
+    if r.get("accuracy") is not None:
+        return f"accuracy {r['accuracy']:.2f} %"
+    return f"agreement {r['agreement']:.2f} %"
 
 
 def shown_latency(r: dict, axis: str) -> str:
@@ -585,9 +592,9 @@ def _build_candidate(spec, target, base, candidate: dict, out: Path, options: Se
     if judged is not None:  # (calibration inputs, input specs, the unpruned model's outputs on them)
         from edgekit.formats import get_format
 
-        data, specs, reference = judged
+        data, specs, outputs = judged
         runner = get_format(candidate["format"]).load(build_dir / manifest["artifact"]["file"], threads=1)
-        scored.update(judge(runner, data, specs, reference))
+        scored.update(judge(runner, data, specs, outputs))
     return {**scored, "seconds": round(time.monotonic() - begin, 1)}
 
 
@@ -601,8 +608,7 @@ def _float_student(loaded, target, recipe, judged) -> dict:
     chain = stage_chain.plan(recipe.stages, target)
     student = stage_chain.run(chain, stage_chain.StageContext(loaded, Steps(show=False), recipe.stages.nproc), None,
                               StepCache())
-    data, specs, reference = judged
-    return judge(_TorchRunner(student), data, specs, reference)
+    return judge(_TorchRunner(student), *judged)
 
 
 class _TorchRunner:
