@@ -391,8 +391,8 @@ def _fractions(ctx, param, value):
 def search(app_dir, model, input_shape, inputs, weights, calib, eval_, train, target, max_accuracy_drop,
            latency_budget, size_budget, fractions, depths, lowrank, schemes, formats, device, python, remote_dir, ssh_config,
            threads, runs, allow_arch_mismatch, emulate, trials, time_limit, out, as_json):
-    """Try pruning amounts, low rank, quantization schemes and formats; keep the Pareto front; build the
-    best that meets the budget.
+    """Try pruning amounts, dropped blocks, low rank, quantization schemes and formats; keep the Pareto
+    front; build the best that meets the budget.
 
     \b
     edgekit search sample_apps/digits --target rpi4 --max-accuracy-drop 1.0

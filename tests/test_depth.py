@@ -126,29 +126,9 @@ def test_the_vit_with_two_of_three_blocks_and_half_the_macs_keeps_its_accuracy(r
     assert proc.returncode == 0, proc.stderr
     manifest = json.loads(proc.stdout)
     steps = {s["stage"]: s for s in manifest["steps"]}
-    assert [s["stage"] for s in manifest["steps"]][:3] == ["measure", "depth", "prune"]
+    order = [s["stage"] for s in manifest["steps"]]
+    assert order.index("measure") < order.index("depth") < order.index("prune") < order.index("distill")
     assert steps["depth"]["blocks"] == 3 and steps["depth"]["kept"] == 2
     assert manifest["budget"]["artifacts"]["executorch"]["accuracy_drop"] <= 1.0
     back = load_transformed(_app_model("vit_digits").model, out / "float_model.pt")
     assert len(back.blocks) == 2
-
-
-def test_a_shallower_student_matches_the_teacher_at_every_block_it_kept():
-    """Teacher blocks 0, 1, 2; the student kept 0 and 2. Its block 0 feeds what was the teacher's block 2, which
-    in the teacher reads block 1's output: that is what the student's block 0 must give; its last block matches
-    the teacher's last. Distillation taps those pairs by default (and the output layer's input)."""
-    import copy
-
-    from edgekit.model.layers import remove_blocks
-    from edgekit.train.distill import DistillConfig, aligned_blocks, make_trainable
-
-    loaded = _app_model("vit_digits")
-    teacher = loaded.model
-    student = copy.deepcopy(teacher)
-    remove_blocks(student, {"blocks": [1]})
-    pairs = aligned_blocks(student, teacher)
-    assert [(s is student.blocks[k], t is teacher.blocks[j]) for (s, t), k, j in zip(pairs, (0, 1), (1, 2))] == \
-        [(True, True), (True, True)]
-    _, s_taps, t_taps = make_trainable(student, teacher, DistillConfig(), loaded.example)
-    assert len(s_taps.values) == 3 and [v.shape for v in s_taps.values] == [v.shape for v in t_taps.values]
-    assert aligned_blocks(teacher, teacher) == []  # nothing dropped: only the output layer's input

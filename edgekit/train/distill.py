@@ -5,11 +5,9 @@ Loss = alpha * T^2 * KL(student/T || teacher/T) + (1 - alpha) * CE(student, y)
 
 T^2 keeps the soft-target gradients the same size as the hard-label ones as T
 changes (Hinton et al. 2015, section 2). Features default to the input of the
-output layer (the penultimate features), which every classifier has, and, for
-a student that dropped blocks of the teacher (stages/depth.py), the output of
-every block it kept (aligned_blocks); when pruning made the student narrower, a
-learned 1x1 conv / linear adapter maps it to the teacher's width and is thrown
-away after training.
+output layer (the penultimate features), which every classifier has; when
+pruning made the student narrower, a learned 1x1 conv / linear adapter maps it
+to the teacher's width and is thrown away after training.
 
 Every choice the loop makes (the best epoch, when to stop) is made on a
 validation part held out of the training data; the evaluation data is scored
@@ -96,38 +94,16 @@ def _feature_modules(model, names: tuple[str, ...]) -> list:
     return [modules[n] for n in names]
 
 
-def aligned_blocks(student, teacher) -> list[tuple]:
-    """(student block, teacher block) pairs whose outputs are matched, for a student made by dropping
-    blocks of the teacher (stages/depth.py records which): each kept block's output is paired with the
-    output of the teacher block that the next kept block reads from in the teacher (the last one's with
-    the teacher's last block), so the student's stream stays the teacher's at every block it kept --
-    "where shapes allow" (the DistilBERT recipe matches hidden states so, Sanh et al. 2019)."""
-    from edgekit.model.layers import DROPPED_ATTR
-
-    pairs = []
-    for container, gone in (getattr(student, DROPPED_ATTR, None) or {}).items():
-        t_blocks = list((teacher.get_submodule(container) if container else teacher).children())
-        s_blocks = list((student.get_submodule(container) if container else student).children())
-        kept = [i for i in range(len(t_blocks)) if i not in gone]
-        if len(kept) != len(s_blocks):
-            continue  # not this teacher's blocks (a student of another factory)
-        pairs += [(s_block, t_blocks[kept[k + 1] - 1 if k + 1 < len(kept) else len(t_blocks) - 1])
-                  for k, s_block in enumerate(s_blocks)]
-    return pairs
-
-
 class _Taps:
-    """Forward hooks that keep the latest feature of each chosen module: its input (`take_input`, one flag
-    per module) or its output (a block returning a tuple, as Hugging Face layers do: its first tensor)."""
+    """Forward hooks that keep the latest feature of each chosen module."""
 
-    def __init__(self, modules: list, take_input):
-        flags = take_input if isinstance(take_input, list) else [take_input] * len(modules)
+    def __init__(self, modules: list, take_input: bool):
         self.values: list = [None] * len(modules)
-        self.handles = [m.register_forward_hook(self._hook(i, flag)) for i, (m, flag) in enumerate(zip(modules, flags))]
+        self.handles = [m.register_forward_hook(self._hook(i, take_input)) for i, m in enumerate(modules)]
 
     def _hook(self, i: int, take_input: bool):
         def hook(module, args, output):
-            self.values[i] = args[0] if take_input else output if not isinstance(output, (tuple, list)) else output[0]
+            self.values[i] = args[0] if take_input else output
         return hook
 
     def remove(self) -> None:
@@ -161,14 +137,9 @@ def make_trainable(student, teacher, cfg: DistillConfig, example: tuple):
         def forward(self, *x):
             return self.student(*x)
 
-    s_modules, t_modules = _feature_modules(student, cfg.features), _feature_modules(teacher, cfg.features)
-    take_input = [not cfg.features] * len(s_modules)
-    if not cfg.features:  # the default: the output layer's input, and every kept block where blocks were dropped
-        pairs = aligned_blocks(student, teacher)
-        s_modules, t_modules = s_modules + [s for s, _ in pairs], t_modules + [t for _, t in pairs]
-        take_input += [False] * len(pairs)
-    s_taps = _Taps(s_modules, take_input) if cfg.feature_weight else None
-    t_taps = _Taps(t_modules, take_input) if cfg.feature_weight else None
+    take_input = not cfg.features
+    s_taps = _Taps(_feature_modules(student, cfg.features), take_input) if cfg.feature_weight else None
+    t_taps = _Taps(_feature_modules(teacher, cfg.features), take_input) if cfg.feature_weight else None
     trainable = Trainable()
     if s_taps:
         with torch.no_grad():
