@@ -128,22 +128,28 @@ def plan(loaded, target, options: SearchOptions, formats) -> list[dict]:
     from edgekit.formats.base import QuantConfig, check_supported
 
     kernels = tuple({f.ARM_KERNELS for f in formats})
+    predictions: dict[tuple, dict] = {}
+
+    def predicted(fraction, rank=None, keep=None) -> dict:  # each shape pruned, counted and predicted once
+        if (fraction, rank, keep) not in predictions:
+            predictions[fraction, rank, keep] = pruned_prediction(loaded.model, loaded.example, target, fraction,
+                                                                  kernels, lowrank=rank, depth=keep)
+        return predictions[fraction, rank, keep]
+
     fractions = sorted(set(options.fractions), reverse=True)
     shapes = [(fraction, None, None) for fraction in fractions]  # (kept MACs, rank, kept blocks)
     for keep in sorted(set(_depths(loaded, options)), reverse=True):
         shapes += [(fraction, None, keep) for fraction in fractions]
-    unpruned = None
     for rank in sorted(set(LOWRANK if options.lowrank is None else options.lowrank), reverse=True):
-        p = pruned_prediction(loaded.model, loaded.example, target, 1.0, kernels, lowrank=rank)
         if options.lowrank is None:  # the default: only where the cost model says it saves time
-            unpruned = unpruned or pruned_prediction(loaded.model, loaded.example, target, 1.0, kernels)
             k = formats[0].ARM_KERNELS
-            if p["latency_ms"][k] is None or p["latency_ms"][k] > LOWRANK_HELPS * unpruned["latency_ms"][k]:
+            ms, unpruned_ms = predicted(1.0, rank)["latency_ms"][k], predicted(1.0)["latency_ms"][k]
+            if ms is None or ms > LOWRANK_HELPS * unpruned_ms:
                 continue
         shapes.append((1.0, rank, None))
     out = []
     for fraction, rank, keep in shapes:
-        p = pruned_prediction(loaded.model, loaded.example, target, fraction, kernels, lowrank=rank, depth=keep)
+        p = predicted(fraction, rank, keep)
         for fmt in formats:
             for scheme in options.schemes:
                 # fp16 kernels are not calibrated: fp32 is the conservative bound (as validate predicts)
@@ -334,8 +340,9 @@ def _search(spec, target, options: SearchOptions, out: Path, steps, base, format
         calib = load_npz(spec.calib, spec.inputs, spec.origin("calib"), need_labels=False)
         judged = (calib, spec.inputs, reference_outputs(loaded.model, calib, spec.inputs))
         # Labels in the calibration data (y) let the loss be measured there, on data nothing was trained on
-        # and nothing is reported on; without them it is bounded by disagreement.
-        reference = Reference(accuracy=judge(_TorchRunner(loaded.model), *judged)["accuracy"])
+        # and nothing is reported on; without them it is bounded by disagreement. The unpruned model's own
+        # outputs, just computed, are judged as they are (not run again).
+        reference = Reference(accuracy=judge(_Replayed(judged[2]), *judged)["accuracy"])
     with steps.step("plan", {"fractions": list(options.fractions), "schemes": list(options.schemes)},
                     "predict every candidate (nothing trained)") as rec:
         candidates = plan(loaded, target, options, formats)
@@ -363,7 +370,8 @@ def _search(spec, target, options: SearchOptions, out: Path, steps, base, format
         for i, c in enumerate(steps.track(todo, len(todo), "candidates")):
             if c["id"] in previous:
                 # where the candidate is now: a search dir may have been moved since
-                results.append(measure.again({**previous[c["id"]], "build_dir": str(out / "candidates" / c["id"])}))
+                # measured now where the earlier run did not (or on another device)
+                results.append(measure({**previous[c["id"]], "build_dir": str(out / "candidates" / c["id"])}))
                 _write_record(record_path, key, results, skipped, stopped)
             else:
                 if options.trials is not None and len([r for r in results if not r.get("resumed")]) >= options.trials:
@@ -483,21 +491,15 @@ class Measurer:
             r = {**r, **self.on_core(Path(r["build_dir"]) / artifact, r["format"])}
         return r
 
-    again = __call__  # a resumed candidate: measured now where the earlier run did not (or elsewhere)
-
     def on_device(self, build_dir: Path, artifact: str, fmt: str) -> dict:
+        """The device is the search's clock: a failed one stops the search (DeployFailed)."""
         from edgekit.deploy.records import open_build
-        from edgekit.deploy.session import DeployFailed, DeployPlan, deploy_to
+        from edgekit.deploy.session import timed_on
 
-        device = self.options.device
-        record = deploy_to(open_build(build_dir, fmt), device,
-                           DeployPlan(bench=self.options.bench, allow_arch_mismatch=self.options.allow_arch_mismatch))
-        if not record["ok"]:  # the device is the search's clock: without it nothing can be ordered
-            raise DeployFailed(f"timing {build_dir.name}/{artifact} on {device.name}: {record['error']}",
-                               record.get("hint"), [record])
-        bench = record["bench"]
-        return {"measured_ms": bench["p50"], "measured_p90_ms": bench.get("p90"), "measured_on": device.name,
-                "measured_threads": bench.get("threads"), "device_run": record.get("record_file")}
+        t = timed_on(open_build(build_dir, fmt), self.options.device, self.options.bench,
+                     self.options.allow_arch_mismatch, f"timing {build_dir.name}/{artifact}")
+        return {"measured_ms": t["p50_ms"], "measured_p90_ms": t["p90_ms"], "measured_on": t["device"],
+                "measured_threads": t["threads"], "device_run": t["run"]}
 
     def on_core(self, artifact: Path, fmt: str) -> dict:
         from edgekit.emulator.check import EmulationFailed
@@ -609,6 +611,16 @@ def _float_student(loaded, target, recipe, judged) -> dict:
     student = stage_chain.run(chain, stage_chain.StageContext(loaded, Steps(show=False), recipe.stages.nproc), None,
                               StepCache())
     return judge(_TorchRunner(student), *judged)
+
+
+class _Replayed:
+    """Outputs already computed, handed back one sample at a time as a runner's `run` would (judge())."""
+
+    def __init__(self, outputs: list):
+        self._next = iter(outputs)
+
+    def run(self, inputs):
+        return [next(self._next)]
 
 
 class _TorchRunner:

@@ -18,7 +18,7 @@ REPO = Path(__file__).resolve().parent.parent
 APPS = REPO / "sample_apps"
 
 
-def _app_model(app: str, weights: bool = True):
+def _app_model(app: str):
     from edgekit import api
     from edgekit.model.loaded import LoadedModel
 

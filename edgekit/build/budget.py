@@ -169,18 +169,13 @@ def measured(build_dir, device, bench, allow_arch_mismatch: bool, budget_ms: flo
     `edgekit deploy --bench`; the run lands in device_runs/), its p50 the verdict, into manifest['budget']
     ['measured']. Raises DeployFailed (exit 4) if the device fails, BuildGateFailed (exit 3) if it misses."""
     from edgekit.deploy.records import open_build
-    from edgekit.deploy.session import DeployFailed, DeployPlan, deploy_to
+    from edgekit.deploy.session import timed_on
     from edgekit.errors import BuildGateFailed
     from edgekit.manifest import update_manifest
 
     build = open_build(build_dir)
-    record = deploy_to(build, device, DeployPlan(bench=bench, allow_arch_mismatch=allow_arch_mismatch))
-    if not record["ok"]:
-        raise DeployFailed(f"timing {build.artifact.name} on {device.name} for --latency-budget: {record['error']}",
-                           record.get("hint"), [record])
-    verdict = {"device": device.name, "p50_ms": record["bench"]["p50"], "p90_ms": record["bench"].get("p90"),
-               "threads": record["bench"].get("threads"), "met": record["bench"]["p50"] <= budget_ms,
-               "run": record.get("record_file")}
+    verdict = timed_on(build, device, bench, allow_arch_mismatch, f"timing {build.artifact.name} for --latency-budget")
+    verdict["met"] = verdict["p50_ms"] <= budget_ms
     manifest = update_manifest(build_dir, lambda doc: doc.setdefault("budget", {}).update(measured=verdict))
     if not verdict["met"]:
         raise BuildGateFailed(f"budget not met: {build.artifact.name} measures {verdict['p50_ms']} ms (p50) on "

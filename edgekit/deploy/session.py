@@ -174,6 +174,18 @@ def bench_host(build: BuildInfo, options: BenchOptions, python: str) -> dict:
     return record
 
 
+def timed_on(build: BuildInfo, device: Device, bench: BenchOptions, allow_arch_mismatch: bool, doing: str) -> dict:
+    """One benchmark run whose median decides something (`build --device`'s latency verdict, a search
+    candidate's place): deployed and timed as `deploy --bench` does, the run recorded in the build dir.
+    Returns {device, p50_ms, p90_ms, threads, run}; a failed device raises DeployFailed naming `doing`."""
+    record = deploy_to(build, device, DeployPlan(bench=bench, allow_arch_mismatch=allow_arch_mismatch))
+    if not record["ok"]:
+        raise DeployFailed(f"{doing} on {device.name}: {record['error']}", record.get("hint"), [record])
+    run = record["bench"]
+    return {"device": device.name, "p50_ms": run["p50"], "p90_ms": run.get("p90"), "threads": run.get("threads"),
+            "run": record.get("record_file")}
+
+
 # --- steps ---------------------------------------------------------------------------------
 
 
