@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import sys
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -17,13 +18,16 @@ from edgekit.build import run_build
 from edgekit.build.builddir import staged_build_dir
 from edgekit.deploy.devices import device_defaults, load_devices_file, parse_device
 from edgekit.deploy.records import open_build
+from edgekit.deploy.serve_load import load_test
+from edgekit.deploy.service import ServiceOptions
 from edgekit.deploy.session import BenchOptions, DeployPlan, bench_host, deploy_all
+from edgekit.deploy.session import stop_serving as stop_device_service
 from edgekit.emulator.board import Board
 from edgekit.emulator.check import qemu_cpu_of
 from edgekit.emulator.paths import EmulatorPaths
 from edgekit.emulator.setup import build as build_emulator
 from edgekit.emulator.setup import require_ready
-from edgekit.errors import BuildGateFailed, UsageError
+from edgekit.errors import BuildGateFailed, EdgekitError, UsageError
 from edgekit.formats import all_formats
 from edgekit.manifest import write_json_atomic
 from edgekit.model import source as _source
@@ -34,6 +38,7 @@ from edgekit.recipe import BuildRecipe, GateOptions, app_recipe
 from edgekit.recipe import recipe_from_options as recipe
 from edgekit.report import build_report, write_html
 from edgekit.search import TIMING_SECONDS
+from edgekit.serve import STACK_WITH_DEPENDENCIES, Settings, install_hint, spec_doc
 from edgekit.stages import chain as stage_chain
 from edgekit.stages.macs import count
 from edgekit.stages.options import StageOptions
@@ -112,6 +117,7 @@ def deploy(
     ssh_config: str | Path | None = None,
     ssh_options: tuple[str, ...] = (),
     native_runner: str | None = None,
+    serve: "ServiceOptions | None" = None,
     on_done=None,
 ) -> list[dict]:
     """Push a build to devices (in parallel), check the runtime there, optionally benchmark.
@@ -122,27 +128,74 @@ def deploy(
     `timeout`: seconds the runner may take on a device for the check (default: the bench's, else 300).
     The other keywords are each device's settings (a devices.toml entry may override them).
     Returns one record per device; raises DeployFailed (exit 4) after all finished if any failed.
+    `serve`: a ServiceOptions to keep the server running there as a service (`deploy --serve`).
     `on_done(record)` is called as each device finishes.
     """
 
     build_info = open_build(build_dir, format)
-    defaults = device_defaults(python=python, remote_dir=remote_dir, ssh_config=_str_path(ssh_config),
-                               ssh_options=tuple(ssh_options), native_runner=native_runner)
+    targets = _devices(devices, devices_file, python=python, remote_dir=remote_dir, ssh_config=_str_path(ssh_config),
+                       ssh_options=tuple(ssh_options), native_runner=native_runner)
+    options = BenchOptions() if bench is True else (bench or None)
+    check_timeout = timeout or (options.timeout if options else DeployPlan.check_timeout)
+    plan = DeployPlan(bench=options, serve=serve, allow_arch_mismatch=allow_arch_mismatch, check_timeout=check_timeout)
+    return deploy_all(build_info, targets, plan, on_done)
+
+
+def stop_serving(build_dir: str | Path, devices: tuple[str, ...] | list[str] = (), *, port: int = Settings.port,
+                 devices_file: str | Path | None = None, format: str | None = None, remote_dir: str | None = None,
+                 ssh_config: str | Path | None = None, ssh_options: tuple[str, ...] = ()) -> list[dict]:
+    """`deploy --serve stop`: stop and remove the server on `port` of each device; one record per device."""
+    build_info = open_build(build_dir, format)
+    targets = _devices(devices, devices_file, remote_dir=remote_dir, ssh_config=_str_path(ssh_config),
+                       ssh_options=tuple(ssh_options))
+    return [stop_device_service(build_info, d, port) for d in targets]
+
+
+def _devices(devices, devices_file, **settings) -> list:
+    defaults = device_defaults(**settings)
     targets = [parse_device(d, defaults) for d in devices]
     if devices_file is not None:
         targets += load_devices_file(devices_file, defaults)
     if not targets:
         raise UsageError("no device given", hint="pass --device user@host[:port] (repeatable) or --devices devices.toml")
-    options = BenchOptions() if bench is True else (bench or None)
-    check_timeout = timeout or (options.timeout if options else DeployPlan.check_timeout)
-    plan = DeployPlan(bench=options, allow_arch_mismatch=allow_arch_mismatch, check_timeout=check_timeout)
-    return deploy_all(build_info, targets, plan, on_done)
+    return targets
+
+
+def serve(build_dir: str | Path, settings: Settings | None = None, *, format: str | None = None, on_ready=None) -> int:
+    """Serve the build's artifact on this computer until SIGTERM/SIGINT (edgekit serve).
+    `settings.threads` defaults to the target profile's thread count; `on_ready(state)` runs once it answers."""
+    from edgekit.runtime.runner import RunnerError
+    from edgekit.serve.server import missing_stack
+    from edgekit.serve.server import serve as run_server
+
+    build_info = open_build(build_dir, format)
+    settings = settings or Settings(threads=build_info.threads)
+    problem = settings.problem()
+    if problem:
+        raise UsageError(problem)
+    missing = missing_stack()
+    if missing:
+        raise UsageError(f"cannot import {missing}, which edgekit serve needs", hint="install it: " + install_hint(sys.executable))
+    doc = spec_doc(build_info.manifest, build_info.format, build_info.artifact_record, build_info.runtime)
+    try:
+        return run_server(str(build_info.artifact), doc, settings, on_ready)
+    except RunnerError as e:
+        if e.kind == "runtime_missing":
+            raise UsageError(str(e)) from None
+        raise EdgekitError(f"serving {build_info.artifact}: {e}") from None
+
+
+def bench_serve(build_dir: str | Path, url: str, *, concurrency=(1, 8, 32), requests: int = 2000,
+                inputs: str | Path | None = None, format: str | None = None, say=None) -> dict:
+    """`edgekit bench BUILD --serve URL`: a bounded load test of this build's server (this computer, or one
+    `deploy --serve` started); throughput and p50/p90/p99 per concurrency level, recorded in the build."""
+    return load_test(open_build(build_dir, format), url, list(concurrency), requests,
+                     Path(inputs) if inputs else None, say)
 
 
 def bench(build_dir: str | Path, options: "BenchOptions | None" = None, *, format: str | None = None, python: str | None = None) -> dict:
     """Run the build's artifact on this computer with the device runner; returns the run record
     (stored like a device run, device name "host"). `python` defaults to the one running edgekit."""
-    import sys
 
 
     return bench_host(open_build(build_dir, format), options or BenchOptions(), python or sys.executable)
@@ -161,7 +214,7 @@ def _str_path(value: str | Path | None) -> str | None:
     return str(Path(value).expanduser().resolve()) if value is not None else None
 
 
-__all__ += ["deploy", "bench", "report"]
+__all__ += ["deploy", "stop_serving", "serve", "bench", "bench_serve", "report", "ServiceOptions", "Settings"]
 
 
 # --- distill ----------------------------------------------------------------------------------
@@ -276,6 +329,7 @@ def emulator_build(*, mirror: str | None = None, rebuild: bool = False, progress
     """Build (or restore from the cache) the arm64 rootfs with every format's guest runtime, the native
     ExecuTorch runner and the qemu plugin; returns the build record (`emulator_status()`)."""
     guest_wheels = {name: version for fmt in all_formats() for name, version in fmt.GUEST_WHEELS.items()}
+    guest_wheels.update({name: None for name in STACK_WITH_DEPENDENCIES})  # the server (deploy --serve), host versions
     return build_emulator(EmulatorPaths.default(), Steps(show=progress), guest_wheels, mirror=mirror,
                           rebuild=rebuild)
 

@@ -156,6 +156,36 @@ build_device_options = _options(
 )
 
 
+# The server's settings, for `edgekit serve` here and `edgekit deploy --serve` on the board.
+server_options = _options(
+    click.option("--host", "--listen", "listen", default="127.0.0.1", show_default=True, metavar="ADDR",
+                 help="Address the server listens on: 127.0.0.1 keeps it on the machine; 0.0.0.0 opens it to the "
+                      "network (it has no authentication: only on a network you trust)."),
+    click.option("--port", type=click.IntRange(1, 65535), default=8080, show_default=True, help="TCP port of the server."),
+    click.option("--max-batch", type=click.IntRange(min=1), default=32, show_default=True,
+                 help="Samples the worker takes from waiting requests at once."),
+    click.option("--max-wait-ms", type=click.FloatRange(min=0), default=2.0, show_default=True,
+                 help="How long a partly filled static batch (> 1) waits for more requests."),
+    click.option("--queue-size", type=click.IntRange(min=1), default=32, show_default=True,
+                 help="Requests that may wait; one more is answered 503 with Retry-After."),
+    click.option("--max-body-mb", type=click.FloatRange(min=0, min_open=True), default=4.0, show_default=True,
+                 help="Largest request body; larger ones get 413."),
+    click.option("--max-samples", type=click.IntRange(min=1), default=64, show_default=True, help="Samples in one request."),
+    click.option("--allow-nonfinite", is_flag=True, help="Accept NaN/inf in float inputs (refused with 422 by default)."),
+    click.option("--drain-seconds", type=click.IntRange(min=0), default=30, show_default=True,
+                 help="On SIGTERM: how long requests in flight may take to finish."),
+)
+
+
+def _server_settings(threads, listen, port, max_batch, max_wait_ms, queue_size, max_body_mb, max_samples,
+                     allow_nonfinite, drain_seconds):
+    from edgekit.serve import Settings
+
+    return Settings(host=listen, port=port, threads=threads or 1, max_batch=max_batch, max_wait_ms=max_wait_ms,
+                    queue_size=queue_size, max_body_bytes=int(max_body_mb * 2**20), max_samples=max_samples,
+                    allow_nonfinite=allow_nonfinite, drain_seconds=drain_seconds)
+
+
 def _device(device: str | None, python: str | None, **settings):
     """The --device of build and search, with the device's python (local: the one running edgekit, which
     has every runtime, as `edgekit bench`) and other per-device settings (None: the default)."""
@@ -589,32 +619,61 @@ def _bench_settings(threads, warmup, runs, min_seconds, timeout, inputs):
 @click.option("--ssh-option", "ssh_options", multiple=True, metavar="KEY=VALUE", help="Extra ssh option (ssh -o), repeatable.")
 @click.option("--native-runner", metavar="[KIND=]PATH", help="A native benchmark binary for the device: executor_runner, benchmark_model or onnxruntime_perf_test.")
 @click.option("--allow-arch-mismatch", is_flag=True, help="Run on a device whose architecture is not the target's (its latency is then not the target's).")
+@click.option("--serve", "serve_action", type=click.Choice(("start", "stop")), is_flag=False, flag_value="start",
+              default=None, help="Keep the model server running there as a service (systemd where it runs, else a "
+                                 "supervisor) and wait for /healthz; `--serve stop` removes it (see --port).")
+@click.option("--serve-wait", type=click.FloatRange(min=1), default=120.0, show_default=True,
+              help="With --serve: seconds to wait for the server's /healthz on the device.")
+@server_options
 @bench_options
 def deploy(build_dir, devices, devices_file, run_bench, python, remote_dir, ssh_config, ssh_options, native_runner,
-           allow_arch_mismatch, as_json, format_, **bench_settings):
-    """Push a build to devices, check the runtime there, optionally benchmark.
+           allow_arch_mismatch, serve_action, serve_wait, as_json, format_, listen, port, max_batch, max_wait_ms,
+           queue_size, max_body_mb, max_samples, allow_nonfinite, drain_seconds, **bench_settings):
+    """Push a build to devices, check the runtime there, optionally benchmark or serve.
 
     \b
     edgekit deploy build/digits-rpi4 --device pi@raspberrypi.local --bench
     edgekit deploy build/digits-rpi4 --devices fleet.toml --bench --runs 200
     edgekit deploy build/digits-android-arm64 --device adb:R58M123 --native-runner tools/executor_runner --bench
+    edgekit deploy build/digits-rpi4 --device pi@raspberrypi.local --serve --listen 0.0.0.0 --port 8080
+    edgekit deploy build/digits-rpi4 --device pi@raspberrypi.local --serve stop --port 8080
     """
     from edgekit import api
     from edgekit.deploy import DeployFailed
 
     settings = _bench_settings(**bench_settings)
+    if serve_action == "stop":
+        records = api.stop_serving(build_dir, devices, port=port, devices_file=devices_file, format=format_,
+                                   remote_dir=remote_dir, ssh_config=ssh_config, ssh_options=ssh_options)
+        for r in records:
+            stopped = r["service"]["stopped"]
+            click.echo(f"{r['device']}: " + (f"stopped the server on port {port} ({', '.join(stopped)})" if stopped
+                                            else f"nothing of edgekit's was serving on port {port}"))
+        return
+    service = None
+    if serve_action == "start":
+        service = api.ServiceOptions(_server_settings(settings.threads, listen, port, max_batch, max_wait_ms, queue_size,
+                                                      max_body_mb, max_samples, allow_nonfinite, drain_seconds),
+                                     wait_seconds=serve_wait)
     try:
         records = api.deploy(
             build_dir, devices, devices_file=devices_file, format=format_, bench=settings if run_bench else None,
             timeout=settings.timeout, allow_arch_mismatch=allow_arch_mismatch,
             python=python, remote_dir=remote_dir, ssh_config=ssh_config, ssh_options=ssh_options, native_runner=native_runner,
-            on_done=_progress_line,
+            serve=service, on_done=_progress_line,
         )
     except DeployFailed as e:
         if as_json or len(e.records) > 1:  # one device: the error line below says it all
             _show_runs(e.records, as_json)
         raise
     _show_runs(records, as_json)
+    if service is not None and not as_json:
+        for r in records:
+            svc = r["service"]
+            click.echo(f"{r['device']}: serving at {svc['url']} ({svc['manager']}; POST /v1/predict, GET /healthz)")
+            if svc["listen"] in ("127.0.0.1", "::1", "localhost"):
+                click.echo(f"  it listens on the device's loopback only: reach it with an ssh tunnel, or deploy with "
+                           f"--listen 0.0.0.0 to open it to the network")
 
 
 def _progress_line(record: dict) -> None:
@@ -633,17 +692,49 @@ def _show_runs(records: list, as_json: bool) -> None:
         print_runs(records)
 
 
+def _levels(ctx, param, value):
+    try:
+        levels = [int(v) for v in value.split(",") if v.strip()]
+    except ValueError:
+        raise click.BadParameter(f"'{value}' is not a comma-separated list of whole numbers, e.g. 1,8,32") from None
+    if not levels or min(levels) < 1:
+        raise click.BadParameter("give one or more levels of at least 1, e.g. 1,8,32")
+    return levels
+
+
 @cli.command()
 @click.argument("build_dir", type=click.Path(file_okay=False))
 @click.option("--python", metavar="PATH", help="Python with the runtime. [default: the one running edgekit]")
+@click.option("--serve", "serve_url", metavar="URL",
+              help="Load-test this build's running server instead (http://127.0.0.1:PORT, or the URL deploy --serve printed).")
+@click.option("--concurrency", default="1,8,32", show_default=True, callback=_levels, metavar="C[,C...]",
+              help="With --serve: clients sending at once, one level after another.")
+@click.option("--requests", "requests_", type=click.IntRange(1, 100_000), default=2000, show_default=True,
+              help="With --serve: requests per concurrency level.")
 @bench_options
-def bench(build_dir, python, as_json, format_, **bench_settings):
-    """Time the build's artifact on this computer with the device runner.
+def bench(build_dir, python, serve_url, concurrency, requests_, as_json, format_, **bench_settings):
+    """Time the build's artifact on this computer with the device runner, or load-test its server (--serve).
 
     Stored like a device run (device "host") in BUILD/device_runs/ and the manifest.
+
+    \b
+    edgekit bench build/digits-rpi4
+    edgekit bench build/digits-rpi4 --serve http://127.0.0.1:8080 --concurrency 1,8,32 --requests 2000
     """
     from edgekit import api
     from edgekit.deploy import DeployFailed
+
+    if serve_url:
+        record = api.bench_serve(build_dir, serve_url, concurrency=concurrency, requests=requests_,
+                                 inputs=bench_settings.get("inputs"), format=format_,
+                                 say=lambda line: click.echo(line, err=True))
+        if as_json:
+            click.echo(json.dumps(record, indent=2))
+        else:
+            from edgekit.report.terminal import print_serve_load
+
+            print_serve_load(record)
+        return
 
     try:
         record = api.bench(build_dir, _bench_settings(**bench_settings), format=format_, python=python)
@@ -652,6 +743,35 @@ def bench(build_dir, python, as_json, format_, **bench_settings):
             _show_runs(e.records, as_json)
         raise
     _show_runs([record], as_json)
+
+
+@cli.command()
+@click.argument("build_dir", type=click.Path(file_okay=False))
+@click.option("--format", "format_", metavar="FORMAT", help="Which of the build's artifacts (see its manifest). [default: the primary]")
+@click.option("--threads", type=click.IntRange(min=1), metavar="N", help="Threads for the runtime. [default: the target profile's]")
+@server_options
+def serve(build_dir, format_, threads, **server_settings):
+    """Serve the build's artifact over HTTP on this computer until Ctrl-C or SIGTERM.
+
+    \b
+    POST /v1/predict   JSON {"inputs": {"x": [[...]]}}, or an application/x-npy / x-npz body
+    GET  /healthz      model loaded and one warm inference done
+    GET  /v1/model     inputs, outputs, target, accuracy
+    GET  /metrics      Prometheus: requests by status, latency histogram, queue depth, in flight
+    On the board: edgekit deploy BUILD --device pi@HOST --serve.
+    """
+    from edgekit import api
+    from edgekit.deploy.records import open_build
+
+    settings = _server_settings(threads or open_build(build_dir, format_).threads, **server_settings)
+
+    def ready(state):
+        model = state["model"]
+        click.echo(f"serving {Path(build_dir).name} ({model.rt.name}, sha256 {model.sha256[:12]}) at "
+                   f"http://{settings.host}:{settings.port}  POST /v1/predict · GET /healthz /v1/model /metrics  "
+                   "(Ctrl-C stops)", err=True)
+
+    api.serve(build_dir, settings, format=format_, on_ready=ready)
 
 
 @cli.command()

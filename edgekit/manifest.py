@@ -116,7 +116,7 @@ def named_paths(manifest: dict) -> list[tuple[str, str]]:
     out = [("artifact.file", manifest["artifact"]["file"])]
     for fmt, record in (manifest.get("formats") or {}).items():
         out.append((f"formats.{fmt}.artifact.file", record["artifact"]["file"]))
-    for key in ("device_runs", "previous_device_runs"):
+    for key in ("device_runs", "previous_device_runs", "serve_loads"):
         for i, run in enumerate(manifest.get(key) or []):
             if run.get("file") is not None:
                 out.append((f"{key}[{i}].file", run["file"]))
@@ -157,7 +157,7 @@ def check_schema(manifest, path: Path) -> None:
             isinstance(i, dict) and isinstance(i.get("name"), str) and isinstance(i.get("shape"), list)
             and isinstance(i.get("dtype"), str) for i in inputs):
         raise wrong("model.inputs", "a list of {name, shape, dtype}", inputs)
-    for key in ("device_runs", "previous_device_runs"):
+    for key in ("device_runs", "previous_device_runs", "serve_loads"):
         runs = manifest.get(key)
         if runs is not None and (not isinstance(runs, list) or not all(isinstance(r, dict) for r in runs)):
             raise wrong(key, "a list of objects", runs)

@@ -141,4 +141,6 @@ def summarize_run(record: dict, file: Path, build_dir: Path) -> dict:
     }
     for key in ("mean", "p50", "p90", "p99", "runs"):
         summary[key] = bench.get(key)
+    if record.get("service"):  # deploy --serve: where it answers (edgekit bench --serve may load-test it)
+        summary["service"] = {k: record["service"].get(k) for k in ("url", "local_url", "port", "manager", "starts_at_boot")}
     return summary

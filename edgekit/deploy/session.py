@@ -5,6 +5,7 @@
     push     artifact + runner + inputs spec into <base>/<name>-<target>-<sha8>/, verified
     check    the runtime imports there and the artifact loads and runs once
     bench    (optional) the latency run; its JSON comes back
+    serve    (optional, --serve) the server started as a service there, answering /healthz (service.py)
 
 Whatever happens, one record lands in BUILD/device_runs/; a successful one is
 also summarised in manifest.json. Nothing else in the build dir changes.
@@ -31,6 +32,14 @@ from edgekit.deploy.records import (
     write_run,
 )
 from edgekit.deploy.runners import prefer_native, select_runner
+from edgekit.deploy.service import (
+    ServiceOptions,
+    check_serve_device,
+    check_stack,
+    install,
+    server_files,
+)
+from edgekit.deploy.service import stop as stop_service
 from edgekit.errors import DeviceError, UsageError
 from edgekit.runtime.runner import SPEC_FILE, RunnerError, load_arrays
 
@@ -68,6 +77,7 @@ class BenchOptions:
 @dataclass(frozen=True)
 class DeployPlan:
     bench: BenchOptions | None = None  # None: deploy and check only
+    serve: ServiceOptions | None = None  # --serve: keep the server running there as a service
     allow_arch_mismatch: bool = False
     check_timeout: float = 300.0
 
@@ -89,14 +99,15 @@ def deploy_to(build: BuildInfo, device: Device, plan: DeployPlan, transport: Tra
         t = transport or device.open()
         record["transport"] = t.kind
         record["arch"] = _check_arch(t, build, plan.allow_arch_mismatch, record)
-        runner = prefer_native(runner, build, t.kind, ARCH_ALIASES.get(record["arch"]["device"], ""))
+        if plan.serve is None:  # the server runs the artifact in the device's python
+            runner = prefer_native(runner, build, t.kind, ARCH_ALIASES.get(record["arch"]["device"], ""))
         record["runner"] = runner.label
         record["stage"] = "push"
         remote = f"{_base_dir(t, device)}/{build.slug}"
         record["remote_dir"] = remote
         t.check(["mkdir", "-p", remote], f"creating {remote}", stage="push",
                 hint="pass a writable --remote-dir (relative paths start in the login directory)")
-        record["pushed"] = _push_all(t, remote, build, runner, plan.bench)
+        record["pushed"] = _push_all(t, remote, build, runner, plan.bench, plan.serve is not None)
         record["stage"] = "check"
         runner.prepare(t, remote)
         threads = plan.bench.threads if plan.bench and plan.bench.threads else build.threads
@@ -109,6 +120,12 @@ def deploy_to(build: BuildInfo, device: Device, plan: DeployPlan, transport: Tra
         else:
             record["check"] = runner.check(t, remote, build, threads, plan.check_timeout)
         record["warnings"] += _version_warnings(build, record["check"])
+        if plan.serve:
+            record["stage"] = "serve"
+            check_stack(t, runner.python)
+            record["service"] = install(t, remote, build, runner.python, plan.serve, _host_of(t))
+            if record["service"].get("boot_hint"):
+                record["warnings"].append(record["service"]["boot_hint"])
         facts = (record.get("bench") or record["check"]).get("device") or {}
         if facts.get("emulated"):  # edgekit's qemu board: the report must not show its times as latency
             record["emulated"] = facts["emulated"]
@@ -146,6 +163,8 @@ def deploy_all(build: BuildInfo, devices: list[Device], plan: DeployPlan,
     for d in devices:  # usage errors (bad --native-runner, --ssh-option) stop everything before any device is touched
         select_runner(build, d.python, d.native_runner)
         d.open()
+        if plan.serve:
+            check_serve_device(d)
         if d.native_runner and plan.bench and plan.bench.inputs:
             raise UsageError(f"--inputs works with the Python runner only ({d.name} uses {d.native_runner})",
                              hint="leave out --inputs (the native tools make their own inputs) or --native-runner")
@@ -189,9 +208,36 @@ def timed_on(build: BuildInfo, device: Device, bench: BenchOptions, allow_arch_m
 # --- steps ---------------------------------------------------------------------------------
 
 
+def stop_serving(build: BuildInfo, device: Device, port: int) -> dict:
+    """`deploy --serve stop`: stop and remove the service on `port` of the device; the record lands in
+    device_runs/ (not in the manifest: nothing was measured). Raises DeployFailed if the device fails."""
+    record = _new_record(build, device, DeployPlan())
+    record["kind"] = "serve-stop"
+    try:
+        t = device.open()
+        record["transport"] = t.kind
+        record["stage"] = "serve"
+        record["service"] = stop_service(t, port, _base_dir(t, device))
+        record.update(ok=True, stage="done")
+    except DeviceFailure as e:
+        record.update(ok=False, stage=e.stage or record["stage"], error=e.message, hint=e.hint, detail=e.detail)
+    except DeviceError as e:
+        record.update(ok=False, error=e.message, hint=e.hint)
+    record["record_file"] = str(write_run(build, device.file_name, record))
+    if not record["ok"]:
+        raise DeployFailed(*_failure_message([record], 1), records=[record])
+    return record
+
+
+def _host_of(t: Transport) -> str:
+    """How other computers reach the device: its ssh host name (this computer for `local`)."""
+    host = getattr(t, "host", None) or "127.0.0.1"
+    return f"[{host}]" if ":" in host else host
+
+
 def _new_record(build: BuildInfo, device: Device, plan: DeployPlan) -> dict:
     return {
-        "ok": False, "stage": "connect", "kind": "bench" if plan.bench else "deploy",
+        "ok": False, "stage": "connect", "kind": "serve" if plan.serve else "bench" if plan.bench else "deploy",
         "device": device.name, "transport": device.transport, "address": device.address,
         "time": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "stamp": timestamp(),
         "build": {"name": build.manifest["name"], "target": build.manifest["target"], "format": build.format,
@@ -204,6 +250,7 @@ def _new_record(build: BuildInfo, device: Device, plan: DeployPlan) -> dict:
 def _settings(plan: DeployPlan) -> dict:
     b = plan.bench
     return {"allow_arch_mismatch": plan.allow_arch_mismatch,
+            **({"serve": {"port": plan.serve.port, "listen": plan.serve.settings.host}} if plan.serve else {}),
             **({"warmup": b.warmup, "runs": b.runs, "min_seconds": b.min_seconds, "timeout": b.timeout,
                 "threads": b.threads, "inputs": str(b.inputs) if b.inputs else None} if b else {})}
 
@@ -233,13 +280,15 @@ def _base_dir(t: Transport, device: Device) -> str:
     return base.rstrip("/") or "/"
 
 
-def _push_all(t: Transport, remote: str, build: BuildInfo, runner, bench: BenchOptions | None) -> list[dict]:
+def _push_all(t: Transport, remote: str, build: BuildInfo, runner, bench: BenchOptions | None, serve: bool) -> list[dict]:
     with tempfile.TemporaryDirectory(prefix="edgekit-push-") as tmp:
         spec = Path(tmp) / SPEC_FILE
         spec.write_text(json.dumps({"inputs": build.inputs, "runtime": build.runtime}, indent=1) + "\n")
         files = [(build.artifact, build.artifact.name), *runner.files(), (spec, SPEC_FILE)]
         if bench and bench.inputs:
             files.append((Path(bench.inputs), bench.inputs_name))
+        if serve:
+            files += server_files(build, Path(tmp))
         return t.push(files, remote)
 
 

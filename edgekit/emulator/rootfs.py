@@ -91,6 +91,14 @@ def build(paths: EmulatorPaths, mirror: str, versions: dict[str, str], run, step
     finish(paths, partial, versions, run, steps)
 
 
+def update(paths: EmulatorPaths, versions: dict[str, str], run, steps) -> None:
+    """The wanted guest wheels into an existing rootfs (pip replaces other versions), marker and archive anew."""
+    partial = paths.rootfs.with_name("rootfs.partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    paths.rootfs.rename(partial)
+    finish(paths, partial, versions, run, steps)
+
+
 def finish(paths: EmulatorPaths, partial: Path, versions: dict[str, str], run, steps) -> None:
     """Runtimes and the marker into a bootstrapped rootfs, then pack it and make it the rootfs."""
     with steps.step("wheels", label="aarch64 runtimes into " + VENV):

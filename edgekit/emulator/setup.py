@@ -21,13 +21,14 @@ def build(paths: EmulatorPaths, steps, guest_wheels: dict[str, str | None], mirr
     run = rootfs.checked_run
     if rebuild:
         _discard(paths, archive=True)
-    if paths.rootfs.exists() and rootfs_runtimes(paths) != versions:
-        _discard(paths, archive=False)
     if not paths.rootfs.exists() and paths.archive.is_file():
         with steps.step("restore", label=f"restore the rootfs from {paths.archive}"):
             rootfs.restore(paths, run)
-        if rootfs_runtimes(paths) != versions:  # an archive of other runtime versions: rebuild it
-            _discard(paths, archive=True)
+    if paths.rootfs.exists() and rootfs_runtimes(paths) != versions:
+        # Other or more guest packages (an edgekit upgrade): installed into the rootfs as it is, which is
+        # then packed again; the debootstrap (minutes) is not repeated.
+        paths.ready.unlink(missing_ok=True)
+        rootfs.update(paths, versions, run, steps)
     if not paths.rootfs.exists():
         rootfs.build(paths, mirror or rootfs.apt_mirror(), versions, run, steps)
     sources = native_build.sources_digest()

@@ -24,7 +24,7 @@ from edgekit.model.spec import InputSpec, check_dtype
 
 APP_FILE = "edgekit.toml"
 _APP_KEYS = {"name", "model", "inputs", "data", "recipe"}
-_MODEL_KEYS = {"factory", "weights", "task"}
+_MODEL_KEYS = {"factory", "weights", "task", "labels"}
 _INPUT_KEYS = {"name", "shape", "dtype"}
 _DATA_KEYS = {"train", "calib", "eval"}
 
@@ -43,6 +43,7 @@ class ModelSpec:
     task: str = "auto"  # what the first output is: edgekit.compare.TASKS (class scores or not)
     from_app: frozenset[str] = frozenset()  # which of weights/calib/eval/train came from edgekit.toml
     recipe: dict | None = None  # the app's own build recipe, as written ([recipe] in edgekit.toml; edgekit.recipe reads it)
+    labels: tuple[str, ...] | None = None  # class names, in output order: the server's top_k names them
 
     def with_overrides(self, **paths: Path | None) -> "ModelSpec":
         """Command-line paths (--weights, --calib, --eval) win over the app file."""
@@ -64,6 +65,7 @@ class ModelSpec:
             "weights": str(self.weights) if self.weights else None,
             "inputs": [s.to_json() for s in self.inputs],
             "task": self.task,
+            **({"labels": list(self.labels)} if self.labels else {}),
             "data": {k: str(getattr(self, k)) if getattr(self, k) else None for k in ("train", "calib", "eval")},
         }
 
@@ -110,7 +112,17 @@ def load_app(app_dir: str | Path) -> ModelSpec:
         from_app=frozenset(k for k in ("weights", "calib", "eval", "train")
                            if (model if k == "weights" else data).get(k) is not None),
         recipe=_recipe_table(doc.get("recipe"), path),
+        labels=_labels(model.get("labels"), path),
     )
+
+
+def _labels(value, path: Path) -> tuple[str, ...] | None:
+    if value is None:
+        return None
+    if not isinstance(value, list) or not value or not all(isinstance(v, str) and v for v in value):
+        raise UsageError(f"{path}: 'model.labels' must be a non-empty list of class names",
+                         hint='one per output class, in order, e.g. labels = ["cat", "dog"]')
+    return tuple(value)
 
 
 def _recipe_table(table, path: Path) -> dict | None:

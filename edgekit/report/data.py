@@ -38,6 +38,7 @@ def build_report(build_dir: str | Path) -> dict:
         "numeric_debug": manifest.get("numeric_debug") or {},  # edgekit debug, per format
         "runs": runs,
         "previous_runs": previous,
+        "serve_loads": manifest.get("serve_loads") or [],  # edgekit bench --serve
         "failed_runs": _failed_runs(build_dir, {r["artifact"]["sha256"] for r in format_records(manifest).values()}),
         "prediction": _prediction(manifest, runs),
         "recommendation": recommend(manifest) if manifest.get("formats") else None,

@@ -49,7 +49,7 @@ def render(data: dict) -> str:
         _recommendation(data.get("recommendation")),
         _glance(data),
         _warnings(data["warnings"]),
-        _latency(data, colors), _prediction(data),
+        _latency(data, colors), _serving(data), _prediction(data),
         _quality(data, colors),
         *[_format_section(data, q) for q in data["quality"]],
         _details("Build stages", _stages(data["stages"])), _sensitivity(data), _failed(data["failed_runs"]),
@@ -301,6 +301,30 @@ def _latency(data: dict, colors: dict) -> str:
         '<p class="note">Times in ms. load: artifact load; first: the first inference; p50/p90/p99 over the timed runs '
         "after warm-up. Runs flagged <i>not target arch</i> or <i>host</i> did not run on the target device; "
         "emulated runs are not latency and are left out of the plots.</p>", open_=True)]
+    return "\n".join(parts)
+
+
+def _serving(data: dict) -> str:
+    """edgekit bench --serve: latency vs concurrency of the server, the newest load test of each URL plotted."""
+    loads = data.get("serve_loads") or []
+    if not loads:
+        return ""
+    newest = {}
+    for load in loads:
+        newest[(load["url"], load["format"])] = load
+    parts = ["<h2>Serving</h2>"]
+    parts += [_img(plots.serve_latency(load), f"server latency at {load['url']}",
+                   "request latency (client side, answered requests) per number of concurrent clients; "
+                   "dotted: throughput") for load in newest.values() if any(lv.get("p50_ms") for lv in load["levels"])]
+    rows = [[escape(load["url"]), escape(load["format"]), escape(str(lv["concurrency"])), escape(str(lv["requests"])),
+             escape(f"{lv['throughput_rps']:g}" if lv.get("throughput_rps") is not None else "–"),
+             ms(lv.get("p50_ms")), ms(lv.get("p90_ms")), ms(lv.get("p99_ms")),
+             escape(str(lv.get("refused_503", 0))), escape(str(lv.get("failed", 0))), _when(load["time"])]
+            for load in loads for lv in load["levels"]]
+    parts.append(_details(f"All {len(loads)} load test(s)", _table(
+        ["server", "format", "clients", "requests", "req/s", "p50", "p90", "p99", "503", "failed", "when (UTC)"], rows) +
+        '<p class="note">Times in ms, measured by the client (edgekit bench --serve) from sending a request to its '
+        "last byte. 503: refused because the server's queue was full (its documented overload answer).</p>", open_=True))
     return "\n".join(parts)
 
 

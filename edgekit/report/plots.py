@@ -182,6 +182,30 @@ def pareto(results: list[dict], chosen: str | None, reference: float | None, key
     return _png(fig)
 
 
+def serve_latency(load: dict) -> bytes:
+    """One load test of the server: p50/p90/p99 latency per concurrency level, throughput on a second axis."""
+    fig, ax = _figure(7.5, 3.2)
+    levels = [lv for lv in load["levels"] if lv.get("p50_ms") is not None]
+    xs = [lv["concurrency"] for lv in levels]
+    for key in ("p50", "p90", "p99"):
+        ax.plot(xs, [lv[f"{key}_ms"] for lv in levels], marker="o", color=COLORS[key], label=key)
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(xs, [str(x) for x in xs])
+    ax.set_xlabel("concurrent clients")
+    ax.set_ylabel("request latency (ms)")
+    ax.set_ylim(bottom=0)
+    throughput = ax.twinx()
+    throughput.plot(xs, [lv["throughput_rps"] for lv in levels], marker="s", linestyle=":", color=COLORS["float"],
+                    label="throughput")
+    throughput.set_ylabel("answered requests / s")
+    throughput.set_ylim(bottom=0)
+    lines = ax.get_legend_handles_labels()
+    more = throughput.get_legend_handles_labels()
+    ax.legend(lines[0] + more[0], lines[1] + more[1], loc="upper left", fontsize=8)
+    ax.set_title(f"{load['url']} ({load['format']}), {load['time']}", fontsize=9)
+    return _png(fig)
+
+
 def _legend_outside(ax) -> None:
     """Right of the plot: inside it, the legend hides exactly the tail (p90-p99) readers look for."""
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)

@@ -212,6 +212,23 @@ def print_runs(records: list[dict], console: Console | None = None) -> None:
         console.print("[dim]times in ms · records: " + ", ".join(files) + "[/]")
 
 
+def print_serve_load(record: dict, console: Console | None = None) -> None:
+    """`edgekit bench --serve`: one row per concurrency level."""
+    console = console or Console()
+    table = Table(title=f"server load test: {record['url']}")
+    for col in ("clients", "requests", "req/s", "p50", "p90", "p99", "503", "failed"):
+        table.add_column(col, justify="right")
+    for lv in record["levels"]:
+        table.add_row(str(lv["concurrency"]), str(lv["requests"]),
+                      f"{lv['throughput_rps']:g}" if lv.get("throughput_rps") is not None else "–",
+                      ms(lv.get("p50_ms")), ms(lv.get("p90_ms")), ms(lv.get("p99_ms")),
+                      str(lv["refused_503"]), str(lv["failed"]))
+    console.print(table)
+    rss = (record.get("server_after") or {}).get("rss_mb")
+    console.print(f"[dim]times in ms (client side) · 503: refused, the server's queue was full"
+                  f"{f' · server RSS after: {rss} MB' if rss else ''} · record: {record.get('record_file')}[/]")
+
+
 def print_report(data: dict, console: Console | None = None) -> None:
     """The three answers first (is each artifact good, how fast on the target, which to ship),
     then stages and runs. Fits 80 columns: names never cut, secondary columns dropped."""
