@@ -672,8 +672,8 @@ def deploy(build_dir, devices, devices_file, run_bench, python, remote_dir, ssh_
             svc = r["service"]
             click.echo(f"{r['device']}: serving at {svc['url']} ({svc['manager']}; POST /v1/predict, GET /healthz)")
             if svc["listen"] in ("127.0.0.1", "::1", "localhost"):
-                click.echo(f"  it listens on the device's loopback only: reach it with an ssh tunnel, or deploy with "
-                           f"--listen 0.0.0.0 to open it to the network")
+                click.echo("  it listens on the device's loopback only: reach it with an ssh tunnel, or deploy with "
+                           "--listen 0.0.0.0 to open it to the network")
 
 
 def _progress_line(record: dict) -> None:

@@ -46,8 +46,9 @@ def keygen(path: Path) -> str:
 
 
 class SshServer:
-    def __init__(self, root: Path):
+    def __init__(self, root: Path, session_env: dict | None = None):
         self.root = root
+        self.session_env = session_env or {}  # what the device's login sets (pam_systemd's XDG_RUNTIME_DIR)
         self.user = getpass.getuser()
         self.port = None
         self.proc = None
@@ -124,7 +125,7 @@ PermitRootLogin prohibit-password
 StrictModes no
 UsePAM no
 LogLevel VERBOSE
-""")
+""" + (("SetEnv " + " ".join(f"{k}={v}" for k, v in self.session_env.items()) + "\n") if self.session_env else ""))
 
     def _write_client_config(self) -> None:
         k = self.keys
@@ -169,3 +170,68 @@ Host *
         self.stop()
         return False
 
+
+
+class SystemdUserManager:
+    """A real systemd user manager (`systemd --user`), for the device that runs services with systemd.
+
+    This machine (a container) was not booted by systemd, and `systemd --user` refuses to start
+    unless /run/systemd/system exists; in a private mount namespace (unshare -m, root) a tmpfs over
+    /run/systemd provides it without touching the host. Its runtime and config directories are
+    temp dirs; the device's ssh sessions get them through sshd's SetEnv, as a login gets them from
+    pam_systemd on a Raspberry Pi."""
+
+    BINARY = "/usr/lib/systemd/systemd"
+
+    def __init__(self, root: Path):
+        self.runtime_dir = root / "xdg-runtime"
+        self.config_home = root / "xdg-config"
+        self.proc = None
+
+    @classmethod
+    def available(cls) -> str | None:
+        """None, or why it cannot run here."""
+        import os
+
+        if not Path(cls.BINARY).is_file() or shutil.which("systemctl") is None:
+            return "systemd is not installed (Debian: apt-get install systemd)"
+        if os.geteuid() != 0 or shutil.which("unshare") is None:
+            return "a private mount namespace needs root and unshare"
+        return None
+
+    @property
+    def env(self) -> dict:
+        return {"XDG_RUNTIME_DIR": str(self.runtime_dir), "XDG_CONFIG_HOME": str(self.config_home)}
+
+    def start(self) -> "SystemdUserManager":
+        import os
+
+        self.runtime_dir.mkdir(mode=0o700, parents=True)
+        self.config_home.mkdir(parents=True)
+        script = ("mount -t tmpfs tmpfs /run/systemd 2>/dev/null || { mkdir -p /run/systemd && mount -t tmpfs tmpfs /run/systemd; }; "
+                  f"mkdir /run/systemd/system && exec {self.BINARY} --user")
+        self.proc = subprocess.Popen(["unshare", "-m", "sh", "-c", script], env={**os.environ, **self.env},
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            # (is-system-running says "offline" for a manager not started by a login, yet it serves)
+            if self.systemctl("show-environment").returncode == 0:
+                return self
+            if self.proc.poll() is not None:
+                break
+            time.sleep(0.2)
+        self.stop()
+        raise RuntimeError("systemd --user did not come up")
+
+    def systemctl(self, *args: str) -> subprocess.CompletedProcess:
+        import os
+
+        return subprocess.run(["systemctl", "--user", *args], env={**os.environ, **self.env}, capture_output=True, text=True)
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.systemctl("exit")
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()

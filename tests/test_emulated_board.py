@@ -105,3 +105,45 @@ def test_a_deploy_without_bench_runs_the_native_runner_once(board, build_copy):
     check = record["check"]
     assert check["first_ms"] > 0 and check["load_ms"] > 0 and check["machine"] == "aarch64"
     assert record["emulated"]["cpu"] == "cortex-a72"
+
+
+def test_deploy_serve_runs_the_server_on_the_emulated_board(board, run_cli, digits_app, tmp_path):
+    """The server itself (uvicorn, starlette, onnxruntime: ARM code under qemu) as a service of the board,
+    which has no systemd: supervised, answering /healthz from the host, started again after a SIGKILL,
+    predicting what onnxruntime on the host predicts; then removed."""
+    import signal
+    import urllib.request
+
+    import numpy as np
+    from test_serve_deploy import healthz, port_closed, predict
+
+    from edgekit.runtime.runner import runtime_for
+
+    out = tmp_path / "digits-onnx"
+    assert run_cli("build", str(digits_app), "--target", "rpi4", "--format", "onnx", "--out", str(out)).returncode == 0
+    port = free_port()
+    common = ["--device", board.address, "--ssh-config", str(board.client_config), "--port", str(port)]
+    proc = run_cli("deploy", str(out), *common, "--serve", "--serve-wait", "900", "--threads", "1", "--json", timeout=1800)
+    try:
+        assert proc.returncode == 0, proc.stderr
+        [record] = json.loads(proc.stdout)
+        assert record["service"]["manager"] == "supervisor" and record["arch"]["device"] == "aarch64"
+        first = healthz(port, timeout=60)
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/model", timeout=30) as r:
+            model = json.load(r)
+        assert model["runtime"]["name"] == "onnxruntime" and model["machine"] == "aarch64"  # ARM code serving
+
+        x = np.load(REPO / "sample_apps" / "digits" / "eval.npz")["x"][:3]
+        rt = runtime_for("onnxruntime")
+        rt.set_threads(1)
+        rt.load(str(out / "model.onnx"))
+        expected = np.concatenate([rt.run([x[i:i + 1]])[0] for i in range(3)])
+        np.testing.assert_allclose(predict(port, x), expected, atol=1e-5)
+
+        os.kill(first["pid"], signal.SIGKILL)  # a guest process: qemu-aarch64 running python
+        again = healthz(port, timeout=900, not_pid=first["pid"])
+        assert again["sha256"] == first["sha256"]
+    finally:
+        stop = run_cli("deploy", str(out), *common, "--serve", "stop", timeout=300)
+    assert stop.returncode == 0, stop.stderr
+    assert port_closed(port)

@@ -329,3 +329,48 @@ def test_the_device_file_imports_no_edgekit(tmp_path):
     done = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, capture_output=True, text=True, env=env)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == str(tmp_path / "runner.py")
+
+
+@pytest.mark.slow  # builds the real all-MiniLM-L6-v2 (~25 s; the default run serves the digits artifact)
+def test_a_real_sentence_encoder_with_two_integer_inputs(tmp_path, run_cli):
+    """all-MiniLM-L6-v2 (pretrained, two int64 inputs: token ids and the attention mask) served from its
+    .onnx: real tokenized sentences sent as JSON get the artifact's own embeddings; ids that are not
+    whole numbers or a missing mask are refused by name."""
+    repo = Path(__file__).resolve().parents[1]
+    data = tmp_path / "data"
+    subprocess.run([sys.executable, str(repo / "sample_apps" / "minilm" / "data.py"), "--out", str(data)], check=True,
+                   capture_output=True)
+    out = tmp_path / "minilm"
+    proc = run_cli("build", str(repo / "sample_apps" / "minilm"), "--calib", str(data / "calib.npz"), "--eval",
+                   str(data / "eval.npz"), "--format", "onnx", "--quant", "dynamic", "--target", "rpi5", "--out", str(out),
+                   timeout=900)
+    assert proc.returncode == 0, proc.stderr
+    sentences = np.load(data / "eval.npz")
+    ids, mask = sentences["input_ids"][:6], sentences["attention_mask"][:6]
+    rt = runtime_for("onnxruntime")
+    rt.set_threads(1)
+    rt.load(str(out / "model.onnx"))
+    expected = np.concatenate([rt.run([ids[i:i + 1], mask[i:i + 1]])[0] for i in range(len(ids))])
+
+    server = Server(out, "--threads", "1")
+    try:
+        body = json.dumps({"inputs": {"input_ids": ids.tolist(), "attention_mask": mask.tolist()}}).encode()
+        status, data_, _ = server.request("POST", "/v1/predict", body, "application/json")
+        assert status == 200, data_[:300]
+        got = np.asarray(json.loads(data_)["outputs"]["output"], dtype=np.float32)
+        np.testing.assert_allclose(got, expected, atol=1e-5)
+        assert "top_k" not in json.loads(data_)  # an embedding names no classes
+
+        half = json.dumps({"inputs": {"input_ids": (ids[:1] + 0.5).tolist(), "attention_mask": mask[:1].tolist()}})
+        status, data_, _ = server.request("POST", "/v1/predict", half.encode(), "application/json")
+        assert status == 422 and "input 'input_ids' takes int64 values" in json.loads(data_)["error"]
+        status, data_, _ = server.request("POST", "/v1/predict", json.dumps({"inputs": {"input_ids": ids[:1].tolist()}}).encode(),
+                                          "application/json")
+        assert status == 422 and "missing input 'attention_mask'" in json.loads(data_)["error"]
+        buf = io.BytesIO()
+        np.savez(buf, input_ids=ids[2:4], attention_mask=mask[2:4])
+        status, data_, _ = server.request("POST", "/v1/predict", buf.getvalue(), "application/x-npz")
+        assert status == 200
+        np.testing.assert_allclose(json.loads(data_)["outputs"]["output"], expected[2:4], atol=1e-5)
+    finally:
+        server.stop()

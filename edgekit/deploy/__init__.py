@@ -9,6 +9,8 @@
     native.py    parsers for the native binaries' text output
     records.py   the build dir: device_runs/ records and manifest.json's device_runs
     session.py   the steps for one device, and a fleet in parallel
+    service.py   --serve: the model server kept running there (systemd unit or a supervisor)
+    serve_load.py  bench --serve: the load test of a build's server, recorded in the build
 """
 
 from edgekit.deploy.base import DeviceFailure

@@ -37,6 +37,7 @@ import io
 import json
 import math
 import os
+import platform
 import signal
 import subprocess
 import sys
@@ -520,6 +521,7 @@ def create_app(artifact: str, doc: dict, settings: Settings, state: dict | None 
         return JSONResponse({**(doc.get("model") or {}), "sha256": model.sha256, "inputs": model.specs,
                              "outputs": [{"name": n, "shape": s} for n, s in zip(model.output_names, model.output_shapes)],
                              "batch": model.batch, "runtime": {"name": model.rt.name, "version": model.rt.version()},
+                             "machine": platform.machine(),
                              "threads": settings.threads, "threads_applied": model.threads_applied,
                              "server": {"max_batch": settings.max_batch, "max_wait_ms": settings.max_wait_ms,
                                         "queue_size": settings.queue_size, "max_body_bytes": settings.max_body_bytes,

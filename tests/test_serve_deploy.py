@@ -1,0 +1,137 @@
+"""edgekit deploy --serve: the server installed as a service on a device, answering /healthz, started
+again when its process dies, and removed by --serve stop. Against a real sshd whose device runs a real
+systemd user manager (a user unit), and against this computer without systemd (the supervisor)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import time
+import urllib.request
+
+import numpy as np
+import pytest
+from sshd import SshServer, SystemdUserManager, free_port, sshd_available
+
+from edgekit.deploy.service import unit_name
+
+EVAL = "sample_apps/digits/eval.npz"
+
+
+def healthz(port: int, timeout: float = 60.0, not_pid: int | None = None) -> dict:
+    """The server's /healthz once it answers ok (from a process other than `not_pid`)."""
+    deadline, last = time.time() + timeout, None
+    while time.time() < deadline:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5) as r:
+                doc = json.load(r)
+            if doc.get("ok") and doc.get("pid") != not_pid:
+                return doc
+            last = doc
+        except OSError as e:
+            last = e
+        time.sleep(0.3)
+    raise AssertionError(f"no healthy server on port {port} within {timeout} s: {last}")
+
+
+def predict(port: int, x: np.ndarray) -> np.ndarray:
+    request = urllib.request.Request(f"http://127.0.0.1:{port}/v1/predict", json.dumps({"inputs": {"x": x.tolist()}}).encode(),
+                                     {"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=30) as r:
+        return np.asarray(json.load(r)["outputs"]["output"])
+
+
+def port_closed(port: int) -> bool:
+    try:
+        urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5)
+    except OSError:
+        return True
+    return False
+
+
+@pytest.fixture(scope="module")
+def systemd_device(tmp_path_factory):
+    """A device whose logins reach a systemd user manager: a real sshd on 127.0.0.1 and a real
+    `systemd --user` (tests/sshd.py says how it runs in a container)."""
+    why = SystemdUserManager.available() or (None if sshd_available() else "sshd is not installed")
+    if why:
+        if os.environ.get("CI"):
+            pytest.fail(f"{why}: CI must run the systemd deploy test, not skip it")
+        pytest.skip(why)
+    root = tmp_path_factory.mktemp("systemd-device")
+    manager = SystemdUserManager(root).start()
+    server = SshServer(root / "sshd", session_env=manager.env).start()
+    yield server, manager
+    server.stop()
+    manager.stop()
+
+
+def test_deploy_serve_installs_a_systemd_user_unit(systemd_device, build_copy, run_cli, tmp_path):
+    server, manager = systemd_device
+    port = free_port()
+    common = ["--device", server.address, "--ssh-config", str(server.client_config), "--remote-dir", str(tmp_path / "remote"),
+              "--port", str(port)]
+    proc = run_cli("deploy", str(build_copy), *common, "--python", sys.executable, "--allow-arch-mismatch",
+                   "--serve", "--json")
+    assert proc.returncode == 0, proc.stderr
+    record = json.loads(proc.stdout)[0]
+    service = record["service"]
+    assert record["kind"] == "serve" and service["manager"] == "systemd-user"
+    unit = manager.config_home / "systemd" / "user" / unit_name(port)
+    assert service["unit"] == str(unit) and unit.is_file()
+    assert "Restart=on-failure" in unit.read_text()
+    assert manager.systemctl("is-enabled", unit_name(port)).stdout.strip() == "enabled"
+    assert service["url"] == f"http://127.0.0.1:{port}" and not service["starts_at_boot"]  # no logind: no lingering
+    assert "enable-linger" in service["boot_hint"]
+
+    first = healthz(port)
+    assert first["sha256"] == record["build"]["sha256"]
+    main_pid = int(manager.systemctl("show", "-p", "MainPID", "--value", unit_name(port)).stdout)
+    assert main_pid == first["pid"]
+    x = np.load(EVAL)["x"][:4]
+    before = predict(port, x)
+
+    os.kill(main_pid, signal.SIGKILL)  # the server dies; systemd starts it again (Restart=on-failure)
+    again = healthz(port, not_pid=main_pid)
+    np.testing.assert_allclose(predict(port, x), before, atol=1e-6)
+    assert int(manager.systemctl("show", "-p", "NRestarts", "--value", unit_name(port)).stdout) >= 1
+    assert again["pid"] != main_pid
+
+    manifest = json.loads((build_copy / "manifest.json").read_text())
+    assert manifest["device_runs"][-1]["service"]["manager"] == "systemd-user"
+
+    proc = run_cli("deploy", str(build_copy), *common, "--serve", "stop")
+    assert proc.returncode == 0, proc.stderr
+    assert f"stopped the server on port {port}" in proc.stdout
+    assert not unit.exists() and port_closed(port)
+    proc = run_cli("deploy", str(build_copy), *common, "--serve", "stop")  # nothing left: still fine
+    assert proc.returncode == 0 and "nothing of edgekit's" in proc.stdout
+
+
+@pytest.mark.slow  # the emulator job deploys a supervised server too (tests/test_emulated_board.py)
+def test_deploy_serve_without_systemd_is_supervised(build_copy, run_cli, tmp_path):
+    """This computer has no systemd: serve.py --supervise keeps the server up; stop removes it."""
+    port = free_port()
+    remote = tmp_path / "remote"
+    common = ["--device", "local", "--remote-dir", str(remote), "--port", str(port)]
+    proc = run_cli("deploy", str(build_copy), *common, "--python", sys.executable, "--allow-arch-mismatch", "--serve",
+                   "--json")
+    try:
+        assert proc.returncode == 0, proc.stderr
+        service = json.loads(proc.stdout)[0]["service"]
+        assert service["manager"] == "supervisor" and "does not start at boot" in service["boot_hint"]
+        first = healthz(port)
+        os.kill(first["pid"], signal.SIGKILL)
+        healthz(port, not_pid=first["pid"])
+        assert "starting it again" in (remote / f"serve-{port}.log").read_text()
+    finally:
+        proc = run_cli("deploy", str(build_copy), *common, "--serve", "stop")
+    assert proc.returncode == 0, proc.stderr
+    assert port_closed(port) and not (remote / f"serve-{port}.pid").exists()
+
+
+def test_deploy_serve_refuses_what_cannot_serve(build_copy, run_cli):
+    proc = run_cli("deploy", str(build_copy), "--device", "adb:XYZ", "--serve")
+    assert proc.returncode == 2 and "Android" in proc.stderr
