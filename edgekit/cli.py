@@ -652,7 +652,10 @@ def deploy(build_dir, devices, devices_file, run_bench, python, remote_dir, ssh_
         return
     service = None
     if serve_action == "start":
-        service = api.ServiceOptions(_server_settings(settings.threads, listen, port, max_batch, max_wait_ms, queue_size,
+        from edgekit.deploy.records import open_build
+
+        threads = settings.threads or open_build(build_dir, format_).threads  # default: the target profile's
+        service = api.ServiceOptions(_server_settings(threads, listen, port, max_batch, max_wait_ms, queue_size,
                                                       max_body_mb, max_samples, allow_nonfinite, drain_seconds),
                                      wait_seconds=serve_wait)
     try:

@@ -127,6 +127,7 @@ def test_report_html_first_screen_renders_in_chromium(built, run_cli, tmp_path):
     assert (tmp_path / "first-screen.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+@pytest.mark.slow  # ~30 s (every format built); the recommendation stays in the default run (test_report)
 def test_format_auto_keeps_the_artifact_to_ship_over_the_profiles_slower_format(digits_app, tmp_path, run_cli):
     """A board profile that prefers .ptl: `--format auto` builds every format and keeps as the
     primary the one predicted fastest among those that pass, saying why; .ptl (QNNPACK: no

@@ -174,7 +174,8 @@ def sensor_mlp_app(tmp_path_factory, digits_app):
                       steps=80, lr=3e-3)
 
 
-@pytest.mark.parametrize("fmt", ["onnx", "litert"])
+# litert in the slow run (~20 s): the fallback is the same code for every format
+@pytest.mark.parametrize("fmt", ["onnx", pytest.param("litert", marks=pytest.mark.slow)])
 def test_the_layer_no_range_can_quantize_is_kept_float_without_labels(sensor_mlp_app, tmp_path, fmt):
     if fmt == "litert":
         from conftest import require_litert

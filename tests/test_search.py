@@ -102,6 +102,7 @@ def test_search_resumes_from_its_own_record(run_cli, digits_app, small_search):
     assert doc["chosen"] == json.loads(proc.stdout)["chosen"]
 
 
+@pytest.mark.slow  # ~20 s; the search and its choice stay in the default run
 def test_impossible_budget_exits_3_with_the_closest(run_cli, digits_app, tmp_path):
     """Also: calibration inputs without labels -- the loss is then bounded by disagreement, and the record says so."""
     import numpy as np

@@ -374,3 +374,45 @@ def test_a_real_sentence_encoder_with_two_integer_inputs(tmp_path, run_cli):
         np.testing.assert_allclose(json.loads(data_)["outputs"]["output"], expected[2:4], atol=1e-5)
     finally:
         server.stop()
+
+
+@pytest.mark.slow  # builds the digits model again with a static batch of 4 (~30 s)
+def test_requests_share_a_static_batch(tmp_path, run_cli, eval_x):
+    """An artifact exported with batch 4: samples of concurrent requests fill its batches (the worker
+    waits up to --max-wait-ms for more), the last one padded; each request gets its own samples' outputs."""
+    app = Path(__file__).resolve().parents[1] / "sample_apps" / "digits"
+    out = tmp_path / "digits-b4"
+    proc = run_cli("build", "--model", "model:build_model", "--input-shape", "4,1,8,8", "--weights", "weights.pt",
+                   "--calib", "calib.npz", "--eval", "eval.npz", "--format", "onnx", "--target", "rpi4", "--out", str(out),
+                   cwd=app, timeout=900)
+    assert proc.returncode == 0, proc.stderr
+    rt = runtime_for("onnxruntime")
+    rt.set_threads(1)
+    rt.load(str(out / "model.onnx"))
+    x = eval_x[:12]
+    expected = np.concatenate([rt.run([x[i:i + 4]])[0] for i in range(0, 12, 4)])
+
+    server = Server(out, "--threads", "1", "--max-wait-ms", "300")
+    try:
+        model = json.loads(server.get("/v1/model")[1])
+        assert model["batch"] == 4 and model["server"]["micro_batching"] == "shared static batches"
+        cuts = [(0, 1), (1, 3), (3, 6), (6, 7), (7, 12)]  # 1, 2, 3, 1 and 5 samples
+        answers = {}
+
+        def client(lo, hi):
+            answers[(lo, hi)] = server.predict(x[lo:hi])
+
+        threads = [threading.Thread(target=client, args=cut) for cut in cuts]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        for (lo, hi), (status, doc, _) in answers.items():
+            assert status == 200, doc
+            np.testing.assert_allclose(doc["outputs"]["output"], expected[lo:hi], atol=1e-5)
+        metrics = server.get("/metrics")[1].decode()
+        passes = next(float(line.split()[-1]) for line in metrics.splitlines()
+                      if line.startswith("edgekit_batch_samples_count"))
+        assert passes < len(cuts), "the requests were not taken together"
+    finally:
+        server.stop()

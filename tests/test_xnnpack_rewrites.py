@@ -177,6 +177,7 @@ def test_a_vision_transformer_stays_on_the_delegate_and_keeps_its_outputs(tmp_pa
 
 
 
+@pytest.mark.slow  # ~30 s; the ViT on the delegate stays in the default run
 def test_a_trained_vit_written_out_keeps_its_accuracy_on_the_delegate(tmp_path):
     """The vit_digits sample (trained weights; attention written out with torch.matmul, LayerNorm,
     tokens mean-pooled) on real held-out digits: every op on the delegate, accuracy kept."""
