@@ -38,7 +38,10 @@ from edgekit.recipe import BuildRecipe, GateOptions, app_recipe
 from edgekit.recipe import recipe_from_options as recipe
 from edgekit.report import build_report, write_html
 from edgekit.search import TIMING_SECONDS
+from edgekit.runtime.runner import RunnerError
 from edgekit.serve import STACK_WITH_DEPENDENCIES, Settings, install_hint, spec_doc
+from edgekit.serve.server import missing_stack
+from edgekit.serve.server import serve as run_server
 from edgekit.stages import chain as stage_chain
 from edgekit.stages.macs import count
 from edgekit.stages.options import StageOptions
@@ -164,10 +167,6 @@ def _devices(devices, devices_file, **settings) -> list:
 def serve(build_dir: str | Path, settings: Settings | None = None, *, format: str | None = None, on_ready=None) -> int:
     """Serve the build's artifact on this computer until SIGTERM/SIGINT (edgekit serve).
     `settings.threads` defaults to the target profile's thread count; `on_ready(state)` runs once it answers."""
-    from edgekit.runtime.runner import RunnerError
-    from edgekit.serve.server import missing_stack
-    from edgekit.serve.server import serve as run_server
-
     build_info = open_build(build_dir, format)
     settings = settings or Settings(threads=build_info.threads)
     problem = settings.problem()
@@ -196,8 +195,6 @@ def bench_serve(build_dir: str | Path, url: str, *, concurrency=(1, 8, 32), requ
 def bench(build_dir: str | Path, options: "BenchOptions | None" = None, *, format: str | None = None, python: str | None = None) -> dict:
     """Run the build's artifact on this computer with the device runner; returns the run record
     (stored like a device run, device name "host"). `python` defaults to the one running edgekit."""
-
-
     return bench_host(open_build(build_dir, format), options or BenchOptions(), python or sys.executable)
 
 

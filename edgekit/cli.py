@@ -757,10 +757,10 @@ def serve(build_dir, format_, threads, **server_settings):
     """Serve the build's artifact over HTTP on this computer until Ctrl-C or SIGTERM.
 
     \b
-    POST /v1/predict   JSON {"inputs": {"x": [[...]]}}, or an application/x-npy / x-npz body
-    GET  /healthz      model loaded and one warm inference done
-    GET  /v1/model     inputs, outputs, target, accuracy
-    GET  /metrics      Prometheus: requests by status, latency histogram, queue depth, in flight
+    POST /v1/predict  {"inputs": {"x": [[...]]}} as JSON, or .npy / .npz
+    GET  /healthz     model loaded and one warm inference done
+    GET  /v1/model    inputs, outputs, target, accuracy
+    GET  /metrics     Prometheus: requests, latency, queue depth, in flight
     On the board: edgekit deploy BUILD --device pi@HOST --serve.
     """
     from edgekit import api

@@ -206,6 +206,17 @@ def test_load_app_factory_not_a_string(tmp_path, value):
     assert "'model.factory' must be a non-empty string" in message
 
 
+@pytest.mark.parametrize("value", ['"cat"', "[]", '["cat", 3]'])
+def test_load_app_labels_must_be_class_names(tmp_path, value):
+    message = app_error(write_app(tmp_path, VALID_TOML.replace('factory = "model:build"\n',
+                                                               f'factory = "model:build"\nlabels = {value}\n')))
+    assert "'model.labels' must be a non-empty list of class names" in message
+
+
+def test_load_app_digits_names_its_classes():
+    assert load_app(DIGITS).labels == tuple(str(d) for d in range(10))
+
+
 def test_load_app_weights_not_a_string(tmp_path):
     message = app_error(write_app(tmp_path, VALID_TOML.replace('"weights.pt"', "1")))
     assert "'model.weights' must be a non-empty string" in message

@@ -135,3 +135,26 @@ def test_deploy_serve_without_systemd_is_supervised(build_copy, run_cli, tmp_pat
 def test_deploy_serve_refuses_what_cannot_serve(build_copy, run_cli):
     proc = run_cli("deploy", str(build_copy), "--device", "adb:XYZ", "--serve")
     assert proc.returncode == 2 and "Android" in proc.stderr
+
+
+def test_a_server_that_never_gets_healthy_is_removed_and_named(build_copy, run_cli, tmp_path):
+    """Another program holds the port: the server cannot start, the deploy exits 4 naming the URL and
+    the log, and nothing is left restarting in the background."""
+    import socket
+
+    holder = socket.socket()
+    holder.bind(("127.0.0.1", 0))
+    holder.listen()
+    port = holder.getsockname()[1]
+    remote = tmp_path / "remote"
+    try:
+        proc = run_cli("deploy", str(build_copy), "--device", "local", "--remote-dir", str(remote), "--port", str(port),
+                       "--python", sys.executable, "--allow-arch-mismatch", "--serve", "--serve-wait", "8")
+        assert proc.returncode == 4, proc.stderr
+        assert f"did not answer http://127.0.0.1:{port}/healthz within 8 s" in proc.stderr
+        assert f"serve-{port}.log" in proc.stderr
+        assert not (remote / f"serve-{port}.pid").exists()  # the supervisor was stopped
+        log = (remote / f"serve-{port}.log").read_text()
+        assert "address already in use" in log.lower() or "error while attempting to bind" in log.lower(), log[-500:]
+    finally:
+        holder.close()

@@ -166,7 +166,15 @@ def install(t: Transport, remote: str, build, python: str, options: ServiceOptio
         service.update(pidfile=pidfile, log=log,
                        boot_hint=f"{t.name} has no systemd: the server restarts on failure but does not start at boot")
     local_url = f"http://{_loopback(options.settings.host)}:{options.port}"
-    health = wait_healthy(t, python, local_url, options.wait_seconds, build, service)
+    try:
+        health = wait_healthy(t, python, local_url, options.wait_seconds, build, service)
+    except DeviceFailure:
+        # Not left behind restarting forever: a failed deploy --serve removes what it started.
+        try:
+            stop_on(t, options.port, facts, base)
+        except DeviceFailure:
+            pass
+        raise
     service.update(pid=health["health"].get("pid"), local_url=local_url,
                    url=f"http://{_public(options.settings.host, device_host)}:{options.port}")
     return service
