@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from sshd import SshServer, SystemdUserManager, free_port, sshd_available
 
-from edgekit.deploy.service import unit_name
+from edgekit.deploy.service import unit_file, unit_name
 
 EVAL = "sample_apps/digits/eval.npz"
 
@@ -71,8 +71,9 @@ def systemd_device(tmp_path_factory):
 def test_deploy_serve_installs_a_systemd_user_unit(systemd_device, build_copy, run_cli, tmp_path):
     server, manager = systemd_device
     port = free_port()
-    common = ["--device", server.address, "--ssh-config", str(server.client_config), "--remote-dir", str(tmp_path / "remote"),
-              "--port", str(port)]
+    # a space in the path: the unit's ExecStart and WorkingDirectory must quote it as systemd reads them
+    common = ["--device", server.address, "--ssh-config", str(server.client_config), "--remote-dir",
+              str(tmp_path / "remote dir"), "--port", str(port)]
     proc = run_cli("deploy", str(build_copy), *common, "--python", sys.executable, "--allow-arch-mismatch",
                    "--serve", "--json")
     assert proc.returncode == 0, proc.stderr
@@ -114,7 +115,7 @@ def test_deploy_serve_installs_a_systemd_user_unit(systemd_device, build_copy, r
 def test_deploy_serve_without_systemd_is_supervised(build_copy, run_cli, tmp_path):
     """This computer has no systemd: serve.py --supervise keeps the server up; stop removes it."""
     port = free_port()
-    remote = tmp_path / "remote"
+    remote = tmp_path / "remote dir"
     common = ["--device", "local", "--remote-dir", str(remote), "--port", str(port)]
     proc = run_cli("deploy", str(build_copy), *common, "--python", sys.executable, "--allow-arch-mismatch", "--serve",
                    "--json")
@@ -158,3 +159,38 @@ def test_a_server_that_never_gets_healthy_is_removed_and_named(build_copy, run_c
         assert "address already in use" in log.lower() or "error while attempting to bind" in log.lower(), log[-500:]
     finally:
         holder.close()
+
+
+@pytest.mark.parametrize("system", [True, False], ids=["system unit", "user unit"])
+def test_the_unit_file_is_one_systemd_accepts(build_copy, tmp_path, system):
+    """systemd's own checker (systemd-analyze verify) on the unit deploy --serve writes, for a build
+    whose path holds a space and a %: the system unit (root on a booted board, which no test here can
+    start) and the user unit."""
+    import shutil
+    import subprocess
+
+    from edgekit.deploy.records import open_build
+    from edgekit.serve import SERVER_PATH, Settings
+
+    if shutil.which("systemd-analyze") is None:
+        if os.environ.get("CI"):
+            pytest.fail("systemd-analyze is missing: CI installs systemd")
+        pytest.skip("systemd is not installed")
+    where = tmp_path / "a build 100%"
+    where.mkdir()
+    shutil.copy(SERVER_PATH, where / "serve.py")
+    build = open_build(build_copy)
+    settings = Settings(port=8080)
+    argv = [sys.executable, f"{where}/serve.py", f"{where}/model.pte", "--spec", f"{where}/serve.json", *settings.argv()]
+    unit = tmp_path / "units" / unit_name(8080)
+    unit.parent.mkdir()
+    unit.write_text(unit_file(build, argv, str(where), settings, system))
+    runtime = tmp_path / "xdg"
+    runtime.mkdir(mode=0o700)
+    done = subprocess.run(["systemd-analyze", *([] if system else ["--user"]), "verify", str(unit)], capture_output=True,
+                          text=True, env={**os.environ, "XDG_RUNTIME_DIR": str(runtime)})
+    assert done.returncode == 0, done.stdout + done.stderr
+    text = unit.read_text()
+    assert f"WorkingDirectory={str(where).replace('%', '%%')}" in text
+    assert f'"{str(where).replace("%", "%%")}/serve.py"' in text
+    assert ("WantedBy=multi-user.target" if system else "WantedBy=default.target") in text

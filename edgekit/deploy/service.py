@@ -183,16 +183,17 @@ def install(t: Transport, remote: str, build, python: str, options: ServiceOptio
 def unit_file(build, argv: list[str], where: str, settings: Settings, system: bool) -> str:
     """The systemd unit: restarted on failure, stopped by SIGTERM with time to drain."""
     name = build.manifest.get("name")
-    hardening = ("NoNewPrivileges=yes\nProtectSystem=strict\nProtectHome=read-only\nPrivateTmp=yes\n" if system
-                 else "NoNewPrivileges=yes\n")
+    # Hardening that needs no knowledge of where the build lives (it may be under /tmp or /home):
+    # the server reads its files and writes nothing (systemd.exec(5)).
+    hardening = "NoNewPrivileges=yes\nProtectSystem=strict\nProtectHome=read-only\n" if system else "NoNewPrivileges=yes\n"
     return (f"# Written by edgekit deploy --serve: {name} for {build.manifest.get('target')} ({build.artifact.name},\n"
-            f"# sha256 {build.sha256}). `edgekit deploy --serve stop --port {settings.port}` removes it.\n"
+            f"# sha256 {build.sha256}).\n# `edgekit deploy --serve stop --port {settings.port}` removes it.\n"
             "[Unit]\n"
             f"Description=edgekit model server: {name} ({build.format}) on port {settings.port}\n"
             "After=network-online.target\nWants=network-online.target\n\n"
             "[Service]\n"
             "Type=exec\n"
-            f"WorkingDirectory={_systemd_quote(where)}\n"
+            f"WorkingDirectory={where.replace('%', '%%')}\n"  # a path as is: systemd takes no quotes here
             f"ExecStart={' '.join(_systemd_quote(a) for a in argv)}\n"
             "Restart=on-failure\nRestartSec=1\n"
             f"TimeoutStopSec={settings.drain_seconds + 10}\n"
