@@ -181,7 +181,7 @@ def _server_settings(threads, listen, port, max_batch, max_wait_ms, queue_size, 
                      allow_nonfinite, drain_seconds):
     from edgekit.serve import Settings
 
-    return Settings(host=listen, port=port, threads=threads or 1, max_batch=max_batch, max_wait_ms=max_wait_ms,
+    return Settings(host=listen, port=port, threads=threads, max_batch=max_batch, max_wait_ms=max_wait_ms,
                     queue_size=queue_size, max_body_bytes=int(max_body_mb * 2**20), max_samples=max_samples,
                     allow_nonfinite=allow_nonfinite, drain_seconds=drain_seconds)
 
