@@ -23,6 +23,7 @@ from sshd import free_port
 
 from edgekit.runtime.runner import runtime_for
 from edgekit.serve import STACK, STACK_WITH_DEPENDENCIES
+from edgekit.serve.load import server_rss_mb
 
 DIGITS_EVAL = Path(__file__).resolve().parents[1] / "sample_apps" / "digits" / "eval.npz"
 # The server's RSS may grow this much over 6,000 requests after its warm-up (allocator pools, the
@@ -75,9 +76,7 @@ class Server:
         return status, json.loads(data), headers
 
     def rss_mb(self) -> float:
-        text = self.get("/metrics")[1].decode()
-        return float(next(line.split()[1] for line in text.splitlines()
-                          if line.startswith("process_resident_memory_bytes "))) / 2**20
+        return server_rss_mb(self.url)
 
     def stop(self):
         if self.proc.poll() is None:

@@ -27,6 +27,7 @@ from edgekit.serve.load import (
     get_json,
     parse_url,
     run_level,
+    server_rss_mb,
 )
 
 MANIFEST_KEY = "serve_loads"
@@ -115,7 +116,11 @@ def load_test(build: BuildInfo, url: str, concurrency: list[int], requests: int,
         if say:
             say(f"concurrency {c}: {requests} requests")
         record["levels"].append(run_level(base, payload, c, requests))
-    record["server_after"] = _server_memory(base)
+    try:
+        rss = server_rss_mb(base)
+    except Unreachable:  # the server went away after the load: the levels above still stand
+        rss = None
+    record["server_after"] = {"rss_mb": round(rss, 1)} if rss is not None else {}
     name = "serve-" + record["device"].replace(":", "_").strip("[]")
     path = write_run(build, name, record)
     record["record_file"] = str(path)
@@ -125,22 +130,3 @@ def load_test(build: BuildInfo, url: str, concurrency: list[int], requests: int,
     update_manifest(build.dir, lambda doc: doc.setdefault(MANIFEST_KEY, []).append(summary))
     return record
 
-
-def _server_memory(base: str) -> dict:
-    """The server's RSS after the load (its /metrics), for the record."""
-    import http.client
-
-    host, port, _ = parse_url(base)
-    conn = http.client.HTTPConnection(host, port, timeout=10)
-    try:
-        conn.request("GET", "/metrics")
-        text = conn.getresponse().read().decode()
-    except (OSError, http.client.HTTPException):
-        return {}
-    finally:
-        conn.close()
-    for line in text.splitlines():
-        if line.startswith("process_resident_memory_bytes "):
-            rss = float(line.split()[1])
-            return {"rss_mb": round(rss / 2**20, 1)}
-    return {}

@@ -27,7 +27,7 @@ from pathlib import Path
 from edgekit.deploy.base import DeviceFailure, Transport
 from edgekit.errors import UsageError
 from edgekit.runtime import last_json
-from edgekit.serve import SERVER_PATH, SPEC_FILE, Settings, install_hint, spec_doc
+from edgekit.serve import SERVER_PATH, SPEC_FILE, STACK_MODULES, Settings, install_hint, spec_doc
 
 SERVER_FILE = "serve.py"
 DETECT_TIMEOUT = 30.0
@@ -107,8 +107,7 @@ def server_files(build, tmp: Path) -> list[tuple[Path, str]]:
 
 def check_stack(t: Transport, python: str) -> None:
     """The HTTP stack imports with the device's python (the runtime was checked by the runner)."""
-    probe = "import uvicorn, starlette, prometheus_client"
-    done = t.run([python, "-c", probe])
+    done = t.run([python, "-c", "import " + ", ".join(STACK_MODULES)])
     if done.returncode != 0:
         last = (done.tail().splitlines() or ["exit status " + str(done.returncode)])[-1]
         raise DeviceFailure(f"the server's packages are not importable by '{python}' on {t.name}: {last}",
@@ -145,10 +144,10 @@ def install(t: Transport, remote: str, build, python: str, options: ServiceOptio
             t.check(["mkdir", "-p", units], f"creating {units}", stage="serve")
             t.push([(local, options.unit)], units)
         ctl = _systemctl(system)
+        journal = f"journalctl {'' if system else '--user '}-u {options.unit}"
         t.check(["sh", "-c", f'{ctl} daemon-reload && {ctl} enable "$1" && {ctl} restart "$1"', "sh", options.unit],
-                f"starting {options.unit}", stage="serve",
-                hint=f"see its log on the device: journalctl {'' if system else '--user '}-u {options.unit}")
-        service.update(unit=f"{units}/{options.unit}", log=f"journalctl {'' if system else '--user '}-u {options.unit}")
+                f"starting {options.unit}", stage="serve", hint=f"see its log on the device: {journal}")
+        service.update(unit=f"{units}/{options.unit}", log=journal)
         if system:
             service["starts_at_boot"] = True
         else:

@@ -12,7 +12,7 @@ from __future__ import annotations
 from importlib import metadata
 from pathlib import Path
 
-from edgekit.serve.server import Settings
+from edgekit.serve.server import STACK_MODULES, Settings
 
 SERVER_PATH = Path(__file__).with_name("server.py")
 SPEC_FILE = "serve.json"  # beside the artifact on the device: inputs, runtime, and what /v1/model shows
@@ -22,7 +22,7 @@ SPEC_FILE = "serve.json"  # beside the artifact on the device: inputs, runtime, 
 STACK = ("uvicorn", "starlette", "prometheus-client")
 STACK_WITH_DEPENDENCIES = (*STACK, "anyio", "click", "h11", "idna", "typing-extensions")
 
-__all__ = ["SERVER_PATH", "SPEC_FILE", "STACK", "STACK_WITH_DEPENDENCIES", "Settings", "install_hint", "spec_doc"]
+__all__ = ["SERVER_PATH", "SPEC_FILE", "STACK", "STACK_MODULES", "STACK_WITH_DEPENDENCIES", "Settings", "install_hint", "spec_doc"]
 
 
 def stack_versions() -> dict[str, str]:

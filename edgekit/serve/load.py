@@ -46,17 +46,33 @@ def parse_url(url: str) -> tuple[str, int, str]:
     return parts.hostname, port, parts.path.rstrip("/")
 
 
-def get_json(url: str, path: str, timeout: float = 10.0) -> tuple[int, dict]:
+def _get(url: str, path: str, timeout: float) -> tuple[int, bytes]:
     host, port, base = parse_url(url)
     conn = http.client.HTTPConnection(host, port, timeout=timeout)
     try:
         conn.request("GET", base + path)
         response = conn.getresponse()
-        return response.status, json.loads(response.read() or b"{}")
-    except (OSError, http.client.HTTPException, ValueError) as e:
+        return response.status, response.read()
+    except (OSError, http.client.HTTPException) as e:
         raise Unreachable(f"{url}{path}: {e}") from None
     finally:
         conn.close()
+
+
+def get_json(url: str, path: str, timeout: float = 10.0) -> tuple[int, dict]:
+    status, body = _get(url, path, timeout)
+    try:
+        return status, json.loads(body or b"{}")
+    except ValueError as e:
+        raise Unreachable(f"{url}{path}: not JSON: {e}") from None
+
+
+def server_rss_mb(url: str, timeout: float = 10.0) -> float | None:
+    """The server's resident memory in MB, from its /metrics (process_resident_memory_bytes); None if absent."""
+    for line in _get(url, "/metrics", timeout)[1].decode().splitlines():
+        if line.startswith("process_resident_memory_bytes "):
+            return float(line.split()[1]) / 2**20
+    return None
 
 
 def run_level(url: str, payload: Payload, concurrency: int, requests: int, timeout: float = 30.0) -> dict:

@@ -728,9 +728,13 @@ def settings_from(args) -> Settings:
     return settings
 
 
+# What this file imports beyond the standard library and the runtime (deploy probes the board for them).
+STACK_MODULES = ("uvicorn", "starlette", "prometheus_client", "numpy")
+
+
 def missing_stack() -> str | None:
     """The first package of the HTTP stack this python cannot import, or None."""
-    for module in ("uvicorn", "starlette", "prometheus_client", "numpy"):
+    for module in STACK_MODULES:
         try:
             __import__(module)
         except ImportError:
