@@ -33,11 +33,11 @@ RSS_GROWTH_BOUND_MB = 24
 
 
 class Server:
-    def __init__(self, build: Path, *args: str, env=None):
+    def __init__(self, build: Path, *args: str):
         self.port = free_port()
         self.log = build.parent / f"serve-{self.port}.log"
         self.proc = subprocess.Popen([sys.executable, "-m", "edgekit", "serve", str(build), "--port", str(self.port), *args],
-                                     stdout=subprocess.DEVNULL, stderr=open(self.log, "w"), env=env)
+                                     stdout=subprocess.DEVNULL, stderr=open(self.log, "w"))
         deadline = time.time() + 120
         while time.time() < deadline:
             if self.proc.poll() is not None:
