@@ -248,7 +248,7 @@ def distill(source: str | Path | ModelSpec, target: str = "rpi4", stages=None, *
         start = build_module(student) if student is not None else None
         ctx = stage_chain.StageContext(loaded, steps, stages.nproc, student_spec=student)
         trained = stage_chain.run(chain, ctx, stage, start=start)
-        distilled = next(r for r in steps.records if r["stage"] == "distill")
+        distilled = [r for r in steps.records if r["stage"] == "distill"][-1]  # the last: after every cut
         record = {**distilled["result"], "teacher": {**count(loaded.model, loaded.example), "factory": spec.factory},
                   "student": {**count(trained, loaded.example),
                               "factory": student.factory if student else _cut_name(spec.factory, stages)},

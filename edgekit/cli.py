@@ -125,6 +125,9 @@ recipe_options = _options(
     click.option("--depth", type=float, metavar="KEEP", help="Depth pruning: keep this share of the repeated blocks (transformer layers), dropping the least influential."),
     click.option("--prune", type=float, metavar="RATIO", help="Channel pruning: remove this fraction of channels (DepGraph; rounded to the target's multiple)."),
     click.option("--prune-macs", type=float, metavar="FRACTION", help="Channel pruning until at most this fraction of the MACs is left."),
+    click.option("--prune-steps", type=int, metavar="N",
+                 help="Prune in N cuts with distillation after each (needs --distill). [default: with --distill, "
+                 "--prune-macs cuts at most half the MACs left before its last cut (0.1: 0.5, 0.25, 0.1); else 1]"),
     click.option("--prune-importance", type=click.Choice(("l1", "l2", "taylor", "bn-scale")),
                  help="How channels are ranked. [default: l2]"),
     click.option("--prune-global", is_flag=True, default=None, help="Rank channels across layers (uneven widths) instead of per layer."),
@@ -320,6 +323,7 @@ def quantize(**options):
 @click.option("--student", metavar="MODULE:FACTORY", help="The student's factory (a smaller model).")
 @click.option("--student-weights", type=click.Path(dir_okay=False), help="The student's starting state_dict.")
 @click.option("--prune", type=float, metavar="RATIO", help="Instead of --student: the teacher with this fraction of channels pruned.")
+@click.option("--prune-steps", type=int, metavar="N", help="With --prune: in N cuts, distilling after each. [default: 1]")
 @click.option("--depth", type=float, metavar="KEEP", help="Instead of --student: the teacher keeping this share of its repeated blocks (with --prune too).")
 @click.option("-t", "--target", shell_complete=_complete_target, default="rpi4", show_default=True, help="Target profile (its channel rounding, with --prune).")
 @click.option("--epochs", type=int, help="[default: fitted to the training data's size, 20 to 200]")
@@ -339,8 +343,8 @@ def quantize(**options):
 @node_options
 @click.option("-o", "--out", type=click.Path(file_okay=False), help="Output directory [default: build/<name>-distilled].")
 @click.option("--json", "as_json", is_flag=True, help="Print the result record as JSON.")
-def distill(app_dir, model, input_shape, inputs, weights, calib, eval_, train, student, student_weights, prune, depth, target,
-            nproc, nnodes, node_rank, rdzv_endpoint, out, as_json, **training):
+def distill(app_dir, model, input_shape, inputs, weights, calib, eval_, train, student, student_weights, prune, prune_steps,
+            depth, target, nproc, nnodes, node_rank, rdzv_endpoint, out, as_json, **training):
     """Train a smaller student from a teacher (logit + feature distillation).
 
     \b
@@ -364,7 +368,7 @@ def distill(app_dir, model, input_shape, inputs, weights, calib, eval_, train, s
     training["features"] = tuple(training["features"])
     _use_nodes(nnodes, node_rank, rdzv_endpoint)
     stages = StageOptions(depth=DepthConfig(depth) if depth is not None else None,
-                          prune=PruneConfig(ratio=prune) if prune is not None else None,
+                          prune=PruneConfig(ratio=prune, steps=prune_steps) if prune is not None else None,
                           distill=DistillConfig(**training), nproc=nproc)
     record = api.distill(spec, target, stages, student=student_spec, out=out, progress=True)
     if as_json:

@@ -236,7 +236,7 @@ def _value(v) -> str:
 
 def recipe_from_options(base: BuildRecipe | None = None, *, recipe_file=None, formats=(), quant=None, calibration=None, calib_samples=None,
                         per_tensor=None, max_accuracy_drop=None, min_cosine=None, min_agreement=None, task=None,
-                        no_fallback=None, sensitivity=None, prune=None, prune_macs=None, prune_importance=None,
+                        no_fallback=None, sensitivity=None, prune=None, prune_macs=None, prune_steps=None, prune_importance=None,
                         prune_global=None, distill=None, distill_epochs=None, nproc=None, lowrank=None,
                         lowrank_energy=None, sparsity=None, quality=None, equalize=None, smooth_quant=None,
                         weight_rounding=None, latency_budget=None, size_budget=None, depth=None):
@@ -259,12 +259,14 @@ def recipe_from_options(base: BuildRecipe | None = None, *, recipe_file=None, fo
     stages = recipe.stages
     if prune is not None or prune_macs is not None:
         stages = dataclasses.replace(stages, prune=PruneConfig(ratio=prune, macs_target=prune_macs))
-    if stages.prune is not None and (prune_importance or prune_global):
+    if stages.prune is not None and (prune_importance or prune_global or prune_steps is not None):
         stages = dataclasses.replace(stages, prune=dataclasses.replace(
             stages.prune, importance=prune_importance or stages.prune.importance,
-            global_pruning=bool(prune_global) or stages.prune.global_pruning))
-    elif prune_importance or prune_global:
-        raise UsageError("--prune-importance/--prune-global apply to pruning", hint="add --prune RATIO or --prune-macs FRACTION")
+            global_pruning=bool(prune_global) or stages.prune.global_pruning,
+            steps=prune_steps if prune_steps is not None else stages.prune.steps))
+    elif prune_importance or prune_global or prune_steps is not None:
+        raise UsageError("--prune-importance/--prune-global/--prune-steps apply to pruning",
+                         hint="add --prune RATIO or --prune-macs FRACTION")
     if distill or distill_epochs is not None:
         base_distill = stages.distill or DistillConfig()
         stages = dataclasses.replace(stages, distill=dataclasses.replace(

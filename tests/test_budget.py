@@ -91,13 +91,20 @@ def test_a_quarter_of_the_macs_keeps_int8_within_a_point(run_cli, user_cnn, tmp_
     proc, manifest = _build(run_cli, user_cnn, tmp_path / "quarter", "--prune-macs", "0.25", "--distill",
                             "--max-accuracy-drop", "1.0")
     assert proc.returncode == 0, proc.stderr
-    measure, pruned = (next(s for s in manifest["steps"] if s["stage"] == st) for st in ("measure", "prune"))
+    measure = next(s for s in manifest["steps"] if s["stage"] == "measure")
+    # in two cuts (half the MACs, then the quarter), each followed by distillation (stages/prune.py's HALVING)
+    cuts = [s for s in manifest["steps"] if s["stage"] in ("prune", "distill")]
+    assert [(s["stage"], s["config"].get("macs_target")) for s in cuts] == \
+        [("prune", 0.5), ("distill", None), ("prune", 0.25), ("distill", None)]
+    assert cuts[0]["macs"] <= 0.5 * measure["macs"] and cuts[1]["macs"] == cuts[0]["macs"]
+    pruned = cuts[2]
     assert pruned["macs"] <= 0.25 * measure["macs"]
+    assert pruned["macs_removed"] == pytest.approx(1 - pruned["macs"] / measure["macs"], abs=1e-4)
     assert measure["accuracy_float"] == pytest.approx(user_cnn[1], abs=0.01)
     verdict = manifest["budget"]["artifacts"]["executorch"]
     assert verdict["accuracy_drop"] == pytest.approx(user_cnn[1] - manifest["metrics"]["accuracy_artifact"], abs=0.01)
     assert verdict["accuracy_drop"] <= 1.0 and not verdict["misses"]
-    distilled = next(s for s in manifest["steps"] if s["stage"] == "distill")["result"]
+    distilled = cuts[-1]["result"]
     assert distilled["validation"]["samples"] > 100  # chosen on held-out training samples, not on eval
 
 

@@ -8,7 +8,7 @@ from torch import nn
 
 from edgekit.errors import UsageError
 from edgekit.stages.macs import count
-from edgekit.stages.prune import PruneConfig, prune
+from edgekit.stages.prune import PruneConfig, prune, schedule
 from edgekit.zoo.mobilenet_v2 import build_model, build_small
 
 
@@ -51,6 +51,7 @@ def test_prune_macs_target_stops_at_the_first_step_under_it():
     (PruneConfig(macs_target=0.0), "--prune-macs"),
     (PruneConfig(), "--prune"),
     (PruneConfig(ratio=0.5, importance="random"), "--prune-importance"),
+    (PruneConfig(ratio=0.5, steps=0), "--prune-steps"),
 ])
 def test_bad_prune_settings_name_the_flag(cfg, flag):
     with pytest.raises(UsageError, match=flag):
@@ -68,3 +69,31 @@ def test_distill_without_training_data_is_a_usage_error(run_cli, tmp_path):
                    "--prune", "0.5", "--distill")
     assert proc.returncode == 2
     assert "--distill needs training data" in proc.stderr and "--train" in proc.stderr
+
+
+@pytest.mark.parametrize("cfg, distilling, cuts", [
+    # with distillation, every cut before the last keeps half of what the one before it left
+    (PruneConfig(macs_target=0.5), True, [0.5]),
+    (PruneConfig(macs_target=0.35), True, [0.35]),
+    (PruneConfig(macs_target=0.25), True, [0.5, 0.25]),
+    (PruneConfig(macs_target=0.15), True, [0.5, 0.15]),
+    (PruneConfig(macs_target=0.1), True, [0.5, 0.25, 0.1]),
+    (PruneConfig(macs_target=0.1), False, [0.1]),  # nothing trained between cuts: one cut
+    (PruneConfig(macs_target=0.25, steps=3), True, [0.629961, 0.39685, 0.25]),  # N cuts: geometric
+    (PruneConfig(macs_target=0.25, steps=1), True, [0.25]),
+])
+def test_prune_macs_cuts_in_rounds_when_distilling(cfg, distilling, cuts):
+    planned = schedule(cfg, distilling)
+    assert [c.macs_target for c in planned] == cuts and all(c.steps == 1 for c in planned)
+
+
+def test_prune_ratio_is_one_cut_unless_steps_say_otherwise():
+    assert [c.ratio for c in schedule(PruneConfig(ratio=0.5), True)] == [0.5]
+    two = schedule(PruneConfig(ratio=0.5, steps=2), True)
+    assert len(two) == 2 and (1 - two[0].ratio) * (1 - two[1].ratio) == pytest.approx(0.5, abs=1e-5)
+
+
+def test_prune_steps_without_distillation_is_refused_with_exit_2(run_cli, digits_app, tmp_path):
+    proc = run_cli("build", str(digits_app), "--prune-macs", "0.25", "--prune-steps", "2", "--out", str(tmp_path / "b"))
+    assert proc.returncode == 2 and "--prune-steps 2" in proc.stderr and "--distill" in proc.stderr
+    assert not (tmp_path / "b").exists()

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import io
 import time
 import zlib
@@ -35,7 +36,7 @@ from edgekit.stages.depth import SCORE_SAMPLES, drop_blocks
 from edgekit.stages.lowrank import factorise
 from edgekit.stages.macs import change, count
 from edgekit.stages.options import StageOptions
-from edgekit.stages.prune import prune
+from edgekit.stages.prune import prune, schedule
 from edgekit.stages.sparsity import sparsify
 from edgekit.train.distill import accuracy, distill
 from edgekit.train.launch import distill_ddp, several_nodes
@@ -52,6 +53,7 @@ class StageContext:
     steps: object  # edgekit.progress.Steps
     nproc: int = 1
     student_spec: object = None  # a student from another factory (edgekit distill --student); None: the teacher's
+    cut_from: int | None = None  # MACs of the model the first prune cut received (run sets it)
     _train: Dataset | None = None
 
     @property
@@ -81,16 +83,23 @@ def plan(options: StageOptions, target) -> list[Stage]:
     chain = []
     if options.depth:
         chain.append(Stage("depth", options.depth, f"drop blocks, keep {options.depth.keep:g} of them", ("train",), _depth))
+    # More than one process: the result depends on the reduction order across ranks (cached all the same).
+    distill = Stage("distill", options.distill, f"distill from the loaded model ({options.nproc} process"
+                    f"{'es' if options.nproc > 1 else ''})", ("train", "eval"), _distill) if options.distill else None
     if options.prune:
         cfg = options.prune if options.prune.round_to is not None else dataclasses.replace(options.prune, round_to=target.round_to)
-        label = f"prune channels {cfg.ratio:g}" if cfg.ratio is not None else f"prune to {cfg.macs_target:g} of MACs"
-        chain.append(Stage("prune", cfg, label, ("labelled train",) if cfg.importance == "taylor" else (), _prune))
+        cuts = schedule(cfg, distilling=distill is not None)
+        for k, cut in enumerate(cuts, 1):
+            label = f"prune channels {cut.ratio:g}" if cut.ratio is not None else f"prune to {cut.macs_target:g} of MACs"
+            step = f" (cut {k} of {len(cuts)})" if len(cuts) > 1 else ""
+            chain.append(Stage("prune", cut, label + step, ("labelled train",) if cut.importance == "taylor" else (),
+                               functools.partial(_prune, total=cfg if len(cuts) == 1 else None)))
+            if k < len(cuts):  # recover before the next cut (the last one's distillation comes after low-rank)
+                chain.append(dataclasses.replace(distill, label=f"distill after cut {k} of {len(cuts)}"))
     if options.lowrank:
         chain.append(Stage("lowrank", options.lowrank, "low-rank factorise", (), _lowrank))
-    if options.distill:
-        # More than one process: the result depends on the reduction order across ranks (cached all the same).
-        chain.append(Stage("distill", options.distill, f"distill from the loaded model ({options.nproc} process"
-                           f"{'es' if options.nproc > 1 else ''})", ("train", "eval"), _distill))
+    if distill:
+        chain.append(distill)
     if options.sparsity:
         chain.append(Stage("sparsity", options.sparsity, f"zero {options.sparsity.sparsity:.0%} of weights", (), _sparsity))
     return chain
@@ -123,7 +132,10 @@ def run(chain: list[Stage], ctx: StageContext, out_dir: Path | None, cache: Step
         rec["output"] = model_digest(teacher)
     model = copy.deepcopy(teacher) if start is None else start
     digest = rec["output"] if start is None else model_digest(start)
+    ctx.cut_from = None
     for stage in chain:
+        if stage.name == "prune" and ctx.cut_from is None:  # the MACs every cut's --prune-macs share is of
+            ctx.cut_from = count(model, loaded.example)["macs"]
         model, digest = _run_stage(stage, model, digest, ctx, before, cache)
     if out_dir is not None:
         save_transformed(model, out_dir / FLOAT_MODEL)
@@ -135,6 +147,8 @@ def run(chain: list[Stage], ctx: StageContext, out_dir: Path | None, cache: Step
 def _run_stage(stage: Stage, model, digest: str, ctx: StageContext, before: dict, cache: StepCache | None):
     config = dataclasses.asdict(stage.config)
     inputs = {"model": digest, "processes": ctx.nproc}
+    if stage.name == "prune":
+        inputs["cut_from_macs"] = ctx.cut_from
     if stage.needs and ctx.spec.train is not None:
         inputs["train"] = data_digest(ctx.train(labels=False))
     if {"eval", "labelled eval"} & set(stage.needs):  # a cached record's figures are the evaluation data's
@@ -186,17 +200,27 @@ def _accuracy(model, loaded: LoadedModel):
 # Each: (model, its config, the context) -> (the transformed model, facts for the step record).
 
 
-def _prune(model, cfg, ctx: StageContext):
+def _prune(model, cfg, ctx: StageContext, total=None):
+    """One cut. `cfg.macs_target` is a share of the MACs the first cut received (ctx.cut_from): a later
+    cut of a schedule turns it into a share of what it receives. `total`: the user's --prune config when
+    this is its only cut (then the channels-vs-MACs line below speaks of it)."""
     taylor = _taylor_batches(ctx.train(labels=True, who="--prune-importance taylor"), ctx.spec) \
         if cfg.importance == "taylor" else None
     macs_before = count(model, ctx.loaded.example)["macs"]
+    if cfg.macs_target is not None:
+        share = cfg.macs_target * ctx.cut_from / macs_before
+        if share >= 1:  # an earlier cut's channel rounding already went below this one's target
+            ctx.steps.console.print(f"  already at {macs_before / ctx.cut_from:.0%} of the MACs: nothing to cut")
+            return model, {"macs_removed": round(1 - macs_before / ctx.cut_from, 4), "cut": "none needed"}
+        cfg = dataclasses.replace(cfg, macs_target=share)
     prune(model, ctx.loaded.example, cfg, taylor)
-    removed = 1 - count(model, ctx.loaded.example)["macs"] / macs_before
-    if cfg.ratio is not None:  # a share of channels is not a share of MACs: say which it was
+    removed = 1 - count(model, ctx.loaded.example)["macs"] / ctx.cut_from
+    if total is not None and total.ratio is not None:  # a share of channels is not a share of MACs: say which it was
         ctx.steps.console.print(
-            f"  --prune {cfg.ratio:g}: {cfg.ratio * 100:.0f} % of channels -> {removed * 100:.0f} % of MACs removed"
+            f"  --prune {total.ratio:g}: {total.ratio * 100:.0f} % of channels -> {removed * 100:.0f} % of MACs removed"
             + (f" (a layer's MACs fall with the widths of its input and its output; --prune-macs "
-               f"{1 - cfg.ratio:g} would keep {(1 - cfg.ratio) * 100:.0f} % of them)" if removed > cfg.ratio + 0.05 else ""))
+               f"{1 - total.ratio:g} would keep {(1 - total.ratio) * 100:.0f} % of them)"
+               if removed > total.ratio + 0.05 else ""))
     return model, {"macs_removed": round(removed, 4)}
 
 

