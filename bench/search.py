@@ -66,6 +66,8 @@ def host_ratio(doc: dict, out: Path, rounds: int, runs: int) -> dict:
 
 
 def main() -> None:
+    from edgekit.search import FRACTIONS
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--apps", nargs="+", default=["digits", "vit_digits"])
     parser.add_argument("--rounds", type=int, default=15)
@@ -91,8 +93,9 @@ def main() -> None:
     lines = ["# `edgekit search` on the sample apps", "",
              f"Reproduce: `.venv/bin/python bench/search.py`. {m['date']}, {m['cpu']}, 2 cores. "
              "`edgekit search APP --target rpi4 --max-accuracy-drop 1.0` with the default candidates (kept-MAC "
-             "fractions 1, 0.75, 0.5, 0.35, 0.25, each also with half the repeated blocks dropped where the model "
-             "has them, x the target's format and onnx), judged on the apps' labelled calibration data; then the "
+             f"fractions {', '.join(f'{f:g}' for f in FRACTIONS)}, each also with half the repeated blocks dropped "
+             "where the model has them, x the target's format and onnx; with distillation, cuts below half the "
+             "MACs in rounds, stages/prune.py), judged on the apps' labelled calibration data; then the "
              "chosen build's int8 "
              f"artifact and the unpruned candidate of the same format timed on this host, 1 thread, median of "
              f"{args.rounds} interleaved rounds of {args.runs} runs.", "",

@@ -400,7 +400,7 @@ def _fractions(ctx, param, value):
               help="Budget: latency on the target (measured with --device, else predicted).")
 @click.option("--size-budget", type=float, metavar="MB", help="Budget: the artifact's size.")
 @click.option("--fractions", callback=_fractions, metavar="F,F,...",
-              help="Kept-MAC fractions to try (pruning + distillation; 1 is the model as it is). [default: 1,0.75,0.5,0.35,0.25]")
+              help="Kept-MAC fractions to try (pruning + distillation; 1 is the model as it is). [default: 1,0.75,0.5,0.35,0.25,0.1]")
 @click.option("--depth", "depths", metavar="F,F,...|none",
               help="Shares of the repeated blocks to keep, with every fraction (depth pruning + distillation). [default: 0.5 where the model has repeated blocks]")
 @click.option("--lowrank", "lowrank", metavar="F,F,...|none",

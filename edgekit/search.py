@@ -62,7 +62,7 @@ from edgekit.errors import BuildGateFailed, EdgekitError, UsageError
 from edgekit.manifest import write_json_atomic, write_text_atomic
 from edgekit.report.html import render_search
 
-FRACTIONS = (1.0, 0.75, 0.5, 0.35, 0.25)  # kept MAC fractions tried by default
+FRACTIONS = (1.0, 0.75, 0.5, 0.35, 0.25, 0.1)  # kept MAC fractions tried by default
 # Rank fractions tried by default where the cost model predicts the factorised model at most
 # LOWRANK_HELPS of the unpruned one's latency on the target (Linear-heavy models: transformers);
 # elsewhere (convolutions) factorising saves nothing worth a candidate build.

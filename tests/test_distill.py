@@ -172,7 +172,23 @@ def test_two_nodes_meet_at_one_rendezvous(run_cli, digits_app, tmp_path):
     (["--nnodes", "2", "--node-rank", "2", "--rdzv-endpoint", "127.0.0.1:29500"], "--node-rank 2 is not one of 0..1"),
     (["--nnodes", "2", "--node-rank", "0", "--rdzv-endpoint", "head"], "is not HOST:PORT"),
     (["--node-rank", "1"], "apply to several machines"),
+    (["--nnodes", "2", "--node-rank", "0", "--rdzv-endpoint", "127.0.0.1:29500", "--prune-steps", "2"],
+     "cuts in 2 rounds"),  # the other nodes would leave after the first round's share
 ])
 def test_bad_node_options_name_the_flag(run_cli, digits_app, tmp_path, args, message):
     proc = run_cli("distill", str(digits_app), "--prune", "0.5", *args, "--out", str(tmp_path / "x"))
     assert proc.returncode == 2 and message in proc.stderr and not (tmp_path / "x").exists()
+
+
+def test_distill_prunes_in_rounds(run_cli, digits_app, tmp_path):
+    """`edgekit distill --prune 0.5 --prune-steps 2`: two cuts of 1 - sqrt(0.5) of the channels, each
+    followed by a distillation; the record is the last one's, and the student has the channels both left."""
+    proc = run_cli("distill", str(digits_app), "--prune", "0.5", "--prune-steps", "2", "--epochs", "2", "--json",
+                   "--out", str(tmp_path / "s"))
+    assert proc.returncode == 0, proc.stderr
+    record = json.loads(proc.stdout)
+    rounds = [(s["stage"], s["config"].get("ratio")) for s in record["steps"] if s["stage"] in ("prune", "distill")]
+    assert rounds == [("prune", 0.292893), ("distill", None), ("prune", 0.292893), ("distill", None)]
+    last = [s for s in record["steps"] if s["stage"] == "distill"][-1]
+    assert record["best_epoch"] == last["result"]["best_epoch"] and record["student"]["macs"] == last["macs"]
+    assert "cut 2 of 2" in proc.stderr

@@ -94,7 +94,7 @@ def plan(options: StageOptions, target) -> list[Stage]:
             step = f" (cut {k} of {len(cuts)})" if len(cuts) > 1 else ""
             chain.append(Stage("prune", cut, label + step, ("labelled train",) if cut.importance == "taylor" else (),
                                functools.partial(_prune, total=cfg if len(cuts) == 1 else None)))
-            if k < len(cuts):  # recover before the next cut (the last one's distillation comes after low-rank)
+            if k < len(cuts) and distill:  # recover before the next cut (the last one's comes after low-rank)
                 chain.append(dataclasses.replace(distill, label=f"distill after cut {k} of {len(cuts)}"))
     if options.lowrank:
         chain.append(Stage("lowrank", options.lowrank, "low-rank factorise", (), _lowrank))
@@ -107,6 +107,10 @@ def plan(options: StageOptions, target) -> list[Stage]:
 
 def check(chain: list[Stage], spec, evaluation_labels: bool) -> None:
     """Every stage's needs are met by the data the build has: refused before anything runs."""
+    rounds = sum(stage.name == "distill" for stage in chain)
+    if rounds > 1 and several_nodes():  # the other nodes leave after their first share (train/launch.py)
+        raise UsageError(f"--nnodes spreads one distillation over machines, and this pruning cuts in {rounds} rounds "
+                         "with a distillation after each", hint="add --prune-steps 1 (one cut), or train on one machine")
     for stage in chain:
         for need in stage.needs:
             if need in ("train", "labelled train") and spec.train is None:
