@@ -127,7 +127,8 @@ recipe_options = _options(
     click.option("--prune-macs", type=float, metavar="FRACTION", help="Channel pruning until at most this fraction of the MACs is left."),
     click.option("--prune-steps", type=int, metavar="N",
                  help="Prune in N cuts with distillation after each (needs --distill). [default: with --distill, "
-                 "--prune-macs cuts at most half the MACs left before its last cut (0.1: 0.5, 0.25, 0.1); else 1]"),
+                 "--prune-macs 0.25 or less cuts in rounds, each before the last keeping half of the MACs left "
+                 "(0.1: 0.5, 0.25, 0.1); else 1]"),
     click.option("--prune-importance", type=click.Choice(("l1", "l2", "taylor", "bn-scale")),
                  help="How channels are ranked. [default: l2]"),
     click.option("--prune-global", is_flag=True, default=None, help="Rank channels across layers (uneven widths) instead of per layer."),
