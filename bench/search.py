@@ -94,8 +94,8 @@ def main() -> None:
              f"Reproduce: `.venv/bin/python bench/search.py`. {m['date']}, {m['cpu']}, 2 cores. "
              "`edgekit search APP --target rpi4 --max-accuracy-drop 1.0` with the default candidates (kept-MAC "
              f"fractions {', '.join(f'{f:g}' for f in FRACTIONS)}, each also with half the repeated blocks dropped "
-             "where the model has them, x the target's format and onnx; with distillation, cuts below half the "
-             "MACs in rounds, stages/prune.py), judged on the apps' labelled calibration data; then the "
+             "where the model has them, x the target's format and onnx; 0.25 and below cut in rounds, "
+             "stages/prune.py), judged on the apps' labelled calibration data; then the "
              "chosen build's int8 "
              f"artifact and the unpruned candidate of the same format timed on this host, 1 thread, median of "
              f"{args.rounds} interleaved rounds of {args.runs} runs.", "",
