@@ -137,10 +137,11 @@ def run(chain: list[Stage], ctx: StageContext, out_dir: Path | None, cache: Step
     model = copy.deepcopy(teacher) if start is None else start
     digest = rec["output"] if start is None else model_digest(start)
     ctx.cut_from = None
+    macs = before["macs"] if start is None else None  # of the model the next stage receives (the records count it)
     for stage in chain:
         if stage.name == "prune" and ctx.cut_from is None:  # the MACs every cut's --prune-macs share is of
-            ctx.cut_from = count(model, loaded.example)["macs"]
-        model, digest = _run_stage(stage, model, digest, ctx, before, cache)
+            ctx.cut_from = macs if macs is not None else count(model, loaded.example)["macs"]
+        model, digest, macs = _run_stage(stage, model, digest, ctx, before, cache)
     if out_dir is not None:
         save_transformed(model, out_dir / FLOAT_MODEL)
 
@@ -181,7 +182,7 @@ def _run_stage(stage: Stage, model, digest: str, ctx: StageContext, before: dict
         with _tempdir() as tmp:
             save_transformed(model, Path(tmp) / FLOAT_MODEL)
             cache.put(key, {FLOAT_MODEL: Path(tmp) / FLOAT_MODEL}, {"stage": stage.name, "seconds": seconds, "facts": facts})
-    return model, rec["output"]
+    return model, rec["output"], after["macs"]
 
 
 def _say(steps, before: dict, after: dict, acc) -> None:
