@@ -68,6 +68,9 @@ def _options(*options):
     return apply
 
 
+# compare.TASKS (what a model's output is) and the decoder task (edgekit/llm).
+_TASK_CHOICES = ("auto", "classification", "embedding", "regression", "text-generation")
+
 # What to build: an app directory, or your own model with its inputs and data files.
 source_options = _options(
     click.argument("app_dir", required=False, type=click.Path(file_okay=False)),
@@ -118,8 +121,9 @@ recipe_options = _options(
                  help="Gate: mean cosine similarity to float for every output. [default: 0.99, class scores 0.95; fp16 0.999]"),
     click.option("--min-agreement", type=float, metavar="PERCENT",
                  help="Gate: top-1 agreement with float on class scores (clear-cut samples). [default: 95; fp16 99]"),
-    click.option("--task", type=click.Choice(("auto", "classification", "embedding", "regression")),
-                 help="What the output is: class scores get the top-1 check. [default: the app's, else auto: 2-D outputs]"),
+    click.option("--task", type=click.Choice(_TASK_CHOICES),
+                 help="What the output is: class scores get the top-1 check; text-generation builds a decoder "
+                      "(`edgekit build` only). [default: the app's, else auto: 2-D outputs]"),
     click.option("--no-fallback", is_flag=True, default=None, help="With --max-accuracy-drop: only check, don't keep layers float."),
     click.option("--sensitivity", is_flag=True, default=None, help="Rank layers by how much quantizing each alone hurts."),
     click.option("--depth", type=float, metavar="KEEP", help="Depth pruning: keep this share of the repeated blocks (transformer layers), dropping the least influential."),
@@ -148,6 +152,25 @@ node_options = _options(
     click.option("--node-rank", type=int, help="This machine's place among --nnodes: 0 on the first, which writes the result."),
     click.option("--rdzv-endpoint", metavar="HOST:PORT",
                  help="The first machine's address and a free port there, the same on every node."),
+)
+
+
+# Decoders (--task text-generation, edgekit/llm): the KV cache, the 4-bit weights, the text they are judged on.
+decoder_options = _options(
+    click.option("--max-seq-len", type=int, metavar="TOKENS",
+                 help="Text generation: tokens the KV cache holds (prompt + reply). [default: 256]"),
+    click.option("--group-size", type=int, metavar="N",
+                 help="Text generation: weights per fp32 scale in the 4-bit layers (16 to 256). [default: 32]"),
+    click.option("--embedding-bits", type=click.Choice(("4", "8")),
+                 help="Text generation: bits of the embedding table and output head. [default: 8]"),
+    click.option("--qat-steps", type=int, metavar="N",
+                 help="Text generation: QAT steps distilled from the float model on --train-text (0: none). "
+                      "[default: 300 with training text, else 0]"),
+    click.option("--eval-text", type=click.Path(dir_okay=False),
+                 help="Text generation: held-out UTF-8 text for perplexity and greedy agreement."),
+    click.option("--train-text", type=click.Path(dir_okay=False), help="Text generation: UTF-8 text for QAT."),
+    click.option("--max-perplexity-increase", type=float, metavar="PERCENT",
+                 help="Text generation gate: the artifact's perplexity over float's, at most. [default: 10]"),
 )
 
 
@@ -287,6 +310,7 @@ def _show_build(manifest: dict, as_json: bool) -> None:
 @cli.command()
 @source_options
 @recipe_options
+@decoder_options
 @node_options
 @build_device_options
 @output_options
@@ -300,10 +324,117 @@ def build(**options):
     edgekit build --recipe build/digits-rpi4/manifest.json      # the same build again
     edgekit build sample_apps/digits --latency-budget 0.1 --prune-macs 0.5 --distill --device pi@raspberrypi.local
     """
+    decoder = {k: options.pop(k) for k in _DECODER_KEYS}
+    source = _decoder_source(options, decoder)
+    if source is not None:
+        return _run_decoder_build(source, options, decoder)
+    given = [k for k, v in decoder.items() if v is not None]
+    if given:
+        raise UsageError(f"--{given[0].replace('_', '-')} applies to text-generation builds",
+                         hint="add --task text-generation with --model MODEL_DIR, or leave it out")
     if (options["device_python"] or options["allow_arch_mismatch"]) and not options["device"]:
         raise UsageError("--python and --allow-arch-mismatch apply to the latency run of --device",
                          hint="add --device DEVICE with --latency-budget MS, or leave them out")
     _run_build(**options)
+
+
+@cli.command()
+@click.argument("build_dir", type=click.Path(file_okay=False))
+@click.option("-p", "--prompt", required=True, help="The text to continue.")
+@click.option("-n", "--max-new-tokens", type=int, default=64, show_default=True, help="Stop after this many tokens.")
+@click.option("--json", "as_json", is_flag=True, help="Print the text and the timings as JSON at the end instead of streaming.")
+def generate(build_dir, prompt, max_new_tokens, as_json):
+    """Generate text with a text-generation build on this computer (greedy), streamed as it is made.
+
+    \b
+    edgekit generate build/tinylm-rpi4 --prompt 'The "if" statement'
+    """
+    from edgekit.llm.generate import TextStream, generate as run_generation, open_build
+
+    if max_new_tokens < 1:
+        raise UsageError(f"--max-new-tokens {max_new_tokens}: give 1 or more")
+    runner, tokenizer, manifest = open_build(build_dir)
+    ids = tokenizer.encode(prompt)
+    stream = None if as_json else TextStream(tokenizer, lambda text: click.echo(text, nl=False))
+    tokens, stats = run_generation(runner, ids, max_new_tokens, runner.max_seq_len,
+                                   eos_id=tokenizer.eos_token_id, on_token=stream)
+    text = tokenizer.decode(tokens, skip_special_tokens=True)
+    if as_json:
+        click.echo(json.dumps({"prompt": prompt, "text": text, "tokens": tokens, "stats": stats.to_json()}, indent=2))
+        return
+    click.echo()
+    rate = f"{stats.decode_tokens_per_s:,.0f}" if stats.decode_tokens_per_s else "-"
+    click.echo(f"{stats.prompt_tokens} prompt tokens, {stats.new_tokens} new ({stats.stopped.replace('_', ' ')}) · "
+               f"first token {stats.time_to_first_token_ms:.1f} ms · decode {rate} tok/s", err=True)
+
+
+_DECODER_KEYS = ("max_seq_len", "group_size", "embedding_bits", "qat_steps", "eval_text", "train_text",
+                 "max_perplexity_increase")
+# What a text-generation build reads besides the decoder options; every other build option is refused.
+_DECODER_TAKES = {"app_dir", "model", "task", "target", "out", "as_json", "min_agreement", "nnodes"}
+
+
+def _decoder_source(options: dict, decoder: dict):
+    """The DecoderSource when this is a text-generation build (--task text-generation, or a decoder app)."""
+    from edgekit.llm.decoder import DecoderSource, check_model_dir
+    from edgekit.model.app import load_decoder_app
+
+    app = load_decoder_app(options["app_dir"]) if options["app_dir"] else None
+    if app is None and options["task"] != "text-generation":
+        return None
+    if app is None:
+        if options["app_dir"]:
+            raise UsageError(f"'{options['app_dir']}' is not a text-generation app",
+                             hint='its edgekit.toml needs [model] task = "text-generation" and pretrained = "DIR"; '
+                                  "or pass --model MODEL_DIR")
+        if not options["model"]:
+            raise UsageError("--task text-generation needs the model",
+                             hint="pass --model MODEL_DIR (a Hugging Face model directory with config.json, "
+                                  "model.safetensors and tokenizer.json)")
+        model_dir = check_model_dir(Path(options["model"]), "--model")
+        app = DecoderSource(name=model_dir.resolve().name, model_dir=model_dir)
+    elif options["model"]:
+        raise UsageError("give an app directory or --model, not both")
+    texts = {k: Path(decoder[f"{k}_text"]) for k in ("eval", "train") if decoder[f"{k}_text"]}
+    from dataclasses import replace
+
+    return replace(app, **{f"{k}_text": v for k, v in texts.items()})
+
+
+def _run_decoder_build(source, options: dict, decoder: dict) -> None:
+    from edgekit.llm.build import DecoderRecipe, build as build_decoder
+    from edgekit.progress import Steps
+
+    for key, value in options.items():
+        if key not in _DECODER_TAKES and value not in (None, False, ()):
+            raise UsageError(f"--{key.rstrip('_').replace('_', '-')} does not apply to text-generation builds",
+                             hint="see `edgekit build --help` for the text-generation options")
+    if options["nnodes"] != 1:
+        raise UsageError("--nnodes does not apply to text-generation builds (QAT runs in one process)")
+    given = {k: v for k, v in decoder.items() if v is not None and not k.endswith("_text")}
+    if "embedding_bits" in given:
+        given["embedding_bits"] = int(given["embedding_bits"])
+    if options["min_agreement"] is not None:
+        given["min_agreement"] = options["min_agreement"]
+    recipe = DecoderRecipe(**given)
+    from edgekit.errors import BuildGateFailed
+
+    try:
+        manifest = build_decoder(source, options["target"] or "rpi4", recipe,
+                                 Path(options["out"]) if options["out"] else None, Steps(show=True))
+    except BuildGateFailed as e:
+        _show_decoder_build(e.manifest, options["as_json"])
+        raise
+    _show_decoder_build(manifest, options["as_json"])
+
+
+def _show_decoder_build(manifest: dict, as_json: bool) -> None:
+    if as_json:
+        click.echo(json.dumps(manifest, indent=2))
+    else:
+        from edgekit.report.terminal import print_decoder_summary
+
+        print_decoder_summary(manifest)
 
 
 @cli.command()

@@ -106,6 +106,13 @@ def read_manifest(build_dir: str | Path) -> dict:
     return manifest
 
 
+def refuse_text_generation(manifest: dict, build_dir: Path) -> None:
+    """The commands made for classifier-style builds refuse a text-generation build, saying what runs it."""
+    if manifest.get("task") == "text-generation":
+        raise UsageError(f"'{build_dir}' is a text-generation build: this command does not take those yet",
+                         hint=f"generate with it here: edgekit generate {build_dir} --prompt TEXT")
+
+
 def format_records(manifest: dict) -> dict:
     """{format: record} for every artifact of the build (a one-format manifest is its own record)."""
     return manifest.get("formats") or {manifest["format"]: manifest}

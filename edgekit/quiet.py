@@ -46,6 +46,10 @@ def _quiet_loggers() -> None:
     warnings.filterwarnings("ignore", category=DeprecationWarning)
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", message=".*is an Enum subclass.*")
+    # Exporting a Hugging Face decoder (edgekit/llm): dynamo notes transformers' output-capturing global,
+    # and ExecuTorch notes that the KV cache is a mutated buffer (its initial state is meant to be empty).
+    warnings.filterwarnings("ignore", message=".*found certain side effects happened in the model.forward.*")
+    warnings.filterwarnings("ignore", message=".*Mutation on a buffer in the model is detected.*")
 
 
 def quiet_python_logs() -> None:

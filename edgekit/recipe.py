@@ -70,6 +70,9 @@ class GateOptions:
         if self.size_budget_mb is not None and not self.size_budget_mb > 0:
             raise UsageError(f"--size-budget must be a positive number of MB, got {self.size_budget_mb:g}",
                              hint="e.g. --size-budget 2 (the artifact file, 10^6 bytes)")
+        if self.task == "text-generation":
+            raise UsageError("--task text-generation: only `edgekit build` makes decoders",
+                             hint="edgekit build --task text-generation --model MODEL_DIR")
         if self.task is not None and self.task not in TASKS:
             raise UsageError(f"--task: unknown task {self.task!r}", hint=f"use one of: {', '.join(TASKS)}")
 

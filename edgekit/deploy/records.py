@@ -17,6 +17,7 @@ from edgekit.formats import get_format
 from edgekit.manifest import (
     inside,
     read_manifest,
+    refuse_text_generation,
     sha256_file,
     update_manifest,
     write_json_atomic,
@@ -86,6 +87,7 @@ def open_build(build_dir: str | Path, fmt: str | None = None) -> BuildInfo:
     `fmt` picks one of the build's formats (default: the primary one)."""
     path = Path(build_dir)
     manifest = read_manifest(path)  # checked: its shape, and every path it names stays inside the build dir
+    refuse_text_generation(manifest, path)
     available = list(manifest.get("formats") or [manifest["format"]])
     if fmt is not None and fmt not in available:
         raise UsageError(f"--format {fmt}: this build has no {fmt} artifact", hint="choose one of: " + ", ".join(available))

@@ -475,3 +475,136 @@ def emulated_baseline(core, model, example: tuple, one_sample) -> int | None:
         except EmulationFailed:
             return None
     return count
+
+
+# ---------------------------------------------------------------- decoders (--task text-generation)
+
+# 8da4w, ExecuTorch's scheme for language models on XNNPACK: Linear weights in 4 bits in groups of
+# `group_size` along the input dimension (one fp32 scale per group), activations quantized to int8 per
+# token at run time (executorch.extension.llm.export.quantize's qlinear_config="8da4w").
+# The embedding table and the output head stay 8-bit per row by default: they are the layers 4 bits
+# hurt most (llama.cpp's Q4_K_M keeps them at 6 bits for the same reason). On the tinylm sample, 4-bit
+# embedding and head add 13.0 % perplexity and keep 80.9 % greedy agreement against 9.1 % / 83.9 %
+# with them at 8 bits, before QAT (sample_apps/tinylm/README.md).
+DECODER_SCHEME = "8da4w"
+
+
+def decoder_quant_configs(model, group_size: int, embedding_bits: int) -> list[tuple[object, object, str]]:
+    """(torchao config, filter_fn, what) for each kind of layer of a decoder, in the order applied.
+
+    The same list drives post-training quantization (torchao's quantize_) and QAT (QATConfig
+    prepare/convert), so the weights a QAT run learns for are the weights that ship."""
+    import torch
+    from torchao.quantization import Int8DynamicActivationIntxWeightConfig, IntxWeightOnlyConfig
+    from torchao.quantization.granularity import PerAxis, PerGroup
+
+    head = model.get_output_embeddings()
+
+    def per(bits: int):
+        return PerGroup(group_size) if bits == 4 else PerAxis(0)
+
+    dtype = {4: torch.int4, 8: torch.int8}
+    return [
+        (IntxWeightOnlyConfig(weight_dtype=dtype[embedding_bits], granularity=per(embedding_bits)),
+         lambda module, fqn: isinstance(module, torch.nn.Embedding), f"embeddings: int{embedding_bits} weights"),
+        (Int8DynamicActivationIntxWeightConfig(weight_dtype=dtype[embedding_bits], weight_granularity=per(embedding_bits)),
+         lambda module, fqn: module is head, f"output head: int8 activations, int{embedding_bits} weights"),
+        (Int8DynamicActivationIntxWeightConfig(weight_dtype=torch.int4, weight_granularity=PerGroup(group_size)),
+         lambda module, fqn: isinstance(module, torch.nn.Linear) and module is not head,
+         f"linear layers: int8 activations, int4 weights in groups of {group_size}"),
+    ]
+
+
+def quantize_decoder(model, group_size: int, embedding_bits: int) -> None:
+    """Post-training 8da4w (decoder_quant_configs), in place."""
+    quiet_python_logs()
+    from torchao.quantization import quantize_
+
+    for config, selected, _ in decoder_quant_configs(model, group_size, embedding_bits):
+        quantize_(model, config, filter_fn=selected)
+
+
+def prepare_decoder_qat(model, group_size: int, embedding_bits: int) -> None:
+    """Fake-quantize the weights (and activations) as quantize_decoder will, for training, in place."""
+    quiet_python_logs()
+    from torchao.quantization import quantize_
+    from torchao.quantization.qat import QATConfig
+
+    for config, selected, _ in decoder_quant_configs(model, group_size, embedding_bits):
+        quantize_(model, QATConfig(config, step="prepare"), filter_fn=selected)
+
+
+def convert_decoder_qat(model, group_size: int, embedding_bits: int) -> None:
+    """The QAT-trained model to the real 8da4w layers quantize_decoder would give, in place."""
+    from torchao.quantization import quantize_
+    from torchao.quantization.qat import QATConfig
+
+    # The filters are made again from the prepared model: prepare swapped its Linears and Embeddings
+    # for fake-quantized subclasses of them, so isinstance still holds and the head is found anew.
+    for config, selected, _ in decoder_quant_configs(model, group_size, embedding_bits):
+        quantize_(model, QATConfig(config, step="convert"), filter_fn=selected)
+
+
+def export_decoder(model, path: Path, max_seq_len: int, metadata: dict) -> dict:
+    """Export a decoder with its static KV cache to a `.pte` lowered to XNNPACK.
+
+    One method, `forward(input_ids (1, n), cache_position (n,)) -> logits (1, n, vocab)`, with n
+    from 1 to max_seq_len - 1: a prompt is prefilled in one call, then one token per call. The KV
+    cache lives in the program's mutable buffers. `metadata` (max_seq_len, bos/eos ids, ...) is
+    stored as constant methods, where ExecuTorch's LLM runner looks for it."""
+    quiet_python_logs()
+    import torch
+    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+    from executorch.exir import EdgeCompileConfig, ExecutorchBackendConfig, to_edge_transform_and_lower
+    from executorch.exir.passes import MemoryPlanningPass
+    from transformers.integrations.executorch import TorchExportableModuleForDecoderOnlyLM
+
+    wrapper = TorchExportableModuleForDecoderOnlyLM(model, batch_size=1, max_cache_len=max_seq_len)
+    tokens = torch.export.Dim("tokens", min=1, max=max_seq_len - 1)
+    example = min(4, max_seq_len - 1)
+    # strict=True: the non-strict trace of transformers' static cache fails in run_decompositions
+    # with a dynamic token count (torch 2.13, transformers 5.24).
+    program = wrapper.export(input_ids=torch.ones(1, example, dtype=torch.long), cache_position=torch.arange(example),
+                             dynamic_shapes={"input_ids": {1: tokens}, "cache_position": {0: tokens}}, strict=True)
+    # _check_ir_validity=False: the cache update (index_copy_ into a mutable buffer) is not core ATen.
+    edge = to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner()],
+                                       compile_config=EdgeCompileConfig(_check_ir_validity=False),
+                                       constant_methods=metadata)
+    outside = _ops_outside_delegate(edge.exported_program().graph_module)
+    # do_quant_fusion_and_const_prop folds the 4-bit embedding's dequantize into quantized_decomposed's
+    # embedding_4bit kernel (executorch.kernels.quantized); alloc_graph_input=False: inputs are the caller's.
+    executorch_program = edge.to_executorch(ExecutorchBackendConfig(
+        extract_delegate_segments=True, do_quant_fusion_and_const_prop=True,
+        memory_planning_pass=MemoryPlanningPass(alloc_graph_input=False)))
+    Path(path).write_bytes(executorch_program.buffer)
+    plan = executorch_program.executorch_program.execution_plan
+    forward = next(p for p in plan if p.name == "forward")
+    return {"delegates": sorted({d.id for d in forward.delegates}), "ops_outside_delegate": outside,
+            "planned_memory_bytes": sum(forward.non_const_buffer_sizes)}
+
+
+class DecoderRunner:
+    """A decoder `.pte` in ExecuTorch's Python runtime: `step(ids, start) -> logits (len(ids), vocab)`."""
+
+    runtime = "executorch"
+
+    def __init__(self, path: Path, threads: int | None = None):
+        quiet_python_logs()
+        with native_stderr_captured():
+            import executorch.kernels.quantized  # noqa: F401  registers embedding_4bit for the runtime
+            from executorch.runtime import Runtime
+
+            if threads:
+                from executorch.extension.pybindings.portable_lib import _unsafe_reset_threadpool
+
+                _unsafe_reset_threadpool(threads)
+            program = Runtime.get().load_program(str(path))
+            self._method = program.load_method("forward")
+            self.max_seq_len = int(program.load_method("get_max_seq_len").execute([])[0])
+
+    def step(self, ids, start: int) -> np.ndarray:
+        import torch
+
+        ids = torch.as_tensor(np.asarray(ids, dtype=np.int64)).reshape(1, -1)
+        out = self._method.execute([ids, torch.arange(start, start + ids.shape[1])])[0]
+        return out[0].float().numpy()

@@ -25,6 +25,8 @@ from edgekit.model.spec import InputSpec, check_dtype
 APP_FILE = "edgekit.toml"
 _APP_KEYS = {"name", "model", "inputs", "data", "recipe"}
 _MODEL_KEYS = {"factory", "weights", "task", "labels"}
+TEXT_GENERATION = "text-generation"  # decoder apps (edgekit/llm): [model] task, pretrained; [data] eval, train text
+_DECODER_MODEL_KEYS = {"task", "pretrained"}
 _INPUT_KEYS = {"name", "shape", "dtype"}
 _DATA_KEYS = {"train", "calib", "eval"}
 
@@ -91,6 +93,9 @@ def load_app(app_dir: str | Path) -> ModelSpec:
         raise UsageError(f"{path}: not valid TOML: {e}") from None
     _check_keys(doc, _APP_KEYS, path, "")
     model = _table(doc, "model", path)
+    if model.get("task") == TEXT_GENERATION:
+        raise UsageError(f"{path}: a text-generation app; this command does not take those yet",
+                         hint=f"build it with `edgekit build {root}`")
     _check_keys(model, _MODEL_KEYS, path, "model.")
     data = doc.get("data", {})
     if not isinstance(data, dict):
@@ -114,6 +119,37 @@ def load_app(app_dir: str | Path) -> ModelSpec:
         recipe=_recipe_table(doc.get("recipe"), path),
         labels=_labels(model.get("labels"), path),
     )
+
+
+def load_decoder_app(app_dir: str | Path):
+    """A text-generation app's DecoderSource (edgekit/llm/decoder.py), or None for any other app."""
+    from edgekit.llm.decoder import DecoderSource, check_model_dir
+
+    root = Path(app_dir)
+    path = root / APP_FILE
+    if not path.is_file():
+        return None  # load_app says what is wrong
+    try:
+        doc = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError:
+        return None
+    model = doc.get("model")
+    if not isinstance(model, dict) or model.get("task") != TEXT_GENERATION:
+        return None
+    _check_keys(doc, _APP_KEYS - {"inputs", "recipe"}, path, "")
+    _check_keys(model, _DECODER_MODEL_KEYS, path, "model.")
+    data = doc.get("data", {})
+    if not isinstance(data, dict):
+        raise UsageError(f"{path}: 'data' must be a table")
+    _check_keys(data, {"eval", "train"}, path, "data.")
+    if "pretrained" not in model:
+        raise UsageError(f"{path}: missing 'model.pretrained'",
+                         hint='the Hugging Face model directory, relative to the app: pretrained = "model"')
+    model_dir = _rel(root, model["pretrained"], path, "model.pretrained")
+    return DecoderSource(name=str(doc.get("name", root.resolve().name)),
+                         model_dir=check_model_dir(model_dir, f"{path}: model.pretrained"),
+                         eval_text=_rel(root, data.get("eval"), path, "data.eval"),
+                         train_text=_rel(root, data.get("train"), path, "data.train"), source=str(path))
 
 
 def _labels(value, path: Path) -> tuple[str, ...] | None:

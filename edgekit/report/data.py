@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 
 from edgekit.choose import recommend
-from edgekit.manifest import format_records, inside, read_manifest
+from edgekit.manifest import format_records, inside, read_manifest, refuse_text_generation
 from edgekit.report.format import run_kind
 
 RUNS_DIR = "device_runs"
@@ -22,6 +22,7 @@ RUN_KEYS = ("load_ms", "first_ms", "mean", "std", "min", "p50", "p90", "p99", "m
 def build_report(build_dir: str | Path) -> dict:
     build_dir = Path(build_dir)
     manifest = read_manifest(build_dir)
+    refuse_text_generation(manifest, Path(build_dir))
     names = {fmt: rec.get("display_name") or fmt for fmt, rec in format_records(manifest).items()}
     runs = [_run(build_dir, entry, names, manifest.get("format")) for entry in manifest.get("device_runs", [])]
     # Runs an earlier build into the same directory measured: its artifact, not this one (builddir.py).

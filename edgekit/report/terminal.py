@@ -380,3 +380,44 @@ def _print_baseline_offenders(doc: dict, console: Console) -> None:
     for i, g in enumerate(doc["baseline_top"], 1):
         console.print(f"{i}. {escape(g['layer'] or g['node'])} ({g['op']}), {name}: {escape(g['diagnosis'] or '')}",
                       highlight=False)
+
+
+def print_decoder_summary(manifest: dict) -> None:
+    """A text-generation build (edgekit/llm/build.py): quality against float, then speed."""
+    console = _console()
+    q, speed, quant = manifest["quality"], manifest["speed"], manifest["quantization"]
+    host, float_eager = speed["host"]["artifact"], speed["host"]["float_eager"]
+    table = Table(title=f"{manifest['name']} → {manifest['target']} · {manifest['task']} · {quant['scheme']} "
+                        f"({quant['method']})", box=box.SIMPLE_HEAD, pad_edge=False, padding=(0, 1, 0, 0))
+    for col in ("artifact", "runtime", "perplexity", "agree %", "decode tok/s", "size"):
+        table.add_column(col, justify="left" if col in ("artifact", "runtime") else "right", no_wrap=True)
+    table.add_row("  float", "torch", f"{q['float_perplexity']:.3f}", "", _rate(float_eager["decode_tokens_per_s"]),
+                  _kb(4 * manifest["model"]["parameters"]), style="dim")
+    mark = "[green]✓[/]" if q["passed"] else "[red]✗[/]"
+    table.add_row(f"{mark} {manifest['artifact']['file']}", "executorch",
+                  f"{q['perplexity']:.3f} ({q['perplexity_increase_pct']:+.1f} %)", f"{q['agreement_pct']:.1f}",
+                  _rate(host["decode_tokens_per_s"]), _kb(manifest["artifact"]["bytes"]))
+    console.print(table)
+    console.print(f"{q['tokens_scored']:,} held-out tokens · agree: greedy next-token agreement with float over "
+                  f"{q['prompts']} prompts · gate: perplexity at most +{q['max_perplexity_increase_pct']:g} %, "
+                  f"agreement at least {q['min_agreement_pct']:g} % · in {manifest['build_dir']}/")
+    if not q["passed"]:
+        console.print(f"[red]✗[/] {manifest['artifact']['file']}: {escape(q['why'])}")
+    limit = speed["host"]["decode_limit"]
+    console.print(f"this computer: first token {host['time_to_first_token_ms']:.1f} ms, prefill "
+                  f"{_rate(host['prefill_tokens_per_s'])} tok/s, decode {_rate(host['decode_tokens_per_s'])} tok/s "
+                  f"({_ratio(host, float_eager)} float), peak RSS {host['peak_rss_mb']:.0f} MB; memory limit "
+                  f"{_rate(limit['tokens_per_s'])} tok/s ({limit['bytes_per_token'] / 1024:.0f} KB per token at "
+                  f"{limit['mem_bandwidth_gbs']:g} GB/s)")
+    target = speed["target"]["decode_limit"]
+    console.print(f"on {manifest['target']}: decode at most {_rate(target['tokens_per_s'])} tok/s (memory bandwidth "
+                  f"{target['mem_bandwidth_gbs']:g} GB/s over {target['bytes_per_token'] / 1024:.0f} KB per token)")
+
+
+def _rate(value: float | None) -> str:
+    return "-" if value is None else f"{value:,.0f}"
+
+
+def _ratio(artifact: dict, reference: dict) -> str:
+    a, b = artifact.get("decode_tokens_per_s"), reference.get("decode_tokens_per_s")
+    return "-" if not a or not b else f"{a / b:.2f}x"

@@ -410,3 +410,13 @@ if __name__ == "__main__":  # python -m edgekit.validate.cost: refit and show th
     for r in network_table():
         print(f"| {r['source']} | {r['network']} | {r['use']} | {r['published_ms']} | {r['predicted_ms']} "
               f"({r['low_ms']}–{r['high_ms']}) | {r['ratio']} |")
+
+
+def decode_limit(bytes_per_token: dict, target) -> dict:
+    """The most decode tokens/s the target's memory allows: each generated token reads every weight
+    once and the KV cache, so tokens/s <= bandwidth / bytes per token. At the theoretical peak
+    bandwidth (the profile's mem_bandwidth_gbs), not BANDWIDTH_EFFICIENCY's share: a physical limit,
+    not a prediction. Models small enough to stay in the caches can beat it; large ones approach it."""
+    total = sum(bytes_per_token.values())
+    return {"tokens_per_s": round(target.mem_bandwidth_gbs * 1e9 / total, 1), "bytes_per_token": total,
+            "mem_bandwidth_gbs": target.mem_bandwidth_gbs}

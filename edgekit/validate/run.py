@@ -49,6 +49,7 @@ from edgekit.manifest import (
     format_records,
     inside,
     read_manifest,
+    refuse_text_generation,
     sha256_file,
     update_manifest,
 )
@@ -89,6 +90,7 @@ def read_verified(build_dir: Path) -> dict:
     read_manifest has already refused a wrong shape and any path leaving the build dir."""
     path = build_dir / MANIFEST
     manifest = read_manifest(build_dir)
+    refuse_text_generation(manifest, build_dir)
     for fmt, record in format_records(manifest).items():
         art = record["artifact"]
         file = inside(build_dir, art["file"], f"{path}: the {fmt} artifact")

@@ -1,0 +1,221 @@
+"""`edgekit build --task text-generation`: a causal LM to an 8da4w `.pte` with its KV cache, judged and timed.
+
+Steps: load the model directory; the float model's figures on the held-out text
+(perplexity, greedy continuations); 4-bit weights (QAT distilled from the float
+model when training text is given, else post-training); export with a static KV
+cache of --max-seq-len tokens, lowered to XNNPACK; the artifact judged in the
+ExecuTorch runtime (llm/quality.py) and timed against the float model on this
+computer (llm/generate.py); decode tokens/s predicted from memory bandwidth
+(validate/cost.py decode_limit) for this computer and the target. The build dir
+holds model.pte, the tokenizer's files and manifest.json.
+
+A build whose artifact misses the gate is still written, marked ✗, and exits 3.
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from edgekit.errors import BuildGateFailed, UsageError
+from edgekit.llm import decoder, generate, quality
+from edgekit.llm.decoder import DEFAULT_MAX_SEQ_LEN, TOKENIZER_FILES, DecoderSource
+
+TASK = "text-generation"
+FORMATS = ("executorch",)  # int4 MatMulNBits for ONNX Runtime is not built yet
+GROUP_SIZES = (16, 32, 64, 128, 256)
+SPEED_NEW_TOKENS = 64  # tokens generated per timing run (fewer when the context is shorter)
+
+
+@dataclass(frozen=True)
+class DecoderRecipe:
+    max_seq_len: int = DEFAULT_MAX_SEQ_LEN
+    group_size: int = 32
+    embedding_bits: int = 8
+    qat_steps: int | None = None  # None: decoder_qat.DEFAULT_STEPS when training text is given; 0: none
+    max_perplexity_increase: float = quality.DEFAULT_MAX_PERPLEXITY_INCREASE
+    min_agreement: float = quality.DEFAULT_MIN_AGREEMENT
+
+    def check(self) -> "DecoderRecipe":
+        if not 16 <= self.max_seq_len <= 32768:
+            raise UsageError(f"--max-seq-len {self.max_seq_len}: give 16 to 32768 tokens",
+                             hint="the KV cache holds this many tokens of prompt and reply; 256 is the default")
+        if self.group_size not in GROUP_SIZES:
+            raise UsageError(f"--group-size {self.group_size}: use one of {', '.join(map(str, GROUP_SIZES))}",
+                             hint="smaller groups keep more precision and cost one scale per group")
+        if self.embedding_bits not in (4, 8):
+            raise UsageError(f"--embedding-bits {self.embedding_bits}: use 4 or 8")
+        if self.qat_steps is not None and self.qat_steps < 0:
+            raise UsageError(f"--qat-steps {self.qat_steps}: give 0 (no QAT) or more")
+        return self
+
+
+def build(src: DecoderSource, target: str, recipe: DecoderRecipe, out: Path | None, steps) -> dict:
+    """Build `src` for `target` into `out` (default build/<name>-<target>); returns the manifest."""
+    from edgekit.build.builddir import staged_build_dir
+    from edgekit.formats import executorch as fmt
+    from edgekit.manifest import sha256_file, versions, write_json_atomic
+    from edgekit.target import load_target
+    from edgekit.train import decoder_qat
+    from edgekit.validate.cost import decode_limit
+
+    recipe = recipe.check()
+    tgt, host = load_target(target), load_target("host")
+    out_dir = Path(out) if out else Path("build") / f"{src.name}-{tgt.name}"
+    if src.eval_text is None:
+        raise UsageError("a text-generation build needs held-out text to judge the artifact on",
+                         hint="pass --eval-text FILE (plain UTF-8 text the model was not trained on), "
+                              "or set data.eval in the app's edgekit.toml")
+
+    with steps.step("load", label="load model") as record:
+        model, tokenizer = decoder.load(src.model_dir)
+        loaded = {"architecture": decoder.architecture(src.model_dir),
+                  "parameters": sum(p.numel() for p in model.parameters())}  # tied weights once, as loaded
+        decoder.exportable(model, recipe.max_seq_len)
+        _check_group_size(model, recipe.group_size)
+        record["config"] = loaded
+    text = quality.HeldOutText.from_tokens(tokenizer.encode(_read_text(src.eval_text, "eval")),
+                                           recipe.max_seq_len, str(src.eval_text))
+    reference = decoder.CachedStep(model, recipe.max_seq_len)
+    with steps.step("reference", label="float model on the held-out text") as record:
+        float_figures = (quality.perplexity(reference, text.windows)[0],
+                         quality.greedy_continuations(reference, text.prompts))
+        record["config"] = {"perplexity": round(float_figures[0], 4), "prompts": len(text.prompts)}
+
+    qat_steps = recipe.qat_steps
+    if qat_steps is None:
+        qat_steps = decoder_qat.DEFAULT_STEPS if src.train_text is not None else 0
+    if qat_steps and src.train_text is None:
+        raise UsageError(f"--qat-steps {qat_steps} needs training text", hint="pass --train-text FILE")
+    layers = fmt.decoder_quant_configs(model, recipe.group_size, recipe.embedding_bits)
+    precision = _weight_shares(model, layers)
+    if qat_steps:
+        with steps.step("qat", label=f"QAT 8da4w, {qat_steps} steps") as record:
+            result = decoder_qat.train(
+                model, tokenizer.encode(_read_text(src.train_text, "train")),
+                lambda m: fmt.prepare_decoder_qat(m, recipe.group_size, recipe.embedding_bits),
+                lambda m: fmt.convert_decoder_qat(m, recipe.group_size, recipe.embedding_bits),
+                decoder_qat.DecoderQatConfig(steps=qat_steps), track=steps.track)
+            quantized = result.pop("model")
+            record["config"] = result
+    else:
+        import copy
+
+        with steps.step("quantize", label="quantize 8da4w (post-training)"):
+            quantized = copy.deepcopy(model)
+            fmt.quantize_decoder(quantized, recipe.group_size, recipe.embedding_bits)
+
+    metadata = _runner_metadata(model, tokenizer, recipe.max_seq_len)
+    with staged_build_dir(out_dir, warn=steps.warn) as staging:
+        artifact = staging / "model.pte"
+        with steps.step("export", label="export model.pte (XNNPACK, KV cache)") as record:
+            export_facts = fmt.export_decoder(quantized, artifact, recipe.max_seq_len, metadata)
+            record["config"] = {"max_seq_len": recipe.max_seq_len}
+        for name in TOKENIZER_FILES:
+            if (src.model_dir / name).is_file():
+                shutil.copyfile(src.model_dir / name, staging / name)
+        runner = fmt.DecoderRunner(artifact)
+        with steps.step("judge", label="judge model.pte in executorch"):
+            verdict = quality.judge(runner, reference, text, recipe.max_perplexity_increase, recipe.min_agreement,
+                                    float_figures)
+        with steps.step("speed", label="time generation on this computer"):
+            prompt = text.prompts[0]
+            new_tokens = min(SPEED_NEW_TOKENS, recipe.max_seq_len - len(prompt))
+            speed = generate.decode_speed(runner, prompt, recipe.max_seq_len, new_tokens)
+            float_speed = generate.decode_speed(reference, prompt, recipe.max_seq_len, new_tokens)
+        per_token = _bytes_per_token(model, layers, recipe)
+        manifest = {
+            "name": src.name, "task": TASK, "target": tgt.name, "format": "executorch",
+            "artifact": {"file": artifact.name, "sha256": sha256_file(artifact), "bytes": artifact.stat().st_size},
+            "tokenizer": [n for n in TOKENIZER_FILES if (staging / n).is_file()],
+            "model": {**src.to_json(), **loaded,
+                      # The program's inputs: n token ids and their n positions, n from 1 to max_seq_len - 1.
+                      "inputs": [{"name": "input_ids", "shape": [1, "n"], "dtype": "int64"},
+                                 {"name": "cache_position", "shape": ["n"], "dtype": "int64"}]},
+            "target_profile": tgt.to_json(),
+            "recipe": asdict(recipe) | {"qat_steps": qat_steps},
+            "quantization": {"scheme": fmt.DECODER_SCHEME, "group_size": recipe.group_size,
+                             "method": "qat" if qat_steps else "post-training", "weights": precision},
+            "export": {"max_seq_len": recipe.max_seq_len, **export_facts, "metadata": metadata},
+            "quality": verdict.to_json() | {"max_perplexity_increase_pct": recipe.max_perplexity_increase,
+                                            "min_agreement_pct": recipe.min_agreement},
+            "speed": {"host": {"artifact": speed.to_json(), "float_eager": float_speed.to_json(),
+                               "decode_limit": decode_limit(per_token, host)},
+                      "target": {"decode_limit": decode_limit(per_token, tgt)}},
+            "bytes_per_token": per_token,
+            "steps": steps.records, "warnings": steps.warnings, "versions": versions(),
+        }
+        write_json_atomic(staging / "manifest.json", manifest)
+    manifest["build_dir"] = str(out_dir)
+    if not verdict.passed:
+        raise BuildGateFailed(f"model.pte misses the quality gate: {verdict.why}",
+                              hint="give training text for QAT (--train-text, or more --qat-steps), a smaller "
+                                   "--group-size, or --embedding-bits 8", manifest=manifest)
+    return manifest
+
+
+def _read_text(path: Path, what: str) -> str:
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise UsageError(f"{path}: cannot read the {what} text: {e}",
+                         hint="give a UTF-8 plain-text file") from None
+
+
+def _check_group_size(model, group_size: int) -> None:
+    import torch
+
+    for name, module in model.named_modules():
+        if isinstance(module, torch.nn.Linear) and module.in_features % group_size:
+            raise UsageError(f"--group-size {group_size} does not divide {name}'s {module.in_features} inputs",
+                             hint="choose a group size that divides every layer's input width, e.g. 32")
+
+
+def _runner_metadata(model, tokenizer, max_seq_len: int) -> dict:
+    """Constant methods in the .pte, named as ExecuTorch's LLM runner reads them
+    (executorch/extension/llm/runner/constants.h)."""
+    eos = tokenizer.eos_token_id
+    bos = tokenizer.bos_token_id
+    return {"get_max_seq_len": max_seq_len, "get_max_context_len": max_seq_len,
+            "get_vocab_size": int(model.config.vocab_size), "use_kv_cache": True, "enable_dynamic_shape": True,
+            "get_bos_id": int(bos if bos is not None else -1), "get_eos_ids": [int(eos)] if eos is not None else []}
+
+
+def _weight_shares(model, layers) -> dict:
+    """{what: share of the weights (%)} for each kind of layer, and those left float (norms, biases)."""
+    counted, total, shares = set(), sum(p.numel() for p in model.parameters()), {}
+    for _, selected, what in layers:
+        n = 0
+        for fqn, module in model.named_modules():
+            if selected(module, fqn) and id(module.weight) not in counted:
+                counted.add(id(module.weight))
+                n += module.weight.numel()
+        shares[what] = round(100.0 * n / total, 2)
+    shares["float (norms, biases)"] = round(100.0 - sum(shares.values()), 2)
+    return shares
+
+
+def _bytes_per_token(model, layers, recipe: DecoderRecipe) -> dict:
+    """Bytes one decode step must read from memory: every weight once (the embedding table one row),
+    4-bit weights at half a byte plus an fp32 scale per group, 8-bit at a byte plus a scale per row;
+    and the KV cache, which the static cache's attention reads whole (fp32) at every step."""
+    import torch
+
+    weights = 0
+    for _, selected, what in layers:
+        for fqn, module in model.named_modules():
+            if not selected(module, fqn):
+                continue
+            rows, cols = module.weight.shape
+            bits = 4 if "int4" in what else 8
+            scales = rows * (cols // recipe.group_size if bits == 4 else 1)
+            if isinstance(module, torch.nn.Embedding):
+                rows, scales = 1, (cols // recipe.group_size if bits == 4 else 1)
+            weights += rows * cols * bits // 8 + 4 * scales
+    config = model.config  # GPT-2's n_layer/n_head/n_embd answer to these names too (attribute_map)
+    heads = config.num_attention_heads
+    kv_heads = getattr(config, "num_key_value_heads", None) or heads
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
+    kv_cache = 2 * config.num_hidden_layers * kv_heads * head_dim * recipe.max_seq_len * 4
+    return {"weights": weights, "kv_cache": kv_cache}

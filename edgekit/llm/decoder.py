@@ -1,0 +1,142 @@
+"""What a text-generation build starts from: a Hugging Face causal-LM directory and its tokenizer.
+
+A user's decoder is a model directory as `save_pretrained` writes it:
+`config.json`, the weights (`model.safetensors`) and the tokenizer's files
+(`tokenizer.json`). Loading is safe: only safetensors weights are read (no
+pickle) and no code from the directory runs (`trust_remote_code=False`), so
+the architecture must be one transformers ships (Llama, Qwen2, SmolLM, GPT-2 ...).
+
+`exportable()` turns the loaded model into what the exporters and the weight
+quantizer expect: GPT-2's `Conv1D` layers (a Linear with its weight stored
+transposed) become `nn.Linear`, tied input/output embeddings get their own
+copy (4-bit embedding tables and 4-bit Linear weights are packed differently),
+and the model's generation config asks for a static cache of `max_seq_len`.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from edgekit.errors import UsageError
+
+# Files a tokenizer may bring; copied into the build so the device needs nothing else.
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
+DEFAULT_MAX_SEQ_LEN = 256  # tokens of context (prompt + generated) the KV cache holds
+
+
+@dataclass(frozen=True)
+class DecoderSource:
+    """A causal LM to build: its model directory, held-out text, and where that was said."""
+
+    name: str
+    model_dir: Path
+    eval_text: Path | None = None  # held-out text: perplexity and the agreement prompts
+    train_text: Path | None = None
+    source: str = "options"  # the edgekit.toml path, or "options"
+
+    def to_json(self) -> dict:
+        return {"name": self.name, "task": "text-generation", "source": self.source,
+                "model_dir": str(self.model_dir),
+                "data": {"eval": str(self.eval_text) if self.eval_text else None,
+                         "train": str(self.train_text) if self.train_text else None}}
+
+
+def check_model_dir(model_dir: Path, where: str) -> Path:
+    """The directory, or a UsageError naming what is missing and how to make it."""
+    model_dir = Path(model_dir)
+    if not model_dir.is_dir():
+        raise UsageError(f"{where}: '{model_dir}' is not a directory",
+                         hint="pass a Hugging Face model directory (config.json, model.safetensors, "
+                              "tokenizer.json), as model.save_pretrained(DIR) and tokenizer.save_pretrained(DIR) write it")
+    for needed, how in (("config.json", "model.save_pretrained(DIR)"),
+                        ("tokenizer.json", "tokenizer.save_pretrained(DIR) (a fast tokenizer)")):
+        if not (model_dir / needed).is_file():
+            raise UsageError(f"{where}: '{model_dir}' has no {needed}", hint=f"write it with {how}")
+    if not any(model_dir.glob("*.safetensors")):
+        raise UsageError(f"{where}: '{model_dir}' has no .safetensors weights",
+                         hint="edgekit reads only safetensors (no pickled code): "
+                              "model.save_pretrained(DIR, safe_serialization=True)")
+    return model_dir
+
+
+def architecture(model_dir: Path) -> str:
+    """config.json's model_type ("llama", "gpt2", ...)."""
+    try:
+        return str(json.loads((Path(model_dir) / "config.json").read_text()).get("model_type", "unknown"))
+    except (OSError, ValueError) as e:
+        raise UsageError(f"{Path(model_dir) / 'config.json'}: not readable JSON: {e}") from None
+
+
+def load(model_dir: Path):
+    """(model in eval mode, float32; tokenizer) from a model directory."""
+    from edgekit.quiet import quiet_model_libraries
+
+    quiet_model_libraries()
+    from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
+
+    try:
+        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype="float32", use_safetensors=True,
+                                                     trust_remote_code=False)
+    except (ValueError, KeyError) as e:
+        raise UsageError(f"{model_dir}: transformers cannot load this causal LM: {e}",
+                         hint="edgekit builds the decoder architectures transformers ships "
+                              "(Llama, Qwen2, SmolLM, GPT-2 ...), without remote code") from None
+    tokenizer = PreTrainedTokenizerFast.from_pretrained(model_dir)
+    return model.eval(), tokenizer
+
+
+def exportable(model, max_seq_len: int):
+    """The model made ready for export and 4-bit weights (see the module doc); changed in place."""
+    import torch
+
+    limit = getattr(model.config, "max_position_embeddings", None) or getattr(model.config, "n_positions", None)
+    if limit is not None and max_seq_len > limit:
+        raise UsageError(f"--max-seq-len {max_seq_len} is longer than the model's {limit} positions",
+                         hint=f"use --max-seq-len {limit} or less")
+    _conv1d_to_linear(model)
+    out, inp = model.get_output_embeddings(), model.get_input_embeddings()
+    if out is not None and out.weight is inp.weight:
+        out.weight = torch.nn.Parameter(inp.weight.detach().clone())
+    model.generation_config.cache_implementation = "static"
+    model.generation_config.cache_config = {"batch_size": 1, "max_cache_len": max_seq_len}
+    return model
+
+
+def _conv1d_to_linear(module) -> None:
+    import torch
+    from transformers.pytorch_utils import Conv1D
+
+    for name, child in module.named_children():
+        if isinstance(child, Conv1D):
+            # Conv1D computes x @ W + b with W of shape (in, out); Linear stores (out, in).
+            linear = torch.nn.Linear(child.weight.shape[0], child.weight.shape[1])
+            linear.weight = torch.nn.Parameter(child.weight.detach().t().contiguous())
+            linear.bias = torch.nn.Parameter(child.bias.detach().clone())
+            setattr(module, name, linear)
+        else:
+            _conv1d_to_linear(child)
+
+
+class CachedStep:
+    """The float model with a static KV cache, stepped as the artifact is: the reference it is judged against.
+
+    `step(ids, start)` feeds tokens `ids` (a 1-D int64 array) at positions
+    start.. and returns their logits (len(ids), vocab) as float32 numpy."""
+
+    def __init__(self, model, max_seq_len: int):
+        from transformers.integrations.executorch import TorchExportableModuleForDecoderOnlyLM
+
+        # The inner TorchExportableModuleWithStaticCache: the outer wrapper's eager forward drops
+        # cache_position (transformers 5.24), which the cache needs to know where to write.
+        self.module = TorchExportableModuleForDecoderOnlyLM(model, batch_size=1, max_cache_len=max_seq_len).model
+        self.max_seq_len = max_seq_len
+
+    def step(self, ids, start: int):
+        import torch
+
+        ids = torch.as_tensor(ids, dtype=torch.long).reshape(1, -1)
+        with torch.no_grad():
+            logits = self.module(input_ids=ids, cache_position=torch.arange(start, start + ids.shape[1]))
+        return logits[0].float().numpy()

@@ -1,0 +1,137 @@
+"""The generation loop every decoder runner shares, and the figures users ask of it.
+
+A runner has `step(ids, start) -> logits (len(ids), vocab)`: it feeds tokens at
+positions start.. into its KV cache. Generation is one prefill call for the
+prompt, then one call per new token (greedy: the most likely token each time).
+
+Figures (wall clock, this process):
+- time to first token: the prefill call plus picking its token, ms;
+- prefill tokens/s: prompt tokens over the prefill call's time;
+- decode tokens/s: tokens after the first over the time of the calls that made them;
+- peak RSS: the process's high-water resident memory (ru_maxrss), MB. On the host
+  that includes torch and everything imported; on a board it is the runner's own.
+"""
+
+from __future__ import annotations
+
+import resource
+import time
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from edgekit.errors import UsageError
+
+
+@dataclass
+class GenerationStats:
+    prompt_tokens: int
+    new_tokens: int
+    time_to_first_token_ms: float
+    prefill_tokens_per_s: float
+    decode_tokens_per_s: float | None  # None when only one token was generated
+    peak_rss_mb: float
+    stopped: str  # "eos", "max_new_tokens" or "context_full"
+
+    def to_json(self) -> dict:
+        return {k: (round(v, 3) if isinstance(v, float) else v) for k, v in asdict(self).items()}
+
+
+def check_prompt(prompt_tokens: int, max_seq_len: int, where: str = "the prompt") -> None:
+    """A prompt must leave room for at least one generated token in the KV cache."""
+    if prompt_tokens < 1:
+        raise UsageError(f"{where} is empty", hint="give at least one token of text")
+    if prompt_tokens >= max_seq_len:
+        raise UsageError(f"{where} is {prompt_tokens} tokens; the artifact's context holds {max_seq_len}",
+                         hint=f"shorten it below {max_seq_len} tokens, or rebuild with a larger --max-seq-len")
+
+
+def generate(runner, prompt_ids, max_new_tokens: int, max_seq_len: int, eos_id: int | None = None,
+             on_token=None) -> tuple[list[int], GenerationStats]:
+    """Greedy generation; `on_token(id)` is called as each token is made (streaming)."""
+    prompt = [int(t) for t in prompt_ids]
+    check_prompt(len(prompt), max_seq_len)
+    start = time.perf_counter()
+    logits = runner.step(np.asarray(prompt, dtype=np.int64), 0)
+    token = int(np.argmax(logits[-1]))
+    prefill_s = time.perf_counter() - start
+    out = [token]
+    if on_token:
+        on_token(token)
+    stopped = "max_new_tokens"
+    decode_start = time.perf_counter()
+    while True:
+        if eos_id is not None and token == eos_id:
+            stopped = "eos"
+            break
+        if len(out) >= max_new_tokens:
+            break
+        position = len(prompt) + len(out) - 1  # where the last token goes in the cache
+        if position >= max_seq_len:
+            stopped = "context_full"
+            break
+        token = int(np.argmax(runner.step(np.asarray([token], dtype=np.int64), position)[-1]))
+        out.append(token)
+        if on_token:
+            on_token(token)
+    decode_s = time.perf_counter() - decode_start
+    decoded = len(out) - 1
+    stats = GenerationStats(
+        prompt_tokens=len(prompt), new_tokens=len(out),
+        time_to_first_token_ms=prefill_s * 1e3, prefill_tokens_per_s=len(prompt) / prefill_s,
+        decode_tokens_per_s=decoded / decode_s if decoded and decode_s > 0 else None,
+        peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, stopped=stopped)
+    return out, stats
+
+
+def decode_speed(runner, prompt_ids, max_seq_len: int, new_tokens: int, runs: int = 3) -> GenerationStats:
+    """The median run (by decode tokens/s) of `runs` generations of exactly `new_tokens` tokens (no eos stop)."""
+    results = [generate(runner, prompt_ids, new_tokens, max_seq_len)[1] for _ in range(runs)]
+    results.sort(key=lambda s: s.decode_tokens_per_s or 0.0)
+    return results[len(results) // 2]
+
+
+def open_build(build_dir):
+    """(runner, tokenizer, manifest) of a text-generation build, its artifact checked against its sha256."""
+    from pathlib import Path
+
+    from edgekit.formats.executorch import DecoderRunner
+    from edgekit.manifest import inside, read_manifest, sha256_file
+
+    build_dir = Path(build_dir)
+    manifest = read_manifest(build_dir)
+    if manifest.get("task") != "text-generation":
+        raise UsageError(f"'{build_dir}' is not a text-generation build",
+                         hint="build a decoder with `edgekit build --task text-generation --model MODEL_DIR`")
+    artifact = inside(build_dir, manifest["artifact"]["file"], f"{build_dir}: artifact.file")
+    if not artifact.is_file() or sha256_file(artifact) != manifest["artifact"]["sha256"]:
+        raise UsageError(f"{artifact} is missing or not the file this build wrote (sha256 differs)",
+                         hint="copy the whole build directory again, or rebuild")
+    tokenizer_file = build_dir / "tokenizer.json"
+    if not tokenizer_file.is_file():
+        raise UsageError(f"{tokenizer_file} is missing", hint="copy the whole build directory again, or rebuild")
+    from edgekit.quiet import quiet_model_libraries
+
+    quiet_model_libraries()
+    from transformers import PreTrainedTokenizerFast
+
+    tokenizer = PreTrainedTokenizerFast.from_pretrained(build_dir)
+    return DecoderRunner(artifact), tokenizer, manifest
+
+
+class TextStream:
+    """Decoded text as tokens arrive: byte-level tokens can split a character, so the text so far is
+    decoded again and only what is new (and complete) is handed on."""
+
+    def __init__(self, tokenizer, write):
+        self.tokenizer, self.write = tokenizer, write
+        self.ids: list[int] = []
+        self.shown = 0
+
+    def __call__(self, token: int) -> None:
+        self.ids.append(token)
+        text = self.tokenizer.decode(self.ids, skip_special_tokens=True)
+        if text.endswith("\ufffd"):  # an incomplete UTF-8 sequence: wait for its next byte
+            return
+        self.write(text[self.shown:])
+        self.shown = len(text)
