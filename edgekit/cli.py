@@ -342,8 +342,10 @@ def build(**options):
 @click.argument("build_dir", type=click.Path(file_okay=False))
 @click.option("-p", "--prompt", required=True, help="The text to continue.")
 @click.option("-n", "--max-new-tokens", type=int, default=64, show_default=True, help="Stop after this many tokens.")
+@click.option("--emulate", is_flag=True,
+              help="Generate on an emulated core of the build's target (qemu, the native runner; `make emulator`).")
 @click.option("--json", "as_json", is_flag=True, help="Print the text and the timings as JSON at the end instead of streaming.")
-def generate(build_dir, prompt, max_new_tokens, as_json):
+def generate(build_dir, prompt, max_new_tokens, emulate, as_json):
     """Generate text with a text-generation build on this computer (greedy), streamed as it is made.
 
     \b
@@ -355,6 +357,21 @@ def generate(build_dir, prompt, max_new_tokens, as_json):
         raise UsageError(f"--max-new-tokens {max_new_tokens}: give 1 or more")
     runner, tokenizer, manifest = open_build(build_dir)
     ids = tokenizer.encode(prompt)
+    if emulate:
+        from edgekit.llm.generate import generate_emulated
+
+        result = generate_emulated(build_dir, ids, max_new_tokens, tokenizer.eos_token_id)
+        text = tokenizer.decode(result["tokens"], skip_special_tokens=True)
+        if as_json:
+            click.echo(json.dumps({"prompt": prompt, "text": text, **result}, indent=2))
+            return
+        click.echo(text)
+        per_token = result["guest_instructions_per_token"]
+        click.echo(f"emulated {result['cpu']} ({result['target']}): {len(result['tokens'])} new tokens "
+                   f"({result['stopped'].replace('_', ' ')}) · "
+                   f"{f'{per_token:,}' if per_token else '-'} guest instructions per decoded token "
+                   f"(wall time under emulation is not a board's: not shown)", err=True)
+        return
     stream = None if as_json else TextStream(tokenizer, lambda text: click.echo(text, nl=False))
     tokens, stats = run_generation(runner, ids, max_new_tokens, runner.max_seq_len,
                                    eos_id=tokenizer.eos_token_id, on_token=stream)
@@ -376,8 +393,7 @@ _DECODER_TAKES = {"app_dir", "model", "task", "target", "out", "as_json", "min_a
 
 def _decoder_source(options: dict, decoder: dict):
     """The DecoderSource when this is a text-generation build (--task text-generation, or a decoder app)."""
-    from edgekit.llm.decoder import DecoderSource, check_model_dir
-    from edgekit.model.app import load_decoder_app
+    from edgekit.model.app import DecoderSource, check_model_dir, load_decoder_app
 
     app = load_decoder_app(options["app_dir"]) if options["app_dir"] else None
     if app is None and options["task"] != "text-generation":

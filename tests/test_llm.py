@@ -278,3 +278,27 @@ def test_post_training_int4_misses_the_gate_and_says_so(tmp_path, run_cli):
     m = json.loads((out / "manifest.json").read_text())
     assert not m["quality"]["passed"] and m["quantization"]["method"] == "post-training"
     assert "✗ model.pte" in proc.stdout and "--train-text" in proc.stderr
+
+
+# ---------------------------------------------------------------- the emulated board
+
+
+@pytest.mark.emulator
+def test_tinylm_generates_on_the_emulated_board(tinylm_build, run_cli):
+    """The .pte in the native runner on an emulated Cortex-A76 (rpi5) continues a prompt with the tokens the
+    host's runtime chooses: ARM's XNNPACK kernels compute what the host's did."""
+    from emulator_fixture import require_emulator
+
+    from edgekit.llm.generate import generate, open_build
+
+    require_emulator()
+    prompt = 'The "if" statement is used for'
+    proc = run_cli("generate", str(tinylm_build["dir"]), "--prompt", prompt, "-n", "16", "--emulate", "--json",
+                   timeout=900)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    doc = json.loads(proc.stdout)
+    runner, tokenizer, _ = open_build(tinylm_build["dir"])
+    host, _ = generate(runner, tokenizer.encode(prompt), 16, runner.max_seq_len, tokenizer.eos_token_id)
+    assert doc["cpu"] == "cortex-a76" and doc["stopped"] == "max_new_tokens"
+    assert doc["tokens"] == host
+    assert doc["guest_instructions_per_token"] > 10_000

@@ -98,6 +98,7 @@ def glitched_app(tmp_path_factory, digits_app):
     return root
 
 
+@pytest.mark.slow  # ~30 s; --quality auto's other tries stay in the default run
 def test_a_calibration_a_glitch_ruins_is_replaced_and_the_eval_data_plays_no_part(glitched_app, tmp_path):
     """onnx's default minmax misses the gate on the calibration inputs; a clipping calibration
     passes there; another evaluation file gives the same choice and the same artifact."""

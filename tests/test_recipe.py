@@ -78,6 +78,7 @@ def test_an_apps_recipe_is_its_default_and_the_command_line_wins(tmp_path):
     assert json.loads(proc.stdout)["quantization"]["calibration"] == "minmax"
 
 
+@pytest.mark.slow  # ~30 s: two builds; the recipe round trips stay in the default run
 def test_a_manifest_replays_its_build_byte_for_byte(tmp_path):
     """`edgekit build --recipe BUILD/manifest.json` with no model given rebuilds that model, on that
     target, the same way: the .pte is the same file (same sha256), made again from scratch."""

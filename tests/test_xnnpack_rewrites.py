@@ -147,6 +147,7 @@ def test_a_causal_attention_over_a_longer_key_sequence_keeps_the_top_left_triang
         torch.testing.assert_close(rewritten(*unseen), Causal()(*unseen), rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.slow  # ~40 s; the rewrites it relies on are tested one by one above, in the default run
 def test_a_vision_transformer_stays_on_the_delegate_and_keeps_its_outputs(tmp_path, monkeypatch):
     """A DeiT-class ViT (F.scaled_dot_product_attention, nn.LayerNorm, a class token): the tutorial
     path leaves its layer norms, the attention's safe softmax and its copies on the portable kernels;
@@ -177,7 +178,7 @@ def test_a_vision_transformer_stays_on_the_delegate_and_keeps_its_outputs(tmp_pa
 
 
 
-@pytest.mark.slow  # ~30 s; the ViT on the delegate stays in the default run
+@pytest.mark.slow  # ~30 s; the transformer rewrites' own tests above stay in the default run
 def test_a_trained_vit_written_out_keeps_its_accuracy_on_the_delegate(tmp_path):
     """The vit_digits sample (trained weights; attention written out with torch.matmul, LayerNorm,
     tokens mean-pooled) on real held-out digits: every op on the delegate, accuracy kept."""

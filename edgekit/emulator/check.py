@@ -125,6 +125,23 @@ def run_native_pte(core: EmulatedCore, artifact: Path, samples: list[list[np.nda
     return outputs, count, doc
 
 
+def generate_native_pte(core: EmulatedCore, artifact: Path, prompt_ids, new_tokens: int, max_seq_len: int,
+                        eos_id: int | None = None) -> tuple[dict, int | None]:
+    """A text-generation `.pte` generating greedily in edgekit-et-runner (`--generate`): (its JSON, the guest
+    instructions of the decode calls, every token after the first)."""
+    shutil.copy2(artifact, core.work / "decoder.pte")
+    np.asarray(prompt_ids, dtype="<i8").tofile(core.work / "prompt.ids")
+    command = [f"{NATIVE}/edgekit-et-runner", f"{WORK}/decoder.pte", "--generate", str(new_tokens),
+               "--prompt-ids", f"{WORK}/prompt.ids", "--max-seq-len", str(max_seq_len), "--count"]
+    if eos_id is not None:
+        command += ["--eos", str(eos_id)]
+    stdout, count = core.counted(command, "decoder")
+    doc = last_json(stdout)
+    if doc is None or not doc.get("ok"):
+        raise EmulationFailed(f"the emulated runner did not generate: {(doc or {}).get('error', 'no JSON result')}")
+    return doc, count
+
+
 def run_in_guest_python(core: EmulatedCore, artifact: Path, samples: list[list[np.ndarray]], names: list[str],
                         name: str, runtime: str):
     """An artifact in the guest venv's python with the device runner's `runtime` (onnxruntime, litert):

@@ -22,7 +22,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from edgekit.emulator.check import EmulationFailed, run_native_pte
+from edgekit.emulator.check import EmulationFailed, generate_native_pte, run_native_pte
 from edgekit.formats.base import (
     DYNAMIC_SHAPE,
     QuantConfig,
@@ -608,3 +608,9 @@ class DecoderRunner:
         ids = torch.as_tensor(np.asarray(ids, dtype=np.int64)).reshape(1, -1)
         out = self._method.execute([ids, torch.arange(start, start + ids.shape[1])])[0]
         return out[0].float().numpy()
+
+
+def emulate_generation(core, artifact: Path, prompt_ids, new_tokens: int, max_seq_len: int,
+                       eos_id: int | None = None) -> tuple[dict, int | None]:
+    """A decoder `.pte` generating on the emulated core, in the native runner a Linux board gets."""
+    return generate_native_pte(core, artifact, prompt_ids, new_tokens, max_seq_len, eos_id)

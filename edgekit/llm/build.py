@@ -20,7 +20,8 @@ from pathlib import Path
 
 from edgekit.errors import BuildGateFailed, UsageError
 from edgekit.llm import decoder, generate, quality
-from edgekit.llm.decoder import DEFAULT_MAX_SEQ_LEN, TOKENIZER_FILES, DecoderSource
+from edgekit.llm.decoder import DEFAULT_MAX_SEQ_LEN, TOKENIZER_FILES
+from edgekit.model.app import DecoderSource
 
 TASK = "text-generation"
 FORMATS = ("executorch",)  # int4 MatMulNBits for ONNX Runtime is not built yet

@@ -16,7 +16,6 @@ and the model's generation config asks for a static cache of `max_seq_len`.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from pathlib import Path
 
 from edgekit.errors import UsageError
@@ -24,41 +23,6 @@ from edgekit.errors import UsageError
 # Files a tokenizer may bring; copied into the build so the device needs nothing else.
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
 DEFAULT_MAX_SEQ_LEN = 256  # tokens of context (prompt + generated) the KV cache holds
-
-
-@dataclass(frozen=True)
-class DecoderSource:
-    """A causal LM to build: its model directory, held-out text, and where that was said."""
-
-    name: str
-    model_dir: Path
-    eval_text: Path | None = None  # held-out text: perplexity and the agreement prompts
-    train_text: Path | None = None
-    source: str = "options"  # the edgekit.toml path, or "options"
-
-    def to_json(self) -> dict:
-        return {"name": self.name, "task": "text-generation", "source": self.source,
-                "model_dir": str(self.model_dir),
-                "data": {"eval": str(self.eval_text) if self.eval_text else None,
-                         "train": str(self.train_text) if self.train_text else None}}
-
-
-def check_model_dir(model_dir: Path, where: str) -> Path:
-    """The directory, or a UsageError naming what is missing and how to make it."""
-    model_dir = Path(model_dir)
-    if not model_dir.is_dir():
-        raise UsageError(f"{where}: '{model_dir}' is not a directory",
-                         hint="pass a Hugging Face model directory (config.json, model.safetensors, "
-                              "tokenizer.json), as model.save_pretrained(DIR) and tokenizer.save_pretrained(DIR) write it")
-    for needed, how in (("config.json", "model.save_pretrained(DIR)"),
-                        ("tokenizer.json", "tokenizer.save_pretrained(DIR) (a fast tokenizer)")):
-        if not (model_dir / needed).is_file():
-            raise UsageError(f"{where}: '{model_dir}' has no {needed}", hint=f"write it with {how}")
-    if not any(model_dir.glob("*.safetensors")):
-        raise UsageError(f"{where}: '{model_dir}' has no .safetensors weights",
-                         hint="edgekit reads only safetensors (no pickled code): "
-                              "model.save_pretrained(DIR, safe_serialization=True)")
-    return model_dir
 
 
 def architecture(model_dir: Path) -> str:

@@ -135,3 +135,28 @@ class TextStream:
             return
         self.write(text[self.shown:])
         self.shown = len(text)
+
+
+def generate_emulated(build_dir, prompt_ids, max_new_tokens: int, eos_id: int | None) -> dict:
+    """Greedy generation with the build's `.pte` on an emulated core of its target (qemu, the native
+    ExecuTorch runner): {"tokens", "stopped", "guest_instructions_per_token", "cpu"}. Wall time under
+    emulation says nothing about a board, so none is returned; instructions per decoded token are
+    deterministic and compare cores and builds."""
+    from pathlib import Path
+
+    from edgekit.emulator.check import emulated_core
+    from edgekit.formats.executorch import emulate_generation
+    from edgekit.manifest import read_manifest
+    from edgekit.target import load_target
+
+    build_dir = Path(build_dir)
+    manifest = read_manifest(build_dir)
+    max_seq_len = manifest["export"]["max_seq_len"]
+    check_prompt(len(prompt_ids), max_seq_len)
+    target = load_target(manifest["target"])
+    with emulated_core(target) as core:
+        doc, count = emulate_generation(core, build_dir / manifest["artifact"]["file"], prompt_ids, max_new_tokens,
+                                        max_seq_len, eos_id)
+    decoded = doc["decoded_tokens"]
+    return {"tokens": doc["tokens"], "stopped": doc["stopped"], "cpu": target.qemu_cpu, "target": target.name,
+            "guest_instructions_per_token": round(count / decoded) if count and decoded else None}

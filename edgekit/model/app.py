@@ -121,10 +121,43 @@ def load_app(app_dir: str | Path) -> ModelSpec:
     )
 
 
-def load_decoder_app(app_dir: str | Path):
-    """A text-generation app's DecoderSource (edgekit/llm/decoder.py), or None for any other app."""
-    from edgekit.llm.decoder import DecoderSource, check_model_dir
+@dataclass(frozen=True)
+class DecoderSource:
+    """A causal LM to build: its model directory, held-out text, and where that was said."""
 
+    name: str
+    model_dir: Path
+    eval_text: Path | None = None  # held-out text: perplexity and the agreement prompts
+    train_text: Path | None = None
+    source: str = "options"  # the edgekit.toml path, or "options"
+
+    def to_json(self) -> dict:
+        return {"name": self.name, "task": "text-generation", "source": self.source,
+                "model_dir": str(self.model_dir),
+                "data": {"eval": str(self.eval_text) if self.eval_text else None,
+                         "train": str(self.train_text) if self.train_text else None}}
+
+
+def check_model_dir(model_dir: Path, where: str) -> Path:
+    """The directory, or a UsageError naming what is missing and how to make it."""
+    model_dir = Path(model_dir)
+    if not model_dir.is_dir():
+        raise UsageError(f"{where}: '{model_dir}' is not a directory",
+                         hint="pass a Hugging Face model directory (config.json, model.safetensors, "
+                              "tokenizer.json), as model.save_pretrained(DIR) and tokenizer.save_pretrained(DIR) write it")
+    for needed, how in (("config.json", "model.save_pretrained(DIR)"),
+                        ("tokenizer.json", "tokenizer.save_pretrained(DIR) (a fast tokenizer)")):
+        if not (model_dir / needed).is_file():
+            raise UsageError(f"{where}: '{model_dir}' has no {needed}", hint=f"write it with {how}")
+    if not any(model_dir.glob("*.safetensors")):
+        raise UsageError(f"{where}: '{model_dir}' has no .safetensors weights",
+                         hint="edgekit reads only safetensors (no pickled code): "
+                              "model.save_pretrained(DIR, safe_serialization=True)")
+    return model_dir
+
+
+def load_decoder_app(app_dir: str | Path) -> DecoderSource | None:
+    """A text-generation app's DecoderSource, or None for any other app."""
     root = Path(app_dir)
     path = root / APP_FILE
     if not path.is_file():

@@ -20,6 +20,9 @@
 // plugin (insn_count.c) counts the guest instructions executed between them:
 // a deterministic cost under emulation, where wall time means nothing.
 //
+// --generate N --prompt-ids FILE: greedy generation with a text-generation
+// build's decoder (see generate() below) instead of timing one inference.
+//
 // Exit status: 0 ok, 1 the runtime failed, 2 bad arguments or inputs.
 
 #include <executorch/extension/module/module.h>
@@ -70,10 +73,12 @@ constexpr long kMarkSyscall = 0x4ed6;
 constexpr const char* kVersion = EDGEKIT_ET_VERSION;  // the executorch wheel it was built against
 
 struct Args {
-  std::string artifact, inputs, outputs;
+  std::string artifact, inputs, outputs, prompt_ids;
   int threads = 1, warmup = 10, runs = 50;
   double min_seconds = 0.0;
   bool count = false;
+  int generate = 0;  // > 0: generation mode, this many new tokens at most
+  int64_t max_seq_len = 256, eos = -1;
 };
 
 std::string json_escape(const std::string& s) {
@@ -115,12 +120,17 @@ Args parse(int argc, char** argv) {
     else if (k == "--inputs") a.inputs = value();
     else if (k == "--outputs") a.outputs = value();
     else if (k == "--count") a.count = true;
+    else if (k == "--generate") a.generate = static_cast<int>(number(1));
+    else if (k == "--prompt-ids") a.prompt_ids = value();
+    else if (k == "--max-seq-len") a.max_seq_len = static_cast<int64_t>(number(2));
+    else if (k == "--eos") a.eos = static_cast<int64_t>(number(0));
     else if (k == "--timeout") { value(); }  // accepted for the Python runner's argv; the host enforces it
     else if (!k.empty() && k[0] == '-') fail("usage", "unknown option " + k, 2);
     else if (a.artifact.empty()) a.artifact = k;
     else fail("usage", "more than one artifact given: " + k, 2);
   }
   if (a.artifact.empty()) fail("usage", "usage: edgekit-et-runner model.pte [--threads N] [--warmup W] [--runs R]", 2);
+  if ((a.generate > 0) != !a.prompt_ids.empty()) fail("usage", "--generate N and --prompt-ids FILE go together", 2);
   return a;
 }
 
@@ -243,6 +253,84 @@ std::string describe_outputs(const std::vector<EValue>& outputs) {
   return js.str();
 }
 
+// ---- generation mode (text-generation builds, edgekit/llm) ----
+//
+// --generate N --prompt-ids FILE [--max-seq-len L] [--eos ID]: greedy
+// generation with a decoder .pte whose forward(input_ids (1, n) int64,
+// cache_position (n) int64) returns logits (1, n, vocab) and keeps its KV cache
+// in the program's mutable buffers. FILE holds the prompt's token ids as raw
+// little-endian int64. The prompt is prefilled in one call, then one call per
+// token. With --count, the instruction-count markers bracket the decode calls
+// (every token after the first), so the count divided by them is guest
+// instructions per decoded token.
+
+int64_t argmax_last(const EValue& logits) {
+  const auto& t = logits.toTensor();
+  ssize_t vocab = t.size(t.dim() - 1);
+  const float* row = t.const_data_ptr<float>() + (t.numel() - vocab);
+  return static_cast<int64_t>(std::max_element(row, row + vocab) - row);
+}
+
+int generate(Module& module, const Args& a, double load_ms) {
+  std::ifstream f(a.prompt_ids, std::ios::binary);
+  if (!f) fail("usage", "cannot read --prompt-ids " + a.prompt_ids, 2);
+  std::vector<char> raw((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+  if (raw.empty() || raw.size() % 8) fail("usage", "--prompt-ids " + a.prompt_ids + " must hold int64 token ids", 2);
+  std::vector<int64_t> prompt(raw.size() / 8);
+  memcpy(prompt.data(), raw.data(), raw.size());
+  int64_t n = static_cast<int64_t>(prompt.size());
+  if (n >= a.max_seq_len) fail("usage", "the prompt is " + std::to_string(n) + " tokens; the context holds " + std::to_string(a.max_seq_len), 2);
+
+  auto step = [&](std::vector<int64_t>& ids, int64_t start) {
+    std::vector<int64_t> positions(ids.size());
+    for (size_t i = 0; i < ids.size(); ++i) positions[i] = start + static_cast<int64_t>(i);
+    auto input = executorch::extension::from_blob(ids.data(), {1, static_cast<int32_t>(ids.size())}, ScalarType::Long);
+    auto cache_position = executorch::extension::from_blob(positions.data(), {static_cast<int32_t>(positions.size())}, ScalarType::Long);
+    auto result = module.forward({EValue(*input), EValue(*cache_position)});
+    if (!result.ok()) fail("run_failed", "running " + a.artifact + " failed: ExecuTorch error " + std::to_string(static_cast<int>(result.error())), 1);
+    return argmax_last((*result)[0]);
+  };
+
+  double t0 = now_ms();
+  std::vector<int64_t> tokens{step(prompt, 0)};
+  double prefill_ms = now_ms() - t0;
+  std::string stopped = "max_new_tokens";
+  if (a.count) syscall(kMarkSyscall, 1);
+  double decode_start = now_ms();
+  while (true) {
+    if (a.eos >= 0 && tokens.back() == a.eos) { stopped = "eos"; break; }
+    if (static_cast<int>(tokens.size()) >= a.generate) break;
+    int64_t position = n + static_cast<int64_t>(tokens.size()) - 1;
+    if (position >= a.max_seq_len) { stopped = "context_full"; break; }
+    std::vector<int64_t> last{tokens.back()};
+    tokens.push_back(step(last, position));
+  }
+  double decode_ms = now_ms() - decode_start;
+  if (a.count) syscall(kMarkSyscall, 2);
+  size_t decoded = tokens.size() - 1;
+  struct rusage ru;
+  getrusage(RUSAGE_SELF, &ru);
+  struct utsname un;
+  uname(&un);
+  std::ostringstream js;
+  js.precision(4);
+  js << std::fixed;
+  js << "{\"ok\": true, \"runner\": \"edgekit-et-runner\", \"mode\": \"generate\""
+     << ", \"runtime\": {\"name\": \"executorch-native\", \"version\": \"" << kVersion << "\"}"
+     << ", \"machine\": \"" << json_escape(un.machine) << "\", \"threads\": " << a.threads
+     << ", \"load_ms\": " << load_ms << ", \"prompt_tokens\": " << n << ", \"new_tokens\": " << tokens.size()
+     << ", \"time_to_first_token_ms\": " << prefill_ms
+     << ", \"prefill_tokens_per_s\": " << (n / (prefill_ms / 1e3))
+     << ", \"decode_tokens_per_s\": ";
+  if (decoded && decode_ms > 0) js << (decoded / (decode_ms / 1e3)); else js << "null";
+  js << ", \"decoded_tokens\": " << decoded << ", \"stopped\": \"" << stopped << "\""
+     << ", \"counted\": " << (a.count ? "true" : "false") << ", \"peak_rss_kb\": " << ru.ru_maxrss << ", \"tokens\": [";
+  for (size_t i = 0; i < tokens.size(); ++i) js << (i ? ", " : "") << tokens[i];
+  js << "]}";
+  printf("%s\n", js.str().c_str());
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -257,6 +345,7 @@ int main(int argc, char** argv) {
   Error err = module.load_method("forward");
   if (err != Error::Ok) fail("load_failed", "loading " + a.artifact + " failed: ExecuTorch error " + std::to_string(static_cast<int>(err)), 1);
   double load_ms = now_ms() - t0;
+  if (a.generate > 0) return generate(module, a, load_ms);
 
   // The memory plan's arena: what the method's activations need at most, fixed at export.
   size_t planned_bytes = 0;
