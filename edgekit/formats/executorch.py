@@ -570,13 +570,15 @@ def export_decoder(model, path: Path, max_seq_len: int, metadata: dict) -> dict:
     edge = to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner()],
                                        compile_config=EdgeCompileConfig(_check_ir_validity=False),
                                        constant_methods=metadata)
-    outside = _ops_outside_delegate(edge.exported_program().graph_module)
     # do_quant_fusion_and_const_prop folds the 4-bit embedding's dequantize into quantized_decomposed's
     # embedding_4bit kernel (executorch.kernels.quantized); alloc_graph_input=False: inputs are the caller's.
     executorch_program = edge.to_executorch(ExecutorchBackendConfig(
         extract_delegate_segments=True, do_quant_fusion_and_const_prop=True,
         memory_planning_pass=MemoryPlanningPass(alloc_graph_input=False)))
     Path(path).write_bytes(executorch_program.buffer)
+    # Read after the fusion: before it, the embedding's dequantize and lookup are two ops of their own.
+    outside = [op for op in _ops_outside_delegate(executorch_program.exported_program().graph_module)
+               if op != "alloc"]  # the memory plan's allocations, not ops
     plan = executorch_program.executorch_program.execution_plan
     forward = next(p for p in plan if p.name == "forward")
     return {"delegates": sorted({d.id for d in forward.delegates}), "ops_outside_delegate": outside,

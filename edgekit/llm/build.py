@@ -24,7 +24,6 @@ from edgekit.llm.decoder import DEFAULT_MAX_SEQ_LEN, TOKENIZER_FILES
 from edgekit.model.app import DecoderSource
 
 TASK = "text-generation"
-FORMATS = ("executorch",)  # int4 MatMulNBits for ONNX Runtime is not built yet
 GROUP_SIZES = (16, 32, 64, 128, 256)
 SPEED_NEW_TOKENS = 64  # tokens generated per timing run (fewer when the context is shorter)
 
@@ -151,8 +150,8 @@ def build(src: DecoderSource, target: str, recipe: DecoderRecipe, out: Path | No
     manifest["build_dir"] = str(out_dir)
     if not verdict.passed:
         raise BuildGateFailed(f"model.pte misses the quality gate: {verdict.why}",
-                              hint="give training text for QAT (--train-text, or more --qat-steps), a smaller "
-                                   "--group-size, or --embedding-bits 8", manifest=manifest)
+                              hint="give training text for QAT (--train-text, or more --qat-steps), or a smaller "
+                                   "--group-size", manifest=manifest)
     return manifest
 
 
