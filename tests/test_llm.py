@@ -309,3 +309,22 @@ def test_tinylm_generates_on_the_emulated_board(tinylm_build, run_cli):
     assert doc["cpu"] == "cortex-a76" and doc["stopped"] == "max_new_tokens"
     assert doc["tokens"] == host
     assert doc["guest_instructions_per_token"] > 10_000
+
+
+def test_without_transformers_the_llm_extra_is_named(tmp_path, run_cli):
+    """`pip install edgekit` alone has no transformers: a text-generation build says which extra brings it."""
+    blocker = tmp_path / "site"
+    blocker.mkdir()
+    (blocker / "sitecustomize.py").write_text(
+        "import sys\nclass _Block:\n    def find_spec(self, name, path=None, target=None):\n"
+        "        if name == 'transformers' or name.startswith('transformers.'):\n"
+        "            raise ModuleNotFoundError(name)\n        return None\nsys.meta_path.insert(0, _Block())\n")
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PYTHONPATH": f"{blocker}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    proc = subprocess.run([sys.executable, "-m", "edgekit", "build", str(TINYLM), "--out", str(tmp_path / "o")],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "transformers" in proc.stderr and "edgekit[llm]" in proc.stderr

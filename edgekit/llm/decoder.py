@@ -33,11 +33,21 @@ def architecture(model_dir: Path) -> str:
         raise UsageError(f"{Path(model_dir) / 'config.json'}: not readable JSON: {e}") from None
 
 
+def require_transformers() -> None:
+    """Text generation needs transformers (the `llm` extra); without it, say how to get it."""
+    try:
+        import transformers  # noqa: F401
+    except ImportError:
+        raise UsageError("text generation needs the transformers package, which is not installed",
+                         hint="pip install 'edgekit[llm]'") from None
+
+
 def load(model_dir: Path):
     """(model in eval mode, float32; tokenizer) from a model directory."""
     from edgekit.quiet import quiet_model_libraries
 
-    quiet_model_libraries()
+    quiet_model_libraries()  # before transformers is imported: it reads its verbosity then
+    require_transformers()
     from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
 
     try:

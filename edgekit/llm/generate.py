@@ -110,9 +110,11 @@ def open_build(build_dir):
     tokenizer_file = build_dir / "tokenizer.json"
     if not tokenizer_file.is_file():
         raise UsageError(f"{tokenizer_file} is missing", hint="copy the whole build directory again, or rebuild")
+    from edgekit.llm.decoder import require_transformers
     from edgekit.quiet import quiet_model_libraries
 
-    quiet_model_libraries()
+    quiet_model_libraries()  # before transformers is imported: it reads its verbosity then
+    require_transformers()
     from transformers import PreTrainedTokenizerFast
 
     tokenizer = PreTrainedTokenizerFast.from_pretrained(build_dir)
