@@ -489,8 +489,8 @@ def emulated_baseline(core, model, example: tuple, one_sample) -> int | None:
 DECODER_SCHEME = "8da4w"
 
 
-def decoder_quant_configs(model, group_size: int, embedding_bits: int) -> list[tuple[object, object, str]]:
-    """(torchao config, filter_fn, what) for each kind of layer of a decoder, in the order applied.
+def decoder_quant_configs(model, group_size: int, embedding_bits: int) -> list[tuple[object, object, str, int]]:
+    """(torchao config, filter_fn, what, weight bits) for each kind of layer of a decoder, in the order applied.
 
     The same list drives post-training quantization (torchao's quantize_) and QAT (QATConfig
     prepare/convert), so the weights a QAT run learns for are the weights that ship."""
@@ -506,12 +506,14 @@ def decoder_quant_configs(model, group_size: int, embedding_bits: int) -> list[t
     dtype = {4: torch.int4, 8: torch.int8}
     return [
         (IntxWeightOnlyConfig(weight_dtype=dtype[embedding_bits], granularity=per(embedding_bits)),
-         lambda module, fqn: isinstance(module, torch.nn.Embedding), f"embeddings: int{embedding_bits} weights"),
+         lambda module, fqn: isinstance(module, torch.nn.Embedding), f"embeddings: int{embedding_bits} weights",
+         embedding_bits),
         (Int8DynamicActivationIntxWeightConfig(weight_dtype=dtype[embedding_bits], weight_granularity=per(embedding_bits)),
-         lambda module, fqn: module is head, f"output head: int8 activations, int{embedding_bits} weights"),
+         lambda module, fqn: module is head, f"output head: int8 activations, int{embedding_bits} weights",
+         embedding_bits),
         (Int8DynamicActivationIntxWeightConfig(weight_dtype=torch.int4, weight_granularity=PerGroup(group_size)),
          lambda module, fqn: isinstance(module, torch.nn.Linear) and module is not head,
-         f"linear layers: int8 activations, int4 weights in groups of {group_size}"),
+         f"linear layers: int8 activations, int4 weights in groups of {group_size}", 4),
     ]
 
 
@@ -520,7 +522,7 @@ def quantize_decoder(model, group_size: int, embedding_bits: int) -> None:
     quiet_python_logs()
     from torchao.quantization import quantize_
 
-    for config, selected, _ in decoder_quant_configs(model, group_size, embedding_bits):
+    for config, selected, *_ in decoder_quant_configs(model, group_size, embedding_bits):
         quantize_(model, config, filter_fn=selected)
 
 
@@ -530,7 +532,7 @@ def prepare_decoder_qat(model, group_size: int, embedding_bits: int) -> None:
     from torchao.quantization import quantize_
     from torchao.quantization.qat import QATConfig
 
-    for config, selected, _ in decoder_quant_configs(model, group_size, embedding_bits):
+    for config, selected, *_ in decoder_quant_configs(model, group_size, embedding_bits):
         quantize_(model, QATConfig(config, step="prepare"), filter_fn=selected)
 
 
@@ -541,7 +543,7 @@ def convert_decoder_qat(model, group_size: int, embedding_bits: int) -> None:
 
     # The filters are made again from the prepared model: prepare swapped its Linears and Embeddings
     # for fake-quantized subclasses of them, so isinstance still holds and the head is found anew.
-    for config, selected, _ in decoder_quant_configs(model, group_size, embedding_bits):
+    for config, selected, *_ in decoder_quant_configs(model, group_size, embedding_bits):
         quantize_(model, QATConfig(config, step="convert"), filter_fn=selected)
 
 

@@ -182,16 +182,23 @@ def _runner_metadata(model, tokenizer, max_seq_len: int) -> dict:
             "get_bos_id": int(bos if bos is not None else -1), "get_eos_ids": [int(eos)] if eos is not None else []}
 
 
+def _selected(model, layers):
+    """(what, bits, module) for every module a quantization config selects, each weight once."""
+    seen = set()
+    for _, selected, what, bits in layers:
+        for fqn, module in model.named_modules():
+            if selected(module, fqn) and id(module.weight) not in seen:
+                seen.add(id(module.weight))
+                yield what, bits, module
+
+
 def _weight_shares(model, layers) -> dict:
     """{what: share of the weights (%)} for each kind of layer, and those left float (norms, biases)."""
-    counted, total, shares = set(), sum(p.numel() for p in model.parameters()), {}
-    for _, selected, what in layers:
-        n = 0
-        for fqn, module in model.named_modules():
-            if selected(module, fqn) and id(module.weight) not in counted:
-                counted.add(id(module.weight))
-                n += module.weight.numel()
-        shares[what] = round(100.0 * n / total, 2)
+    total = sum(p.numel() for p in model.parameters())
+    shares = {what: 0 for _, _, what, _ in layers}
+    for what, _, module in _selected(model, layers):
+        shares[what] += module.weight.numel()
+    shares = {what: round(100.0 * n / total, 2) for what, n in shares.items()}
     shares["float (norms, biases)"] = round(100.0 - sum(shares.values()), 2)
     return shares
 
@@ -203,16 +210,12 @@ def _bytes_per_token(model, layers, recipe: DecoderRecipe) -> dict:
     import torch
 
     weights = 0
-    for _, selected, what in layers:
-        for fqn, module in model.named_modules():
-            if not selected(module, fqn):
-                continue
-            rows, cols = module.weight.shape
-            bits = 4 if "int4" in what else 8
-            scales = rows * (cols // recipe.group_size if bits == 4 else 1)
-            if isinstance(module, torch.nn.Embedding):
-                rows, scales = 1, (cols // recipe.group_size if bits == 4 else 1)
-            weights += rows * cols * bits // 8 + 4 * scales
+    for _, bits, module in _selected(model, layers):
+        rows, cols = module.weight.shape
+        scales_per_row = cols // recipe.group_size if bits == 4 else 1
+        if isinstance(module, torch.nn.Embedding):
+            rows = 1
+        weights += rows * cols * bits // 8 + 4 * rows * scales_per_row
     config = model.config  # GPT-2's n_layer/n_head/n_embd answer to these names too (attribute_map)
     heads = config.num_attention_heads
     kv_heads = getattr(config, "num_key_value_heads", None) or heads
