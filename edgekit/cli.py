@@ -343,7 +343,8 @@ def build(**options):
 @click.option("-p", "--prompt", required=True, help="The text to continue.")
 @click.option("-n", "--max-new-tokens", type=int, default=64, show_default=True, help="Stop after this many tokens.")
 @click.option("--emulate", is_flag=True,
-              help="Generate on an emulated core of the build's target (qemu, the native runner; `make emulator`).")
+              help="Generate on an emulated core of the build's target (qemu: the native runner for a .pte, the "
+                   "guest's onnxruntime for an .onnx; `make emulator`).")
 @click.option("--json", "as_json", is_flag=True, help="Print the text and the timings as JSON at the end instead of streaming.")
 def generate(build_dir, prompt, max_new_tokens, emulate, as_json):
     """Generate text with a text-generation build on this computer (greedy), streamed as it is made.
@@ -388,7 +389,7 @@ def generate(build_dir, prompt, max_new_tokens, emulate, as_json):
 _DECODER_KEYS = ("max_seq_len", "group_size", "embedding_bits", "qat_steps", "eval_text", "train_text",
                  "max_perplexity_increase")
 # What a text-generation build reads besides the decoder options; every other build option is refused.
-_DECODER_TAKES = {"app_dir", "model", "task", "target", "out", "as_json", "min_agreement", "nnodes"}
+_DECODER_TAKES = {"app_dir", "model", "task", "target", "out", "as_json", "min_agreement", "nnodes", "formats"}
 
 
 def _decoder_source(options: dict, decoder: dict):
@@ -432,6 +433,11 @@ def _run_decoder_build(source, options: dict, decoder: dict) -> None:
         given["embedding_bits"] = int(given["embedding_bits"])
     if options["min_agreement"] is not None:
         given["min_agreement"] = options["min_agreement"]
+    if options["formats"]:
+        if len(options["formats"]) > 1:
+            raise UsageError(f"--format {' --format '.join(options['formats'])}: a text-generation build makes one "
+                             "artifact", hint="give --format executorch or --format onnx; build twice for both")
+        given["format"] = options["formats"][0]
     recipe = DecoderRecipe(**given)
     from edgekit.errors import BuildGateFailed
 

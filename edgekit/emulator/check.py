@@ -39,6 +39,7 @@ from edgekit.errors import UsageError
 from edgekit.runtime import RUNNER_PATH, last_json
 
 GUEST_PREDICT = Path(__file__).resolve().parent / "guest_predict.py"
+GUEST_GENERATE = Path(__file__).resolve().parent / "guest_generate.py"
 DEFAULT_SAMPLES = 32  # emulated inference is slow: enough to catch a wrong kernel, not a full accuracy run
 TIMEOUT = 900.0  # seconds for one guest command (a MobileNetV2 under qemu takes ~1 s per inference)
 # qemu-aarch64 (dynamic, the build that loads plugins) is an x86 program: inside the
@@ -139,6 +140,26 @@ def generate_native_pte(core: EmulatedCore, artifact: Path, prompt_ids, new_toke
     doc = last_json(stdout)
     if doc is None or not doc.get("ok"):
         raise EmulationFailed(f"the emulated runner did not generate: {(doc or {}).get('error', 'no JSON result')}")
+    return doc, count
+
+
+def generate_in_guest_python(core: EmulatedCore, files: list[Path], prompt_ids, new_tokens: int, max_seq_len: int,
+                             eos_id: int | None = None) -> tuple[dict, int | None]:
+    """A text-generation `.onnx` (files[0], with the files it reads beside it) generating greedily in the
+    guest venv's onnxruntime (guest_generate.py): (its JSON, the guest instructions of the decode calls)."""
+    for f in files:
+        shutil.copy2(f, core.work / f.name)
+    shutil.copy2(GUEST_GENERATE, core.work / "guest_generate.py")
+    shutil.copy2(RUNNER_PATH, core.work / "runner.py")
+    np.asarray(prompt_ids, dtype="<i8").tofile(core.work / "prompt.ids")
+    command = [f"{VENV}/bin/python", f"{WORK}/guest_generate.py", f"{WORK}/{files[0].name}", f"{WORK}/prompt.ids",
+               str(new_tokens), "--count"]
+    if eos_id is not None:
+        command += ["--eos", str(eos_id)]
+    stdout, count = core.counted(command, "decoder")
+    doc = last_json(stdout)
+    if doc is None or not doc.get("ok"):
+        raise EmulationFailed(f"the guest's onnxruntime did not generate: {(doc or {}).get('error', 'no JSON result')}")
     return doc, count
 
 

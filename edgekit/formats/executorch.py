@@ -517,6 +517,12 @@ def decoder_quant_configs(model, group_size: int, embedding_bits: int) -> list[t
     ]
 
 
+def decoder_layers(model, group_size: int, embedding_bits: int) -> list[tuple[object, str, int, int | None]]:
+    """(filter_fn, what, weight bits, weights per scale; None: one scale per row) of decoder_quant_configs."""
+    return [(selected, what, bits, group_size if bits == 4 else None)
+            for _, selected, what, bits in decoder_quant_configs(model, group_size, embedding_bits)]
+
+
 def quantize_decoder(model, group_size: int, embedding_bits: int) -> None:
     """Post-training 8da4w (decoder_quant_configs), in place."""
     quiet_python_logs()

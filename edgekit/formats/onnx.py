@@ -25,8 +25,8 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from edgekit.emulator.check import run_in_guest_python
-from edgekit.errors import FormatUnsupported
+from edgekit.emulator.check import generate_in_guest_python, run_in_guest_python
+from edgekit.errors import FormatUnsupported, UsageError
 from edgekit.formats.activations import onnx_float_nodes
 from edgekit.formats.base import (
     DYNAMIC_SHAPE,
@@ -669,3 +669,156 @@ def emulate(core, artifact: Path, samples: list[list[np.ndarray]], input_names: 
     """In onnxruntime under the guest's python (the aarch64 wheel, as on a Pi)."""
 
     return run_in_guest_python(core, artifact, samples, input_names, "artifact", DEVICE_RUNTIME)
+
+
+# ---------------------------------------------------------------- decoders (edgekit build --task text-generation)
+
+DECODER_SCHEME = "int4 MatMulNBits (RTN)"
+DECODER_BUILDER = "onnxruntime-genai model builder"
+DECODER_FILES = ("model.onnx", "model.onnx.data", "genai_config.json")  # what the builder writes that we ship
+
+
+def decoder_layers(model, group_size: int, embedding_bits: int) -> list[tuple[object, str, int, int | None]]:
+    """(filter_fn, what, weight bits, weights per scale or None for float) for each kind of layer, as the
+    builder's RTN quantizer (algo_config=rtn) leaves them: every MatMul int4 in blocks of group_size with
+    an fp32 scale per block, the output head int8 in the same blocks when --embedding-bits is 8, and
+    the embedding table float (the builder quantizes Gather only when the head shares it)."""
+    import torch
+
+    head = model.get_output_embeddings()
+    return [
+        (lambda module, fqn: isinstance(module, torch.nn.Embedding), "embeddings: float weights", 32, None),
+        (lambda module, fqn: module is head,
+         f"output head: int{embedding_bits} weights in groups of {group_size}", embedding_bits, group_size),
+        (lambda module, fqn: isinstance(module, torch.nn.Linear) and module is not head,
+         f"linear layers: int4 weights in groups of {group_size}", 4, group_size),
+    ]
+
+
+def prepare_decoder_qat(model, group_size: int, embedding_bits: int) -> None:
+    """QAT for the MatMulNBits weights, in place: torchao's fake quantization of 8da4w (formats/executorch.py),
+    int4 symmetric in groups of group_size with int8 activations. onnxruntime's RTN rounds to a
+    slightly different symmetric grid (scale from the signed extreme over 8, not max|w| over 7.5), so
+    the weights are trained for int4 noise of that size rather than for exactly the values shipped;
+    on tinylm's held-out text that keeps the gate (tests/test_llm.py), where RTN alone misses it."""
+    from edgekit.formats.executorch import prepare_decoder_qat as fake_quantize
+
+    fake_quantize(model, group_size, embedding_bits)
+
+
+def convert_decoder_qat(model, group_size: int, embedding_bits: int) -> None:
+    """The QAT-trained model back to float Linear/Embedding layers holding the trained weights, in place:
+    export_decoder's builder rounds them to int4 (torchao's QATConfig convert step with no base config)."""
+    from torchao.quantization import quantize_
+    from torchao.quantization.qat import QATConfig
+
+    quantize_(model, QATConfig(step="convert"))
+
+
+def check_decoder_architecture(model_dir: Path) -> None:
+    """Refuse, before any training, a decoder the builder has no graph for: it raises NotImplementedError for
+    an unknown architecture, or fails on the config attributes its graphs read (GPT-2 has no intermediate_size)."""
+    import json
+
+    architecture = (json.loads((model_dir / "config.json").read_text()).get("architectures") or ["?"])[0]
+    with tempfile.TemporaryDirectory(prefix="edgekit-onnx-check-") as tmp:
+        try:
+            _run_builder(model_dir, Path(tmp) / "out", Path(tmp) / "cache", ["config_only=true"])
+        except (NotImplementedError, AttributeError, KeyError) as e:
+            raise FormatUnsupported(
+                f"{architecture}: onnxruntime-genai's model builder has no ONNX graph for this architecture ({e})",
+                hint="build it with --format executorch (transformers' ExecuTorch exporter takes it)") from None
+
+
+def export_decoder(model, tokenizer, out_dir: Path, max_seq_len: int, group_size: int, embedding_bits: int,
+                   precision: str = "int4") -> dict:
+    """A decoder (float weights, QAT-trained or not) to int4 `.onnx` with onnxruntime-genai's model builder.
+
+    The builder writes its own graph for the architecture (GroupQueryAttention with the KV cache as
+    inputs/outputs, fused norms, rotary caches) and quantizes every MatMul with onnxruntime's
+    MatMulNBitsQuantizer, RTN, symmetric, blocks of group_size, int8 compute on ARM (accuracy_level 4).
+    It reads a model directory, so the model is saved to a temporary one first. The files go into
+    out_dir (DECODER_FILES and the builder's tokenizer copies); genai_config.json's context is cut to
+    max_seq_len, so onnxruntime-genai's own runtime and edgekit's runner (runtime/runner.py
+    OnnxDecoder) stop where the manifest says. precision="fp32" writes the float graph instead (the
+    export checks compare it with the eager model)."""
+    import json
+
+    options = ["algo_config=rtn", f"block_size={group_size}", "accuracy_level=4"] if precision == "int4" else []
+    if embedding_bits == 8 and precision == "int4":
+        options.append("matmul_mixed_precision=last_matmul:int8")
+    with tempfile.TemporaryDirectory(prefix="edgekit-onnx-decoder-") as tmp:
+        source = Path(tmp) / "model"
+        model.save_pretrained(source)
+        tokenizer.save_pretrained(source)
+        _run_builder(source, out_dir, Path(tmp) / "cache", options, precision)
+    config_file = out_dir / "genai_config.json"
+    config = json.loads(config_file.read_text())
+    config["model"]["context_length"] = max_seq_len
+    config["search"]["max_length"] = max_seq_len
+    config_file.write_text(json.dumps(config, indent=4) + "\n")
+    import onnx
+    from collections import Counter
+
+    graph = onnx.load(str(out_dir / "model.onnx"), load_external_data=False).graph
+    from importlib.metadata import version
+
+    return {"builder": f"{DECODER_BUILDER} {version('onnxruntime-genai')}", "options": options,
+            "ops": dict(Counter(n.op_type for n in graph.node).most_common())}
+
+
+def _run_builder(model_dir: Path, out_dir: Path, cache_dir: Path, options: list[str], precision: str = "int4") -> None:
+    """onnxruntime_genai.models.builder on a local model directory for the CPU, nothing fetched (no token,
+    no remote code). Its prints and progress bars are kept from the terminal unless --debug."""
+    import logging
+
+    from edgekit.quiet import verbose
+
+    quiet_python_logs()
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    # onnxruntime's matmul_nbits_quantizer calls logging.basicConfig(level=INFO) when imported: that
+    # handler would print every later INFO line of every library; the root logger is put back as it was.
+    try:
+        from onnxruntime_genai.models.builder import create_model, parse_extra_options
+    except ImportError as e:
+        raise UsageError(f"text generation to .onnx needs onnxruntime-genai's model builder ({e})",
+                         hint="pip install 'edgekit[llm]'") from None
+    finally:
+        root.handlers[:], root.level = handlers, level
+    args = (None, str(model_dir), str(out_dir), precision, "cpu", str(cache_dir))
+    with contextlib.ExitStack() as quiet:
+        if not verbose():
+            captured = io.StringIO()
+            quiet.enter_context(contextlib.redirect_stdout(captured))
+            quiet.enter_context(contextlib.redirect_stderr(captured))
+            quiet.enter_context(root_logger_quiet())
+        extra = parse_extra_options(*args, [*options, "hf_token=false", "hf_remote=false"])
+        create_model(*args, **extra)
+
+
+class DecoderRunner:
+    """A decoder `.onnx` in onnxruntime on this computer, stepped as on a board (runtime/runner.py
+    OnnxDecoder): `step(ids, start) -> logits (len(ids), vocab)`."""
+
+    runtime = "onnxruntime"
+
+    def __init__(self, path: Path, threads: int | None = None):
+        from edgekit.runtime.runner import OnnxDecoder
+
+        self._decoder = OnnxDecoder()
+        if threads:
+            self._decoder.set_threads(threads)
+        self._decoder.load(str(path))
+        self.max_seq_len = self._decoder.max_seq_len
+
+    def step(self, ids, start: int) -> np.ndarray:
+        return self._decoder.step(ids, start)
+
+
+def emulate_generation(core, artifact: Path, prompt_ids, new_tokens: int, max_seq_len: int,
+                       eos_id: int | None = None) -> tuple[dict, int | None]:
+    """A decoder `.onnx` generating on the emulated core, in the guest's onnxruntime (the device runner's
+    OnnxDecoder and greedy loop)."""
+    return generate_in_guest_python(core, [artifact.parent / f for f in DECODER_FILES], prompt_ids, new_tokens,
+                                    max_seq_len, eos_id)

@@ -1,13 +1,20 @@
-"""`edgekit build --task text-generation`: a causal LM to an 8da4w `.pte` with its KV cache, judged and timed.
+"""`edgekit build --task text-generation`: a causal LM to 4-bit weights with its KV cache, judged and timed.
+
+Two formats, one flow:
+- executorch (default): 8da4w through torchao, exported by transformers' ExecuTorch
+  exporter with a static KV cache of --max-seq-len tokens, lowered to XNNPACK
+  (formats/executorch.py); the build dir holds model.pte.
+- onnx: int4 MatMulNBits (RTN) written by onnxruntime-genai's model builder, the
+  KV cache as graph inputs/outputs (formats/onnx.py); the build dir holds
+  model.onnx, model.onnx.data and genai_config.json.
 
 Steps: load the model directory; the float model's figures on the held-out text
 (perplexity, greedy continuations); 4-bit weights (QAT distilled from the float
-model when training text is given, else post-training); export with a static KV
-cache of --max-seq-len tokens, lowered to XNNPACK; the artifact judged in the
-ExecuTorch runtime (llm/quality.py) and timed against the float model on this
+model when training text is given, else post-training); export; the artifact
+judged in its runtime (llm/quality.py) and timed against the float model on this
 computer (llm/generate.py); decode tokens/s predicted from memory bandwidth
 (validate/cost.py decode_limit) for this computer and the target. The build dir
-holds model.pte, the tokenizer's files and manifest.json.
+also holds the tokenizer's files and manifest.json.
 
 A build whose artifact misses the gate is still written, marked ✗, and exits 3.
 """
@@ -24,12 +31,15 @@ from edgekit.llm.decoder import DEFAULT_MAX_SEQ_LEN, TOKENIZER_FILES
 from edgekit.model.app import DecoderSource
 
 TASK = "text-generation"
+FORMATS = ("executorch", "onnx")
+ARTIFACT = {"executorch": "model.pte", "onnx": "model.onnx"}
 GROUP_SIZES = (16, 32, 64, 128, 256)
 SPEED_NEW_TOKENS = 64  # tokens generated per timing run (fewer when the context is shorter)
 
 
 @dataclass(frozen=True)
 class DecoderRecipe:
+    format: str = "executorch"
     max_seq_len: int = DEFAULT_MAX_SEQ_LEN
     group_size: int = 32
     embedding_bits: int = 8
@@ -38,6 +48,9 @@ class DecoderRecipe:
     min_agreement: float = quality.DEFAULT_MIN_AGREEMENT
 
     def check(self) -> "DecoderRecipe":
+        if self.format not in FORMATS:
+            raise UsageError(f"--format {self.format}: text-generation builds take {' or '.join(FORMATS)}",
+                             hint="one format per build; build again with the other --format for both")
         if not 16 <= self.max_seq_len <= 32768:
             raise UsageError(f"--max-seq-len {self.max_seq_len}: give 16 to 32768 tokens",
                              hint="the KV cache holds this many tokens of prompt and reply; 256 is the default")
@@ -54,13 +67,13 @@ class DecoderRecipe:
 def build(src: DecoderSource, target: str, recipe: DecoderRecipe, out: Path | None, steps) -> dict:
     """Build `src` for `target` into `out` (default build/<name>-<target>); returns the manifest."""
     from edgekit.build.builddir import staged_build_dir
-    from edgekit.formats import executorch as fmt
-    from edgekit.manifest import sha256_file, versions, write_json_atomic
+    from edgekit.manifest import versions, write_json_atomic
     from edgekit.target import load_target
     from edgekit.train import decoder_qat
     from edgekit.validate.cost import decode_limit
 
     recipe = recipe.check()
+    fmt = decoder_format(recipe.format)
     tgt, host = load_target(target), load_target("host")
     out_dir = Path(out) if out else Path("build") / f"{src.name}-{tgt.name}"
     if src.eval_text is None:
@@ -74,6 +87,8 @@ def build(src: DecoderSource, target: str, recipe: DecoderRecipe, out: Path | No
                   "parameters": sum(p.numel() for p in model.parameters())}  # tied weights once, as loaded
         decoder.exportable(model, recipe.max_seq_len)
         _check_group_size(model, recipe.group_size)
+        if recipe.format == "onnx":
+            fmt.check_decoder_architecture(src.model_dir)
         record["config"] = loaded
     text = quality.HeldOutText.from_tokens(tokenizer.encode(_read_text(src.eval_text, "eval")),
                                            recipe.max_seq_len, str(src.eval_text))
@@ -88,10 +103,10 @@ def build(src: DecoderSource, target: str, recipe: DecoderRecipe, out: Path | No
         qat_steps = decoder_qat.DEFAULT_STEPS if src.train_text is not None else 0
     if qat_steps and src.train_text is None:
         raise UsageError(f"--qat-steps {qat_steps} needs training text", hint="pass --train-text FILE")
-    layers = fmt.decoder_quant_configs(model, recipe.group_size, recipe.embedding_bits)
+    layers = fmt.decoder_layers(model, recipe.group_size, recipe.embedding_bits)
     precision = _weight_shares(model, layers)
     if qat_steps:
-        with steps.step("qat", label=f"QAT 8da4w, {qat_steps} steps") as record:
+        with steps.step("qat", label=f"QAT int4, {qat_steps} steps") as record:
             result = decoder_qat.train(
                 model, tokenizer.encode(_read_text(src.train_text, "train")),
                 lambda m: fmt.prepare_decoder_qat(m, recipe.group_size, recipe.embedding_bits),
@@ -99,24 +114,32 @@ def build(src: DecoderSource, target: str, recipe: DecoderRecipe, out: Path | No
                 decoder_qat.DecoderQatConfig(steps=qat_steps), track=steps.track)
             quantized = result.pop("model")
             record["config"] = result
-    else:
+    elif recipe.format == "executorch":
         import copy
 
         with steps.step("quantize", label="quantize 8da4w (post-training)"):
             quantized = copy.deepcopy(model)
             fmt.quantize_decoder(quantized, recipe.group_size, recipe.embedding_bits)
+    else:
+        quantized = model  # the builder rounds the float weights (RTN) as it writes the graph
 
     metadata = _runner_metadata(model, tokenizer, recipe.max_seq_len)
     with staged_build_dir(out_dir, warn=steps.warn) as staging:
-        artifact = staging / "model.pte"
-        with steps.step("export", label="export model.pte (XNNPACK, KV cache)") as record:
-            export_facts = fmt.export_decoder(quantized, artifact, recipe.max_seq_len, metadata)
-            record["config"] = {"max_seq_len": recipe.max_seq_len}
+        artifact = staging / ARTIFACT[recipe.format]
+        if recipe.format == "executorch":
+            with steps.step("export", label="export model.pte (XNNPACK, KV cache)") as record:
+                export_facts = fmt.export_decoder(quantized, artifact, recipe.max_seq_len, metadata)
+                record["config"] = {"max_seq_len": recipe.max_seq_len}
+        else:
+            with steps.step("export", label="export model.onnx (int4 MatMulNBits, KV cache)") as record:
+                export_facts = fmt.export_decoder(quantized, tokenizer, staging, recipe.max_seq_len,
+                                                  recipe.group_size, recipe.embedding_bits)
+                record["config"] = {"max_seq_len": recipe.max_seq_len}
         for name in TOKENIZER_FILES:
             if (src.model_dir / name).is_file():
                 shutil.copyfile(src.model_dir / name, staging / name)
         runner = fmt.DecoderRunner(artifact)
-        with steps.step("judge", label="judge model.pte in executorch"):
+        with steps.step("judge", label=f"judge {artifact.name} in {runner.runtime}"):
             verdict = quality.judge(runner, reference, text, recipe.max_perplexity_increase, recipe.min_agreement,
                                     float_figures)
         with steps.step("speed", label="time generation on this computer"):
@@ -126,18 +149,18 @@ def build(src: DecoderSource, target: str, recipe: DecoderRecipe, out: Path | No
             float_speed = generate.decode_speed(reference, prompt, recipe.max_seq_len, new_tokens)
         per_token = _bytes_per_token(model, layers, recipe)
         manifest = {
-            "name": src.name, "task": TASK, "target": tgt.name, "format": "executorch",
-            "artifact": {"file": artifact.name, "sha256": sha256_file(artifact), "bytes": artifact.stat().st_size},
+            "name": src.name, "task": TASK, "target": tgt.name, "format": recipe.format, "runtime": runner.runtime,
+            "artifact": _file_entry(artifact),
+            # Files the artifact reads beside it (the .onnx's weights and its runtime config), checked the same way.
+            "artifact_files": [_file_entry(staging / f) for f in getattr(fmt, "DECODER_FILES", ())[1:]],
             "tokenizer": [n for n in TOKENIZER_FILES if (staging / n).is_file()],
-            "model": {**src.to_json(), **loaded,
-                      # The program's inputs: n token ids and their n positions, n from 1 to max_seq_len - 1.
-                      "inputs": [{"name": "input_ids", "shape": [1, "n"], "dtype": "int64"},
-                                 {"name": "cache_position", "shape": ["n"], "dtype": "int64"}]},
+            "model": {**src.to_json(), **loaded, "inputs": _DECODER_INPUTS[recipe.format]},
             "target_profile": tgt.to_json(),
             "recipe": asdict(recipe) | {"qat_steps": qat_steps},
             "quantization": {"scheme": fmt.DECODER_SCHEME, "group_size": recipe.group_size,
                              "method": "qat" if qat_steps else "post-training", "weights": precision},
-            "export": {"max_seq_len": recipe.max_seq_len, **export_facts, "metadata": metadata},
+            "export": {"max_seq_len": recipe.max_seq_len, **export_facts,
+                       **({"metadata": metadata} if recipe.format == "executorch" else {})},
             "quality": verdict.to_json() | {"max_perplexity_increase_pct": recipe.max_perplexity_increase,
                                             "min_agreement_pct": recipe.min_agreement},
             "speed": {"host": {"artifact": speed.to_json(), "float_eager": float_speed.to_json(),
@@ -149,10 +172,37 @@ def build(src: DecoderSource, target: str, recipe: DecoderRecipe, out: Path | No
         write_json_atomic(staging / "manifest.json", manifest)
     manifest["build_dir"] = str(out_dir)
     if not verdict.passed:
-        raise BuildGateFailed(f"model.pte misses the quality gate: {verdict.why}",
+        raise BuildGateFailed(f"{artifact.name} misses the quality gate: {verdict.why}",
                               hint="give training text for QAT (--train-text, or more --qat-steps), or a smaller "
                                    "--group-size", manifest=manifest)
     return manifest
+
+
+# What the artifact is called with. executorch: n token ids and their n positions (n from 1 to
+# max_seq_len - 1), the cache inside the program. onnx: the cache goes in and out with every call.
+_DECODER_INPUTS = {
+    "executorch": [{"name": "input_ids", "shape": [1, "n"], "dtype": "int64"},
+                   {"name": "cache_position", "shape": ["n"], "dtype": "int64"}],
+    "onnx": [{"name": "input_ids", "shape": [1, "n"], "dtype": "int64"},
+             {"name": "attention_mask", "shape": [1, "past + n"], "dtype": "int64"},
+             {"name": "past_key_values.{layer}.key|value", "shape": [1, "kv_heads", "past", "head_size"],
+              "dtype": "float32"}],
+}
+
+
+def decoder_format(name: str):
+    """The format module that quantizes, exports and runs decoders in `name`."""
+    if name == "onnx":
+        from edgekit.formats import onnx as fmt
+    else:
+        from edgekit.formats import executorch as fmt
+    return fmt
+
+
+def _file_entry(path: Path) -> dict:
+    from edgekit.manifest import sha256_file
+
+    return {"file": path.name, "sha256": sha256_file(path), "bytes": path.stat().st_size}
 
 
 def _read_text(path: Path, what: str) -> str:
@@ -183,20 +233,20 @@ def _runner_metadata(model, tokenizer, max_seq_len: int) -> dict:
 
 
 def _selected(model, layers):
-    """(what, bits, module) for every module a quantization config selects, each weight once."""
+    """(what, bits, weights per scale, module) for every module a format's decoder_layers selects, each weight once."""
     seen = set()
-    for _, selected, what, bits in layers:
+    for selected, what, bits, group in layers:
         for fqn, module in model.named_modules():
             if selected(module, fqn) and id(module.weight) not in seen:
                 seen.add(id(module.weight))
-                yield what, bits, module
+                yield what, bits, group, module
 
 
 def _weight_shares(model, layers) -> dict:
     """{what: share of the weights (%)} for each kind of layer, and those left float (norms, biases)."""
     total = sum(p.numel() for p in model.parameters())
-    shares = {what: 0 for _, _, what, _ in layers}
-    for what, _, module in _selected(model, layers):
+    shares = {what: 0 for _, what, _, _ in layers}
+    for what, _, _, module in _selected(model, layers):
         shares[what] += module.weight.numel()
     shares = {what: round(100.0 * n / total, 2) for what, n in shares.items()}
     shares["float (norms, biases)"] = round(100.0 - sum(shares.values()), 2)
@@ -204,15 +254,16 @@ def _weight_shares(model, layers) -> dict:
 
 
 def _bytes_per_token(model, layers, recipe: DecoderRecipe) -> dict:
-    """Bytes one decode step must read from memory: every weight once (the embedding table one row),
-    4-bit weights at half a byte plus an fp32 scale per group, 8-bit at a byte plus a scale per row;
-    and the KV cache, which the static cache's attention reads whole (fp32) at every step."""
+    """Bytes one decode step must read from memory: every weight once (the embedding table one row), at
+    its bits plus an fp32 scale per group (per row where the format keeps one per row; none for float);
+    and the KV cache at the full --max-seq-len (fp32): the static cache's attention (executorch) reads it
+    whole at every step, and the growing one (onnx) reaches that size at the end of the context."""
     import torch
 
     weights = 0
-    for _, bits, module in _selected(model, layers):
+    for _, bits, group, module in _selected(model, layers):
         rows, cols = module.weight.shape
-        scales_per_row = cols // recipe.group_size if bits == 4 else 1
+        scales_per_row = 0 if bits > 8 else cols // group if group else 1
         if isinstance(module, torch.nn.Embedding):
             rows = 1
         weights += rows * cols * bits // 8 + 4 * rows * scales_per_row

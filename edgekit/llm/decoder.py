@@ -73,6 +73,7 @@ def exportable(model, max_seq_len: int):
     out, inp = model.get_output_embeddings(), model.get_input_embeddings()
     if out is not None and out.weight is inp.weight:
         out.weight = torch.nn.Parameter(inp.weight.detach().clone())
+        model.config.tie_word_embeddings = False  # so a saved copy (the ONNX builder's input) stays untied
     model.generation_config.cache_implementation = "static"
     model.generation_config.cache_config = {"batch_size": 1, "max_cache_len": max_seq_len}
     return model

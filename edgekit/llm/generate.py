@@ -1,8 +1,9 @@
-"""The generation loop every decoder runner shares, and the figures users ask of it.
+"""Generation with a decoder build, and the figures users ask of it.
 
 A runner has `step(ids, start) -> logits (len(ids), vocab)`: it feeds tokens at
 positions start.. into its KV cache. Generation is one prefill call for the
-prompt, then one call per new token (greedy: the most likely token each time).
+prompt, then one call per new token (greedy: the most likely token each time);
+the loop is the device runner's (runtime/runner.py generate_greedy).
 
 Figures (wall clock, this process):
 - time to first token: the prefill call plus picking its token, ms;
@@ -15,10 +16,7 @@ Figures (wall clock, this process):
 from __future__ import annotations
 
 import resource
-import time
 from dataclasses import asdict, dataclass
-
-import numpy as np
 
 from edgekit.errors import UsageError
 
@@ -48,39 +46,19 @@ def check_prompt(prompt_tokens: int, max_seq_len: int, where: str = "the prompt"
 
 def generate(runner, prompt_ids, max_new_tokens: int, max_seq_len: int, eos_id: int | None = None,
              on_token=None) -> tuple[list[int], GenerationStats]:
-    """Greedy generation; `on_token(id)` is called as each token is made (streaming)."""
+    """Greedy generation; `on_token(id)` is called as each token is made (streaming). The loop is the
+    device runner's (runtime/runner.py generate_greedy), so a board generates as the host does."""
+    from edgekit.runtime.runner import generate_greedy
+
     prompt = [int(t) for t in prompt_ids]
     check_prompt(len(prompt), max_seq_len)
-    start = time.perf_counter()
-    logits = runner.step(np.asarray(prompt, dtype=np.int64), 0)
-    token = int(np.argmax(logits[-1]))
-    prefill_s = time.perf_counter() - start
-    out = [token]
-    if on_token:
-        on_token(token)
-    stopped = "max_new_tokens"
-    decode_start = time.perf_counter()
-    while True:
-        if eos_id is not None and token == eos_id:
-            stopped = "eos"
-            break
-        if len(out) >= max_new_tokens:
-            break
-        position = len(prompt) + len(out) - 1  # where the last token goes in the cache
-        if position >= max_seq_len:
-            stopped = "context_full"
-            break
-        token = int(np.argmax(runner.step(np.asarray([token], dtype=np.int64), position)[-1]))
-        out.append(token)
-        if on_token:
-            on_token(token)
-    decode_s = time.perf_counter() - decode_start
+    out, timing = generate_greedy(runner.step, prompt, max_new_tokens, max_seq_len, eos_id, on_token)
     decoded = len(out) - 1
     stats = GenerationStats(
         prompt_tokens=len(prompt), new_tokens=len(out),
-        time_to_first_token_ms=prefill_s * 1e3, prefill_tokens_per_s=len(prompt) / prefill_s,
-        decode_tokens_per_s=decoded / decode_s if decoded and decode_s > 0 else None,
-        peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, stopped=stopped)
+        time_to_first_token_ms=timing["prefill_s"] * 1e3, prefill_tokens_per_s=len(prompt) / timing["prefill_s"],
+        decode_tokens_per_s=decoded / timing["decode_s"] if decoded and timing["decode_s"] > 0 else None,
+        peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, stopped=timing["stopped"])
     return out, stats
 
 
@@ -95,7 +73,7 @@ def open_build(build_dir):
     """(runner, tokenizer, manifest) of a text-generation build, its artifact checked against its sha256."""
     from pathlib import Path
 
-    from edgekit.formats.executorch import DecoderRunner
+    from edgekit.llm.build import decoder_format
     from edgekit.manifest import inside, read_manifest, sha256_file
 
     build_dir = Path(build_dir)
@@ -103,10 +81,12 @@ def open_build(build_dir):
     if manifest.get("task") != "text-generation":
         raise UsageError(f"'{build_dir}' is not a text-generation build",
                          hint="build a decoder with `edgekit build --task text-generation --model MODEL_DIR`")
-    artifact = inside(build_dir, manifest["artifact"]["file"], f"{build_dir}: artifact.file")
-    if not artifact.is_file() or sha256_file(artifact) != manifest["artifact"]["sha256"]:
-        raise UsageError(f"{artifact} is missing or not the file this build wrote (sha256 differs)",
-                         hint="copy the whole build directory again, or rebuild")
+    for entry in [manifest["artifact"], *manifest.get("artifact_files", [])]:
+        path = inside(build_dir, entry["file"], f"{build_dir}: artifact file")
+        if not path.is_file() or sha256_file(path) != entry["sha256"]:
+            raise UsageError(f"{path} is missing or not the file this build wrote (sha256 differs)",
+                             hint="copy the whole build directory again, or rebuild")
+    artifact = build_dir / manifest["artifact"]["file"]
     tokenizer_file = build_dir / "tokenizer.json"
     if not tokenizer_file.is_file():
         raise UsageError(f"{tokenizer_file} is missing", hint="copy the whole build directory again, or rebuild")
@@ -118,7 +98,7 @@ def open_build(build_dir):
     from transformers import PreTrainedTokenizerFast
 
     tokenizer = PreTrainedTokenizerFast.from_pretrained(build_dir)
-    return DecoderRunner(artifact), tokenizer, manifest
+    return decoder_format(manifest.get("format", "executorch")).DecoderRunner(artifact), tokenizer, manifest
 
 
 class TextStream:
@@ -140,14 +120,15 @@ class TextStream:
 
 
 def generate_emulated(build_dir, prompt_ids, max_new_tokens: int, eos_id: int | None) -> dict:
-    """Greedy generation with the build's `.pte` on an emulated core of its target (qemu, the native
-    ExecuTorch runner): {"tokens", "stopped", "guest_instructions_per_token", "cpu"}. Wall time under
+    """Greedy generation with the build's artifact on an emulated core of its target (qemu; a `.pte` in the
+    native ExecuTorch runner, an `.onnx` in the guest's onnxruntime):
+    {"tokens", "stopped", "guest_instructions_per_token", "cpu"}. Wall time under
     emulation says nothing about a board, so none is returned; instructions per decoded token are
     deterministic and compare cores and builds."""
     from pathlib import Path
 
     from edgekit.emulator.check import emulated_core
-    from edgekit.formats.executorch import emulate_generation
+    from edgekit.llm.build import decoder_format
     from edgekit.manifest import read_manifest
     from edgekit.target import load_target
 
@@ -156,9 +137,10 @@ def generate_emulated(build_dir, prompt_ids, max_new_tokens: int, eos_id: int | 
     max_seq_len = manifest["export"]["max_seq_len"]
     check_prompt(len(prompt_ids), max_seq_len)
     target = load_target(manifest["target"])
+    fmt = decoder_format(manifest.get("format", "executorch"))
     with emulated_core(target) as core:
-        doc, count = emulate_generation(core, build_dir / manifest["artifact"]["file"], prompt_ids, max_new_tokens,
-                                        max_seq_len, eos_id)
+        doc, count = fmt.emulate_generation(core, build_dir / manifest["artifact"]["file"], prompt_ids,
+                                            max_new_tokens, max_seq_len, eos_id)
     decoded = doc["decoded_tokens"]
     return {"tokens": doc["tokens"], "stopped": doc["stopped"], "cpu": target.qemu_cpu, "target": target.name,
             "guest_instructions_per_token": round(count / decoded) if count and decoded else None}

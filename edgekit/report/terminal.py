@@ -394,9 +394,10 @@ def print_decoder_summary(manifest: dict) -> None:
     table.add_row("  float", "torch", f"{q['float_perplexity']:.3f}", "", _rate(float_eager["decode_tokens_per_s"]),
                   _kb(4 * manifest["model"]["parameters"]), style="dim")
     mark = "[green]✓[/]" if q["passed"] else "[red]✗[/]"
-    table.add_row(f"{mark} {manifest['artifact']['file']}", "executorch",
+    size = sum(f["bytes"] for f in [manifest["artifact"], *manifest.get("artifact_files", [])])
+    table.add_row(f"{mark} {manifest['artifact']['file']}", manifest.get("runtime", "executorch"),
                   f"{q['perplexity']:.3f} ({q['perplexity_increase_pct']:+.1f} %)", f"{q['agreement_pct']:.1f}",
-                  _rate(host["decode_tokens_per_s"]), _kb(manifest["artifact"]["bytes"]))
+                  _rate(host["decode_tokens_per_s"]), _kb(size))
     console.print(table)
     console.print(f"{q['tokens_scored']:,} held-out tokens · agree: greedy next-token agreement with float over "
                   f"{q['prompts']} prompts · gate: perplexity at most +{q['max_perplexity_increase_pct']:g} %, "

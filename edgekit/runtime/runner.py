@@ -204,6 +204,66 @@ class OnnxRuntime(NumpyInputs):
         return self._session.run(None, dict(zip(self._names, inputs)))
 
 
+class OnnxDecoder(OnnxRuntime):
+    """A text-generation `.onnx` as onnxruntime-genai's model builder lays it out (input_ids,
+    attention_mask and past_key_values.N.key/value in; logits and present.N.key/value out), with its
+    KV cache held here between calls. `step(ids, start)` feeds tokens at positions start.. and returns
+    their logits (len(ids), vocab); a start below the cached length drops the cache past it.
+    The head size and context length come from genai_config.json, which the builder writes beside it."""
+
+    def load(self, path: str):
+        super().load(path)
+        with open(os.path.join(os.path.dirname(os.path.abspath(path)), "genai_config.json")) as f:
+            config = json.load(f)["model"]
+        self.max_seq_len = int(config["context_length"])
+        head_size = int(config["decoder"]["head_size"])
+        self._empty = {i.name: self.np.zeros((1, i.shape[1], 0, head_size), dtype=self.np.float32)
+                       for i in self._session.get_inputs() if i.name.startswith("past_key_values.")}
+        self._outputs = [o.name for o in self._session.get_outputs()]
+        self._cache = dict(self._empty)
+
+    def step(self, ids, start: int):
+        np = self.np
+        ids = np.asarray(ids, dtype=np.int64).reshape(1, -1)
+        cached = next(iter(self._cache.values())).shape[2] if self._cache else 0
+        if start > cached:
+            raise RunnerError("usage", f"step at position {start}, but the cache holds {cached} tokens", EXIT_USAGE)
+        past = {k: v[:, :, :start] for k, v in self._cache.items()} if start else dict(self._empty)
+        results = dict(zip(self._outputs, self._session.run(None, {
+            "input_ids": ids, "attention_mask": np.ones((1, start + ids.shape[1]), dtype=np.int64), **past})))
+        self._cache = {k: results[k.replace("past_key_values.", "present.")] for k in past}
+        return results["logits"][0]
+
+
+def generate_greedy(step, prompt: list, max_new_tokens: int, max_seq_len: int, eos_id=None, on_token=None):
+    """Greedy generation with a decoder's `step(ids, start) -> logits`: one prefill call for the prompt,
+    then one call per new token. `on_token(id)` is called as each token is made. Returns (tokens,
+    {"prefill_s", "decode_s", "stopped"}), stopped being "eos", "max_new_tokens" or "context_full"."""
+    start = time.perf_counter()
+    token = int(step(prompt, 0)[-1].argmax())
+    prefill_s = time.perf_counter() - start
+    out = [token]
+    if on_token:
+        on_token(token)
+    stopped = "max_new_tokens"
+    decode_start = time.perf_counter()
+    while True:
+        if eos_id is not None and token == eos_id:
+            stopped = "eos"
+            break
+        if len(out) >= max_new_tokens:
+            break
+        position = len(prompt) + len(out) - 1  # where the last token goes in the cache
+        if position >= max_seq_len:
+            stopped = "context_full"
+            break
+        token = int(step([token], position)[-1].argmax())
+        out.append(token)
+        if on_token:
+            on_token(token)
+    return out, {"prefill_s": prefill_s, "decode_s": time.perf_counter() - decode_start, "stopped": stopped}
+
+
 class LiteRtRuntime(NumpyInputs):
     name, module, package = "litert", "ai_edge_litert.interpreter", "ai-edge-litert"
 
