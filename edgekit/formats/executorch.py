@@ -486,10 +486,13 @@ def emulated_baseline(core, model, example: tuple, one_sample) -> int | None:
 # hurt most (llama.cpp's Q4_K_M keeps them at 6 bits for the same reason). On the tinylm sample, 4-bit
 # embedding and head add 13.0 % perplexity and keep 80.9 % greedy agreement against 9.1 % / 83.9 %
 # with them at 8 bits, before QAT (sample_apps/tinylm/README.md).
-DECODER_SCHEME = "8da4w"
+def decoder_scheme(weight_bits: int = 4) -> str:
+    """8da4w: int8 dynamic activations, int4 weights (8da8w with --weight-bits 8)."""
+    return f"8da{weight_bits}w"
 
 
-def decoder_quant_configs(model, group_size: int, embedding_bits: int) -> list[tuple[object, object, str, int]]:
+def decoder_quant_configs(model, group_size: int, embedding_bits: int,
+                          weight_bits: int = 4) -> list[tuple[object, object, str, int]]:
     """(torchao config, filter_fn, what, weight bits) for each kind of layer of a decoder, in the order applied.
 
     The same list drives post-training quantization (torchao's quantize_) and QAT (QATConfig
@@ -511,45 +514,47 @@ def decoder_quant_configs(model, group_size: int, embedding_bits: int) -> list[t
         (Int8DynamicActivationIntxWeightConfig(weight_dtype=dtype[embedding_bits], weight_granularity=per(embedding_bits)),
          lambda module, fqn: module is head, f"output head: int8 activations, int{embedding_bits} weights",
          embedding_bits),
-        (Int8DynamicActivationIntxWeightConfig(weight_dtype=torch.int4, weight_granularity=PerGroup(group_size)),
+        (Int8DynamicActivationIntxWeightConfig(weight_dtype=dtype[weight_bits], weight_granularity=per(weight_bits)),
          lambda module, fqn: isinstance(module, torch.nn.Linear) and module is not head,
-         f"linear layers: int8 activations, int4 weights in groups of {group_size}", 4),
+         f"linear layers: int8 activations, int{weight_bits} weights "
+         + (f"in groups of {group_size}" if weight_bits == 4 else "per row"), weight_bits),
     ]
 
 
-def decoder_layers(model, group_size: int, embedding_bits: int) -> list[tuple[object, str, int, int | None]]:
+def decoder_layers(model, group_size: int, embedding_bits: int,
+                   weight_bits: int = 4) -> list[tuple[object, str, int, int | None]]:
     """(filter_fn, what, weight bits, weights per scale; None: one scale per row) of decoder_quant_configs."""
     return [(selected, what, bits, group_size if bits == 4 else None)
-            for _, selected, what, bits in decoder_quant_configs(model, group_size, embedding_bits)]
+            for _, selected, what, bits in decoder_quant_configs(model, group_size, embedding_bits, weight_bits)]
 
 
-def quantize_decoder(model, group_size: int, embedding_bits: int) -> None:
+def quantize_decoder(model, group_size: int, embedding_bits: int, weight_bits: int = 4) -> None:
     """Post-training 8da4w (decoder_quant_configs), in place."""
     quiet_python_logs()
     from torchao.quantization import quantize_
 
-    for config, selected, *_ in decoder_quant_configs(model, group_size, embedding_bits):
+    for config, selected, *_ in decoder_quant_configs(model, group_size, embedding_bits, weight_bits):
         quantize_(model, config, filter_fn=selected)
 
 
-def prepare_decoder_qat(model, group_size: int, embedding_bits: int) -> None:
+def prepare_decoder_qat(model, group_size: int, embedding_bits: int, weight_bits: int = 4) -> None:
     """Fake-quantize the weights (and activations) as quantize_decoder will, for training, in place."""
     quiet_python_logs()
     from torchao.quantization import quantize_
     from torchao.quantization.qat import QATConfig
 
-    for config, selected, *_ in decoder_quant_configs(model, group_size, embedding_bits):
+    for config, selected, *_ in decoder_quant_configs(model, group_size, embedding_bits, weight_bits):
         quantize_(model, QATConfig(config, step="prepare"), filter_fn=selected)
 
 
-def convert_decoder_qat(model, group_size: int, embedding_bits: int) -> None:
+def convert_decoder_qat(model, group_size: int, embedding_bits: int, weight_bits: int = 4) -> None:
     """The QAT-trained model to the real 8da4w layers quantize_decoder would give, in place."""
     from torchao.quantization import quantize_
     from torchao.quantization.qat import QATConfig
 
     # The filters are made again from the prepared model: prepare swapped its Linears and Embeddings
     # for fake-quantized subclasses of them, so isinstance still holds and the head is found anew.
-    for config, selected, *_ in decoder_quant_configs(model, group_size, embedding_bits):
+    for config, selected, *_ in decoder_quant_configs(model, group_size, embedding_bits, weight_bits):
         quantize_(model, QATConfig(config, step="convert"), filter_fn=selected)
 
 

@@ -673,29 +673,35 @@ def emulate(core, artifact: Path, samples: list[list[np.ndarray]], input_names: 
 
 # ---------------------------------------------------------------- decoders (edgekit build --task text-generation)
 
-DECODER_SCHEME = "int4 MatMulNBits (RTN)"
+def decoder_scheme(weight_bits: int = 4) -> str:
+    return f"int{weight_bits} MatMulNBits (RTN)"
+
+
 DECODER_BUILDER = "onnxruntime-genai model builder"
 DECODER_FILES = ("model.onnx", "model.onnx.data", "genai_config.json")  # what the builder writes that we ship
 
 
-def decoder_layers(model, group_size: int, embedding_bits: int) -> list[tuple[object, str, int, int | None]]:
+def decoder_layers(model, group_size: int, embedding_bits: int,
+                   weight_bits: int = 4) -> list[tuple[object, str, int, int | None]]:
     """(filter_fn, what, weight bits, weights per scale or None for float) for each kind of layer, as the
-    builder's RTN quantizer (algo_config=rtn) leaves them: every MatMul int4 in blocks of group_size with
-    an fp32 scale per block, the output head int8 in the same blocks when --embedding-bits is 8, and
-    the embedding table float (the builder quantizes Gather only when the head shares it)."""
+    builder's RTN quantizer (algo_config=rtn) leaves them: every MatMul int4 (int8 with --weight-bits 8)
+    in blocks of group_size with an fp32 scale per block, the output head int8 in the same blocks when
+    --embedding-bits is 8, and the embedding table float (the builder quantizes Gather only when the
+    head shares it)."""
     import torch
 
     head = model.get_output_embeddings()
+    head_bits = max(embedding_bits, weight_bits)
     return [
         (lambda module, fqn: isinstance(module, torch.nn.Embedding), "embeddings: float weights", 32, None),
         (lambda module, fqn: module is head,
-         f"output head: int{embedding_bits} weights in groups of {group_size}", embedding_bits, group_size),
+         f"output head: int{head_bits} weights in groups of {group_size}", head_bits, group_size),
         (lambda module, fqn: isinstance(module, torch.nn.Linear) and module is not head,
-         f"linear layers: int4 weights in groups of {group_size}", 4, group_size),
+         f"linear layers: int{weight_bits} weights in groups of {group_size}", weight_bits, group_size),
     ]
 
 
-def prepare_decoder_qat(model, group_size: int, embedding_bits: int) -> None:
+def prepare_decoder_qat(model, group_size: int, embedding_bits: int, weight_bits: int = 4) -> None:
     """QAT for the MatMulNBits weights, in place: torchao's fake quantization of 8da4w (formats/executorch.py),
     int4 symmetric in groups of group_size with int8 activations. onnxruntime's RTN rounds to a
     slightly different symmetric grid (scale from the signed extreme over 8, not max|w| over 7.5), so
@@ -703,10 +709,10 @@ def prepare_decoder_qat(model, group_size: int, embedding_bits: int) -> None:
     on tinylm's held-out text that keeps the gate (tests/test_llm.py), where RTN alone misses it."""
     from edgekit.formats.executorch import prepare_decoder_qat as fake_quantize
 
-    fake_quantize(model, group_size, embedding_bits)
+    fake_quantize(model, group_size, embedding_bits, weight_bits)
 
 
-def convert_decoder_qat(model, group_size: int, embedding_bits: int) -> None:
+def convert_decoder_qat(model, group_size: int, embedding_bits: int, weight_bits: int = 4) -> None:
     """The QAT-trained model back to float Linear/Embedding layers holding the trained weights, in place:
     export_decoder's builder rounds them to int4 (torchao's QATConfig convert step with no base config)."""
     from torchao.quantization import quantize_
@@ -715,15 +721,16 @@ def convert_decoder_qat(model, group_size: int, embedding_bits: int) -> None:
     quantize_(model, QATConfig(step="convert"))
 
 
-def check_decoder_architecture(model_dir: Path) -> None:
+def check_decoder_architecture(model, tokenizer) -> None:
     """Refuse, before any training, a decoder the builder has no graph for: it raises NotImplementedError for
-    an unknown architecture, or fails on the config attributes its graphs read (GPT-2 has no intermediate_size)."""
-    import json
-
-    architecture = (json.loads((model_dir / "config.json").read_text()).get("architectures") or ["?"])[0]
+    an unknown architecture, or fails on the config attributes its graphs read (GPT-2 has no intermediate_size).
+    The builder reads a directory: the config and tokenizer are written to a temporary one (no weights)."""
+    architecture = (model.config.architectures or [type(model).__name__])[0]
     with tempfile.TemporaryDirectory(prefix="edgekit-onnx-check-") as tmp:
+        model.config.save_pretrained(Path(tmp) / "model")
+        tokenizer.save_pretrained(Path(tmp) / "model")
         try:
-            _run_builder(model_dir, Path(tmp) / "out", Path(tmp) / "cache", ["config_only=true"])
+            _run_builder(Path(tmp) / "model", Path(tmp) / "out", Path(tmp) / "cache", ["config_only=true"])
         except (NotImplementedError, AttributeError, KeyError) as e:
             raise FormatUnsupported(
                 f"{architecture}: onnxruntime-genai's model builder has no ONNX graph for this architecture ({e})",
@@ -731,7 +738,7 @@ def check_decoder_architecture(model_dir: Path) -> None:
 
 
 def export_decoder(model, tokenizer, out_dir: Path, max_seq_len: int, group_size: int, embedding_bits: int,
-                   precision: str = "int4") -> dict:
+                   weight_bits: int = 4, precision: str | None = None) -> dict:
     """A decoder (float weights, QAT-trained or not) to int4 `.onnx` with onnxruntime-genai's model builder.
 
     The builder writes its own graph for the architecture (GroupQueryAttention with the KV cache as
@@ -744,8 +751,9 @@ def export_decoder(model, tokenizer, out_dir: Path, max_seq_len: int, group_size
     export checks compare it with the eager model)."""
     import json
 
-    options = ["algo_config=rtn", f"block_size={group_size}", "accuracy_level=4"] if precision == "int4" else []
-    if embedding_bits == 8 and precision == "int4":
+    precision = precision or f"int{weight_bits}"
+    options = [] if precision == "fp32" else ["algo_config=rtn", f"block_size={group_size}", "accuracy_level=4"]
+    if precision == "int4" and embedding_bits == 8:
         options.append("matmul_mixed_precision=last_matmul:int8")
     with tempfile.TemporaryDirectory(prefix="edgekit-onnx-decoder-") as tmp:
         source = Path(tmp) / "model"

@@ -43,6 +43,7 @@ class DecoderRecipe:
     max_seq_len: int = DEFAULT_MAX_SEQ_LEN
     group_size: int = 32
     embedding_bits: int = 8
+    weight_bits: int = 4  # of the Linear layers; 8 for models that lose too much at 4
     qat_steps: int | None = None  # None: decoder_qat.DEFAULT_STEPS when training text is given; 0: none
     max_perplexity_increase: float = quality.DEFAULT_MAX_PERPLEXITY_INCREASE
     min_agreement: float = quality.DEFAULT_MIN_AGREEMENT
@@ -59,6 +60,8 @@ class DecoderRecipe:
                              hint="smaller groups keep more precision and cost one scale per group")
         if self.embedding_bits not in (4, 8):
             raise UsageError(f"--embedding-bits {self.embedding_bits}: use 4 or 8")
+        if self.weight_bits not in (4, 8):
+            raise UsageError(f"--weight-bits {self.weight_bits}: use 4 or 8")
         if self.qat_steps is not None and self.qat_steps < 0:
             raise UsageError(f"--qat-steps {self.qat_steps}: give 0 (no QAT) or more")
         return self
@@ -83,12 +86,12 @@ def build(src: DecoderSource, target: str, recipe: DecoderRecipe, out: Path | No
 
     with steps.step("load", label="load model") as record:
         model, tokenizer = decoder.load(src.model_dir)
-        loaded = {"architecture": decoder.architecture(src.model_dir),
+        loaded = {"architecture": model.config.model_type,
                   "parameters": sum(p.numel() for p in model.parameters())}  # tied weights once, as loaded
         decoder.exportable(model, recipe.max_seq_len)
         _check_group_size(model, recipe.group_size)
         if recipe.format == "onnx":
-            fmt.check_decoder_architecture(src.model_dir)
+            fmt.check_decoder_architecture(model, tokenizer)
         record["config"] = loaded
     text = quality.HeldOutText.from_tokens(tokenizer.encode(_read_text(src.eval_text, "eval")),
                                            recipe.max_seq_len, str(src.eval_text))
@@ -103,23 +106,23 @@ def build(src: DecoderSource, target: str, recipe: DecoderRecipe, out: Path | No
         qat_steps = decoder_qat.DEFAULT_STEPS if src.train_text is not None else 0
     if qat_steps and src.train_text is None:
         raise UsageError(f"--qat-steps {qat_steps} needs training text", hint="pass --train-text FILE")
-    layers = fmt.decoder_layers(model, recipe.group_size, recipe.embedding_bits)
+    bits = (recipe.group_size, recipe.embedding_bits, recipe.weight_bits)
+    layers = fmt.decoder_layers(model, *bits)
     precision = _weight_shares(model, layers)
     if qat_steps:
-        with steps.step("qat", label=f"QAT int4, {qat_steps} steps") as record:
+        with steps.step("qat", label=f"QAT int{recipe.weight_bits}, {qat_steps} steps") as record:
             result = decoder_qat.train(
                 model, tokenizer.encode(_read_text(src.train_text, "train")),
-                lambda m: fmt.prepare_decoder_qat(m, recipe.group_size, recipe.embedding_bits),
-                lambda m: fmt.convert_decoder_qat(m, recipe.group_size, recipe.embedding_bits),
+                lambda m: fmt.prepare_decoder_qat(m, *bits), lambda m: fmt.convert_decoder_qat(m, *bits),
                 decoder_qat.DecoderQatConfig(steps=qat_steps), track=steps.track)
             quantized = result.pop("model")
             record["config"] = result
     elif recipe.format == "executorch":
         import copy
 
-        with steps.step("quantize", label="quantize 8da4w (post-training)"):
+        with steps.step("quantize", label=f"quantize {fmt.decoder_scheme(recipe.weight_bits)} (post-training)"):
             quantized = copy.deepcopy(model)
-            fmt.quantize_decoder(quantized, recipe.group_size, recipe.embedding_bits)
+            fmt.quantize_decoder(quantized, *bits)
     else:
         quantized = model  # the builder rounds the float weights (RTN) as it writes the graph
 
@@ -131,12 +134,13 @@ def build(src: DecoderSource, target: str, recipe: DecoderRecipe, out: Path | No
                 export_facts = fmt.export_decoder(quantized, artifact, recipe.max_seq_len, metadata)
                 record["config"] = {"max_seq_len": recipe.max_seq_len}
         else:
-            with steps.step("export", label="export model.onnx (int4 MatMulNBits, KV cache)") as record:
-                export_facts = fmt.export_decoder(quantized, tokenizer, staging, recipe.max_seq_len,
-                                                  recipe.group_size, recipe.embedding_bits)
+            with steps.step("export", label=f"export model.onnx (int{recipe.weight_bits} MatMulNBits, KV cache)") as record:
+                export_facts = fmt.export_decoder(quantized, tokenizer, staging, recipe.max_seq_len, *bits)
                 record["config"] = {"max_seq_len": recipe.max_seq_len}
+        if decoder.is_gguf(src.model_dir):
+            tokenizer.save_pretrained(staging)  # the GGUF's own vocabulary, as transformers converted it
         for name in TOKENIZER_FILES:
-            if (src.model_dir / name).is_file():
+            if src.model_dir.is_dir() and (src.model_dir / name).is_file():
                 shutil.copyfile(src.model_dir / name, staging / name)
         runner = fmt.DecoderRunner(artifact)
         with steps.step("judge", label=f"judge {artifact.name} in {runner.runtime}"):
@@ -157,7 +161,7 @@ def build(src: DecoderSource, target: str, recipe: DecoderRecipe, out: Path | No
             "model": {**src.to_json(), **loaded, "inputs": _DECODER_INPUTS[recipe.format]},
             "target_profile": tgt.to_json(),
             "recipe": asdict(recipe) | {"qat_steps": qat_steps},
-            "quantization": {"scheme": fmt.DECODER_SCHEME, "group_size": recipe.group_size,
+            "quantization": {"scheme": fmt.decoder_scheme(recipe.weight_bits), "group_size": recipe.group_size,
                              "method": "qat" if qat_steps else "post-training", "weights": precision},
             "export": {"max_seq_len": recipe.max_seq_len, **export_facts,
                        **({"metadata": metadata} if recipe.format == "executorch" else {})},
@@ -173,8 +177,7 @@ def build(src: DecoderSource, target: str, recipe: DecoderRecipe, out: Path | No
     manifest["build_dir"] = str(out_dir)
     if not verdict.passed:
         raise BuildGateFailed(f"{artifact.name} misses the quality gate: {verdict.why}",
-                              hint="give training text for QAT (--train-text, or more --qat-steps), or a smaller "
-                                   "--group-size", manifest=manifest)
+                              hint=_gate_hint(recipe), manifest=manifest)
     return manifest
 
 
@@ -203,6 +206,13 @@ def _file_entry(path: Path) -> dict:
     from edgekit.manifest import sha256_file
 
     return {"file": path.name, "sha256": sha256_file(path), "bytes": path.stat().st_size}
+
+
+def _gate_hint(recipe: DecoderRecipe) -> str:
+    if recipe.weight_bits == 8:
+        return "give training text for QAT (--train-text, or more --qat-steps)"
+    return ("give training text for QAT (--train-text, or more --qat-steps), a smaller --group-size, or "
+            "--weight-bits 8 (twice the bytes per token; small models often need it)")
 
 
 def _read_text(path: Path, what: str) -> str:

@@ -2,9 +2,11 @@
 
 A user's decoder is a model directory as `save_pretrained` writes it:
 `config.json`, the weights (`model.safetensors`) and the tokenizer's files
-(`tokenizer.json`). Loading is safe: only safetensors weights are read (no
-pickle) and no code from the directory runs (`trust_remote_code=False`), so
-the architecture must be one transformers ships (Llama, Qwen2, SmolLM, GPT-2 ...).
+(`tokenizer.json`); or a GGUF file (llama.cpp's single-file format, which is
+how registry packages ship small LMs), read by transformers' GGUF reader and
+dequantized to float32. Loading is safe: only safetensors or GGUF tensors are
+read (no pickle) and no code from the directory runs (`trust_remote_code=False`),
+so the architecture must be one transformers ships (Llama, Qwen2, SmolLM, GPT-2 ...).
 
 `exportable()` turns the loaded model into what the exporters and the weight
 quantizer expect: GPT-2's `Conv1D` layers (a Linear with its weight stored
@@ -15,7 +17,7 @@ and the model's generation config asks for a static cache of `max_seq_len`.
 
 from __future__ import annotations
 
-import json
+import os
 from pathlib import Path
 
 from edgekit.errors import UsageError
@@ -25,12 +27,8 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_ma
 DEFAULT_MAX_SEQ_LEN = 256  # tokens of context (prompt + generated) the KV cache holds
 
 
-def architecture(model_dir: Path) -> str:
-    """config.json's model_type ("llama", "gpt2", ...)."""
-    try:
-        return str(json.loads((Path(model_dir) / "config.json").read_text()).get("model_type", "unknown"))
-    except (OSError, ValueError) as e:
-        raise UsageError(f"{Path(model_dir) / 'config.json'}: not readable JSON: {e}") from None
+def is_gguf(path: Path) -> bool:
+    return Path(path).suffix.lower() == ".gguf"
 
 
 def require_transformers() -> None:
@@ -43,11 +41,13 @@ def require_transformers() -> None:
 
 
 def load(model_dir: Path):
-    """(model in eval mode, float32; tokenizer) from a model directory."""
+    """(model in eval mode, float32; tokenizer) from a model directory or a .gguf file."""
     from edgekit.quiet import quiet_model_libraries
 
     quiet_model_libraries()  # before transformers is imported: it reads its verbosity then
     require_transformers()
+    if is_gguf(model_dir):
+        return _load_gguf(Path(model_dir))
     from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
 
     try:
@@ -58,6 +58,52 @@ def load(model_dir: Path):
                          hint="edgekit builds the decoder architectures transformers ships "
                               "(Llama, Qwen2, SmolLM, GPT-2 ...), without remote code") from None
     tokenizer = PreTrainedTokenizerFast.from_pretrained(model_dir)
+    return model.eval(), tokenizer
+
+
+def _load_gguf(path: Path):
+    """A GGUF file's model and tokenizer through transformers' GGUF reader (the gguf package). Its weights,
+    4-bit or 8-bit blocks in llama.cpp's formats, are dequantized to float32: that float model is the
+    reference the artifact is judged against."""
+    try:
+        import gguf  # noqa: F401  transformers' GGUF reader needs it
+    except ImportError:
+        raise UsageError(f"{path}: reading a GGUF file needs the gguf package, which is not installed",
+                         hint="pip install 'edgekit[llm]'") from None
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedTokenizerFast
+    from transformers.modeling_gguf_pytorch_utils import load_gguf_checkpoint
+
+    from edgekit.quiet import verbose
+
+    folder, name = str(path.parent), path.name
+    # The reader's "de-quantizing GGUF tensors" bar is a plain tqdm: TQDM_DISABLE turns it off (tqdm >= 4.66).
+    saved = os.environ.get("TQDM_DISABLE")
+    if not verbose():
+        os.environ["TQDM_DISABLE"] = "1"
+    try:
+        config = AutoConfig.from_pretrained(folder, gguf_file=name)
+        tokenizer = PreTrainedTokenizerFast.from_pretrained(folder, gguf_file=name)
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+        tensors = load_gguf_checkpoint(str(path), return_tensors=True, model_to_load=model)["tensors"]
+    except (ValueError, KeyError, NotImplementedError) as e:
+        raise UsageError(f"{path}: transformers cannot read this GGUF file as a causal LM: {e}",
+                         hint="edgekit reads the GGUF architectures transformers reads (Llama, Qwen2, SmolLM, ...)") from None
+    finally:
+        if saved is None:
+            os.environ.pop("TQDM_DISABLE", None)
+        else:
+            os.environ["TQDM_DISABLE"] = saved
+    model.config.architectures = [type(model).__name__]  # a GGUF's config names none; a saved copy should
+    result = model.load_state_dict(tensors, strict=False)
+    model.tie_weights()
+    head = model.get_output_embeddings()
+    missing = [k for k in result.missing_keys
+               if not (head is not None and head.weight is model.get_input_embeddings().weight and k.endswith("weight")
+                       and model.get_submodule(k.rsplit(".", 1)[0]) is head)]
+    if missing or result.unexpected_keys:
+        raise UsageError(f"{path}: the GGUF file's tensors do not fill {type(model).__name__} "
+                         f"(missing {missing[:3]}, unexpected {result.unexpected_keys[:3]})")
     return model.eval(), tokenizer
 
 

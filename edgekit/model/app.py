@@ -139,12 +139,15 @@ class DecoderSource:
 
 
 def check_model_dir(model_dir: Path, where: str) -> Path:
-    """The directory, or a UsageError naming what is missing and how to make it."""
+    """The directory (or a .gguf file), or a UsageError naming what is missing and how to make it."""
     model_dir = Path(model_dir)
+    if model_dir.suffix.lower() == ".gguf" and model_dir.is_file():
+        return model_dir  # llama.cpp's single-file format: config, tokenizer and weights (llm/decoder.py)
     if not model_dir.is_dir():
-        raise UsageError(f"{where}: '{model_dir}' is not a directory",
+        raise UsageError(f"{where}: '{model_dir}' is not a directory or a .gguf file",
                          hint="pass a Hugging Face model directory (config.json, model.safetensors, "
-                              "tokenizer.json), as model.save_pretrained(DIR) and tokenizer.save_pretrained(DIR) write it")
+                              "tokenizer.json), as model.save_pretrained(DIR) and tokenizer.save_pretrained(DIR) write it, "
+                              "or a GGUF file")
     for needed, how in (("config.json", "model.save_pretrained(DIR)"),
                         ("tokenizer.json", "tokenizer.save_pretrained(DIR) (a fast tokenizer)")):
         if not (model_dir / needed).is_file():
