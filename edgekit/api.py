@@ -166,22 +166,33 @@ def _devices(devices, devices_file, **settings) -> list:
 
 def serve(build_dir: str | Path, settings: Settings | None = None, *, format: str | None = None, on_ready=None) -> int:
     """Serve the build's artifact on this computer until SIGTERM/SIGINT (edgekit serve).
-    `settings.threads` defaults to the target profile's thread count; `on_ready(state)` runs once it answers."""
-    build_info = open_build(build_dir, format)
-    settings = settings or Settings(threads=build_info.threads)
+    `settings.threads` defaults to the target profile's thread count; `on_ready(state)` runs once it answers.
+    A text-generation build answers POST /v1/generate (serve/server.py GeneratingModel)."""
+    from edgekit.manifest import read_manifest
+
+    if read_manifest(build_dir).get("task") == "text-generation":
+        from edgekit.llm.generate import verified_build
+        from edgekit.serve import generation_spec_doc
+
+        manifest, artifact = verified_build(build_dir)
+        threads, doc = manifest["target_profile"]["threads"], generation_spec_doc(manifest)
+    else:
+        build_info = open_build(build_dir, format)
+        threads, artifact = build_info.threads, build_info.artifact
+        doc = spec_doc(build_info.manifest, build_info.format, build_info.artifact_record, build_info.runtime)
+    settings = settings or Settings(threads=threads)
     problem = settings.problem()
     if problem:
         raise UsageError(problem)
     missing = missing_stack()
     if missing:
         raise UsageError(f"cannot import {missing}, which edgekit serve needs", hint="install it: " + install_hint(sys.executable))
-    doc = spec_doc(build_info.manifest, build_info.format, build_info.artifact_record, build_info.runtime)
     try:
-        return run_server(str(build_info.artifact), doc, settings, on_ready)
+        return run_server(str(artifact), doc, settings, on_ready)
     except RunnerError as e:
         if e.kind == "runtime_missing":
             raise UsageError(str(e)) from None
-        raise EdgekitError(f"serving {build_info.artifact}: {e}") from None
+        raise EdgekitError(f"serving {artifact}: {e}") from None
 
 
 def bench_serve(build_dir: str | Path, url: str, *, concurrency=(1, 8, 32), requests: int = 2000,

@@ -921,6 +921,8 @@ def serve(build_dir, format_, threads, **server_settings):
 
     \b
     POST /v1/predict  {"inputs": {"x": [[...]]}} as JSON, or .npy / .npz
+    POST /v1/generate {"prompt": "...", "max_new_tokens": 64} (text-generation
+                      builds): tokens streamed as NDJSON lines, then the timings
     GET  /healthz     model loaded and one warm inference done
     GET  /v1/model    inputs, outputs, target, accuracy
     GET  /metrics     Prometheus: requests, latency, queue depth, in flight
@@ -928,13 +930,18 @@ def serve(build_dir, format_, threads, **server_settings):
     """
     from edgekit import api
     from edgekit.deploy.records import open_build
+    from edgekit.manifest import read_manifest
 
-    settings = _server_settings(threads or open_build(build_dir, format_).threads, **server_settings)
+    manifest = read_manifest(build_dir)
+    generating = manifest.get("task") == "text-generation"
+    default_threads = manifest["target_profile"]["threads"] if generating else open_build(build_dir, format_).threads
+    settings = _server_settings(threads or default_threads, **server_settings)
+    endpoint = "POST /v1/generate" if generating else "POST /v1/predict"
 
     def ready(state):
         model = state["model"]
         click.echo(f"serving {Path(build_dir).name} ({model.rt.name}, sha256 {model.sha256[:12]}) at "
-                   f"http://{settings.host}:{settings.port}  POST /v1/predict · GET /healthz /v1/model /metrics  "
+                   f"http://{settings.host}:{settings.port}  {endpoint} · GET /healthz /v1/model /metrics  "
                    "(Ctrl-C stops)", err=True)
 
     api.serve(build_dir, settings, format=format_, on_ready=ready)

@@ -416,6 +416,90 @@ def test_tinylm_onnx_with_qat_keeps_the_float_models_text(tmp_path, run_cli):
     assert "✓ model.onnx" in proc.stdout
 
 
+# ---------------------------------------------------------------- edgekit serve: POST /v1/generate
+
+
+def _generate_over_http(server, prompt: str, max_new_tokens=16) -> tuple[int, list[dict], dict]:
+    status, data, headers = server.request("POST", "/v1/generate",
+                                           json.dumps({"prompt": prompt, "max_new_tokens": max_new_tokens}).encode(),
+                                           "application/json")
+    lines = [json.loads(line) for line in data.decode().splitlines()] if status == 200 else [json.loads(data)]
+    return status, lines, headers
+
+
+@pytest.mark.parametrize("which", ["onnx", "pte"])
+def test_serve_streams_the_tokens_generate_makes(which, tinylm_onnx_ptq, tinylm_build, tmp_path):
+    """The real server (uvicorn, the CLI in a subprocess) around each format's decoder: one NDJSON line per token
+    as it is made (a chunked response), the tokens `edgekit generate`'s loop makes, then the figures."""
+    from test_serve import Server
+
+    from edgekit.llm.generate import generate, open_build
+
+    build = {"onnx": tinylm_onnx_ptq, "pte": tinylm_build}[which]["dir"]
+    copy = tmp_path / build.name
+    shutil.copytree(build, copy)
+    server = Server(copy)
+    try:
+        prompt = 'The "if" statement is used for'
+        status, lines, headers = _generate_over_http(server, prompt, 16)
+        assert status == 200 and headers["content-type"].startswith("application/x-ndjson")
+        assert headers.get("transfer-encoding") == "chunked"  # streamed, not one body at the end
+        *tokens, final = lines
+        runner, tokenizer, _ = open_build(copy)
+        want, _ = generate(runner, tokenizer.encode(prompt), 16, runner.max_seq_len, tokenizer.eos_token_id)
+        assert [t["token"] for t in tokens] == want
+        assert "".join(t["text"] for t in tokens) == final["text"]
+        assert final["done"] and final["stopped"] == "max_new_tokens" and final["new_tokens"] == 16
+        assert final["decode_tokens_per_s"] > 0 and final["time_to_first_token_ms"] > 0
+        status, model = server.get("/v1/model")
+        assert status == 200 and json.loads(model)["task"] == "text-generation"
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def onnx_server(tinylm_onnx_ptq, tmp_path_factory):
+    from test_serve import Server
+
+    copy = tmp_path_factory.mktemp("serve-llm") / "tinylm-rpi5"
+    shutil.copytree(tinylm_onnx_ptq["dir"], copy)
+    server = Server(copy)
+    yield server
+    server.stop()
+
+
+@pytest.mark.parametrize("body, status, words", [
+    ({"prompt": "word " * 400}, 400, "the artifact's context holds 256"),
+    ({"prompt": "x", "max_new_tokens": 0}, 400, "max_new_tokens must be a whole number"),
+    ({"prompt": "x", "max_new_tokens": "ten"}, 400, "max_new_tokens must be a whole number"),
+    ({"text": "x"}, 400, '{"prompt"'),
+    ({"prompt": ""}, 400, "the prompt is empty"),
+    (b"{not json", 400, "not valid JSON"),
+    ("predict", 404, "POST /v1/generate"),
+])
+def test_serve_refuses_bad_generation_requests_and_goes_on(onnx_server, body, status, words):
+    """Each bad request gets its 4xx naming what is wrong; the next good one is answered."""
+    path = "/v1/predict" if body == "predict" else "/v1/generate"
+    raw = b"{}" if body == "predict" else body if isinstance(body, bytes) else json.dumps(body).encode()
+    got, data, _ = onnx_server.request("POST", path, raw, "application/json")
+    assert got == status and words in json.loads(data)["error"]
+    got, lines, _ = _generate_over_http(onnx_server, "def", 4)
+    assert got == 200 and lines[-1]["done"] and lines[-1]["new_tokens"] == 4
+
+
+def test_serve_stops_generating_where_the_context_ends(onnx_server, tinylm_onnx_ptq):
+    """More tokens asked for than the KV cache holds: answered (200), stopped at the context's end, said."""
+    from transformers import PreTrainedTokenizerFast
+
+    tokenizer = PreTrainedTokenizerFast.from_pretrained(tinylm_onnx_ptq["dir"])
+    n = max(k for k in range(1, 200) if len(tokenizer.encode("x = 1\n" * k)) < 240)
+    prompt_tokens = len(tokenizer.encode("x = 1\n" * n))
+    got, lines, _ = _generate_over_http(onnx_server, "x = 1\n" * n, 100)
+    final = lines[-1]
+    assert got == 200 and final["stopped"] == "context_full" and final["prompt_tokens"] == prompt_tokens
+    assert final["prompt_tokens"] + final["new_tokens"] == 256 + 1  # the last token is made, not cached
+
+
 # ---------------------------------------------------------------- a pretrained decoder from a registry package
 
 

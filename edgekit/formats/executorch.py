@@ -599,30 +599,24 @@ def export_decoder(model, path: Path, max_seq_len: int, metadata: dict) -> dict:
 
 
 class DecoderRunner:
-    """A decoder `.pte` in ExecuTorch's Python runtime: `step(ids, start) -> logits (len(ids), vocab)`."""
+    """A decoder `.pte` in ExecuTorch's Python runtime, stepped as on a board (runtime/runner.py
+    ExecutorchDecoder): `step(ids, start) -> logits (len(ids), vocab)`."""
 
     runtime = "executorch"
 
     def __init__(self, path: Path, threads: int | None = None):
+        from edgekit.runtime.runner import ExecutorchDecoder
+
         quiet_python_logs()
         with native_stderr_captured():
-            import executorch.kernels.quantized  # noqa: F401  registers embedding_4bit for the runtime
-            from executorch.runtime import Runtime
-
+            self._decoder = ExecutorchDecoder()
             if threads:
-                from executorch.extension.pybindings.portable_lib import _unsafe_reset_threadpool
-
-                _unsafe_reset_threadpool(threads)
-            program = Runtime.get().load_program(str(path))
-            self._method = program.load_method("forward")
-            self.max_seq_len = int(program.load_method("get_max_seq_len").execute([])[0])
+                self._decoder.set_threads(threads)
+            self._decoder.load(str(path))
+        self.max_seq_len = self._decoder.max_seq_len
 
     def step(self, ids, start: int) -> np.ndarray:
-        import torch
-
-        ids = torch.as_tensor(np.asarray(ids, dtype=np.int64)).reshape(1, -1)
-        out = self._method.execute([ids, torch.arange(start, start + ids.shape[1])])[0]
-        return out[0].float().numpy()
+        return self._decoder.step(ids, start)
 
 
 def emulate_generation(core, artifact: Path, prompt_ids, new_tokens: int, max_seq_len: int,

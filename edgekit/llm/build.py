@@ -158,6 +158,7 @@ def build(src: DecoderSource, target: str, recipe: DecoderRecipe, out: Path | No
             # Files the artifact reads beside it (the .onnx's weights and its runtime config), checked the same way.
             "artifact_files": [_file_entry(staging / f) for f in getattr(fmt, "DECODER_FILES", ())[1:]],
             "tokenizer": [n for n in TOKENIZER_FILES if (staging / n).is_file()],
+            "eos_id": tokenizer.eos_token_id,  # generation stops there (edgekit generate, serve, the runners)
             "model": {**src.to_json(), **loaded, "inputs": _DECODER_INPUTS[recipe.format]},
             "target_profile": tgt.to_json(),
             "recipe": asdict(recipe) | {"qat_steps": qat_steps},

@@ -69,11 +69,11 @@ def decode_speed(runner, prompt_ids, max_seq_len: int, new_tokens: int, runs: in
     return results[len(results) // 2]
 
 
-def open_build(build_dir):
-    """(runner, tokenizer, manifest) of a text-generation build, its artifact checked against its sha256."""
+def verified_build(build_dir):
+    """(manifest, artifact path) of a text-generation build: every file it ships checked against its sha256,
+    and the tokenizer present. Nothing is loaded."""
     from pathlib import Path
 
-    from edgekit.llm.build import decoder_format
     from edgekit.manifest import inside, read_manifest, sha256_file
 
     build_dir = Path(build_dir)
@@ -86,10 +86,18 @@ def open_build(build_dir):
         if not path.is_file() or sha256_file(path) != entry["sha256"]:
             raise UsageError(f"{path} is missing or not the file this build wrote (sha256 differs)",
                              hint="copy the whole build directory again, or rebuild")
-    artifact = build_dir / manifest["artifact"]["file"]
     tokenizer_file = build_dir / "tokenizer.json"
     if not tokenizer_file.is_file():
         raise UsageError(f"{tokenizer_file} is missing", hint="copy the whole build directory again, or rebuild")
+    return manifest, build_dir / manifest["artifact"]["file"]
+
+
+def open_build(build_dir):
+    """(runner, tokenizer, manifest) of a text-generation build, its files checked (verified_build)."""
+    from edgekit.llm.build import decoder_format
+
+    manifest, artifact = verified_build(build_dir)
+    build_dir = artifact.parent
     from edgekit.llm.decoder import require_transformers
     from edgekit.quiet import quiet_model_libraries
 

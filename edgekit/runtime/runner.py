@@ -235,6 +235,35 @@ class OnnxDecoder(OnnxRuntime):
         return results["logits"][0]
 
 
+class ExecutorchDecoder(ExecutorchRuntime):
+    """A text-generation `.pte` (transformers' ExecuTorch exporter: forward(input_ids (1, n), cache_position (n))
+    with its static KV cache inside the program): `step(ids, start)` as OnnxDecoder's. The context length is
+    the program's own get_max_seq_len method."""
+
+    def load(self, path: str):
+        try:
+            import executorch.kernels.quantized  # noqa: F401  registers the 4-bit embedding op a .pte may call
+        except ImportError:
+            pass
+        program = self._runtime_cls.get().load_program(path)
+        self._method = program.load_method("forward")
+        self.max_seq_len = int(program.load_method("get_max_seq_len").execute([])[0])
+
+    def step(self, ids, start: int):
+        torch = self.torch
+        ids = torch.as_tensor([int(t) for t in ids], dtype=torch.long).reshape(1, -1)
+        return self._method.execute([ids, torch.arange(start, start + ids.shape[1])])[0][0].float().numpy()
+
+
+DECODERS = {"executorch": ExecutorchDecoder, "onnxruntime": OnnxDecoder}
+
+
+def decoder_for(name: str | None):
+    if name not in DECODERS:
+        raise RunnerError("usage", f"no text-generation runtime {name!r}: one of {', '.join(DECODERS)}", EXIT_USAGE)
+    return DECODERS[name]()
+
+
 def generate_greedy(step, prompt: list, max_new_tokens: int, max_seq_len: int, eos_id=None, on_token=None):
     """Greedy generation with a decoder's `step(ids, start) -> logits`: one prefill call for the prompt,
     then one call per new token. `on_token(id)` is called as each token is made. Returns (tokens,

@@ -22,7 +22,8 @@ SPEC_FILE = "serve.json"  # beside the artifact on the device: inputs, runtime, 
 STACK = ("uvicorn", "starlette", "prometheus-client")
 STACK_WITH_DEPENDENCIES = (*STACK, "anyio", "click", "h11", "idna", "typing-extensions")
 
-__all__ = ["SERVER_PATH", "SPEC_FILE", "STACK", "STACK_MODULES", "STACK_WITH_DEPENDENCIES", "Settings", "install_hint", "spec_doc"]
+__all__ = ["SERVER_PATH", "SPEC_FILE", "STACK", "STACK_MODULES", "STACK_WITH_DEPENDENCIES", "Settings", "generation_spec_doc",
+           "install_hint", "spec_doc"]
 
 
 def stack_versions() -> dict[str, str]:
@@ -47,5 +48,23 @@ def spec_doc(manifest: dict, format_name: str, artifact: dict, runtime: str) -> 
             "artifact": artifact["file"], "artifact_sha256": artifact["sha256"], "labels": model.get("labels"),
             "accuracy": {k: metrics.get(k) for k in ("accuracy_float", "accuracy_artifact", "accuracy_drop",
                                                      "top1_agreement", "samples") if k in metrics},
+        },
+    }
+
+
+def generation_spec_doc(manifest: dict) -> dict:
+    """What the server reads for a text-generation build (edgekit/llm): the decoder's runtime, its
+    tokenizer file and where generation stops, and the facts /v1/model shows."""
+    quality = manifest.get("quality") or {}
+    return {
+        "task": "text-generation",
+        "runtime": "onnxruntime" if manifest.get("format") == "onnx" else "executorch",
+        "tokenizer": "tokenizer.json",
+        "eos_id": manifest.get("eos_id"),
+        "model": {
+            "name": manifest.get("name"), "target": manifest.get("target"), "format": manifest.get("format"),
+            "artifact": manifest["artifact"]["file"], "artifact_sha256": manifest["artifact"]["sha256"],
+            "quality": {k: quality.get(k) for k in ("perplexity", "float_perplexity", "perplexity_increase_pct",
+                                                    "agreement_pct", "passed") if k in quality},
         },
     }

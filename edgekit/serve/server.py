@@ -21,7 +21,10 @@ intra-op threads).
     python3 serve.py model.onnx --spec serve.json --supervise --pidfile serve.pid   # restart on failure
 
 Endpoints: POST /v1/predict, GET /healthz, GET /v1/model, GET /metrics (see
-`edgekit serve --help` and the README's "Serve on the board").
+`edgekit serve --help` and the README's "Serve on the board"). A text-generation
+build (serve.json "task") answers POST /v1/generate instead of /v1/predict: greedy
+tokens streamed as NDJSON, one request generating at a time; its tokenizer is
+read with the `tokenizers` package (pip: tokenizers, a wheel for aarch64).
 On SIGTERM/SIGINT it stops accepting, finishes what is in flight and exits 0.
 Exit status 1 when the artifact cannot be loaded or served, 2 for bad arguments,
 3 when a package is missing.
@@ -59,7 +62,7 @@ EXIT_FAILED, EXIT_USAGE, EXIT_MISSING = 1, 2, 3
 # small CNN on a Pi 5 (~0.1 ms) to a transformer under emulation (seconds).
 SECONDS_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 SAMPLE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
-ROUTES = ("/v1/predict", "/healthz", "/v1/model", "/metrics")
+ROUTES = ("/v1/predict", "/v1/generate", "/healthz", "/v1/model", "/metrics")
 JSON_TYPES = ("application/json",)
 NPY_TYPES = ("application/x-npy", "application/npy")
 NPZ_TYPES = ("application/x-npz", "application/npz", "application/zip")
@@ -366,6 +369,142 @@ class Batcher:
         self.executor.shutdown(wait=True)
 
 
+class GeneratingModel:
+    """A text-generation artifact (a decoder with its KV cache: runner.decoder_for) and its tokenizer."""
+
+    def __init__(self, artifact: str, doc: dict, settings: Settings):
+        try:
+            from tokenizers import Tokenizer
+        except ImportError as e:
+            raise runner.RunnerError("runtime_missing", f"cannot import tokenizers ({e}): pip install tokenizers",
+                                     EXIT_MISSING, module="tokenizers", package="tokenizers") from None
+        self.doc, self.settings = doc, settings
+        with open(artifact, "rb") as f:
+            self.sha256 = hashlib.file_digest(f, "sha256").hexdigest()
+        self.tokenizer = Tokenizer.from_file(os.path.join(os.path.dirname(os.path.abspath(artifact)), doc["tokenizer"]))
+        self.eos_id = doc.get("eos_id")
+        self.rt = runner.decoder_for(doc.get("runtime"))
+        self.threads_applied = self.rt.set_threads(settings.threads)
+        start = time.perf_counter()
+        try:
+            self.rt.load(artifact)
+        except Exception as e:
+            raise runner.RunnerError("load_failed", f"loading {artifact} failed: {type(e).__name__}: {e}") from None
+        self.load_ms = (time.perf_counter() - start) * 1e3
+        self.max_seq_len = self.rt.max_seq_len
+        start = time.perf_counter()
+        self.rt.step([0], 0)  # one warm step: /healthz answering means the decoder ran once
+        self.warm_ms = (time.perf_counter() - start) * 1e3
+
+    def check_request(self, body: bytes) -> tuple[list, int]:
+        """(prompt token ids, max_new_tokens) of a JSON body {"prompt": TEXT, "max_new_tokens": N}."""
+        try:
+            doc = json.loads(body)
+        except ValueError as e:
+            raise BadRequest(400, f"the body is not valid JSON: {e}") from None
+        if not isinstance(doc, dict) or not isinstance(doc.get("prompt"), str):
+            raise BadRequest(400, 'send a JSON object with the text to continue: {"prompt": "...", "max_new_tokens": 64}')
+        new = doc.get("max_new_tokens", 64)
+        if isinstance(new, bool) or not isinstance(new, int) or new < 1:
+            raise BadRequest(400, f"max_new_tokens must be a whole number of at least 1, got {new!r}")
+        ids = self.tokenizer.encode(doc["prompt"]).ids
+        if not ids:
+            raise BadRequest(400, "the prompt is empty: give at least one token of text")
+        if len(ids) >= self.max_seq_len:
+            raise BadRequest(400, f"the prompt is {len(ids)} tokens; the artifact's context holds {self.max_seq_len}: "
+                                  "shorten it, or rebuild with a larger --max-seq-len")
+        return ids, new
+
+    def generate(self, ids: list, max_new_tokens: int, on_token) -> dict:
+        """Greedy tokens through on_token(id); the final line's figures. Generation stops at the context's end."""
+        tokens, timing = runner.generate_greedy(self.rt.step, ids, max_new_tokens, self.max_seq_len, self.eos_id,
+                                                on_token)
+        decoded = len(tokens) - 1
+        return {"done": True, "stopped": timing["stopped"], "prompt_tokens": len(ids), "new_tokens": len(tokens),
+                "text": self.tokenizer.decode(tokens, skip_special_tokens=True),
+                "time_to_first_token_ms": round(timing["prefill_s"] * 1e3, 3),
+                "decode_tokens_per_s": round(decoded / timing["decode_s"], 3) if decoded and timing["decode_s"] > 0
+                else None}
+
+
+class ClientGone(Exception):
+    """The client of a streamed generation went away: its generation stops at the next token."""
+
+
+class GenerationQueue:
+    """One worker thread generates for one request at a time; up to queue_size more wait, one more is
+    answered 503 with Retry-After. Tokens reach the request's stream as they are made."""
+
+    def __init__(self, model: GeneratingModel, settings: Settings, metrics):
+        self.model, self.settings, self.metrics = model, settings, metrics
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="edgekit-generate")
+        self.waiting = 0
+        self.job_ms = None
+        self.alive = True
+
+    def start(self):
+        pass
+
+    def stream(self, ids: list, max_new_tokens: int):
+        """An async iterator of NDJSON lines: {"token", "text"} per token, then the figures."""
+        if self.waiting >= self.settings.queue_size:
+            per_job = (self.job_ms or 1000.0) / 1e3
+            raise BadRequest(503, f"the server's queue is full ({self.settings.queue_size} requests waiting): "
+                                  "retry later", {"Retry-After": str(max(1, math.ceil(self.waiting * per_job)))})
+        self.waiting += 1
+        self.metrics.queue.set(self.waiting)
+        return self._lines(ids, max_new_tokens)
+
+    async def _lines(self, ids: list, max_new_tokens: int):
+        loop = asyncio.get_running_loop()
+        tokens: asyncio.Queue = asyncio.Queue()
+        gone = threading.Event()
+        made: list = []
+        shown = [0]
+
+        def on_token(token: int):  # in the worker thread
+            if gone.is_set():
+                raise ClientGone()
+            made.append(token)
+            text = self.model.tokenizer.decode(made, skip_special_tokens=True)
+            piece = ""
+            if not text.endswith("\ufffd"):  # a character split over byte tokens waits for its last byte
+                piece, shown[0] = text[shown[0]:], len(text)
+            loop.call_soon_threadsafe(tokens.put_nowait, {"token": token, "text": piece})
+
+        def work():
+            start = time.perf_counter()
+            try:
+                return self.model.generate(ids, max_new_tokens, on_token)
+            finally:
+                spent = (time.perf_counter() - start) * 1e3
+                self.job_ms = spent if self.job_ms is None else 0.9 * self.job_ms + 0.1 * spent
+                self.metrics.inference.observe(spent / 1e3)
+
+        future = loop.run_in_executor(self.executor, work)
+        try:
+            while not future.done() or not tokens.empty():
+                getter = asyncio.ensure_future(tokens.get())
+                await asyncio.wait({getter, future}, return_when=asyncio.FIRST_COMPLETED)
+                if getter.done():
+                    yield json.dumps(getter.result()) + "\n"
+                else:
+                    getter.cancel()
+            try:
+                final = future.result()
+            except Exception as e:  # the runtime failed mid-stream: the last line says so
+                final = {"done": True, "error": f"the runtime failed: {type(e).__name__}: {e}"}
+            yield json.dumps(final) + "\n"
+        finally:
+            gone.set()
+            self.waiting -= 1
+            self.metrics.queue.set(self.waiting)
+
+    async def stop(self):
+        self.alive = False
+        self.executor.shutdown(wait=True)
+
+
 # --- HTTP ---------------------------------------------------------------------------------
 
 
@@ -400,9 +539,10 @@ def create_app(artifact: str, doc: dict, settings: Settings, state: dict | None 
     import numpy as np
     from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
     from starlette.applications import Starlette
-    from starlette.responses import JSONResponse, Response
+    from starlette.responses import JSONResponse, Response, StreamingResponse
     from starlette.routing import Route
 
+    generating = doc.get("task") == "text-generation"
     state = {} if state is None else state
     state.setdefault("draining", False)
     metrics = Metrics()
@@ -477,6 +617,8 @@ def create_app(artifact: str, doc: dict, settings: Settings, state: dict | None 
         return arrays
 
     async def predict(request):
+        if generating:
+            raise BadRequest(404, "this is a text-generation model: POST /v1/generate {\"prompt\": \"...\"}")
         model, batcher = state["model"], state["batcher"]
         start = time.perf_counter()
         if state["draining"]:
@@ -501,6 +643,15 @@ def create_app(artifact: str, doc: dict, settings: Settings, state: dict | None 
             doc["top_k"] = ranked
         return json_response(doc)
 
+    async def generate(request):
+        """POST {"prompt": TEXT, "max_new_tokens": N}: greedy tokens as NDJSON lines, then the figures."""
+        if not generating:
+            raise BadRequest(404, "this model is not a text-generation model: POST /v1/predict")
+        if state["draining"]:
+            raise BadRequest(503, "the server is shutting down", {"Retry-After": "5", "Connection": "close"})
+        ids, new = state["model"].check_request(await read_body(request))
+        return StreamingResponse(state["batcher"].stream(ids, new), media_type="application/x-ndjson")
+
     def json_response(doc: dict):
         try:
             text = json.dumps(doc, allow_nan=False)
@@ -518,6 +669,14 @@ def create_app(artifact: str, doc: dict, settings: Settings, state: dict | None 
 
     async def describe(request):
         model = state["model"]
+        if generating:
+            return JSONResponse({**(doc.get("model") or {}), "sha256": model.sha256, "task": "text-generation",
+                                 "max_seq_len": model.max_seq_len, "eos_id": model.eos_id,
+                                 "runtime": {"name": model.rt.name, "version": model.rt.version()},
+                                 "machine": platform.machine(), "threads": settings.threads,
+                                 "threads_applied": model.threads_applied,
+                                 "server": {"queue_size": settings.queue_size, "max_body_bytes": settings.max_body_bytes,
+                                            "generating": "one request at a time, greedy"}})
         return JSONResponse({**(doc.get("model") or {}), "sha256": model.sha256, "inputs": model.specs,
                              "outputs": [{"name": n, "shape": s} for n, s in zip(model.output_names, model.output_shapes)],
                              "batch": model.batch, "runtime": {"name": model.rt.name, "version": model.rt.version()},
@@ -536,14 +695,14 @@ def create_app(artifact: str, doc: dict, settings: Settings, state: dict | None 
     async def lifespan(app):
         # Loaded before uvicorn opens its socket: /healthz answering means the model ran once.
         try:
-            model = ServedModel(artifact, doc, settings)
+            model = (GeneratingModel if generating else ServedModel)(artifact, doc, settings)
         except runner.RunnerError as e:
             state["error"] = e  # uvicorn only logs a failed startup; serve() raises it
             raise
         except Exception as e:
             state["error"] = runner.RunnerError("serve_failed", f"{type(e).__name__}: {e}")
             raise
-        batcher = Batcher(model, settings, metrics)
+        batcher = (GenerationQueue if generating else Batcher)(model, settings, metrics)
         batcher.start()
         state.update(model=model, batcher=batcher)
         try:
@@ -551,7 +710,8 @@ def create_app(artifact: str, doc: dict, settings: Settings, state: dict | None 
         finally:
             await batcher.stop()
 
-    app = Starlette(routes=[Route("/v1/predict", predict, methods=["POST"]), Route("/healthz", healthz),
+    app = Starlette(routes=[Route("/v1/predict", predict, methods=["POST"]),
+                            Route("/v1/generate", generate, methods=["POST"]), Route("/healthz", healthz),
                             Route("/v1/model", describe), Route("/metrics", prometheus)], lifespan=lifespan)
 
     async def asgi(scope, receive, send):
