@@ -7,7 +7,7 @@ process, alternating, times greedy generation of --new-tokens tokens from the sa
 
 - the float model stepped eagerly in torch with the same static KV cache (decoder.CachedStep), the
   path a user has before edgekit;
-- the artifact in ExecuTorch's runtime (formats/executorch.py DecoderRunner);
+- the artifact in ExecuTorch's runtime (llm/generate.py DecoderRunner);
 
 at 1 thread and at all cores. Ratios are of medians over --runs runs. Next to them: the decode limit
 memory bandwidth sets (validate/cost.py decode_limit) for this computer's profile (targets/host.toml,
@@ -40,7 +40,7 @@ def main() -> None:
 
     import torch
 
-    from edgekit.formats.executorch import DecoderRunner
+    from edgekit.llm.generate import DecoderRunner
     from edgekit.llm import decoder, generate
     from edgekit.llm.build import DecoderRecipe, build
     from edgekit.model.app import load_decoder_app
@@ -59,7 +59,7 @@ def main() -> None:
     for threads in (1, os.cpu_count() or 1):
         torch.set_num_threads(threads)
         runners = {"float eager (torch)": decoder.CachedStep(model, max_seq_len),
-                   "8da4w .pte (ExecuTorch, XNNPACK)": DecoderRunner(out / "model.pte", threads=threads)}
+                   "8da4w .pte (ExecuTorch, XNNPACK)": DecoderRunner("executorch", out / "model.pte", threads=threads)}
         timings: dict[str, list] = {name: [] for name in runners}
         for _ in range(args.runs):
             for name, runner in runners.items():  # alternating: drift in the machine's load hits both

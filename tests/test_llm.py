@@ -252,13 +252,14 @@ def _export_matches_eager(kind: str, tmp_path: Path) -> None:
     """The .pte of a quantized random decoder computes what the same quantized model computes in torch."""
     from edgekit.formats import executorch as fmt
     from edgekit.llm import decoder
+    from edgekit.llm.generate import DecoderRunner
 
     model, _ = decoder.load(_random_decoder(kind, tmp_path))
     decoder.exportable(model, 64)
     fmt.quantize_decoder(model, 32, 8)
     reference = decoder.CachedStep(model, 64)
     fmt.export_decoder(model, tmp_path / "m.pte", 64, {"get_max_seq_len": 64})
-    runner = fmt.DecoderRunner(tmp_path / "m.pte")
+    runner = DecoderRunner(fmt.DECODER_RUNTIME, tmp_path / "m.pte")
     assert runner.max_seq_len == 64
     ids = np.arange(3, 23) % 500
     want = np.concatenate([reference.step(ids[:12], 0), reference.step(ids[12:13], 12), reference.step(ids[13:], 13)])
@@ -325,7 +326,8 @@ def test_onnx_post_training_int4_misses_the_gate_and_says_so(tinylm_onnx_ptq):
 def test_onnx_decoder_generates_what_a_full_recompute_chooses(tinylm_onnx_ptq, run_cli):
     """`edgekit generate` on the .onnx: each token is the one the model picks when the whole sequence so far
     is fed again without a cache, so the runner keeps the KV cache right across calls."""
-    from edgekit.formats.onnx import DecoderRunner
+    from edgekit.formats.onnx import DECODER_RUNTIME
+    from edgekit.llm.generate import DecoderRunner
 
     out = tinylm_onnx_ptq["dir"]
     prompt = 'The "if" statement is used for'
@@ -333,7 +335,7 @@ def test_onnx_decoder_generates_what_a_full_recompute_chooses(tinylm_onnx_ptq, r
     assert proc.returncode == 0, proc.stderr
     doc = json.loads(proc.stdout)
     assert len(doc["tokens"]) == 12 and doc["stats"]["decode_tokens_per_s"] > 0
-    runner = DecoderRunner(out / "model.onnx")
+    runner = DecoderRunner(DECODER_RUNTIME, out / "model.onnx")
     from transformers import PreTrainedTokenizerFast
 
     seq = PreTrainedTokenizerFast.from_pretrained(out).encode(prompt)
@@ -387,12 +389,13 @@ def test_builder_graph_computes_what_the_eager_model_does(kind, tmp_path):
     cache by the device runner, against transformers' eager model: export coverage, no quantization."""
     from edgekit.formats import onnx as fmt
     from edgekit.llm import decoder
+    from edgekit.llm.generate import DecoderRunner
 
     model, tokenizer = decoder.load(_random_decoder(kind, tmp_path))
     decoder.exportable(model, 64)
     reference = decoder.CachedStep(model, 64)
     fmt.export_decoder(model, tokenizer, tmp_path / "onnx", 64, 32, 8, precision="fp32")
-    runner = fmt.DecoderRunner(tmp_path / "onnx" / "model.onnx")
+    runner = DecoderRunner(fmt.DECODER_RUNTIME, tmp_path / "onnx" / "model.onnx")
     assert runner.max_seq_len == 64
     ids = np.arange(3, 23) % 500
     want = np.concatenate([reference.step(ids[:12], 0), reference.step(ids[12:13], 12), reference.step(ids[13:], 13)])

@@ -486,6 +486,9 @@ def emulated_baseline(core, model, example: tuple, one_sample) -> int | None:
 # hurt most (llama.cpp's Q4_K_M keeps them at 6 bits for the same reason). On the tinylm sample, 4-bit
 # embedding and head add 13.0 % perplexity and keep 80.9 % greedy agreement against 9.1 % / 83.9 %
 # with them at 8 bits, before QAT (sample_apps/tinylm/README.md).
+DECODER_RUNTIME = "executorch"  # runtime/runner.py ExecutorchDecoder steps a decoder .pte
+
+
 def decoder_scheme(weight_bits: int = 4) -> str:
     """8da4w: int8 dynamic activations, int4 weights (8da8w with --weight-bits 8)."""
     return f"8da{weight_bits}w"
@@ -596,27 +599,6 @@ def export_decoder(model, path: Path, max_seq_len: int, metadata: dict) -> dict:
     forward = next(p for p in plan if p.name == "forward")
     return {"delegates": sorted({d.id for d in forward.delegates}), "ops_outside_delegate": outside,
             "planned_memory_bytes": sum(forward.non_const_buffer_sizes)}
-
-
-class DecoderRunner:
-    """A decoder `.pte` in ExecuTorch's Python runtime, stepped as on a board (runtime/runner.py
-    ExecutorchDecoder): `step(ids, start) -> logits (len(ids), vocab)`."""
-
-    runtime = "executorch"
-
-    def __init__(self, path: Path, threads: int | None = None):
-        from edgekit.runtime.runner import ExecutorchDecoder
-
-        quiet_python_logs()
-        with native_stderr_captured():
-            self._decoder = ExecutorchDecoder()
-            if threads:
-                self._decoder.set_threads(threads)
-            self._decoder.load(str(path))
-        self.max_seq_len = self._decoder.max_seq_len
-
-    def step(self, ids, start: int) -> np.ndarray:
-        return self._decoder.step(ids, start)
 
 
 def emulate_generation(core, artifact: Path, prompt_ids, new_tokens: int, max_seq_len: int,

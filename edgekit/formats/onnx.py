@@ -679,6 +679,7 @@ def decoder_scheme(weight_bits: int = 4) -> str:
 
 DECODER_BUILDER = "onnxruntime-genai model builder"
 DECODER_FILES = ("model.onnx", "model.onnx.data", "genai_config.json")  # what the builder writes that we ship
+DECODER_RUNTIME = "onnxruntime"  # runtime/runner.py OnnxDecoder steps a decoder .onnx
 
 
 def decoder_layers(model, group_size: int, embedding_bits: int,
@@ -803,25 +804,6 @@ def _run_builder(model_dir: Path, out_dir: Path, cache_dir: Path, options: list[
             quiet.enter_context(root_logger_quiet())
         extra = parse_extra_options(*args, [*options, "hf_token=false", "hf_remote=false"])
         create_model(*args, **extra)
-
-
-class DecoderRunner:
-    """A decoder `.onnx` in onnxruntime on this computer, stepped as on a board (runtime/runner.py
-    OnnxDecoder): `step(ids, start) -> logits (len(ids), vocab)`."""
-
-    runtime = "onnxruntime"
-
-    def __init__(self, path: Path, threads: int | None = None):
-        from edgekit.runtime.runner import OnnxDecoder
-
-        self._decoder = OnnxDecoder()
-        if threads:
-            self._decoder.set_threads(threads)
-        self._decoder.load(str(path))
-        self.max_seq_len = self._decoder.max_seq_len
-
-    def step(self, ids, start: int) -> np.ndarray:
-        return self._decoder.step(ids, start)
 
 
 def emulate_generation(core, artifact: Path, prompt_ids, new_tokens: int, max_seq_len: int,

@@ -142,7 +142,7 @@ def build(src: DecoderSource, target: str, recipe: DecoderRecipe, out: Path | No
         for name in TOKENIZER_FILES:
             if src.model_dir.is_dir() and (src.model_dir / name).is_file():
                 shutil.copyfile(src.model_dir / name, staging / name)
-        runner = fmt.DecoderRunner(artifact)
+        runner = generate.DecoderRunner(fmt.DECODER_RUNTIME, artifact)
         with steps.step("judge", label=f"judge {artifact.name} in {runner.runtime}"):
             verdict = quality.judge(runner, reference, text, recipe.max_perplexity_increase, recipe.min_agreement,
                                     float_figures)

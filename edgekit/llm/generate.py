@@ -35,6 +35,26 @@ class GenerationStats:
         return {k: (round(v, 3) if isinstance(v, float) else v) for k, v in asdict(self).items()}
 
 
+class DecoderRunner:
+    """A decoder artifact in its runtime on this computer, stepped as a board steps it (runtime/runner.py
+    decoder_for: ExecutorchDecoder for a .pte, OnnxDecoder for an .onnx)."""
+
+    def __init__(self, runtime: str, path, threads: int | None = None):
+        from edgekit.quiet import native_stderr_captured, quiet_python_logs
+        from edgekit.runtime.runner import decoder_for
+
+        quiet_python_logs()
+        with native_stderr_captured():
+            self._decoder = decoder_for(runtime)
+            if threads:
+                self._decoder.set_threads(threads)
+            self._decoder.load(str(path))
+        self.runtime, self.max_seq_len = runtime, self._decoder.max_seq_len
+
+    def step(self, ids, start: int):
+        return self._decoder.step(ids, start)
+
+
 def check_prompt(prompt_tokens: int, max_seq_len: int, where: str = "the prompt") -> None:
     """A prompt must leave room for at least one generated token in the KV cache."""
     if prompt_tokens < 1:
@@ -106,7 +126,8 @@ def open_build(build_dir):
     from transformers import PreTrainedTokenizerFast
 
     tokenizer = PreTrainedTokenizerFast.from_pretrained(build_dir)
-    return decoder_format(manifest.get("format", "executorch")).DecoderRunner(artifact), tokenizer, manifest
+    runtime = decoder_format(manifest.get("format", "executorch")).DECODER_RUNTIME
+    return DecoderRunner(runtime, artifact), tokenizer, manifest
 
 
 class TextStream:

@@ -130,6 +130,19 @@ def as_arrays(np, outputs) -> list:
     return [o.detach().cpu().numpy() if hasattr(o, "detach") else np.asarray(o) for o in outputs]
 
 
+def _load(rt, artifact: str, threads: int) -> tuple[str, bool, float]:
+    """The artifact's sha256, whether the thread count took, and its load time (ms) in `rt`."""
+    with open(artifact, "rb") as f:
+        sha256 = hashlib.file_digest(f, "sha256").hexdigest()
+    applied = rt.set_threads(threads)
+    start = time.perf_counter()
+    try:
+        rt.load(artifact)
+    except Exception as e:
+        raise runner.RunnerError("load_failed", f"loading {artifact} failed: {type(e).__name__}: {e}") from None
+    return sha256, applied, (time.perf_counter() - start) * 1e3
+
+
 class ServedModel:
     """The artifact in its runtime, run by one worker thread, and the checks on what requests send."""
 
@@ -140,16 +153,8 @@ class ServedModel:
         self.specs = doc["inputs"]
         self.batch = int(self.specs[0]["shape"][0])  # static: every input of an artifact has the same batch
         self.labels = (doc.get("model") or {}).get("labels")
-        with open(artifact, "rb") as f:
-            self.sha256 = hashlib.file_digest(f, "sha256").hexdigest()
         self.rt = runner.runtime_for(doc.get("runtime"))
-        self.threads_applied = self.rt.set_threads(settings.threads)
-        start = time.perf_counter()
-        try:
-            self.rt.load(artifact)
-        except Exception as e:
-            raise runner.RunnerError("load_failed", f"loading {artifact} failed: {type(e).__name__}: {e}") from None
-        self.load_ms = (time.perf_counter() - start) * 1e3
+        self.sha256, self.threads_applied, self.load_ms = _load(self.rt, artifact, settings.threads)
         # One warm inference: /healthz reports it, and it tells the outputs' names and whether each
         # carries the batch first (then samples of several requests may share one runtime call).
         start = time.perf_counter()
@@ -379,18 +384,10 @@ class GeneratingModel:
             raise runner.RunnerError("runtime_missing", f"cannot import tokenizers ({e}): pip install tokenizers",
                                      EXIT_MISSING, module="tokenizers", package="tokenizers") from None
         self.doc, self.settings = doc, settings
-        with open(artifact, "rb") as f:
-            self.sha256 = hashlib.file_digest(f, "sha256").hexdigest()
         self.tokenizer = Tokenizer.from_file(os.path.join(os.path.dirname(os.path.abspath(artifact)), doc["tokenizer"]))
         self.eos_id = doc.get("eos_id")
         self.rt = runner.decoder_for(doc.get("runtime"))
-        self.threads_applied = self.rt.set_threads(settings.threads)
-        start = time.perf_counter()
-        try:
-            self.rt.load(artifact)
-        except Exception as e:
-            raise runner.RunnerError("load_failed", f"loading {artifact} failed: {type(e).__name__}: {e}") from None
-        self.load_ms = (time.perf_counter() - start) * 1e3
+        self.sha256, self.threads_applied, self.load_ms = _load(self.rt, artifact, settings.threads)
         self.max_seq_len = self.rt.max_seq_len
         start = time.perf_counter()
         self.rt.step([0], 0)  # one warm step: /healthz answering means the decoder ran once
