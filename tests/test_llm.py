@@ -460,6 +460,33 @@ def test_serve_streams_the_tokens_generate_makes(which, tinylm_onnx_ptq, tinylm_
         server.stop()
 
 
+def test_serve_answers_503_while_the_generation_queue_is_full(tinylm_build, tmp_path):
+    """--queue-size 1: while one generation streams, the next request gets 503 with Retry-After at once."""
+    import http.client
+
+    from test_serve import Server
+
+    copy = tmp_path / "q"
+    shutil.copytree(tinylm_build["dir"], copy)
+    server = Server(copy, "--queue-size", "1", "--threads", "1")
+    try:
+        first = http.client.HTTPConnection("127.0.0.1", server.port, timeout=60)
+        first.request("POST", "/v1/generate", json.dumps({"prompt": "def", "max_new_tokens": 250}).encode(),
+                      {"Content-Type": "application/json"})
+        response = first.getresponse()
+        assert response.status == 200 and json.loads(response.fp.readline())["token"] >= 0  # it is generating
+        status, data, headers = server.request("POST", "/v1/generate", b'{"prompt": "def"}', "application/json")
+        assert status == 503 and int(headers["retry-after"]) >= 1 and "queue is full" in json.loads(data)["error"]
+        rest = [json.loads(line) for line in response.read().decode().splitlines()]
+        assert rest[-1]["done"] and rest[-1]["new_tokens"] + rest[-1]["prompt_tokens"] > 200
+        first.close()
+        status, _, _ = server.request("POST", "/v1/generate", b'{"prompt": "def", "max_new_tokens": 2}',
+                                      "application/json")
+        assert status == 200  # the queue drained: answered again
+    finally:
+        server.stop()
+
+
 @pytest.fixture(scope="module")
 def onnx_server(tinylm_onnx_ptq, tmp_path_factory):
     from test_serve import Server

@@ -42,7 +42,10 @@ def test_fp16_on_a_target_with_fp16(digits_app, tmp_path, fmt):
     metrics = m["metrics"]
     assert m["quantization"]["scheme"] == "fp16"
     assert abs(metrics["accuracy_float"] - metrics["accuracy_artifact"]) <= 0.5
-    assert metrics["max_abs_error"] < 0.05  # half precision, not int8
+    # Half precision, not int8: int8 gives about 40 dB on digits. A CPU with fp16 arithmetic (ARMv8.2's FP16,
+    # x86's AVX512-FP16) runs XNNPACK's fp16 kernels natively, accumulating in fp16: 53.6 dB (max abs error
+    # 0.072) measured on such a host; accumulating in fp32 gives more.
+    assert metrics["sqnr_db"] > 48, metrics
     if fmt == "onnx":  # weight-only fp16: weights stored as float16, half the bytes
         graph = onnx.load(str(tmp_path / "b" / "model.onnx")).graph
         assert any(i.data_type == onnx.TensorProto.FLOAT16 for i in graph.initializer)

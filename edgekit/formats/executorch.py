@@ -486,6 +486,7 @@ def emulated_baseline(core, model, example: tuple, one_sample) -> int | None:
 # hurt most (llama.cpp's Q4_K_M keeps them at 6 bits for the same reason). On the tinylm sample, 4-bit
 # embedding and head add 13.0 % perplexity and keep 80.9 % greedy agreement against 9.1 % / 83.9 %
 # with them at 8 bits, before QAT (sample_apps/tinylm/README.md).
+DECODER_FILES = ("model.pte",)  # a text-generation build's artifact: the program holds its KV cache
 DECODER_RUNTIME = "executorch"  # runtime/runner.py ExecutorchDecoder steps a decoder .pte
 
 

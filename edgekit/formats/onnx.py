@@ -674,11 +674,13 @@ def emulate(core, artifact: Path, samples: list[list[np.ndarray]], input_names: 
 # ---------------------------------------------------------------- decoders (edgekit build --task text-generation)
 
 def decoder_scheme(weight_bits: int = 4) -> str:
+    """Weight-only: onnxruntime's MatMulNBits takes int4 (or int8) weights in blocks, rounded by RTN."""
     return f"int{weight_bits} MatMulNBits (RTN)"
 
 
 DECODER_BUILDER = "onnxruntime-genai model builder"
-DECODER_FILES = ("model.onnx", "model.onnx.data", "genai_config.json")  # what the builder writes that we ship
+# What the builder writes that a text-generation build ships: the graph first, then what it reads beside it.
+DECODER_FILES = ("model.onnx", "model.onnx.data", "genai_config.json")
 DECODER_RUNTIME = "onnxruntime"  # runtime/runner.py OnnxDecoder steps a decoder .onnx
 
 
@@ -704,7 +706,7 @@ def decoder_layers(model, group_size: int, embedding_bits: int,
 
 def prepare_decoder_qat(model, group_size: int, embedding_bits: int, weight_bits: int = 4) -> None:
     """QAT for the MatMulNBits weights, in place: torchao's fake quantization of 8da4w (formats/executorch.py),
-    int4 symmetric in groups of group_size with int8 activations. onnxruntime's RTN rounds to a
+    int4 symmetric in groups of group_size with int8 activations (8da8w with --weight-bits 8). onnxruntime's RTN rounds to a
     slightly different symmetric grid (scale from the signed extreme over 8, not max|w| over 7.5), so
     the weights are trained for int4 noise of that size rather than for exactly the values shipped;
     on tinylm's held-out text that keeps the gate (tests/test_llm.py), where RTN alone misses it."""
@@ -740,7 +742,8 @@ def check_decoder_architecture(model, tokenizer) -> None:
 
 def export_decoder(model, tokenizer, out_dir: Path, max_seq_len: int, group_size: int, embedding_bits: int,
                    weight_bits: int = 4, precision: str | None = None) -> dict:
-    """A decoder (float weights, QAT-trained or not) to int4 `.onnx` with onnxruntime-genai's model builder.
+    """A decoder (float weights, QAT-trained or not) to an int4 (weight_bits 8: int8) `.onnx` with
+    onnxruntime-genai's model builder.
 
     The builder writes its own graph for the architecture (GroupQueryAttention with the KV cache as
     inputs/outputs, fused norms, rotary caches) and quantizes every MatMul with onnxruntime's
@@ -766,12 +769,12 @@ def export_decoder(model, tokenizer, out_dir: Path, max_seq_len: int, group_size
     config["model"]["context_length"] = max_seq_len
     config["search"]["max_length"] = max_seq_len
     config_file.write_text(json.dumps(config, indent=4) + "\n")
-    import onnx
     from collections import Counter
-
-    graph = onnx.load(str(out_dir / "model.onnx"), load_external_data=False).graph
     from importlib.metadata import version
 
+    import onnx
+
+    graph = onnx.load(str(out_dir / "model.onnx"), load_external_data=False).graph
     return {"builder": f"{DECODER_BUILDER} {version('onnxruntime-genai')}", "options": options,
             "ops": dict(Counter(n.op_type for n in graph.node).most_common())}
 

@@ -1,4 +1,4 @@
-"""`edgekit build --task text-generation`: a causal LM to 4-bit weights with its KV cache, judged and timed.
+"""`edgekit build --task text-generation`: a causal LM to 4-bit (or 8-bit) weights with its KV cache, judged and timed.
 
 Two formats, one flow:
 - executorch (default): 8da4w through torchao, exported by transformers' ExecuTorch
@@ -32,7 +32,6 @@ from edgekit.model.app import DecoderSource
 
 TASK = "text-generation"
 FORMATS = ("executorch", "onnx")
-ARTIFACT = {"executorch": "model.pte", "onnx": "model.onnx"}
 GROUP_SIZES = (16, 32, 64, 128, 256)
 SPEED_NEW_TOKENS = 64  # tokens generated per timing run (fewer when the context is shorter)
 
@@ -128,7 +127,7 @@ def build(src: DecoderSource, target: str, recipe: DecoderRecipe, out: Path | No
 
     metadata = _runner_metadata(model, tokenizer, recipe.max_seq_len)
     with staged_build_dir(out_dir, warn=steps.warn) as staging:
-        artifact = staging / ARTIFACT[recipe.format]
+        artifact = staging / fmt.DECODER_FILES[0]
         if recipe.format == "executorch":
             with steps.step("export", label="export model.pte (XNNPACK, KV cache)") as record:
                 export_facts = fmt.export_decoder(quantized, artifact, recipe.max_seq_len, metadata)
@@ -156,7 +155,7 @@ def build(src: DecoderSource, target: str, recipe: DecoderRecipe, out: Path | No
             "name": src.name, "task": TASK, "target": tgt.name, "format": recipe.format, "runtime": runner.runtime,
             "artifact": _file_entry(artifact),
             # Files the artifact reads beside it (the .onnx's weights and its runtime config), checked the same way.
-            "artifact_files": [_file_entry(staging / f) for f in getattr(fmt, "DECODER_FILES", ())[1:]],
+            "artifact_files": [_file_entry(staging / f) for f in fmt.DECODER_FILES[1:]],
             "tokenizer": [n for n in TOKENIZER_FILES if (staging / n).is_file()],
             "eos_id": tokenizer.eos_token_id,  # generation stops there (edgekit generate, serve, the runners)
             "model": {**src.to_json(), **loaded, "inputs": _DECODER_INPUTS[recipe.format]},

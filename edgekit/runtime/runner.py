@@ -216,8 +216,8 @@ class OnnxDecoder(OnnxRuntime):
         with open(os.path.join(os.path.dirname(os.path.abspath(path)), "genai_config.json")) as f:
             config = json.load(f)["model"]
         self.max_seq_len = int(config["context_length"])
-        head_size = int(config["decoder"]["head_size"])
-        self._empty = {i.name: self.np.zeros((1, i.shape[1], 0, head_size), dtype=self.np.float32)
+        shape = (1, int(config["decoder"]["num_key_value_heads"]), 0, int(config["decoder"]["head_size"]))
+        self._empty = {i.name: self.np.zeros(shape, dtype=self.np.float32)
                        for i in self._session.get_inputs() if i.name.startswith("past_key_values.")}
         self._outputs = [o.name for o in self._session.get_outputs()]
         self._cache = dict(self._empty)
@@ -225,7 +225,7 @@ class OnnxDecoder(OnnxRuntime):
     def step(self, ids, start: int):
         np = self.np
         ids = np.asarray(ids, dtype=np.int64).reshape(1, -1)
-        cached = next(iter(self._cache.values())).shape[2] if self._cache else 0
+        cached = next(iter(self._cache.values())).shape[2]
         if start > cached:
             raise RunnerError("usage", f"step at position {start}, but the cache holds {cached} tokens", EXIT_USAGE)
         past = {k: v[:, :, :start] for k, v in self._cache.items()} if start else dict(self._empty)
