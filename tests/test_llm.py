@@ -198,6 +198,16 @@ def test_a_model_dir_missing_a_file_is_refused_naming_it(tmp_path, run_cli, drop
     assert not (tmp_path / "out").exists()
 
 
+def test_a_file_that_is_not_gguf_is_refused_naming_it(tmp_path, run_cli):
+    bad = tmp_path / "model.gguf"
+    bad.write_text("not a model")
+    proc = run_cli("build", "--task", "text-generation", "--model", str(bad), "--eval-text", str(TINYLM / "eval.txt"),
+                   "--out", str(tmp_path / "out"))
+    assert proc.returncode == 2, proc.stderr
+    assert str(bad) in proc.stderr and "not a GGUF file" in proc.stderr
+    assert not (tmp_path / "out").exists()
+
+
 @pytest.mark.parametrize("args, said", [
     (("--max-seq-len", "4096"), "longer than the model's 256 positions"),
     (("--group-size", "48"), "--group-size 48: use one of"),
@@ -474,7 +484,7 @@ def test_serve_answers_503_while_the_generation_queue_is_full(tinylm_build, tmp_
         first.request("POST", "/v1/generate", json.dumps({"prompt": "def", "max_new_tokens": 250}).encode(),
                       {"Content-Type": "application/json"})
         response = first.getresponse()
-        assert response.status == 200 and json.loads(response.fp.readline())["token"] >= 0  # it is generating
+        assert response.status == 200 and json.loads(response.readline())["token"] >= 0  # it is generating
         status, data, headers = server.request("POST", "/v1/generate", b'{"prompt": "def"}', "application/json")
         assert status == 503 and int(headers["retry-after"]) >= 1 and "queue is full" in json.loads(data)["error"]
         rest = [json.loads(line) for line in response.read().decode().splitlines()]
