@@ -595,38 +595,28 @@ def test_smollm2_with_int4_weights_misses_the_gate_and_says_so(tmp_path, run_cli
 def test_tinylm_generates_on_the_emulated_board(tinylm_build, run_cli):
     """The .pte in the native runner on an emulated Cortex-A76 (rpi5) continues a prompt with the tokens the
     host's runtime chooses: ARM's XNNPACK kernels compute what the host's did."""
-    from emulator_fixture import require_emulator
-
-    from edgekit.llm.generate import generate, open_build
-
-    require_emulator()
-    prompt = 'The "if" statement is used for'
-    proc = run_cli("generate", str(tinylm_build["dir"]), "--prompt", prompt, "-n", "16", "--emulate", "--json",
-                   timeout=900)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    doc = json.loads(proc.stdout)
-    runner, tokenizer, _ = open_build(tinylm_build["dir"])
-    host, _ = generate(runner, tokenizer.encode(prompt), 16, runner.max_seq_len, tokenizer.eos_token_id)
-    assert doc["cpu"] == "cortex-a76" and doc["stopped"] == "max_new_tokens"
-    assert doc["tokens"] == host
-    assert doc["guest_instructions_per_token"] > 10_000
+    _emulated_tokens_are_the_hosts(tinylm_build["dir"], run_cli)
 
 
 @pytest.mark.emulator
 def test_tinylm_onnx_generates_on_the_emulated_board(tinylm_onnx_ptq, run_cli):
     """The .onnx in the guest's aarch64 onnxruntime (the device runner's decoder and loop) on an emulated
     Cortex-A76 continues a prompt with the host's tokens."""
+    _emulated_tokens_are_the_hosts(tinylm_onnx_ptq["dir"], run_cli)
+
+
+def _emulated_tokens_are_the_hosts(build_dir: Path, run_cli) -> None:
+    """`edgekit generate --emulate` on rpi5's emulated Cortex-A76 continues a prompt with the host runtime's tokens."""
     from emulator_fixture import require_emulator
 
     from edgekit.llm.generate import generate, open_build
 
     require_emulator()
     prompt = 'The "if" statement is used for'
-    proc = run_cli("generate", str(tinylm_onnx_ptq["dir"]), "--prompt", prompt, "-n", "16", "--emulate", "--json",
-                   timeout=900)
+    proc = run_cli("generate", str(build_dir), "--prompt", prompt, "-n", "16", "--emulate", "--json", timeout=900)
     assert proc.returncode == 0, proc.stderr[-2000:]
     doc = json.loads(proc.stdout)
-    runner, tokenizer, _ = open_build(tinylm_onnx_ptq["dir"])
+    runner, tokenizer, _ = open_build(build_dir)
     host, _ = generate(runner, tokenizer.encode(prompt), 16, runner.max_seq_len, tokenizer.eos_token_id)
     assert doc["cpu"] == "cortex-a76" and doc["stopped"] == "max_new_tokens"
     assert doc["tokens"] == host

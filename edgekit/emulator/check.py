@@ -131,16 +131,9 @@ def generate_native_pte(core: EmulatedCore, artifact: Path, prompt_ids, new_toke
     """A text-generation `.pte` generating greedily in edgekit-et-runner (`--generate`): (its JSON, the guest
     instructions of the decode calls, every token after the first)."""
     shutil.copy2(artifact, core.work / "decoder.pte")
-    np.asarray(prompt_ids, dtype="<i8").tofile(core.work / "prompt.ids")
     command = [f"{NATIVE}/edgekit-et-runner", f"{WORK}/decoder.pte", "--generate", str(new_tokens),
                "--prompt-ids", f"{WORK}/prompt.ids", "--max-seq-len", str(max_seq_len), "--count"]
-    if eos_id is not None:
-        command += ["--eos", str(eos_id)]
-    stdout, count = core.counted(command, "decoder")
-    doc = last_json(stdout)
-    if doc is None or not doc.get("ok"):
-        raise EmulationFailed(f"the emulated runner did not generate: {(doc or {}).get('error', 'no JSON result')}")
-    return doc, count
+    return _generate_in_guest(core, command, prompt_ids, eos_id, "the emulated runner")
 
 
 def generate_in_guest_python(core: EmulatedCore, files: list[Path], prompt_ids, new_tokens: int, max_seq_len: int,
@@ -151,15 +144,21 @@ def generate_in_guest_python(core: EmulatedCore, files: list[Path], prompt_ids, 
         shutil.copy2(f, core.work / f.name)
     shutil.copy2(GUEST_GENERATE, core.work / "guest_generate.py")
     shutil.copy2(RUNNER_PATH, core.work / "runner.py")
-    np.asarray(prompt_ids, dtype="<i8").tofile(core.work / "prompt.ids")
     command = [f"{VENV}/bin/python", f"{WORK}/guest_generate.py", f"{WORK}/{files[0].name}", f"{WORK}/prompt.ids",
                str(new_tokens), "--count"]
+    return _generate_in_guest(core, command, prompt_ids, eos_id, "the guest's onnxruntime")
+
+
+def _generate_in_guest(core: EmulatedCore, command: list[str], prompt_ids, eos_id: int | None,
+                       what: str) -> tuple[dict, int | None]:
+    """Both generation commands read the prompt from WORK/prompt.ids, take --eos, and print one JSON object."""
+    np.asarray(prompt_ids, dtype="<i8").tofile(core.work / "prompt.ids")
     if eos_id is not None:
-        command += ["--eos", str(eos_id)]
+        command = [*command, "--eos", str(eos_id)]
     stdout, count = core.counted(command, "decoder")
     doc = last_json(stdout)
     if doc is None or not doc.get("ok"):
-        raise EmulationFailed(f"the guest's onnxruntime did not generate: {(doc or {}).get('error', 'no JSON result')}")
+        raise EmulationFailed(f"{what} did not generate: {(doc or {}).get('error', 'no JSON result')}")
     return doc, count
 
 
