@@ -168,9 +168,9 @@ def serve(build_dir: str | Path, settings: Settings | None = None, *, format: st
     """Serve the build's artifact on this computer until SIGTERM/SIGINT (edgekit serve).
     `settings.threads` defaults to the target profile's thread count; `on_ready(state)` runs once it answers.
     A text-generation build answers POST /v1/generate (serve/server.py GeneratingModel)."""
-    from edgekit.manifest import read_manifest
+    from edgekit.manifest import TEXT_GENERATION, read_manifest
 
-    if read_manifest(build_dir).get("task") == "text-generation":
+    if read_manifest(build_dir).get("task") == TEXT_GENERATION:
         from edgekit.llm.generate import verified_build
         from edgekit.serve import generation_spec_doc
 

@@ -748,8 +748,10 @@ def bench_options(command):
     """Options shared by `deploy --bench` and `bench`, defined once."""
     options = [
         click.option("--threads", type=int, metavar="N", help="Threads for the runtime. [default: the target profile's]"),
-        click.option("--warmup", type=int, default=10, show_default=True, help="Untimed runs before timing."),
-        click.option("--runs", type=int, default=50, show_default=True, help="Timed runs (at least)."),
+        click.option("--warmup", type=int, help="Untimed runs before timing. [default: 10; 1 generation for a "
+                                                "text-generation build]"),
+        click.option("--runs", type=int, help="Timed runs (at least). [default: 50; 3 generations for a "
+                                              "text-generation build]"),
         click.option("--min-seconds", type=float, default=0.0, show_default=True, help="Keep timing until this many seconds passed."),
         click.option("--timeout", type=float, default=300.0, show_default=True, help="Seconds the runner may take on the device."),
         click.option("--inputs", type=click.Path(dir_okay=False), help="Real inputs (.npz per input, or .npy) instead of random ones."),
@@ -761,13 +763,32 @@ def bench_options(command):
     return command
 
 
-def _bench_settings(threads, warmup, runs, min_seconds, timeout, inputs):
+# (warmup, runs) when not given: latency percentiles want many short runs; a text-generation build's
+# run is a whole generation (64 tokens by default), each already many timed calls.
+BENCH_RUNS = {"inference": (10, 50), "generation": (1, 3)}
+
+
+def _bench_settings(build_dir, threads, warmup, runs, min_seconds, timeout, inputs):
     from pathlib import Path
 
     from edgekit.deploy import BenchOptions
 
-    return BenchOptions(threads=threads, warmup=warmup, runs=runs, min_seconds=min_seconds, timeout=timeout,
+    default_warmup, default_runs = BENCH_RUNS["generation" if _generates(build_dir) else "inference"]
+    return BenchOptions(threads=threads, warmup=default_warmup if warmup is None else warmup,
+                        runs=default_runs if runs is None else runs, min_seconds=min_seconds, timeout=timeout,
                         inputs=Path(inputs) if inputs else None)
+
+
+def _generates(build_dir) -> bool:
+    """Whether BUILD_DIR holds a text-generation build; anything unreadable is left to the command's own
+    checks, which name what is wrong."""
+    from edgekit.errors import UsageError
+    from edgekit.manifest import TEXT_GENERATION, read_manifest
+
+    try:
+        return read_manifest(build_dir).get("task") == TEXT_GENERATION
+    except UsageError:
+        return False
 
 
 @cli.command()
@@ -804,7 +825,7 @@ def deploy(build_dir, devices, devices_file, run_bench, python, remote_dir, ssh_
     from edgekit import api
     from edgekit.deploy import DeployFailed
 
-    settings = _bench_settings(**bench_settings)
+    settings = _bench_settings(build_dir, **bench_settings)
     if serve_action == "stop":
         records = api.stop_serving(build_dir, devices, port=port, devices_file=devices_file, format=format_,
                                    remote_dir=remote_dir, ssh_config=ssh_config, ssh_options=ssh_options)
@@ -903,7 +924,7 @@ def bench(build_dir, python, serve_url, concurrency, requests_, as_json, format_
         return
 
     try:
-        record = api.bench(build_dir, _bench_settings(**bench_settings), format=format_, python=python)
+        record = api.bench(build_dir, _bench_settings(build_dir, **bench_settings), format=format_, python=python)
     except DeployFailed as e:
         if as_json:
             _show_runs(e.records, as_json)
@@ -930,10 +951,10 @@ def serve(build_dir, format_, threads, **server_settings):
     """
     from edgekit import api
     from edgekit.deploy.records import open_build
-    from edgekit.manifest import read_manifest
+    from edgekit.manifest import TEXT_GENERATION, read_manifest
 
     manifest = read_manifest(build_dir)
-    generating = manifest.get("task") == "text-generation"
+    generating = manifest.get("task") == TEXT_GENERATION
     default_threads = manifest["target_profile"]["threads"] if generating else open_build(build_dir, format_).threads
     settings = _server_settings(threads or default_threads, **server_settings)
     endpoint = "POST /v1/generate" if generating else "POST /v1/predict"

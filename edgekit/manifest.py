@@ -28,6 +28,10 @@ from pathlib import Path
 from edgekit import __version__
 from edgekit.errors import UsageError
 
+# The task of a decoder build (edgekit/llm) and of a decoder app's edgekit.toml: its manifest has other
+# keys than a classifier build's, and the commands made for those refuse it (refuse_text_generation).
+TEXT_GENERATION = "text-generation"
+
 MANIFEST = "manifest.json"
 SCHEMA_VERSION = 1
 
@@ -108,9 +112,19 @@ def read_manifest(build_dir: str | Path) -> dict:
 
 def refuse_text_generation(manifest: dict, build_dir: Path) -> None:
     """The commands made for classifier-style builds refuse a text-generation build, saying what runs it."""
-    if manifest.get("task") == "text-generation":
+    if manifest.get("task") == TEXT_GENERATION:
         raise UsageError(f"'{build_dir}' is a text-generation build: this command does not take those yet",
                          hint=f"generate with it here: edgekit generate {build_dir} --prompt TEXT")
+
+
+def check_shipped_files(build_dir: Path, manifest: dict) -> None:
+    """A text-generation build's artifact and the files it reads beside it (`artifact_files`: an .onnx
+    decoder's weights and genai_config.json), each against the sha256 the build recorded."""
+    for entry in [manifest["artifact"], *manifest.get("artifact_files", [])]:
+        path = inside(build_dir, entry["file"], f"{build_dir}: artifact file")
+        if not path.is_file() or sha256_file(path) != entry["sha256"]:
+            raise UsageError(f"{path} is missing or not the file this build wrote (sha256 differs)",
+                             hint="copy the whole build directory again, or rebuild")
 
 
 def format_records(manifest: dict) -> dict:

@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 
 from conftest import require_litert
-from emulator_fixture import require_emulator
-from sshd import free_port, keygen
+from emulator_fixture import start_board
+from sshd import free_port
 
 REPO = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.emulator
@@ -25,18 +25,7 @@ pytestmark = pytest.mark.emulator
 
 @pytest.fixture(scope="module")
 def board(tmp_path_factory):
-    from edgekit.emulator.board import Board
-
-    paths = require_emulator()
-    root = tmp_path_factory.mktemp("board")
-    client_pub = keygen(root / "client")
-    b = Board(paths, "cortex-a72", root / "state", free_port(), client_pub).start()
-    known = root / "known_hosts"
-    known.write_text(f"[127.0.0.1]:{b.port} {b.host_public_key()}\n")
-    config = root / "ssh_config"
-    config.write_text(f"Host *\n  IdentityFile {root / 'client'}\n  UserKnownHostsFile {known}\n"
-                      "  StrictHostKeyChecking yes\n  BatchMode yes\n")
-    b.client_config = config
+    b = start_board(tmp_path_factory.mktemp("board"), "cortex-a72")
     yield b
     b.stop()
 

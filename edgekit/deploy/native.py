@@ -44,6 +44,9 @@ class NativeTool:
     # A cheap run that proves the artifact loads, for deploys without --bench: (binary, artifact, threads) -> argv.
     # None: the tool has no such mode, and being executable is all `check` can verify.
     check_argv: Callable[..., list[str]] | None = None
+    # Greedy generation with a text-generation build's decoder, for tools that can:
+    # (binary, artifact, threads, max_seq_len) -> argv, to which the prompt and runs are added.
+    generate_argv: Callable[..., list[str]] | None = None
 
 
 def _empty() -> dict:
@@ -175,6 +178,20 @@ def parse_edgekit_runner(text: str, warmup: int = 0) -> dict:
     return out
 
 
+def edgekit_runner_generate_argv(binary, artifact, threads, max_seq_len):
+    return [binary, artifact, "--threads", str(threads), "--max-seq-len", str(max_seq_len)]
+
+
+def parse_generation(text: str, warmup: int = 0) -> dict:
+    """A --generate run's JSON line (edgekit-et-runner prints runtime/runner.py's keys itself)."""
+    doc = last_json(text)
+    if doc is None or "ok" not in doc:
+        raise ValueError("no JSON result line in the runner's output")
+    if not doc["ok"]:
+        raise ValueError(doc.get("error", "the runner failed"))
+    return doc
+
+
 def _shared_libraries(binary: Path) -> list[Path]:
     return sorted(binary.parent.glob("lib*.so"))
 
@@ -182,7 +199,8 @@ def _shared_libraries(binary: Path) -> list[Path]:
 TOOLS = {
     "edgekit-et-runner": NativeTool("edgekit-et-runner", "executorch-native", edgekit_runner_argv,
                                     parse_edgekit_runner, _shared_libraries,
-                                    lambda binary, artifact, threads: edgekit_runner_argv(binary, artifact, threads, 0, 1, 0)),
+                                    lambda binary, artifact, threads: edgekit_runner_argv(binary, artifact, threads, 0, 1, 0),
+                                    edgekit_runner_generate_argv),
     "executor_runner": NativeTool("executor_runner", "executorch", executor_runner_argv, parse_executor_runner),
     "benchmark_model": NativeTool("benchmark_model", "litert", benchmark_model_argv, parse_benchmark_model),
     "onnxruntime_perf_test": NativeTool("onnxruntime_perf_test", "onnxruntime", perf_test_argv, parse_perf_test),

@@ -15,15 +15,19 @@ from pathlib import Path
 from edgekit.errors import UsageError
 from edgekit.formats import get_format
 from edgekit.manifest import (
+    TEXT_GENERATION,
+    check_shipped_files,
     inside,
     read_manifest,
-    refuse_text_generation,
     sha256_file,
     update_manifest,
     write_json_atomic,
 )
 
 RUNS_DIR = "device_runs"
+# What a text-generation run reports instead of latency percentiles (runtime/runner.py bench_generation).
+GENERATION_KEYS = ("time_to_first_token_ms", "prefill_tokens_per_s", "decode_tokens_per_s", "prompt_tokens",
+                   "new_tokens", "peak_rss_kb")
 # runtime name the runner reports -> the distribution recorded in manifest["versions"]
 RUNTIME_DISTS = {"executorch": "executorch", "onnxruntime": "onnxruntime", "torch-lite-interpreter": "torch",
                  "litert": "ai-edge-litert"}
@@ -75,7 +79,32 @@ class BuildInfo:
     @property
     def runtime(self) -> str:
         """The device runner's runtime for this artifact (runtime/runner.py)."""
+        if self.generating:
+            return self.manifest["runtime"]
         return self.format_module.DEVICE_RUNTIME
+
+    @property
+    def generating(self) -> bool:
+        """A text-generation build (edgekit/llm): the device generates tokens from a prompt instead of
+        timing one inference, and reports time to first token and tokens/s."""
+        return self.manifest.get("task") == TEXT_GENERATION
+
+    @property
+    def artifact_files(self) -> list[Path]:
+        """Files the artifact reads beside it on the device (an .onnx decoder's weights and genai_config.json)."""
+        return [inside(self.dir, f["file"], "an artifact file") for f in self.manifest.get("artifact_files") or []]
+
+    @property
+    def generation(self) -> dict:
+        """What a text-generation build is timed with on a device: the prompt the build timed on this
+        computer (`prompt_ids`), `new_tokens` per run, the context length, and the tokens this computer
+        generated (`tokens`), which the device's are compared with."""
+        speed = self.manifest.get("speed") or {}
+        if "prompt_ids" not in speed:
+            raise UsageError(f"{self.dir} was built before text-generation builds recorded their timing prompt",
+                             hint="rebuild it with `edgekit build --task text-generation` to time it on a device")
+        return {"prompt_ids": speed["prompt_ids"], "new_tokens": speed["new_tokens"], "tokens": speed["tokens"],
+                "max_seq_len": self.manifest["export"]["max_seq_len"]}
 
     def built_with(self, runtime: str) -> str | None:
         """The runtime version the artifact was made with (manifest versions)."""
@@ -87,7 +116,8 @@ def open_build(build_dir: str | Path, fmt: str | None = None) -> BuildInfo:
     `fmt` picks one of the build's formats (default: the primary one)."""
     path = Path(build_dir)
     manifest = read_manifest(path)  # checked: its shape, and every path it names stays inside the build dir
-    refuse_text_generation(manifest, path)
+    if manifest.get("task") == TEXT_GENERATION:
+        check_shipped_files(path, manifest)
     available = list(manifest.get("formats") or [manifest["format"]])
     if fmt is not None and fmt not in available:
         raise UsageError(f"--format {fmt}: this build has no {fmt} artifact", hint="choose one of: " + ", ".join(available))
@@ -143,6 +173,9 @@ def summarize_run(record: dict, file: Path, build_dir: Path) -> dict:
     }
     for key in ("mean", "p50", "p90", "p99", "runs"):
         summary[key] = bench.get(key)
+    if bench.get("mode") == "generate":
+        summary.update({k: bench.get(k) for k in GENERATION_KEYS}, mode="generate",
+                       tokens_match_build=(record.get("generation") or {}).get("tokens_match_build"))
     if record.get("service"):  # deploy --serve: where it answers (edgekit bench --serve may load-test it)
         summary["service"] = {k: record["service"].get(k) for k in ("url", "local_url", "port", "manager", "starts_at_boot")}
     return summary

@@ -32,18 +32,32 @@ from edgekit.deploy.native import (
     TOOLS,
     NativeTool,
     built_edgekit_runner,
+    parse_generation,
     resolve_native_runner,
 )
+from edgekit.errors import UsageError
 from edgekit.runtime import RUNNER_PATH, last_json
 from edgekit.runtime.runner import cpu_from_cpuinfo, emulated_facts
 
 TIMEOUT_GRACE = 5.0  # seconds the host waits past the device-side deadline before cutting the link
+PROMPT_FILE = "prompt.ids"  # a text-generation build's timing prompt on the device: raw little-endian int64
 
 
 def select_runner(build, python: str, native_runner: str | None):
     if native_runner:
-        return NativeRunner(*resolve_native_runner(native_runner, build.format_module))
+        tool, binary = resolve_native_runner(native_runner, build.format_module)
+        if build.generating and tool.generate_argv is None:
+            raise UsageError(f"--native-runner {native_runner}: {tool.name} does not generate text",
+                             hint="use edgekit-et-runner (`make emulator` builds it) or the Python runner "
+                                  "(leave out --native-runner)")
+        return NativeRunner(tool, binary)
     return PythonRunner(python)
+
+
+def generation_args(remote: str, build, new_tokens: int) -> list[str]:
+    """The runners' text-generation arguments (runtime/runner.py and edgekit-et-runner take the same):
+    `new_tokens` greedy tokens from the prompt deploy pushed."""
+    return ["--generate", str(new_tokens), "--prompt-ids", f"{remote}/{PROMPT_FILE}"]
 
 
 DEFAULT_PYTHON = "python3"
@@ -78,18 +92,21 @@ class PythonRunner:
         pass
 
     def check(self, t: Transport, remote: str, build, threads: int, timeout: float) -> dict:
-        """The runtime imports with the device's python and the artifact loads and runs once."""
-        return self._call(t, self._argv(remote, build) + ["--check", "--threads", str(threads)], timeout, "check", build)
+        """The runtime imports with the device's python and the artifact loads and runs once
+        (a text-generation build: prefills its prompt once)."""
+        return self._call(t, self._argv(remote, build, 1) + ["--check", "--threads", str(threads)], timeout, "check", build)
 
     def bench(self, t: Transport, remote: str, build, opts, threads: int) -> dict:
-        argv = self._argv(remote, build) + ["--threads", str(threads), "--warmup", str(opts.warmup), "--runs", str(opts.runs),
-                                            "--min-seconds", str(opts.min_seconds)]
+        new_tokens = build.generation["new_tokens"] if build.generating else 0
+        argv = self._argv(remote, build, new_tokens) + ["--threads", str(threads), "--warmup", str(opts.warmup),
+                                                        "--runs", str(opts.runs), "--min-seconds", str(opts.min_seconds)]
         if opts.inputs:
             argv += ["--inputs", f"{remote}/{opts.inputs_name}"]
         return self._call(t, argv, opts.timeout, "bench", build)
 
-    def _argv(self, remote: str, build) -> list[str]:
-        return [self.python, f"{remote}/runner.py", f"{remote}/{build.artifact.name}"]
+    def _argv(self, remote: str, build, new_tokens: int) -> list[str]:
+        argv = [self.python, f"{remote}/runner.py", f"{remote}/{build.artifact.name}"]
+        return argv + generation_args(remote, build, new_tokens) if build.generating else argv
 
     def _call(self, t: Transport, argv: list[str], timeout: float, stage: str, build) -> dict:
         argv = argv + ["--timeout", f"{timeout:g}"]  # the device kills its own runner at the deadline
@@ -200,6 +217,9 @@ class NativeRunner:
         # inference where the tool has a cheap mode for it (the artifact loads and runs).
         t.check(["test", "-x", f"{remote}/{self.binary.name}"], f"{self.binary.name} is not executable", stage="check",
                 hint="mount the directory without noexec, or use another --remote-dir")
+        if build.generating:  # one token: the artifact loads and prefills the prompt
+            doc = self._generate(t, remote, build, threads, 1, ["--runs", "1", "--warmup", "0"], timeout, "check")
+            return {k: doc.get(k) for k in ("ok", "runner", "threads", "load_ms", "first_ms", "runtime", "machine", "device")}
         if self.tool.check_argv is None:
             return {"ok": True, "runner": self.tool.name, "runtime": {"name": self.tool.runtime, "version": None},
                     "machine": None, "load_ms": None, "first_ms": None, "threads": threads}
@@ -210,6 +230,9 @@ class NativeRunner:
                 "machine": t.arch(), "device": device_facts_over_shell(t)}
 
     def bench(self, t: Transport, remote: str, build, opts, threads: int) -> dict:
+        if build.generating:
+            return self._generate(t, remote, build, threads, build.generation["new_tokens"],
+                                  ["--runs", str(opts.runs), "--warmup", str(opts.warmup)], opts.timeout, "bench")
         argv = self.tool.argv(f"{remote}/{self.binary.name}", f"{remote}/{build.artifact.name}", threads,
                               opts.warmup, opts.runs, opts.min_seconds)
         stats = self._run(t, argv, opts.timeout, "bench", remote, opts.warmup)
@@ -218,7 +241,18 @@ class NativeRunner:
                 "runtime": {"name": self.tool.runtime, "version": stats.pop("version", None)}, "python": None,
                 "machine": t.arch(), "device": facts, "warmup": opts.warmup}
 
-    def _run(self, t: Transport, argv: list[str], timeout: float, stage: str, remote: str, warmup: int = 0) -> dict:
+    def _generate(self, t: Transport, remote: str, build, threads: int, new_tokens: int, runs: list[str],
+                  timeout: float, stage: str) -> dict:
+        """A text-generation build's greedy generation in the tool: its JSON as runtime/runner.py
+        --generate prints it, and the device's facts."""
+        argv = [*self.tool.generate_argv(f"{remote}/{self.binary.name}", f"{remote}/{build.artifact.name}", threads,
+                                         build.generation["max_seq_len"]),
+                *generation_args(remote, build, new_tokens), *runs]
+        doc = self._run(t, argv, timeout, stage, remote, parse=parse_generation)
+        return {**doc, "threads": threads, "threads_applied": True, "python": None, "device": device_facts_over_shell(t)}
+
+    def _run(self, t: Transport, argv: list[str], timeout: float, stage: str, remote: str, warmup: int = 0,
+             parse=None) -> dict:
         """Run the tool on the device and parse what it printed; every failure is a DeviceFailure."""
         try:
             done = t.run(reporting_signals(argv), timeout)
@@ -230,7 +264,7 @@ class NativeRunner:
             raise t.failure(f"{self.tool.name} {'crashed (' + died + ')' if died else 'failed'} on {t.name}", done, stage=stage,
                             hint=f"run {remote}/{self.binary.name} by hand on the device to investigate")
         try:
-            return self.tool.parse(done.stdout + "\n" + done.stderr, warmup)
+            return (parse or self.tool.parse)(done.stdout + "\n" + done.stderr, warmup)
         except ValueError as e:
             raise DeviceFailure(f"cannot read {self.tool.name}'s output from {t.name}: {e}", stage=stage,
                                 hint="this build of the tool prints another format; use the Python runner", detail=done.tail()) from None

@@ -89,6 +89,10 @@ def request_payload(build: BuildInfo, inputs: Path | None) -> Payload:
 def load_test(build: BuildInfo, url: str, concurrency: list[int], requests: int, inputs: Path | None = None,
               say=None) -> dict:
     """Run each concurrency level in turn; the record is written to device_runs/ and summarised in the manifest."""
+    if build.generating:
+        raise UsageError(f"--serve: {build.dir} is a text-generation build; the load test sends /v1/predict requests",
+                         hint="time its generation instead: `edgekit bench BUILD` (this computer) or "
+                              "`edgekit deploy BUILD --device DEVICE --bench`")
     if not concurrency or any(not 1 <= c <= MAX_CONCURRENCY for c in concurrency):
         raise UsageError(f"--concurrency: each level must be 1-{MAX_CONCURRENCY}, got {concurrency}")
     if not 1 <= requests <= MAX_REQUESTS:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import struct
 import tempfile
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
@@ -31,7 +32,7 @@ from edgekit.deploy.records import (
     timestamp,
     write_run,
 )
-from edgekit.deploy.runners import prefer_native, select_runner
+from edgekit.deploy.runners import PROMPT_FILE, prefer_native, select_runner
 from edgekit.deploy.service import (
     ServiceOptions,
     check_serve_device,
@@ -119,6 +120,8 @@ def deploy_to(build: BuildInfo, device: Device, plan: DeployPlan, transport: Tra
             record["check"] = {k: record["bench"].get(k) for k in CHECK_KEYS}
         else:
             record["check"] = runner.check(t, remote, build, threads, plan.check_timeout)
+        if build.generating and record["bench"]:
+            record["generation"] = _compare_tokens(build, record)
         record["warnings"] += _version_warnings(build, record["check"])
         if plan.serve:
             record["stage"] = "serve"
@@ -141,9 +144,15 @@ def deploy_to(build: BuildInfo, device: Device, plan: DeployPlan, transport: Tra
     return record
 
 
-def check_inputs_file(build: BuildInfo, bench: BenchOptions | None) -> None:
-    """--inputs checked here, with the runner's own reader, before anything is pushed: a wrong file is
-    the user's to fix (exit 2, naming their file), not a device failure naming the device-side copy."""
+def check_what_is_timed(build: BuildInfo, bench: BenchOptions | None) -> None:
+    """What the runner will be given, checked here before anything is pushed: --inputs with the runner's
+    own reader (a wrong file is the user's to fix, exit 2, naming their file, not a device failure naming
+    the device-side copy); a text-generation build's timing prompt."""
+    if build.generating:
+        build.generation  # a build made before it was recorded says so
+        if bench is not None and bench.inputs is not None:
+            raise UsageError(f"--inputs {bench.inputs}: a text-generation build is timed on the prompt it was built with",
+                             hint="leave out --inputs")
     if bench is None or bench.inputs is None:
         return
 
@@ -159,7 +168,10 @@ def deploy_all(build: BuildInfo, devices: list[Device], plan: DeployPlan,
                on_done: Callable[[dict], None] | None = None) -> list[dict]:
     """Deploy to every device in parallel; raise DeployFailed after all finished if any failed."""
     _check_unique(devices)
-    check_inputs_file(build, plan.bench)
+    check_what_is_timed(build, plan.bench)
+    if build.generating and plan.serve:
+        raise UsageError(f"--serve: {build.dir} is a text-generation build, which deploy does not serve yet",
+                         hint=f"serve it on this computer with `edgekit serve {build.dir}` (POST /v1/generate)")
     for d in devices:  # usage errors (bad --native-runner, --ssh-option) stop everything before any device is touched
         select_runner(build, d.python, d.native_runner)
         d.open()
@@ -184,7 +196,7 @@ def bench_host(build: BuildInfo, options: BenchOptions, python: str) -> dict:
     """`edgekit bench`: the same steps on this computer, in a scratch directory removed afterwards.
     The host is never the target's architecture, so the arch check only records that."""
 
-    check_inputs_file(build, options)
+    check_what_is_timed(build, options)
     device = Device("host", "local", None, python=python)
     with tempfile.TemporaryDirectory(prefix="edgekit-bench-") as scratch:
         record = deploy_to(build, device, DeployPlan(bench=options, allow_arch_mismatch=True), LocalTransport("host", scratch))
@@ -243,6 +255,7 @@ def _new_record(build: BuildInfo, device: Device, plan: DeployPlan) -> dict:
         "build": {"name": build.manifest["name"], "target": build.manifest["target"], "format": build.format,
                   "artifact": build.artifact.name, "sha256": build.sha256},
         "runner": None, "arch": None, "remote_dir": None, "pushed": [], "check": None, "bench": None,
+        **({"generation": None} if build.generating else {}),
         "settings": _settings(plan), "warnings": [], "error": None, "hint": None, "detail": None,
     }
 
@@ -284,12 +297,31 @@ def _push_all(t: Transport, remote: str, build: BuildInfo, runner, bench: BenchO
     with tempfile.TemporaryDirectory(prefix="edgekit-push-") as tmp:
         spec = Path(tmp) / SPEC_FILE
         spec.write_text(json.dumps({"inputs": build.inputs, "runtime": build.runtime}, indent=1) + "\n")
-        files = [(build.artifact, build.artifact.name), *runner.files(), (spec, SPEC_FILE)]
+        files = [(build.artifact, build.artifact.name), *[(f, f.name) for f in build.artifact_files],
+                 *runner.files(), (spec, SPEC_FILE)]
         if bench and bench.inputs:
             files.append((Path(bench.inputs), bench.inputs_name))
+        if build.generating:  # the prompt the build was timed with, as the runners read it
+            prompt = Path(tmp) / PROMPT_FILE
+            prompt.write_bytes(struct.pack(f"<{len(build.generation['prompt_ids'])}q", *build.generation["prompt_ids"]))
+            files.append((prompt, PROMPT_FILE))
         if serve:
             files += server_files(build, Path(tmp))
         return t.push(files, remote)
+
+
+def _compare_tokens(build: BuildInfo, record: dict) -> dict:
+    """The device's greedy tokens against those this computer's run of the same artifact made at build
+    time. A difference is a warning, not a failure: another CPU's kernels may round a near-tie the other
+    way, and one flipped token changes every later one."""
+    mine, theirs = build.generation["tokens"], record["bench"].get("tokens") or []
+    differ = next((i for i, (a, b) in enumerate(zip(mine, theirs)) if a != b), None)
+    if differ is None and len(mine) != len(theirs):
+        differ = min(len(mine), len(theirs))
+    if differ is not None:
+        record["warnings"].append(f"the device's greedy tokens differ from this computer's from token {differ + 1} "
+                                  f"of {len(mine)} (another CPU's kernels may round a near-tie the other way)")
+    return {"tokens_match_build": differ is None, "first_difference": differ, "compared": len(mine)}
 
 
 def _version_warnings(build: BuildInfo, check: dict) -> list[str]:

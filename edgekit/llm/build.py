@@ -30,7 +30,6 @@ from edgekit.llm import decoder, generate, quality
 from edgekit.llm.decoder import DEFAULT_MAX_SEQ_LEN, TOKENIZER_FILES
 from edgekit.model.app import DecoderSource
 
-TASK = "text-generation"
 FORMATS = ("executorch", "onnx")
 GROUP_SIZES = (16, 32, 64, 128, 256)
 SPEED_NEW_TOKENS = 64  # tokens generated per timing run (fewer when the context is shorter)
@@ -69,8 +68,8 @@ class DecoderRecipe:
 def build(src: DecoderSource, target: str, recipe: DecoderRecipe, out: Path | None, steps) -> dict:
     """Build `src` for `target` into `out` (default build/<name>-<target>); returns the manifest."""
     from edgekit.build.builddir import staged_build_dir
-    from edgekit.manifest import versions, write_json_atomic
-    from edgekit.target import load_target
+    from edgekit.manifest import TEXT_GENERATION, versions, write_json_atomic
+    from edgekit.target import list_targets, load_target
     from edgekit.train import decoder_qat
     from edgekit.validate.cost import decode_limit
 
@@ -148,11 +147,11 @@ def build(src: DecoderSource, target: str, recipe: DecoderRecipe, out: Path | No
         with steps.step("speed", label="time generation on this computer"):
             prompt = text.prompts[0]
             new_tokens = min(SPEED_NEW_TOKENS, recipe.max_seq_len - len(prompt))
-            speed = generate.decode_speed(runner, prompt, recipe.max_seq_len, new_tokens)
-            float_speed = generate.decode_speed(reference, prompt, recipe.max_seq_len, new_tokens)
+            speed_tokens, speed = generate.decode_speed(runner, prompt, recipe.max_seq_len, new_tokens)
+            _, float_speed = generate.decode_speed(reference, prompt, recipe.max_seq_len, new_tokens)
         per_token = _bytes_per_token(model, layers, recipe)
         manifest = {
-            "name": src.name, "task": TASK, "target": tgt.name, "format": recipe.format, "runtime": runner.runtime,
+            "name": src.name, "task": TEXT_GENERATION, "target": tgt.name, "format": recipe.format, "runtime": runner.runtime,
             "artifact": _file_entry(artifact),
             # Files the artifact reads beside it (the .onnx's weights and its runtime config), checked the same way.
             "artifact_files": [_file_entry(staging / f) for f in fmt.DECODER_FILES[1:]],
@@ -167,9 +166,14 @@ def build(src: DecoderSource, target: str, recipe: DecoderRecipe, out: Path | No
                        **({"metadata": metadata} if recipe.format == "executorch" else {})},
             "quality": verdict.to_json() | {"max_perplexity_increase_pct": recipe.max_perplexity_increase,
                                             "min_agreement_pct": recipe.min_agreement},
-            "speed": {"host": {"artifact": speed.to_json(), "float_eager": float_speed.to_json(),
+            # The timing prompt and what the artifact made of it here: `edgekit deploy --bench` times a
+            # device on the same prompt and compares its tokens with these.
+            "speed": {"prompt_ids": [int(t) for t in prompt], "new_tokens": new_tokens, "tokens": speed_tokens,
+                      "host": {"artifact": speed.to_json(), "float_eager": float_speed.to_json(),
                                "decode_limit": decode_limit(per_token, host)},
-                      "target": {"decode_limit": decode_limit(per_token, tgt)}},
+                      "target": {"decode_limit": decode_limit(per_token, tgt)},
+                      # the cost model's decode limit on every profile, for the report (rpi5's among them)
+                      "decode_limits": {t.name: decode_limit(per_token, t) for t in list_targets()}},
             "bytes_per_token": per_token,
             "steps": steps.records, "warnings": steps.warnings, "versions": versions(),
         }

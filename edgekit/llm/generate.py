@@ -82,11 +82,14 @@ def generate(runner, prompt_ids, max_new_tokens: int, max_seq_len: int, eos_id: 
     return out, stats
 
 
-def decode_speed(runner, prompt_ids, max_seq_len: int, new_tokens: int, runs: int = 3) -> GenerationStats:
-    """The median run (by decode tokens/s) of `runs` generations of exactly `new_tokens` tokens (no eos stop)."""
-    results = [generate(runner, prompt_ids, new_tokens, max_seq_len)[1] for _ in range(runs)]
-    results.sort(key=lambda s: s.decode_tokens_per_s or 0.0)
-    return results[len(results) // 2]
+def decode_speed(runner, prompt_ids, max_seq_len: int, new_tokens: int,
+                 runs: int = 3) -> tuple[list[int], GenerationStats]:
+    """(the tokens, the median run by decode tokens/s) of `runs` generations of exactly `new_tokens` tokens
+    (no eos stop). Every run makes the same tokens: greedy generation is deterministic in one runtime."""
+    results = [generate(runner, prompt_ids, new_tokens, max_seq_len) for _ in range(runs)]
+    tokens = results[0][0]
+    stats = sorted((s for _, s in results), key=lambda s: s.decode_tokens_per_s or 0.0)
+    return tokens, stats[len(stats) // 2]
 
 
 def verified_build(build_dir):
@@ -94,18 +97,14 @@ def verified_build(build_dir):
     and the tokenizer present. Nothing is loaded."""
     from pathlib import Path
 
-    from edgekit.manifest import inside, read_manifest, sha256_file
+    from edgekit.manifest import TEXT_GENERATION, check_shipped_files, read_manifest
 
     build_dir = Path(build_dir)
     manifest = read_manifest(build_dir)
-    if manifest.get("task") != "text-generation":
+    if manifest.get("task") != TEXT_GENERATION:
         raise UsageError(f"'{build_dir}' is not a text-generation build",
                          hint="build a decoder with `edgekit build --task text-generation --model MODEL_DIR`")
-    for entry in [manifest["artifact"], *manifest.get("artifact_files", [])]:
-        path = inside(build_dir, entry["file"], f"{build_dir}: artifact file")
-        if not path.is_file() or sha256_file(path) != entry["sha256"]:
-            raise UsageError(f"{path} is missing or not the file this build wrote (sha256 differs)",
-                             hint="copy the whole build directory again, or rebuild")
+    check_shipped_files(build_dir, manifest)
     tokenizer_file = build_dir / "tokenizer.json"
     if not tokenizer_file.is_file():
         raise UsageError(f"{tokenizer_file} is missing", hint="copy the whole build directory again, or rebuild")

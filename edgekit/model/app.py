@@ -20,12 +20,12 @@ from typing import Any
 
 from edgekit.compare import TASKS
 from edgekit.errors import UsageError
+from edgekit.manifest import TEXT_GENERATION  # decoder apps (edgekit/llm): [model] task, pretrained; [data] eval, train text
 from edgekit.model.spec import InputSpec, check_dtype
 
 APP_FILE = "edgekit.toml"
 _APP_KEYS = {"name", "model", "inputs", "data", "recipe"}
 _MODEL_KEYS = {"factory", "weights", "task", "labels"}
-TEXT_GENERATION = "text-generation"  # decoder apps (edgekit/llm): [model] task, pretrained; [data] eval, train text
 _DECODER_MODEL_KEYS = {"task", "pretrained"}
 _INPUT_KEYS = {"name", "shape", "dtype"}
 _DATA_KEYS = {"train", "calib", "eval"}
@@ -132,7 +132,7 @@ class DecoderSource:
     source: str = "options"  # the edgekit.toml path, or "options"
 
     def to_json(self) -> dict:
-        return {"name": self.name, "task": "text-generation", "source": self.source,
+        return {"name": self.name, "task": TEXT_GENERATION, "source": self.source,
                 "model_dir": str(self.model_dir),
                 "data": {"eval": str(self.eval_text) if self.eval_text else None,
                          "train": str(self.train_text) if self.train_text else None}}

@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 
 from edgekit.choose import recommend
-from edgekit.manifest import format_records, inside, read_manifest, refuse_text_generation
+from edgekit.manifest import TEXT_GENERATION, format_records, inside, read_manifest
 from edgekit.report.format import run_kind
 
 RUNS_DIR = "device_runs"
@@ -22,7 +22,8 @@ RUN_KEYS = ("load_ms", "first_ms", "mean", "std", "min", "p50", "p90", "p99", "m
 def build_report(build_dir: str | Path) -> dict:
     build_dir = Path(build_dir)
     manifest = read_manifest(build_dir)
-    refuse_text_generation(manifest, Path(build_dir))
+    if manifest.get("task") == TEXT_GENERATION:
+        return decoder_report(build_dir, manifest)
     names = {fmt: rec.get("display_name") or fmt for fmt, rec in format_records(manifest).items()}
     runs = [_run(build_dir, entry, names, manifest.get("format")) for entry in manifest.get("device_runs", [])]
     # Runs an earlier build into the same directory measured: its artifact, not this one (builddir.py).
@@ -185,3 +186,51 @@ def _prediction(manifest: dict, runs: list[dict]) -> dict | None:
                      "ratio": round(r["p50"] / point, 2) if point and comparable else None})
     return {"target": manifest.get("target"), "low_ms": low, "high_ms": high, "point_ms": point,
             "source": pred.get("source") or pred.get("model"), "runs": rows}
+
+
+# --- text-generation builds (edgekit/llm) -----------------------------------------------------
+
+GENERATION_KEYS = ("time_to_first_token_ms", "prefill_tokens_per_s", "decode_tokens_per_s", "prompt_tokens",
+                   "new_tokens", "peak_rss_kb")
+
+
+def decoder_report(build_dir: Path, manifest: dict) -> dict:
+    """A text-generation build's report: quality against the float model, speed on this computer at build
+    time, the decode limit on every target profile as the build computed it (bytes per token over the
+    profile's memory bandwidth: validate/cost.py decode_limit, the cost model's prediction for decode),
+    and each device run's tokens/s against the limit of its kind of device."""
+    speed = manifest["speed"]
+    target_limit = speed["target"]["decode_limit"]["tokens_per_s"]
+    host_limit = speed["host"]["decode_limit"]["tokens_per_s"]
+    recorded = speed.get("decode_limits") or {"host": speed["host"]["decode_limit"],
+                                              manifest["target"]: speed["target"]["decode_limit"]}
+    limits = [{"target": name, "built_for": name == manifest["target"], **limit} for name, limit in recorded.items()]
+    per_token = manifest["bytes_per_token"]
+    runs = []
+    for entry in manifest.get("device_runs") or []:
+        run = _run(build_dir, entry, {}, manifest.get("format"))
+        record = _load(inside(build_dir, entry["file"], "a device_runs entry")) if entry.get("file") else {}
+        result = record.get("bench") or record.get("check") or {}
+        run.update({k: result.get(k, entry.get(k)) for k in GENERATION_KEYS})
+        run["tokens_match_build"] = (record.get("generation") or {}).get("tokens_match_build")
+        # Measured against the limit of the machine it ran on: the target's on the target, the build
+        # computer's on the host; another machine's or an emulator's speed says nothing against either.
+        limit = {"target": target_limit, "host": host_limit}.get(run_kind(run))
+        rate = run["decode_tokens_per_s"]
+        run["decode_limit"] = limit
+        run["share_of_limit"] = round(rate / limit, 3) if rate and limit else None
+        runs.append(run)
+    sizes = [manifest["artifact"], *manifest.get("artifact_files", [])]
+    return {
+        "task": TEXT_GENERATION, "name": manifest["name"], "target": manifest["target"],
+        "format": manifest["format"], "runtime": manifest.get("runtime"), "build_dir": str(build_dir),
+        "created": manifest.get("created"), "target_profile": _profile(manifest.get("target_profile") or {}),
+        "model": {k: manifest["model"].get(k) for k in ("architecture", "parameters", "source")},
+        "artifact": {"file": manifest["artifact"]["file"], "bytes": sum(f["bytes"] for f in sizes)},
+        "quantization": manifest["quantization"], "max_seq_len": manifest["export"]["max_seq_len"],
+        "quality": manifest["quality"], "host_speed": manifest["speed"]["host"],
+        "bytes_per_token": per_token, "decode_limits": limits, "runs": runs,
+        "failed_runs": _failed_runs(build_dir, {manifest["artifact"]["sha256"]}),
+        "stages": _stages(manifest.get("steps") or []),
+        "warnings": manifest.get("warnings") or [], "versions": manifest.get("versions") or {},
+    }

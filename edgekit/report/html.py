@@ -7,7 +7,7 @@ import base64
 from html import escape
 from pathlib import Path
 
-from edgekit.manifest import write_text_atomic
+from edgekit.manifest import TEXT_GENERATION, write_text_atomic
 from edgekit.report import plots
 from edgekit.report.format import (
     bytes_kb,
@@ -123,8 +123,66 @@ def _recommendation(rec: dict | None) -> str:
 def write_html(build_dir: str | Path, data: dict) -> Path:
     """BUILD/report.html, written to a temp name and renamed."""
     path = Path(build_dir) / "report.html"
-    write_text_atomic(path, render(data))
+    write_text_atomic(path, render_decoder(data) if data.get("task") == TEXT_GENERATION else render(data))
     return path
+
+
+def render_decoder(data: dict) -> str:
+    """A text-generation build (report/data.py decoder_report): is the artifact good (perplexity and
+    greedy agreement against float), how fast can it be on each target (the decode limit), how fast it
+    was on each device that ran it."""
+    q, quant, host = data["quality"], data["quantization"], data["host_speed"]
+    title = f"{data['name']} → {data['target']} (text-generation, {data['format']})"
+    quality = _table(
+        ["artifact", "quality gate", "perplexity", "vs float", "agreement", "decode tok/s here", "size"],
+        [[escape(f"float ({data['model']['architecture']})"), "–", f"{q['float_perplexity']:.3f}", "–", "–",
+          _tok(host["float_eager"]["decode_tokens_per_s"]), bytes_kb(4 * data["model"]["parameters"])],
+         [escape(f"{quant['scheme']} ({data['artifact']['file']})"), _verdict(q["passed"]), f"{q['perplexity']:.3f}",
+          f"{q['perplexity_increase_pct']:+.1f} %", pct(q["agreement_pct"]), _tok(host["artifact"]["decode_tokens_per_s"]),
+          bytes_kb(data["artifact"]["bytes"])]])
+    limits = _table(["target", "memory GB/s", "decode tok/s at most"],
+                    [[escape(lim["target"] + (" (built for)" if lim["built_for"] else "")),
+                      escape(f"{lim['mem_bandwidth_gbs']:g}"), _tok(lim["tokens_per_s"])] for lim in data["decode_limits"]])
+    runs = _table(
+        ["device", "runtime", "threads", "first token ms", "prefill tok/s", "decode tok/s", "of limit", "peak RSS",
+         "tokens", "cpu", "when (UTC)"],
+        [[escape(r["device"]) + "".join(f'<span class="flag">{escape(f)}</span>' for f in run_flags(r)),
+          escape(f"{r['runtime'] or '?'} {r['runtime_version'] or ''}"), escape(str(r["threads"])),
+          ms(r["time_to_first_token_ms"]), _tok(r["prefill_tokens_per_s"]), _tok(r["decode_tokens_per_s"]),
+          f"{100 * r['share_of_limit']:.0f} %" if r["share_of_limit"] is not None else "–",
+          bytes_kb(r["peak_rss_kb"] * 1024) if r["peak_rss_kb"] else "–",
+          {True: "same as build", False: '<span class="bad">differ</span>', None: "–"}[r["tokens_match_build"]],
+          escape(r["cpu_model"] or r["machine"] or "?"), _when(r["time"])] for r in data["runs"]])
+    parts = [
+        "<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
+        f"<title>edgekit report: {escape(title)}</title><style>{CSS}</style></head><body>",
+        f"<h1>{escape(title)}</h1>",
+        f'<p class="sub">{escape(_profile(data["target_profile"]))} · context {data["max_seq_len"]} tokens · '
+        f'{escape(_versions(data["versions"]))}</p>',
+        _warnings(data["warnings"]),
+        "<h2>Quality</h2>", quality,
+        f'<p class="note">Perplexity on {q["tokens_scored"]:,} held-out tokens; agreement: greedy next-token '
+        f'agreement with the float model over {q["prompts"]} prompts. Gate: perplexity at most '
+        f'+{q["max_perplexity_increase_pct"]:g} %, agreement at least {q["min_agreement_pct"]:g} %.'
+        + (f' <span class="bad">{escape(q["why"])}</span>' if not q["passed"] else "") + "</p>",
+        "<h2>Decode limit per target</h2>", limits,
+        f'<p class="note">Each generated token reads every weight once and the KV cache: '
+        f'{sum(data["bytes_per_token"].values()) / 1024:,.0f} KB per token at a {data["max_seq_len"]}-token '
+        "context, over the profile's theoretical peak memory bandwidth. A physical limit, not a promise.</p>",
+        "<h2>Generation on devices</h2>",
+        runs if data["runs"] else '<p class="note">No device runs yet: <code>edgekit bench BUILD</code> measures '
+                                  "this computer, <code>edgekit deploy BUILD --device user@host --bench</code> a board.</p>",
+        '<p class="note">Median of the timed generations. of limit: decode tokens/s against the limit of the machine '
+        "it ran on (the target's; this computer's for the host). tokens: the device's greedy tokens against this "
+        "computer's at build time. Emulated runs are not speed.</p>" if data["runs"] else "",
+        _details("Build stages", _stages(data["stages"])), _failed(data["failed_runs"]),
+        "</body></html>",
+    ]
+    return "\n".join(p for p in parts if p)
+
+
+def _tok(value) -> str:
+    return "–" if value is None else f"{value:,.0f}"
 
 
 def _img(png: bytes, alt: str, caption: str) -> str:
@@ -132,7 +190,7 @@ def _img(png: bytes, alt: str, caption: str) -> str:
     return f'<figure><img alt="{escape(alt)}" src="{src}"><figcaption>{escape(caption)}</figcaption></figure>'
 
 
-TEXT_COLUMNS = {"artifact", "try", "judged as", "RAM", "lint", "on the calibration inputs", "format", "quality gate", "stage", "device", "runtime", "cpu", "when (UTC)", "error", "op", "within range",
+TEXT_COLUMNS = {"artifact", "target", "tokens", "try", "judged as", "RAM", "lint", "on the calibration inputs", "format", "quality gate", "stage", "device", "runtime", "cpu", "when (UTC)", "error", "op", "within range",
                 "layer", "diagnosis"}
 
 

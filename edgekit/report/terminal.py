@@ -20,6 +20,7 @@ from edgekit.report.format import (
     verdict,
 )
 from edgekit.choose import recommend
+from edgekit.manifest import TEXT_GENERATION
 from edgekit.target import Target
 
 
@@ -185,11 +186,19 @@ def _kb(n: int) -> str:
 
 
 def print_runs(records: list[dict], console: Console | None = None) -> None:
-    """One row per device of a deploy/bench: its latency, or what failed and the fix."""
+    """One row per device of a deploy/bench: its latency (a text-generation build: time to first token
+    and tokens/s), or what failed and the fix."""
     console = console or Console()
-    table = Table(title="device runs")
-    for col in ("device", "status", "runtime", "threads", "load", "first", "p50", "p90", "p99", "runs", "notes"):
-        table.add_column(col, justify="right" if col in ("threads", "load", "first", "p50", "p90", "p99", "runs") else "left")
+    generating = any("generation" in r for r in records)
+    # tokens/s and MB instead of latency percentiles; no load time, to stay within 80 columns
+    figures = ("1st ms", "pre/s", "dec/s", "MB") if generating else ("load", "first", "p50", "p90", "p99")
+    table = Table(title="device runs", **({"box": box.SIMPLE_HEAD, "pad_edge": False, "padding": (0, 1, 0, 0)}
+                                          if generating else {}))
+    for col in ("device", "status", "runtime", "threads", *figures, "runs", *(() if generating else ("notes",))):
+        numeric = col in ("threads", *figures, "runs")
+        table.add_column("thr" if generating and col == "threads" else col, justify="right" if numeric else "left",
+                         no_wrap=generating)
+    below = []  # a generation table is full: its notes go under it, one line per device
     for r in records:
         result = r.get("bench") or r.get("check") or {}
         runtime = result.get("runtime") or {}
@@ -200,16 +209,31 @@ def print_runs(records: list[dict], console: Console | None = None) -> None:
                 notes = notes or "this computer, not the target"
             elif (r.get("arch") or {}).get("mismatch"):
                 notes = "; ".join(filter(None, [notes, f"not the target's arch ({r['arch']['device']})"]))
+            if (result.get("device") or {}).get("emulated"):
+                notes = "; ".join(filter(None, [notes, "emulated: not latency"]))
         else:
             status = f"[red]failed ({r['stage']})[/]"
             notes = r["error"] + (f"\nfix: {r['hint']}" if r.get("hint") else "")
+        if generating:
+            rss = result.get("peak_rss_kb")
+            values = (ms(result.get("time_to_first_token_ms")), _rate(result.get("prefill_tokens_per_s")),
+                      _rate(result.get("decode_tokens_per_s")), f"{rss / 1024:.0f}" if rss else "")
+        else:
+            values = (ms(result.get("load_ms")), ms(result.get("first_ms")), ms(result.get("p50")), ms(result.get("p90")),
+                      ms(result.get("p99")))
+        if generating and notes:
+            below.append(f"{r['device']}: {notes}")
         table.add_row(r["device"], status, f"{runtime.get('name') or ''} {runtime.get('version') or ''}".strip(),
-                      str(result.get("threads") or ""), ms(result.get("load_ms")), ms(result.get("first_ms")),
-                      ms(result.get("p50")), ms(result.get("p90")), ms(result.get("p99")), str(result.get("runs") or ""), notes)
+                      str(result.get("threads") or ""), *values, str(result.get("runs") or ""),
+                      *(() if generating else (notes,)))
     console.print(table)
+    for line in below:
+        console.print(escape(line), highlight=False)
     files = [r["record_file"] for r in records if r.get("record_file")]
     if files:
-        console.print("[dim]times in ms · records: " + ", ".join(files) + "[/]")
+        what = ("1st: time to first token (ms), pre/dec: prefill and decode tokens/s (median run), MB: peak "
+                "RSS" if generating else "times in ms")
+        console.print(f"[dim]{what} · records: " + ", ".join(files) + "[/]")
 
 
 def print_serve_load(record: dict, console: Console | None = None) -> None:
@@ -233,6 +257,9 @@ def print_report(data: dict, console: Console | None = None) -> None:
     """The three answers first (is each artifact good, how fast on the target, which to ship),
     then stages and runs. Fits 80 columns: names never cut, secondary columns dropped."""
     console = console or Console()
+    if data.get("task") == TEXT_GENERATION:
+        print_decoder_report(data, console)
+        return
     console.print(_report_table(data))
     if data["quality"]:
         first = data["quality"][0]
@@ -385,20 +412,10 @@ def _print_baseline_offenders(doc: dict, console: Console) -> None:
 def print_decoder_summary(manifest: dict) -> None:
     """A text-generation build (edgekit/llm/build.py): quality against float, then speed."""
     console = _console()
-    q, speed, quant = manifest["quality"], manifest["speed"], manifest["quantization"]
-    host, float_eager = speed["host"]["artifact"], speed["host"]["float_eager"]
-    table = Table(title=f"{manifest['name']} → {manifest['target']} · {manifest['task']} · {quant['scheme']} "
-                        f"({quant['method']})", box=box.SIMPLE_HEAD, pad_edge=False, padding=(0, 1, 0, 0))
-    for col in ("artifact", "runtime", "perplexity", "agree %", "decode tok/s", "size"):
-        table.add_column(col, justify="left" if col in ("artifact", "runtime") else "right", no_wrap=True)
-    table.add_row("  float", "torch", f"{q['float_perplexity']:.3f}", "", _rate(float_eager["decode_tokens_per_s"]),
-                  _kb(4 * manifest["model"]["parameters"]), style="dim")
-    mark = "[green]✓[/]" if q["passed"] else "[red]✗[/]"
+    q, speed = manifest["quality"], manifest["speed"]
+    host = speed["host"]["artifact"]
     size = sum(f["bytes"] for f in [manifest["artifact"], *manifest.get("artifact_files", [])])
-    table.add_row(f"{mark} {manifest['artifact']['file']}", manifest.get("runtime", "executorch"),
-                  f"{q['perplexity']:.3f} ({q['perplexity_increase_pct']:+.1f} %)", f"{q['agreement_pct']:.1f}",
-                  _rate(host["decode_tokens_per_s"]), _kb(size))
-    console.print(table)
+    console.print(_decoder_table(manifest, speed["host"], manifest["model"]["parameters"], size))
     console.print(f"{q['tokens_scored']:,} held-out tokens · agree: greedy next-token agreement with float over "
                   f"{q['prompts']} prompts · gate: perplexity at most +{q['max_perplexity_increase_pct']:g} %, "
                   f"agreement at least {q['min_agreement_pct']:g} % · in {manifest['build_dir']}/")
@@ -407,12 +424,78 @@ def print_decoder_summary(manifest: dict) -> None:
     limit = speed["host"]["decode_limit"]
     console.print(f"this computer: first token {host['time_to_first_token_ms']:.1f} ms, prefill "
                   f"{_rate(host['prefill_tokens_per_s'])} tok/s, decode {_rate(host['decode_tokens_per_s'])} tok/s "
-                  f"({_ratio(host, float_eager)} float), peak RSS {host['peak_rss_mb']:.0f} MB; memory limit "
+                  f"({_ratio(host, speed['host']['float_eager'])} float), peak RSS {host['peak_rss_mb']:.0f} MB; memory limit "
                   f"{_rate(limit['tokens_per_s'])} tok/s ({limit['bytes_per_token'] / 1024:.0f} KB per token at "
                   f"{limit['mem_bandwidth_gbs']:g} GB/s)")
     target = speed["target"]["decode_limit"]
     console.print(f"on {manifest['target']}: decode at most {_rate(target['tokens_per_s'])} tok/s (memory bandwidth "
                   f"{target['mem_bandwidth_gbs']:g} GB/s over {target['bytes_per_token'] / 1024:.0f} KB per token)")
+
+
+def _decoder_table(doc: dict, host_speed: dict, parameters: int, size: int) -> Table:
+    """Float and artifact side by side: perplexity, agreement, decode tokens/s on this computer, size.
+    `doc`: the manifest, or the report data (both carry name, target, task, quantization, quality, artifact)."""
+    q, quant = doc["quality"], doc["quantization"]
+    artifact, float_eager = host_speed["artifact"], host_speed["float_eager"]
+    table = Table(title=f"{doc['name']} → {doc['target']} · text-generation · {quant['scheme']} ({quant['method']})",
+                  box=box.SIMPLE_HEAD, pad_edge=False, padding=(0, 1, 0, 0))
+    for col in ("artifact", "runtime", "perplexity", "agree %", "decode tok/s", "size"):
+        table.add_column(col, justify="left" if col in ("artifact", "runtime") else "right", no_wrap=True)
+    table.add_row("  float", "torch", f"{q['float_perplexity']:.3f}", "", _rate(float_eager["decode_tokens_per_s"]),
+                  _kb(4 * parameters), style="dim")
+    mark = "[green]✓[/]" if q["passed"] else "[red]✗[/]"
+    table.add_row(f"{mark} {doc['artifact']['file']}", doc.get("runtime") or "executorch",
+                  f"{q['perplexity']:.3f} ({q['perplexity_increase_pct']:+.1f} %)", f"{q['agreement_pct']:.1f}",
+                  _rate(artifact["decode_tokens_per_s"]), _kb(size))
+    return table
+
+
+def print_decoder_report(data: dict, console: Console) -> None:
+    """`edgekit report` of a text-generation build: quality, the decode limit per target profile, device runs."""
+    q = data["quality"]
+    console.print(_decoder_table(data, data["host_speed"], data["model"]["parameters"], data["artifact"]["bytes"]))
+    console.print(f"[dim]{q['tokens_scored']:,} held-out tokens; agree: greedy next-token agreement with float over "
+                  f"{q['prompts']} prompts; decode tok/s: this computer, at build time[/]")
+    if not q["passed"]:
+        console.print(f"[red]✗[/] {data['artifact']['file']}: {escape(q['why'])}")
+    per_token = sum(data["bytes_per_token"].values())
+    limits = Table(title="decode limit per target", box=box.SIMPLE_HEAD,
+                   pad_edge=False, padding=(0, 1, 0, 0))
+    for col in ("target", "GB/s", "tok/s at most"):
+        limits.add_column(col, justify="left" if col == "target" else "right", no_wrap=True)
+    for lim in data["decode_limits"]:
+        name = f"{lim['target']} (built for)" if lim["built_for"] else lim["target"]
+        limits.add_row(name, f"{lim['mem_bandwidth_gbs']:g}", _rate(lim["tokens_per_s"]),
+                       style="bold" if lim["built_for"] else None)
+    console.print(limits)
+    console.print(f"[dim]memory bandwidth over {per_token / 1024:,.0f} KB per token (weights once, KV cache at "
+                  f"{data['max_seq_len']} tokens); theoretical peak bandwidth, so a physical limit, not a promise[/]")
+    if not data["runs"]:
+        console.print("no device runs yet: `edgekit bench BUILD` (this computer) or "
+                      "`edgekit deploy BUILD --device user@host --bench`")
+    else:
+        table = Table(title="generation on devices (median run)", box=box.SIMPLE_HEAD, pad_edge=False,
+                      padding=(0, 1, 0, 0))
+        for col in ("device", "thr", "1st ms", "pre/s", "dec/s", "of limit", "tokens", "when (UTC)"):
+            table.add_column(col, justify="left" if col in ("device", "tokens", "when (UTC)") else "right", no_wrap=True)
+        flagged = []
+        for r in data["runs"]:
+            share = r["share_of_limit"]
+            match = {True: "= build", False: "differ", None: "–"}[r["tokens_match_build"]]
+            table.add_row(r["device"], str(r["threads"] or ""), ms(r["time_to_first_token_ms"]),
+                          _rate(r["prefill_tokens_per_s"]), _rate(r["decode_tokens_per_s"]),
+                          f"{100 * share:.0f} %" if share is not None else "–", match, (r["time"] or "")[:16].replace("T", " "))
+            flags = [f for f in run_flags(r) if f != "host"]  # the host's rate is against the host's limit
+            if flags:
+                flagged.append(f"{r['device']}: {', '.join(flags)}")
+        console.print(table)
+        console.print("[dim]1st: time to first token; pre/dec: prefill and decode tokens/s; of limit: decode against "
+                      "the limit of the machine it ran on (the target's, or this computer's for the host); tokens: the "
+                      "greedy tokens against this computer's at build time[/]")
+        for line in flagged:
+            console.print(escape(line), highlight=False)
+    for f in data["failed_runs"][:5]:
+        console.print(f"[red]✗[/] {escape(f['device'] or '?')} ({escape(f['stage'] or '?')}): {escape(f['error'] or '')}")
 
 
 def _rate(value: float | None) -> str:

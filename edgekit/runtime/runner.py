@@ -13,6 +13,7 @@ names (`--runtime`, or "runtime" in the spec file deploy writes):
     python3 runner.py model.pte --threads 4 --warmup 10 --runs 50
     python3 runner.py model.pte --check          # runtime importable + artifact loads
     python3 runner.py model.onnx --runtime onnxruntime --input-spec '[{"name": "x", "shape": [1, 3, 8, 8]}]'
+    python3 runner.py model.pte --generate 64 --prompt-ids prompt.ids --runs 3   # a text-generation build
 
 Inputs: random (seeded) tensors with the shapes/dtypes in `inputs.json` beside
 the artifact (deploy writes the manifest's inputs and the runtime there), or
@@ -20,7 +21,9 @@ the artifact (deploy writes the manifest's inputs and the runtime there), or
 
 Output (stdout, one JSON object): load_ms, first_ms, mean, std, min, p50, p90,
 p99, max (all ms), samples_ms, runs, threads, threads_applied, peak_rss_kb,
-runtime {name, version}, device facts, python, machine. Failures print
+runtime {name, version}, device facts, python, machine. With --generate (see
+bench_generation): time_to_first_token_ms, prefill_tokens_per_s and
+decode_tokens_per_s (medians over the runs), samples, tokens. Failures print
 {"ok": false, "error": ..., "error_kind": ...} and exit non-zero:
 1 the runtime failed, 2 bad arguments/inputs, 3 the runtime is not installed.
 A run longer than --timeout is killed by SIGALRM (exit status 142 from a shell).
@@ -293,6 +296,79 @@ def generate_greedy(step, prompt: list, max_new_tokens: int, max_seq_len: int, e
     return out, {"prefill_s": prefill_s, "decode_s": time.perf_counter() - decode_start, "stopped": stopped}
 
 
+def read_prompt_ids(path: str) -> list:
+    """A prompt's token ids as raw little-endian int64 (what deploy pushes, and edgekit-et-runner reads)."""
+    import struct
+
+    try:
+        with open(path, "rb") as f:
+            raw = f.read()
+    except OSError as e:
+        raise RunnerError("usage", f"cannot read --prompt-ids {path}: {e.strerror}", EXIT_USAGE) from None
+    if not raw or len(raw) % 8:
+        raise RunnerError("usage", f"--prompt-ids {path} must hold int64 token ids", EXIT_USAGE)
+    return list(struct.unpack(f"<{len(raw) // 8}q", raw))
+
+
+def bench_generation(args, result: dict) -> dict:
+    """--generate N: the artifact is a text-generation decoder. `--warmup` untimed generations, then
+    `--runs` timed ones, each exactly N tokens from the --prompt-ids prompt (no stop at eos, so every run
+    decodes as many), figures as generate_greedy measures them. Reports each run (samples) and the
+    medians; `tokens` are the first timed run's, for the host to compare with its own.
+    --check: the artifact loads and prefills the prompt once (first_ms)."""
+    prompt = read_prompt_ids(args.prompt_ids)
+    start = time.perf_counter_ns()
+    rt = decoder_for(args.runtime or _spec_runtime(args.artifact, args.input_spec))
+    result["import_ms"] = round(_ms(start), 3)
+    applied = rt.set_threads(args.threads)
+    _load(rt, args.artifact, result)
+    result.update(_identity(rt, args.threads, applied), mode="generate", prompt_tokens=len(prompt))
+    if len(prompt) >= rt.max_seq_len:
+        raise RunnerError("usage", f"the prompt is {len(prompt)} tokens; the context holds {rt.max_seq_len}", EXIT_USAGE)
+    try:
+        if args.check:
+            start = time.perf_counter_ns()
+            rt.step(prompt, 0)
+            result["first_ms"] = round(_ms(start), 3)
+            return result
+        runs = []
+        for i in range(args.warmup + args.runs):
+            tokens, timing = generate_greedy(rt.step, prompt, args.generate, rt.max_seq_len)
+            if i == 0:
+                result["first_ms"] = round(timing["prefill_s"] * 1e3, 3)
+            if i >= args.warmup:
+                runs.append((tokens, timing))
+    except RunnerError:
+        raise
+    except Exception as e:
+        raise RunnerError("run_failed", f"running {args.artifact} failed: {type(e).__name__}: {e}") from None
+    decoded = len(runs[0][0]) - 1
+    samples = [{"time_to_first_token_ms": round(t["prefill_s"] * 1e3, 3),
+                "decode_tokens_per_s": round(decoded / t["decode_s"], 3) if decoded and t["decode_s"] > 0 else None}
+               for _, t in runs]
+    ttft = statistics.median(s["time_to_first_token_ms"] for s in samples)
+    rates = [s["decode_tokens_per_s"] for s in samples if s["decode_tokens_per_s"] is not None]
+    result.update({
+        "time_to_first_token_ms": round(ttft, 3), "prefill_tokens_per_s": round(len(prompt) / (ttft / 1e3), 3),
+        "decode_tokens_per_s": round(statistics.median(rates), 3) if rates else None,
+        "new_tokens": len(runs[0][0]), "decoded_tokens": decoded, "stopped": runs[0][1]["stopped"],
+        "runs": len(runs), "warmup": args.warmup, "samples": samples, "tokens": runs[0][0],
+        "peak_rss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss})
+    return result
+
+
+def _spec_runtime(artifact: str, spec_arg: str | None):
+    """The runtime the spec file beside the artifact names (a decoder's inputs are not checked here:
+    their shapes grow with the prompt)."""
+    where = spec_arg or os.path.join(os.path.dirname(os.path.abspath(artifact)), SPEC_FILE)
+    try:
+        with open(where) as f:
+            doc = _parse_json(f.read(), where)
+    except OSError:
+        return None
+    return doc.get("runtime") if isinstance(doc, dict) else None
+
+
 class LiteRtRuntime(NumpyInputs):
     name, module, package = "litert", "ai_edge_litert.interpreter", "ai-edge-litert"
 
@@ -541,19 +617,16 @@ def _ms(start_ns: int) -> float:
 
 
 def benchmark(args) -> dict:
+    result = {"ok": True, "artifact": os.path.basename(args.artifact)}
+    if args.generate:
+        return bench_generation(args, result)
     specs, named = _load_spec_doc(args.artifact, args.input_spec)  # bad input specs fail before the slow runtime import
     start = time.perf_counter_ns()
     rt = runtime_for(args.runtime or named)
-    import_ms = _ms(start)
+    result["import_ms"] = round(_ms(start), 3)
     arrays = load_arrays(args.inputs, specs) if args.inputs else None
     applied = rt.set_threads(args.threads)
-    try:
-        start = time.perf_counter_ns()
-        rt.load(args.artifact)
-        load_ms = _ms(start)
-    except Exception as e:
-        raise RunnerError("load_failed", f"loading {args.artifact} failed: {type(e).__name__}: {e}") from None
-    result = {"ok": True, "artifact": os.path.basename(args.artifact), "import_ms": round(import_ms, 3), "load_ms": round(load_ms, 3)}
+    _load(rt, args.artifact, result)
     result.update(_identity(rt, args.threads, applied))
     inputs = rt.make_inputs(specs, arrays)
     try:
@@ -571,6 +644,15 @@ def benchmark(args) -> dict:
     result.update({"runs": len(samples), "warmup": args.warmup, "samples_ms": [round(x, 4) for x in samples],
                    "outputs": _describe(outputs), "peak_rss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss})
     return result
+
+
+def _load(rt, artifact: str, result: dict) -> None:
+    try:
+        start = time.perf_counter_ns()
+        rt.load(artifact)
+        result["load_ms"] = round(_ms(start), 3)
+    except Exception as e:
+        raise RunnerError("load_failed", f"loading {artifact} failed: {type(e).__name__}: {e}") from None
 
 
 def _timed_runs(rt, inputs, runs: int, min_seconds: float) -> list[float]:
@@ -610,9 +692,13 @@ def parse_args(argv):
     p.add_argument("--runtime", choices=sorted(RUNTIMES), help="the artifact's runtime [default: the spec file's]")
     p.add_argument("--timeout", type=float, default=0.0, help="kill the run after this many seconds (0: never)")
     p.add_argument("--check", action="store_true", help="import the runtime, load the artifact, run once; no benchmark")
+    p.add_argument("--generate", type=int, metavar="N", help="a text-generation build: time greedy generations of N tokens")
+    p.add_argument("--prompt-ids", help="with --generate: the prompt's token ids (raw little-endian int64)")
     args = p.parse_args(argv)
     if args.threads < 1 or args.runs < 1 or args.warmup < 0 or args.min_seconds < 0:
         raise RunnerError("usage", "--threads and --runs must be >= 1, --warmup and --min-seconds >= 0", EXIT_USAGE)
+    if (args.generate is not None) != (args.prompt_ids is not None) or (args.generate is not None and args.generate < 1):
+        raise RunnerError("usage", "--generate N (at least 1) and --prompt-ids FILE go together", EXIT_USAGE)
     return args
 
 

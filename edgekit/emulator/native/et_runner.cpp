@@ -79,6 +79,7 @@ struct Args {
   bool count = false;
   int generate = 0;  // > 0: generation mode, this many new tokens at most
   int64_t max_seq_len = 256, eos = -1;
+  bool runs_given = false, warmup_given = false;  // generation mode: one run, no warmup, unless asked
 };
 
 std::string json_escape(const std::string& s) {
@@ -114,8 +115,8 @@ Args parse(int argc, char** argv) {
       return d;
     };
     if (k == "--threads") a.threads = static_cast<int>(number(1));
-    else if (k == "--warmup") a.warmup = static_cast<int>(number(0));
-    else if (k == "--runs") a.runs = static_cast<int>(number(1));
+    else if (k == "--warmup") { a.warmup = static_cast<int>(number(0)); a.warmup_given = true; }
+    else if (k == "--runs") { a.runs = static_cast<int>(number(1)); a.runs_given = true; }
     else if (k == "--min-seconds") a.min_seconds = number(0);
     else if (k == "--inputs") a.inputs = value();
     else if (k == "--outputs") a.outputs = value();
@@ -255,20 +256,36 @@ std::string describe_outputs(const std::vector<EValue>& outputs) {
 
 // ---- generation mode (text-generation builds, edgekit/llm) ----
 //
-// --generate N --prompt-ids FILE [--max-seq-len L] [--eos ID]: greedy
-// generation with a decoder .pte whose forward(input_ids (1, n) int64,
-// cache_position (n) int64) returns logits (1, n, vocab) and keeps its KV cache
-// in the program's mutable buffers. FILE holds the prompt's token ids as raw
-// little-endian int64. The prompt is prefilled in one call, then one call per
-// token. With --count, the instruction-count markers bracket the decode calls
-// (every token after the first), so the count divided by them is guest
-// instructions per decoded token.
+// --generate N --prompt-ids FILE [--max-seq-len L] [--eos ID] [--warmup W]
+// [--runs R]: greedy generation with a decoder .pte whose forward(input_ids
+// (1, n) int64, cache_position (n) int64) returns logits (1, n, vocab) and
+// keeps its KV cache in the program's mutable buffers. FILE holds the prompt's
+// token ids as raw little-endian int64. The prompt is prefilled in one call,
+// then one call per token. W untimed generations (default 0), then R timed
+// ones (default 1), each from position 0 (the cache is overwritten); the JSON
+// has each run (samples), the medians and the first timed run's tokens, as
+// runtime/runner.py's --generate prints them. With --count, the
+// instruction-count markers bracket the first timed run's decode calls (every
+// token after the first), so the count divided by them is guest instructions
+// per decoded token.
 
 int64_t argmax_last(const EValue& logits) {
   const auto& t = logits.toTensor();
   ssize_t vocab = t.size(t.dim() - 1);
   const float* row = t.const_data_ptr<float>() + (t.numel() - vocab);
   return static_cast<int64_t>(std::max_element(row, row + vocab) - row);
+}
+
+struct Generation {
+  std::vector<int64_t> tokens;
+  double prefill_ms = 0, decode_ms = 0;
+  std::string stopped = "max_new_tokens";
+};
+
+double median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  size_t m = v.size() / 2;
+  return v.size() % 2 ? v[m] : (v[m - 1] + v[m]) / 2;
 }
 
 int generate(Module& module, const Args& a, double load_ms) {
@@ -291,23 +308,42 @@ int generate(Module& module, const Args& a, double load_ms) {
     return argmax_last((*result)[0]);
   };
 
-  double t0 = now_ms();
-  std::vector<int64_t> tokens{step(prompt, 0)};
-  double prefill_ms = now_ms() - t0;
-  std::string stopped = "max_new_tokens";
-  if (a.count) syscall(kMarkSyscall, 1);
-  double decode_start = now_ms();
-  while (true) {
-    if (a.eos >= 0 && tokens.back() == a.eos) { stopped = "eos"; break; }
-    if (static_cast<int>(tokens.size()) >= a.generate) break;
-    int64_t position = n + static_cast<int64_t>(tokens.size()) - 1;
-    if (position >= a.max_seq_len) { stopped = "context_full"; break; }
-    std::vector<int64_t> last{tokens.back()};
-    tokens.push_back(step(last, position));
+  auto once = [&](bool count) {
+    Generation g;
+    double t0 = now_ms();
+    g.tokens.push_back(step(prompt, 0));
+    g.prefill_ms = now_ms() - t0;
+    if (count) syscall(kMarkSyscall, 1);
+    double decode_start = now_ms();
+    while (true) {
+      if (a.eos >= 0 && g.tokens.back() == a.eos) { g.stopped = "eos"; break; }
+      if (static_cast<int>(g.tokens.size()) >= a.generate) break;
+      int64_t position = n + static_cast<int64_t>(g.tokens.size()) - 1;
+      if (position >= a.max_seq_len) { g.stopped = "context_full"; break; }
+      std::vector<int64_t> last{g.tokens.back()};
+      g.tokens.push_back(step(last, position));
+    }
+    g.decode_ms = now_ms() - decode_start;
+    if (count) syscall(kMarkSyscall, 2);
+    return g;
+  };
+
+  int warmup = a.warmup_given ? a.warmup : 0, runs = a.runs_given ? a.runs : 1;
+  std::vector<Generation> timed;
+  double first_ms = 0;
+  for (int i = 0; i < warmup + runs; ++i) {
+    Generation g = once(a.count && i == warmup);
+    if (i == 0) first_ms = g.prefill_ms;
+    if (i >= warmup) timed.push_back(g);
   }
-  double decode_ms = now_ms() - decode_start;
-  if (a.count) syscall(kMarkSyscall, 2);
-  size_t decoded = tokens.size() - 1;
+  const Generation& first = timed.front();
+  size_t decoded = first.tokens.size() - 1;
+  std::vector<double> ttft, rates;
+  for (const auto& g : timed) {
+    ttft.push_back(g.prefill_ms);
+    if (decoded && g.decode_ms > 0) rates.push_back(decoded / (g.decode_ms / 1e3));
+  }
+  double ttft_ms = median(ttft);
   struct rusage ru;
   getrusage(RUSAGE_SELF, &ru);
   struct utsname un;
@@ -318,14 +354,21 @@ int generate(Module& module, const Args& a, double load_ms) {
   js << "{\"ok\": true, \"runner\": \"edgekit-et-runner\", \"mode\": \"generate\""
      << ", \"runtime\": {\"name\": \"executorch-native\", \"version\": \"" << kVersion << "\"}"
      << ", \"machine\": \"" << json_escape(un.machine) << "\", \"threads\": " << a.threads
-     << ", \"load_ms\": " << load_ms << ", \"prompt_tokens\": " << n << ", \"new_tokens\": " << tokens.size()
-     << ", \"time_to_first_token_ms\": " << prefill_ms
-     << ", \"prefill_tokens_per_s\": " << (n / (prefill_ms / 1e3))
+     << ", \"load_ms\": " << load_ms << ", \"first_ms\": " << first_ms
+     << ", \"prompt_tokens\": " << n << ", \"new_tokens\": " << first.tokens.size()
+     << ", \"time_to_first_token_ms\": " << ttft_ms
+     << ", \"prefill_tokens_per_s\": " << (n / (ttft_ms / 1e3))
      << ", \"decode_tokens_per_s\": ";
-  if (decoded && decode_ms > 0) js << (decoded / (decode_ms / 1e3)); else js << "null";
-  js << ", \"decoded_tokens\": " << decoded << ", \"stopped\": \"" << stopped << "\""
-     << ", \"counted\": " << (a.count ? "true" : "false") << ", \"peak_rss_kb\": " << ru.ru_maxrss << ", \"tokens\": [";
-  for (size_t i = 0; i < tokens.size(); ++i) js << (i ? ", " : "") << tokens[i];
+  if (!rates.empty()) js << median(rates); else js << "null";
+  js << ", \"decoded_tokens\": " << decoded << ", \"stopped\": \"" << first.stopped << "\""
+     << ", \"runs\": " << runs << ", \"warmup\": " << warmup << ", \"samples\": [";
+  for (size_t i = 0; i < timed.size(); ++i) {
+    js << (i ? ", " : "") << "{\"time_to_first_token_ms\": " << timed[i].prefill_ms << ", \"decode_tokens_per_s\": ";
+    if (decoded && timed[i].decode_ms > 0) js << decoded / (timed[i].decode_ms / 1e3); else js << "null";
+    js << "}";
+  }
+  js << "], \"counted\": " << (a.count ? "true" : "false") << ", \"peak_rss_kb\": " << ru.ru_maxrss << ", \"tokens\": [";
+  for (size_t i = 0; i < first.tokens.size(); ++i) js << (i ? ", " : "") << first.tokens[i];
   js << "]}";
   printf("%s\n", js.str().c_str());
   return 0;
