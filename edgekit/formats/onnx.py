@@ -19,6 +19,7 @@ import ast
 import contextlib
 import io
 import tempfile
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -724,38 +725,47 @@ def convert_decoder_qat(model, group_size: int, embedding_bits: int, weight_bits
     quantize_(model, QATConfig(step="convert"))
 
 
-def check_decoder_architecture(model, tokenizer) -> None:
-    """Refuse, before any training, a decoder the builder has no graph for: it raises NotImplementedError for
-    an unknown architecture, or fails on the config attributes its graphs read (GPT-2 has no intermediate_size).
-    The builder reads a directory: the config and tokenizer are written to a temporary one (no weights)."""
-    architecture = (model.config.architectures or [type(model).__name__])[0]
+def builder_has_graph(model, tokenizer) -> bool:
+    """Whether onnxruntime-genai's model builder writes a graph for this decoder's architecture: it raises
+    NotImplementedError for an unknown one, or fails on the config attributes its graphs read (GPT-2 has no
+    intermediate_size). The builder reads a directory: the config and tokenizer go to a temporary one
+    (no weights), and it is run with config_only."""
     with tempfile.TemporaryDirectory(prefix="edgekit-onnx-check-") as tmp:
         model.config.save_pretrained(Path(tmp) / "model")
         tokenizer.save_pretrained(Path(tmp) / "model")
         try:
             _run_builder(Path(tmp) / "model", Path(tmp) / "out", Path(tmp) / "cache", ["config_only=true"])
-        except (NotImplementedError, AttributeError, KeyError) as e:
-            raise FormatUnsupported(
-                f"{architecture}: onnxruntime-genai's model builder has no ONNX graph for this architecture ({e})",
-                hint="build it with --format executorch (transformers' ExecuTorch exporter takes it)") from None
+        except (NotImplementedError, AttributeError, KeyError):
+            return False
+    return True
 
 
 def export_decoder(model, tokenizer, out_dir: Path, max_seq_len: int, group_size: int, embedding_bits: int,
                    weight_bits: int = 4, precision: str | None = None) -> dict:
-    """A decoder (float weights, QAT-trained or not) to an int4 (weight_bits 8: int8) `.onnx` with
-    onnxruntime-genai's model builder.
+    """A decoder (float weights, QAT-trained or not) to an int4 (weight_bits 8: int8) `.onnx`: with
+    onnxruntime-genai's model builder where it has a graph for the architecture, else with torch.onnx
+    (_export_with_torch_onnx, GPT-2 among them). Either way the same files, the same inputs and outputs
+    (input_ids, attention_mask, past_key_values.N.key/value -> logits, present.N.key/value) and the same
+    weights: every MatMul RTN-rounded by onnxruntime's MatMulNBitsQuantizer, symmetric, blocks of
+    group_size, int8 compute on ARM (accuracy_level 4), the output head int8 with embedding_bits 8.
+    precision="fp32" writes the float graph instead (the export checks compare it with the eager model)."""
+    precision = precision or f"int{weight_bits}"
+    if not builder_has_graph(model, tokenizer):
+        return _export_with_torch_onnx(model, tokenizer, out_dir, max_seq_len, group_size,
+                                       max(embedding_bits, weight_bits), precision)
+    return _export_with_builder(model, tokenizer, out_dir, max_seq_len, group_size, embedding_bits, precision)
 
-    The builder writes its own graph for the architecture (GroupQueryAttention with the KV cache as
+
+def _export_with_builder(model, tokenizer, out_dir: Path, max_seq_len: int, group_size: int, embedding_bits: int,
+                         precision: str) -> dict:
+    """The builder writes its own graph for the architecture (GroupQueryAttention with the KV cache as
     inputs/outputs, fused norms, rotary caches) and quantizes every MatMul with onnxruntime's
-    MatMulNBitsQuantizer, RTN, symmetric, blocks of group_size, int8 compute on ARM (accuracy_level 4).
-    It reads a model directory, so the model is saved to a temporary one first. The files go into
-    out_dir (DECODER_FILES and the builder's tokenizer copies); genai_config.json's context is cut to
-    max_seq_len, so onnxruntime-genai's own runtime and edgekit's runner (runtime/runner.py
-    OnnxDecoder) stop where the manifest says. precision="fp32" writes the float graph instead (the
-    export checks compare it with the eager model)."""
+    MatMulNBitsQuantizer. It reads a model directory, so the model is saved to a temporary one first.
+    The files go into out_dir (DECODER_FILES and the builder's tokenizer copies); genai_config.json's
+    context is cut to max_seq_len, so onnxruntime-genai's own runtime and edgekit's runner
+    (runtime/runner.py OnnxDecoder) stop where the manifest says."""
     import json
 
-    precision = precision or f"int{weight_bits}"
     options = [] if precision == "fp32" else ["algo_config=rtn", f"block_size={group_size}", "accuracy_level=4"]
     if precision == "int4" and embedding_bits == 8:
         options.append("matmul_mixed_precision=last_matmul:int8")
@@ -777,6 +787,143 @@ def export_decoder(model, tokenizer, out_dir: Path, max_seq_len: int, group_size
     graph = onnx.load(str(out_dir / "model.onnx"), load_external_data=False).graph
     return {"builder": f"{DECODER_BUILDER} {version('onnxruntime-genai')}", "options": options,
             "ops": dict(Counter(n.op_type for n in graph.node).most_common())}
+
+
+# The example shapes the graph is traced with: a prefill of 3 tokens after 4 cached ones. Both vary in
+# the graph (dynamic dims); a cache of 0 tokens, the first call's, runs too (tests/test_llm.py).
+_TRACE_TOKENS, _TRACE_PAST = 3, 4
+
+
+def _export_with_torch_onnx(model, tokenizer, out_dir: Path, max_seq_len: int, group_size: int, head_bits: int,
+                            precision: str) -> dict:
+    """A decoder the builder has no graph for, through torch.onnx (the dynamo exporter) and onnxruntime's
+    MatMulNBitsQuantizer, laid out as the builder lays its graphs out so that one runner steps both.
+
+    The model is wrapped so that the KV cache is plain tensors in and out: a transformers DynamicCache is
+    filled from past_key_values.N.key/value, and present.N.key/value are the cache after the call (the
+    past and the new tokens). The attention is the model's own (its eager or sdpa code, exported); the
+    positions follow from the cache's length as in generate(). Then every MatMul with a weight becomes
+    MatMulNBits: the output head at head_bits, the others at the precision's bits, RTN, symmetric, blocks
+    of group_size, accuracy_level 4 (int8 compute on ARM). genai_config.json is written as the builder
+    writes it, so onnxruntime-genai's runtime reads the directory too (type from the model's config,
+    past_present_share_buffer false: this graph returns the whole cache)."""
+    import json
+    from collections import Counter
+
+    import onnx
+    import torch
+    from transformers.cache_utils import DynamicCache
+
+    from edgekit.quiet import native_stderr_captured, verbose
+
+    config = model.config
+    layers, heads = config.num_hidden_layers, config.num_attention_heads
+    kv_heads = getattr(config, "num_key_value_heads", None) or heads
+    head_size = getattr(config, "head_dim", None) or config.hidden_size // heads
+
+    class CacheAsTensors(torch.nn.Module):
+        def __init__(self, decoder):
+            super().__init__()
+            self.decoder = decoder
+
+        def forward(self, input_ids, attention_mask, *past):
+            cache = DynamicCache()
+            for i in range(layers):
+                cache.update(past[2 * i], past[2 * i + 1], i)
+            out = self.decoder(input_ids=input_ids, attention_mask=attention_mask, past_key_values=cache,
+                               use_cache=True)
+            return (out.logits, *(t for layer in out.past_key_values.layers for t in (layer.keys, layer.values)))
+
+    names = [f"{i}.{kv}" for i in range(layers) for kv in ("key", "value")]
+    past = tuple(torch.zeros(1, kv_heads, _TRACE_PAST, head_size) for _ in names)
+    example = (torch.zeros(1, _TRACE_TOKENS, dtype=torch.long),
+               torch.ones(1, _TRACE_PAST + _TRACE_TOKENS, dtype=torch.long), *past)
+    tokens = torch.export.Dim("tokens", min=1, max=max_seq_len - 1)
+    total = torch.export.Dim("total", min=1, max=max_seq_len)
+    cached = torch.export.Dim("past", min=0, max=max_seq_len - 1)
+    with tempfile.TemporaryDirectory(prefix="edgekit-onnx-decoder-") as tmp, contextlib.ExitStack() as quiet:
+        if not verbose():
+            captured = io.StringIO()
+            quiet.enter_context(contextlib.redirect_stdout(captured))  # the exporter's progress lines
+            quiet.enter_context(native_stderr_captured())
+            quiet.enter_context(warnings.catch_warnings())  # its notes on naming the dynamic axes
+            warnings.simplefilter("ignore")
+        torch.onnx.export(
+            CacheAsTensors(model).eval(), example, str(Path(tmp) / "float.onnx"), dynamo=True, external_data=True,
+            optimize=True, input_names=["input_ids", "attention_mask", *(f"past_key_values.{n}" for n in names)],
+            output_names=["logits", *(f"present.{n}" for n in names)],
+            dynamic_shapes={"input_ids": {1: tokens}, "attention_mask": {1: total},
+                            "past": tuple({2: cached} for _ in names)})
+        graph = onnx.load(str(Path(tmp) / "float.onnx"))  # its weights read in: the temporary files go
+        options = []
+        if precision != "fp32":
+            bits = int(precision.removeprefix("int"))
+            head = _head_matmul(graph)
+            options = [f"MatMulNBitsQuantizer: RTN symmetric, block_size={group_size}, accuracy_level=4",
+                       f"{head}: int{head_bits}", f"other MatMuls: int{bits}"]
+            # The quantizer takes every MatMul not excluded (its nodes_to_include adds to them), so the head
+            # goes alone first, the others excluded, then the rest (the head is MatMulNBits by then).
+            others = [n.name for n in graph.graph.node if n.op_type == "MatMul" and n.name != head]
+            graph = _matmul_nbits(graph, head_bits, group_size, exclude=others)
+            graph = _matmul_nbits(graph, bits, group_size)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        onnx.save(graph, str(out_dir / "model.onnx"), save_as_external_data=True, all_tensors_to_one_file=True,
+                  location="model.onnx.data")
+    genai = {"model": {
+        "bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id,
+        "pad_token_id": tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id,
+        "context_length": max_seq_len, "type": config.model_type, "vocab_size": config.vocab_size,
+        "decoder": {"session_options": {"log_id": "onnxruntime-genai", "provider_options": []},
+                    "filename": "model.onnx", "head_size": head_size, "hidden_size": config.hidden_size,
+                    "num_attention_heads": heads, "num_hidden_layers": layers, "num_key_value_heads": kv_heads,
+                    "inputs": {"input_ids": "input_ids", "attention_mask": "attention_mask",
+                               "past_key_names": "past_key_values.%d.key", "past_value_names": "past_key_values.%d.value"},
+                    "outputs": {"logits": "logits", "present_key_names": "present.%d.key",
+                                "present_value_names": "present.%d.value"}}},
+        "search": {"do_sample": False, "num_beams": 1, "max_length": max_seq_len, "past_present_share_buffer": False}}
+    (out_dir / "genai_config.json").write_text(json.dumps(genai, indent=4) + "\n")
+    return {"exporter": f"torch.onnx (dynamo) {torch.__version__.split('+')[0]}", "options": options,
+            "ops": dict(Counter(n.op_type for n in graph.graph.node).most_common())}
+
+
+def _head_matmul(model) -> str:
+    """The MatMul that computes the logits: the first one met walking back from the `logits` output."""
+    producer = {out: node for node in model.graph.node for out in node.output}
+    weights = {init.name for init in model.graph.initializer}
+    todo, seen = ["logits"], set()
+    while todo:
+        node = producer.get(todo.pop(0))
+        if node is None or node.name in seen:
+            continue
+        seen.add(node.name)
+        if node.op_type == "MatMul" and any(i in weights for i in node.input):
+            return node.name
+        todo += list(node.input)
+    raise FormatUnsupported("the exported decoder graph has no MatMul computing its logits",
+                            hint="build it with --format executorch")
+
+
+def _matmul_nbits(model, bits: int, group_size: int, exclude: list[str] | None = None):
+    """onnxruntime's MatMulNBitsQuantizer (RTN, symmetric, blocks of group_size, accuracy_level 4) over the
+    graph's weight MatMuls but those in `exclude`; its INFO lines are kept from the terminal."""
+    import logging
+
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    try:  # it calls logging.basicConfig(level=INFO) when imported; the root logger is put back (see _run_builder)
+        from onnxruntime.quantization.matmul_nbits_quantizer import (
+            DefaultWeightOnlyQuantConfig,
+            MatMulNBitsQuantizer,
+        )
+    finally:
+        root.handlers[:], root.level = handlers, level
+    with root_logger_quiet():
+        quantizer = MatMulNBitsQuantizer(
+            model, nodes_to_exclude=exclude,
+            algo_config=DefaultWeightOnlyQuantConfig(block_size=group_size, is_symmetric=True, accuracy_level=4,
+                                                     bits=bits))
+        quantizer.process()
+    return quantizer.model.model
 
 
 def _run_builder(model_dir: Path, out_dir: Path, cache_dir: Path, options: list[str], precision: str = "int4") -> None:
