@@ -39,7 +39,7 @@ from edgekit.recipe import recipe_from_options as recipe
 from edgekit.report import build_report, write_html
 from edgekit.search import TIMING_SECONDS
 from edgekit.runtime.runner import RunnerError
-from edgekit.serve import STACK_WITH_DEPENDENCIES, Settings, install_hint, spec_doc
+from edgekit.serve import GENERATION_PACKAGES, STACK_WITH_DEPENDENCIES, Settings, install_hint, spec_doc
 from edgekit.serve.server import missing_stack
 from edgekit.serve.server import serve as run_server
 from edgekit.stages import chain as stage_chain
@@ -337,7 +337,8 @@ def emulator_build(*, mirror: str | None = None, rebuild: bool = False, progress
     """Build (or restore from the cache) the arm64 rootfs with every format's guest runtime, the native
     ExecuTorch runner and the qemu plugin; returns the build record (`emulator_status()`)."""
     guest_wheels = {name: version for fmt in all_formats() for name, version in fmt.GUEST_WHEELS.items()}
-    guest_wheels.update({name: None for name in STACK_WITH_DEPENDENCIES})  # the server (deploy --serve), host versions
+    # the server (deploy --serve), and what a text-generation build's server adds; host versions
+    guest_wheels.update({name: None for name in (*STACK_WITH_DEPENDENCIES, *GENERATION_PACKAGES)})
     return build_emulator(EmulatorPaths.default(), Steps(show=progress), guest_wheels, mirror=mirror,
                           rebuild=rebuild)
 

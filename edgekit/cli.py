@@ -855,9 +855,10 @@ def deploy(build_dir, devices, devices_file, run_bench, python, remote_dir, ssh_
         raise
     _show_runs(records, as_json)
     if service is not None and not as_json:
+        endpoint = "POST /v1/generate" if _generates(build_dir) else "POST /v1/predict"
         for r in records:
             svc = r["service"]
-            click.echo(f"{r['device']}: serving at {svc['url']} ({svc['manager']}; POST /v1/predict, GET /healthz)")
+            click.echo(f"{r['device']}: serving at {svc['url']} ({svc['manager']}; {endpoint}, GET /healthz)")
             if svc["listen"] in ("127.0.0.1", "::1", "localhost"):
                 click.echo("  it listens on the device's loopback only: reach it with an ssh tunnel, or deploy with "
                            "--listen 0.0.0.0 to open it to the network")

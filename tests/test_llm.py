@@ -587,6 +587,7 @@ def test_smollm2_from_a_registry_package_keeps_its_text_with_int8_weights(tmp_pa
     assert m["model"]["architecture"] == "llama" and m["model"]["parameters"] > 130e6
     assert m["quantization"]["scheme"] == "int8 MatMulNBits (RTN)" and q["float_perplexity"] < 60
     assert "✓ model.onnx" in proc.stdout
+    assert "GGUF tensors" not in proc.stderr  # the GGUF reader's progress bar stays off the terminal
     gen = run_cli("generate", str(out), "--prompt", "The capital of France is", "-n", "8", "--json")
     assert gen.returncode == 0, gen.stderr
     assert "Paris" in json.loads(gen.stdout)["text"]
@@ -665,11 +666,59 @@ def test_deploy_bench_over_ssh_generates_on_the_device(tinylm_build, ssh_device,
     assert list((tmp_path / "device").rglob("prompt.ids"))
 
 
+def _generate_at(port: int, prompt: str, max_new_tokens: int) -> list[dict]:
+    """POST /v1/generate to a server on this computer's loopback: its NDJSON lines."""
+    import urllib.request
+
+    request = urllib.request.Request(f"http://127.0.0.1:{port}/v1/generate",
+                                     json.dumps({"prompt": prompt, "max_new_tokens": max_new_tokens}).encode(),
+                                     {"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=600) as r:
+        return [json.loads(line) for line in r.read().decode().splitlines()]
+
+
+def _deployed_server_generates_the_hosts_tokens(build: Path, device_args: list[str], run_cli, wait: str = "120"):
+    """`deploy --serve` of a decoder build: the server streams from /v1/generate the tokens the device runner's
+    loop makes on this computer at 1 thread; `--serve stop` removes it."""
+    from sshd import free_port
+    from test_serve_deploy import healthz, port_closed
+
+    from edgekit.llm.generate import generate, open_build
+
+    port = free_port()
+    common = [*device_args, "--port", str(port)]
+    proc = run_cli("deploy", str(build), *common, "--serve", "--serve-wait", wait, "--threads", "1", "--json",
+                   timeout=1800)
+    try:
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        [record] = json.loads(proc.stdout)
+        assert {"tokenizer.json", "serve.json", "model.onnx.data"} <= {p["file"] for p in record["pushed"]}
+        healthz(port, timeout=120)
+        lines = _generate_at(port, 'The "if" statement is used for', 8)
+        runner, tokenizer, _ = open_build(build)
+        host, _ = generate(runner, tokenizer.encode('The "if" statement is used for'), 8, runner.max_seq_len,
+                           tokenizer.eos_token_id)
+        assert [line["token"] for line in lines[:-1]] == host and lines[-1]["done"]
+        return record
+    finally:
+        stop = run_cli("deploy", str(build), *common, "--serve", "stop", timeout=300)
+        assert stop.returncode == 0, stop.stderr
+        assert port_closed(port)
+
+
+def test_deploy_serve_runs_a_decoder_server_that_streams_tokens(onnx_copy, tmp_path, run_cli):
+    """The .onnx decoder served as a supervised service on this computer (`--device local`): pushed with its
+    tokenizer, generating the device runner's tokens over /v1/generate."""
+    record = _deployed_server_generates_the_hosts_tokens(
+        onnx_copy, ["--device", "local", "--remote-dir", str(tmp_path / "remote"), "--python", sys.executable,
+                    "--allow-arch-mismatch"], run_cli)
+    assert record["service"]["manager"] == "supervisor"
+
+
 def _decoder_bench_refusals(build: Path, tmp_path: Path) -> dict:
     inputs = tmp_path / "x.npz"
     np.savez(inputs, x=np.zeros(3))
     return {
-        "serve": (["deploy", str(build), "--device", "local", "--serve"], "edgekit serve"),
         "inputs": (["bench", str(build), "--inputs", str(inputs)], "timed on the prompt it was built with"),
         "load test": (["bench", str(build), "--serve", "http://127.0.0.1:9"], "/v1/predict"),
         "native tool": (["deploy", str(build), "--device", "local", "--bench", "--native-runner",
@@ -677,7 +726,7 @@ def _decoder_bench_refusals(build: Path, tmp_path: Path) -> dict:
     }
 
 
-@pytest.mark.parametrize("case", ["serve", "inputs", "load test", "native tool", "old build"])
+@pytest.mark.parametrize("case", ["inputs", "load test", "native tool", "old build"])
 def test_what_a_decoder_build_cannot_be_timed_with_is_refused(case, onnx_copy, tmp_path, run_cli):
     """Each is refused (exit 2) naming what to do, before any device is touched: nothing is written."""
     if case == "old build":  # made before builds recorded their timing prompt
@@ -762,6 +811,17 @@ def _differs_only_at_a_near_tie(build: Path, generation: dict) -> None:
     row = runner.step(prompt + tokens[:i], 0)[-1]  # the logits that chose token i, recomputed here
     second, first = np.sort(row)[-2:]
     assert first - second < NEAR_TIE, f"token {i + 1} differs where the build chose it by {first - second:.3f}"
+
+
+@pytest.mark.emulator
+def test_deploy_serve_streams_tokens_from_the_emulated_board(rpi5_board, tinylm_onnx_ptq, tmp_path, run_cli):
+    """The .onnx decoder's server on the emulated Cortex-A76 (the board's python: onnxruntime, tokenizers, the
+    HTTP stack, all aarch64 wheels), supervised, streaming the host's tokens from /v1/generate."""
+    copy = tmp_path / "onnx"
+    shutil.copytree(tinylm_onnx_ptq["dir"], copy)
+    record = _deployed_server_generates_the_hosts_tokens(
+        copy, ["--device", rpi5_board.address, "--ssh-config", str(rpi5_board.client_config)], run_cli, wait="900")
+    assert record["arch"]["device"] == "aarch64" and record["service"]["manager"] == "supervisor"
 
 
 @pytest.mark.emulator

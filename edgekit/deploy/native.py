@@ -167,11 +167,7 @@ def edgekit_runner_argv(binary, artifact, threads, warmup, runs, min_seconds):
 
 
 def parse_edgekit_runner(text: str, warmup: int = 0) -> dict:
-    doc = last_json(text)
-    if doc is None or "ok" not in doc:
-        raise ValueError("no JSON result line in edgekit-et-runner output")
-    if not doc["ok"]:
-        raise ValueError(doc.get("error", "the runner failed"))
+    doc = parse_generation(text)
     out = _empty()
     out.update({k: doc.get(k) for k in STAT_KEYS}, samples_ms=doc.get("samples_ms"),
                version=(doc.get("runtime") or {}).get("version"))
@@ -183,10 +179,11 @@ def edgekit_runner_generate_argv(binary, artifact, threads, max_seq_len):
 
 
 def parse_generation(text: str, warmup: int = 0) -> dict:
-    """A --generate run's JSON line (edgekit-et-runner prints runtime/runner.py's keys itself)."""
+    """edgekit-et-runner's JSON line as it is (it prints runtime/runner.py's keys itself): a --generate
+    run's whole answer, and what parse_edgekit_runner picks the latency figures from."""
     doc = last_json(text)
     if doc is None or "ok" not in doc:
-        raise ValueError("no JSON result line in the runner's output")
+        raise ValueError("no JSON result line in edgekit-et-runner output")
     if not doc["ok"]:
         raise ValueError(doc.get("error", "the runner failed"))
     return doc

@@ -27,7 +27,17 @@ from pathlib import Path
 from edgekit.deploy.base import DeviceFailure, Transport
 from edgekit.errors import UsageError
 from edgekit.runtime import last_json
-from edgekit.serve import SERVER_PATH, SPEC_FILE, STACK_MODULES, Settings, install_hint, spec_doc
+from edgekit.manifest import inside
+from edgekit.serve import (
+    GENERATION_MODULES,
+    SERVER_PATH,
+    SPEC_FILE,
+    STACK_MODULES,
+    Settings,
+    generation_spec_doc,
+    install_hint,
+    spec_doc,
+)
 
 SERVER_FILE = "serve.py"
 DETECT_TIMEOUT = 30.0
@@ -99,19 +109,28 @@ def check_serve_device(device) -> None:
 
 
 def server_files(build, tmp: Path) -> list[tuple[Path, str]]:
-    """serve.py and serve.json, pushed beside the artifact and runner.py."""
+    """serve.py and serve.json, pushed beside the artifact and runner.py; a text-generation build's server
+    also reads the tokenizer (the board needs the `tokenizers` package, not transformers)."""
     spec = tmp / SPEC_FILE
-    spec.write_text(json.dumps(spec_doc(build.manifest, build.format, build.artifact_record, build.runtime), indent=1) + "\n")
-    return [(SERVER_PATH, SERVER_FILE), (spec, SPEC_FILE)]
+    doc = (generation_spec_doc(build.manifest) if build.generating
+           else spec_doc(build.manifest, build.format, build.artifact_record, build.runtime))
+    spec.write_text(json.dumps(doc, indent=1) + "\n")
+    files = [(SERVER_PATH, SERVER_FILE), (spec, SPEC_FILE)]
+    if build.generating:
+        files.append((inside(build.dir, doc["tokenizer"], "the tokenizer"), doc["tokenizer"]))
+    return files
 
 
-def check_stack(t: Transport, python: str) -> None:
-    """The HTTP stack imports with the device's python (the runtime was checked by the runner)."""
-    done = t.run([python, "-c", "import " + ", ".join(STACK_MODULES)])
+def check_stack(t: Transport, python: str, build) -> None:
+    """The HTTP stack imports with the device's python (the runtime was checked by the runner), and
+    `tokenizers` for a text-generation build's server."""
+    modules = [*STACK_MODULES, *GENERATION_MODULES] if build.generating else list(STACK_MODULES)
+    done = t.run([python, "-c", "import " + ", ".join(modules)])
     if done.returncode != 0:
         last = (done.tail().splitlines() or ["exit status " + str(done.returncode)])[-1]
         raise DeviceFailure(f"the server's packages are not importable by '{python}' on {t.name}: {last}",
-                            hint="install them on the device: " + install_hint(python), stage="serve", detail=done.tail())
+                            hint="install them on the device: " + install_hint(python, build.generating),
+                            stage="serve", detail=done.tail())
 
 
 def detect(t: Transport) -> dict:

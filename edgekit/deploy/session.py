@@ -125,7 +125,7 @@ def deploy_to(build: BuildInfo, device: Device, plan: DeployPlan, transport: Tra
         record["warnings"] += _version_warnings(build, record["check"])
         if plan.serve:
             record["stage"] = "serve"
-            check_stack(t, runner.python)
+            check_stack(t, runner.python, build)
             record["service"] = install(t, remote, build, runner.python, plan.serve, _host_of(t))
             if record["service"].get("boot_hint"):
                 record["warnings"].append(record["service"]["boot_hint"])
@@ -169,9 +169,6 @@ def deploy_all(build: BuildInfo, devices: list[Device], plan: DeployPlan,
     """Deploy to every device in parallel; raise DeployFailed after all finished if any failed."""
     _check_unique(devices)
     check_what_is_timed(build, plan.bench)
-    if build.generating and plan.serve:
-        raise UsageError(f"--serve: {build.dir} is a text-generation build, which deploy does not serve yet",
-                         hint=f"serve it on this computer with `edgekit serve {build.dir}` (POST /v1/generate)")
     for d in devices:  # usage errors (bad --native-runner, --ssh-option) stop everything before any device is touched
         select_runner(build, d.python, d.native_runner)
         d.open()

@@ -17,7 +17,6 @@ and the model's generation config asks for a static cache of `max_seq_len`.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from edgekit.errors import UsageError
@@ -70,30 +69,30 @@ def _load_gguf(path: Path):
     except ImportError:
         raise UsageError(f"{path}: reading a GGUF file needs the gguf package, which is not installed",
                          hint="pip install 'edgekit[llm]'") from None
+    import functools
+
     import torch
+    import transformers.modeling_gguf_pytorch_utils as reader
     from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedTokenizerFast
-    from transformers.modeling_gguf_pytorch_utils import load_gguf_checkpoint
 
     from edgekit.quiet import verbose
 
     folder, name = str(path.parent), path.name
-    # The reader's "de-quantizing GGUF tensors" bar is a plain tqdm: TQDM_DISABLE turns it off (tqdm >= 4.66).
-    saved = os.environ.get("TQDM_DISABLE")
+    # The reader's "de-quantizing GGUF tensors" bar is a plain tqdm, which no transformers setting turns off
+    # (and TQDM_DISABLE is read when tqdm is first imported, long before): it is given disable=True here.
+    bar = reader.tqdm
     if not verbose():
-        os.environ["TQDM_DISABLE"] = "1"
+        reader.tqdm = functools.partial(bar, disable=True)
     try:
         config = AutoConfig.from_pretrained(folder, gguf_file=name)
         tokenizer = PreTrainedTokenizerFast.from_pretrained(folder, gguf_file=name)
         model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-        tensors = load_gguf_checkpoint(str(path), return_tensors=True, model_to_load=model)["tensors"]
+        tensors = reader.load_gguf_checkpoint(str(path), return_tensors=True, model_to_load=model)["tensors"]
     except (ValueError, KeyError, NotImplementedError) as e:
         raise UsageError(f"{path}: transformers cannot read this GGUF file as a causal LM: {e}",
                          hint="edgekit reads the GGUF architectures transformers reads (Llama, Qwen2, SmolLM, ...)") from None
     finally:
-        if saved is None:
-            os.environ.pop("TQDM_DISABLE", None)
-        else:
-            os.environ["TQDM_DISABLE"] = saved
+        reader.tqdm = bar
     model.config.architectures = [type(model).__name__]  # a GGUF's config names none; a saved copy should
     result = model.load_state_dict(tensors, strict=False)
     model.tie_weights()

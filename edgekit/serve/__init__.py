@@ -12,7 +12,7 @@ from __future__ import annotations
 from importlib import metadata
 from pathlib import Path
 
-from edgekit.serve.server import STACK_MODULES, Settings
+from edgekit.serve.server import GENERATION_MODULES, STACK_MODULES, Settings
 
 SERVER_PATH = Path(__file__).with_name("server.py")
 SPEC_FILE = "serve.json"  # beside the artifact on the device: inputs, runtime, and what /v1/model shows
@@ -21,9 +21,12 @@ SPEC_FILE = "serve.json"  # beside the artifact on the device: inputs, runtime, 
 # (the emulated board installs exactly these; tests/test_serve.py checks the list is closed).
 STACK = ("uvicorn", "starlette", "prometheus-client")
 STACK_WITH_DEPENDENCIES = (*STACK, "anyio", "click", "h11", "idna", "typing-extensions")
+# What a text-generation build's server adds: its tokenizer, read by the tokenizers package (a compiled
+# wheel for aarch64; the one dependency it brings on 3.11, huggingface-hub, is not imported by Tokenizer.from_file).
+GENERATION_PACKAGES = ("tokenizers",)
 
-__all__ = ["SERVER_PATH", "SPEC_FILE", "STACK", "STACK_MODULES", "STACK_WITH_DEPENDENCIES", "Settings", "generation_spec_doc",
-           "install_hint", "spec_doc"]
+__all__ = ["GENERATION_MODULES", "GENERATION_PACKAGES", "SERVER_PATH", "SPEC_FILE", "STACK", "STACK_MODULES",
+           "STACK_WITH_DEPENDENCIES", "Settings", "generation_spec_doc", "install_hint", "spec_doc"]
 
 
 def stack_versions() -> dict[str, str]:
@@ -31,8 +34,8 @@ def stack_versions() -> dict[str, str]:
     return {name: metadata.version(name) for name in STACK_WITH_DEPENDENCIES}
 
 
-def install_hint(python: str) -> str:
-    pins = " ".join(f"{name}=={metadata.version(name)}" for name in STACK)
+def install_hint(python: str, generating: bool = False) -> str:
+    pins = " ".join(f"{name}=={metadata.version(name)}" for name in (*STACK, *(GENERATION_PACKAGES if generating else ())))
     return f"{python} -m pip install {pins} (Raspberry Pi OS: apt install python3-uvicorn python3-starlette python3-prometheus-client)"
 
 

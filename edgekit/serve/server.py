@@ -887,6 +887,7 @@ def settings_from(args) -> Settings:
 
 # What this file imports beyond the standard library and the runtime (deploy probes the board for them).
 STACK_MODULES = ("uvicorn", "starlette", "prometheus_client", "numpy")
+GENERATION_MODULES = ("tokenizers",)  # a text-generation build's server reads its tokenizer with it
 
 
 def missing_stack() -> str | None:
