@@ -241,9 +241,11 @@ def _random_decoder(kind: str, tmp_path: Path) -> Path:
 
     torch.manual_seed(0)
     if kind == "llama":
+        # a padding token, as SmolLM2's config has (its embedding's padding_idx broke the .pte export)
         model = LlamaForCausalLM(LlamaConfig(vocab_size=512, hidden_size=64, intermediate_size=128,
                                              num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                                             max_position_embeddings=128, bos_token_id=0, eos_token_id=0))
+                                             max_position_embeddings=128, bos_token_id=0, eos_token_id=0,
+                                             pad_token_id=2))
     elif kind == "gpt2":
         model = GPT2LMHeadModel(GPT2Config(vocab_size=512, n_embd=64, n_layer=2, n_head=2, n_positions=128,
                                            bos_token_id=0, eos_token_id=0))
@@ -289,6 +291,13 @@ def test_gpt2_class_decoder_exports_and_runs(tmp_path):
 @pytest.mark.slow
 def test_qwen2_class_decoder_exports_and_runs(tmp_path):
     _export_matches_eager("qwen2", tmp_path)
+
+
+@pytest.mark.slow
+def test_llama_class_decoder_with_a_padding_token_exports_and_runs(tmp_path):
+    """An embedding with a padding_idx (SmolLM2's config names a pad token) exports with its int8 table fused
+    into ExecuTorch's embedding kernel."""
+    _export_matches_eager("llama", tmp_path)
 
 
 @pytest.mark.slow

@@ -119,6 +119,12 @@ def exportable(model, max_seq_len: int):
     if out is not None and out.weight is inp.weight:
         out.weight = torch.nn.Parameter(inp.weight.detach().clone())
         model.config.tie_word_embeddings = False  # so a saved copy (the ONNX builder's input) stays untied
+    for module in model.modules():
+        if isinstance(module, torch.nn.Embedding):
+            # padding_idx only keeps that row's gradient at zero; the lookup is the same without it. With
+            # it, the int8 embedding's dequantize is not fused into ExecuTorch's embedding_byte kernel and the
+            # export fails ("Missing out variants: torchao::dequantize_affine"): SmolLM2's pad token is 2.
+            module.padding_idx = None
     model.generation_config.cache_implementation = "static"
     model.generation_config.cache_config = {"batch_size": 1, "max_cache_len": max_seq_len}
     return model
