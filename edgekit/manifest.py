@@ -31,6 +31,10 @@ from edgekit.errors import UsageError
 # The task of a decoder build (edgekit/llm) and of a decoder app's edgekit.toml: its manifest has other
 # keys than a classifier build's, and the commands made for those refuse it (refuse_text_generation).
 TEXT_GENERATION = "text-generation"
+# What a text-generation build's device run reports instead of latency percentiles (runtime/runner.py
+# bench_generation), kept in its manifest summary and shown by the report.
+GENERATION_KEYS = ("time_to_first_token_ms", "prefill_tokens_per_s", "decode_tokens_per_s", "prompt_tokens",
+                   "new_tokens", "peak_rss_kb")
 
 MANIFEST = "manifest.json"
 SCHEMA_VERSION = 1

@@ -730,12 +730,13 @@ def _decoder_bench_refusals(build: Path, tmp_path: Path) -> dict:
     return {
         "inputs": (["bench", str(build), "--inputs", str(inputs)], "timed on the prompt it was built with"),
         "load test": (["bench", str(build), "--serve", "http://127.0.0.1:9"], "/v1/predict"),
+        "min seconds": (["bench", str(build), "--min-seconds", "5"], "counted by --runs"),
         "native tool": (["deploy", str(build), "--device", "local", "--bench", "--native-runner",
                          f"onnxruntime_perf_test={shutil.which('true')}"], "does not generate text"),
     }
 
 
-@pytest.mark.parametrize("case", ["inputs", "load test", "native tool", "old build"])
+@pytest.mark.parametrize("case", ["inputs", "load test", "min seconds", "native tool", "old build"])
 def test_what_a_decoder_build_cannot_be_timed_with_is_refused(case, onnx_copy, tmp_path, run_cli):
     """Each is refused (exit 2) naming what to do, before any device is touched: nothing is written."""
     if case == "old build":  # made before builds recorded their timing prompt

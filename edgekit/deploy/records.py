@@ -15,6 +15,7 @@ from pathlib import Path
 from edgekit.errors import UsageError
 from edgekit.formats import get_format
 from edgekit.manifest import (
+    GENERATION_KEYS,
     TEXT_GENERATION,
     check_shipped_files,
     inside,
@@ -25,9 +26,6 @@ from edgekit.manifest import (
 )
 
 RUNS_DIR = "device_runs"
-# What a text-generation run reports instead of latency percentiles (runtime/runner.py bench_generation).
-GENERATION_KEYS = ("time_to_first_token_ms", "prefill_tokens_per_s", "decode_tokens_per_s", "prompt_tokens",
-                   "new_tokens", "peak_rss_kb")
 # runtime name the runner reports -> the distribution recorded in manifest["versions"]
 RUNTIME_DISTS = {"executorch": "executorch", "onnxruntime": "onnxruntime", "torch-lite-interpreter": "torch",
                  "litert": "ai-edge-litert"}

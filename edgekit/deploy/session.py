@@ -153,6 +153,9 @@ def check_what_is_timed(build: BuildInfo, bench: BenchOptions | None) -> None:
         if bench is not None and bench.inputs is not None:
             raise UsageError(f"--inputs {bench.inputs}: a text-generation build is timed on the prompt it was built with",
                              hint="leave out --inputs")
+        if bench is not None and bench.min_seconds:
+            raise UsageError(f"--min-seconds {bench.min_seconds:g}: a text-generation build's run is a whole "
+                             "generation, counted by --runs", hint="leave out --min-seconds; raise --runs")
     if bench is None or bench.inputs is None:
         return
 

@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 
 from edgekit.choose import recommend
-from edgekit.manifest import TEXT_GENERATION, format_records, inside, read_manifest
+from edgekit.manifest import GENERATION_KEYS, TEXT_GENERATION, format_records, inside, read_manifest
 from edgekit.report.format import run_kind
 
 RUNS_DIR = "device_runs"
@@ -190,10 +190,6 @@ def _prediction(manifest: dict, runs: list[dict]) -> dict | None:
 
 # --- text-generation builds (edgekit/llm) -----------------------------------------------------
 
-GENERATION_KEYS = ("time_to_first_token_ms", "prefill_tokens_per_s", "decode_tokens_per_s", "prompt_tokens",
-                   "new_tokens", "peak_rss_kb")
-
-
 def decoder_report(build_dir: Path, manifest: dict) -> dict:
     """A text-generation build's report: quality against the float model, speed on this computer at build
     time, the decode limit on every target profile as the build computed it (bytes per token over the
@@ -209,10 +205,7 @@ def decoder_report(build_dir: Path, manifest: dict) -> dict:
     runs = []
     for entry in manifest.get("device_runs") or []:
         run = _run(build_dir, entry, {}, manifest.get("format"))
-        record = _load(inside(build_dir, entry["file"], "a device_runs entry")) if entry.get("file") else {}
-        result = record.get("bench") or record.get("check") or {}
-        run.update({k: result.get(k, entry.get(k)) for k in GENERATION_KEYS})
-        run["tokens_match_build"] = (record.get("generation") or {}).get("tokens_match_build")
+        run.update({k: entry.get(k) for k in (*GENERATION_KEYS, "tokens_match_build")})  # deploy/records.py summarize_run
         # Measured against the limit of the machine it ran on: the target's on the target, the build
         # computer's on the host; another machine's or an emulator's speed says nothing against either.
         limit = {"target": target_limit, "host": host_limit}.get(run_kind(run))
