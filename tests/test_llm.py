@@ -398,6 +398,7 @@ def _gpt2_build(tmp_path: Path, run_cli, fmt: str) -> Path:
     return out
 
 
+@pytest.mark.slow  # the emulator job covers it too; kept out of the default run's time budget
 def test_gpt2_builds_to_onnx_through_torch_onnx(tmp_path, run_cli):
     """GPT-2 has no graph in onnxruntime-genai's builder: it is exported by torch.onnx with the same inputs and
     outputs, every Linear int4 MatMulNBits and the head int8, and generates in the device runner."""
@@ -658,6 +659,7 @@ def test_bench_generates_from_the_builds_prompt_and_the_report_shows_it(onnx_cop
     assert "Decode limit per target" in html and "same as build" in html
 
 
+@pytest.mark.slow  # the emulator job covers it too; kept out of the default run's time budget
 def test_deploy_bench_over_ssh_generates_on_the_device(tinylm_build, ssh_device, tmp_path, run_cli):
     """The .pte through a real sshd (this machine's python as the device's): pushed with its prompt, generated
     in the device runner, its tokens compared with the build's; arch mismatch allowed and recorded."""
@@ -715,6 +717,7 @@ def _deployed_server_generates_the_hosts_tokens(build: Path, device_args: list[s
         assert port_closed(port)
 
 
+@pytest.mark.slow  # the emulator job covers it too; kept out of the default run's time budget
 def test_deploy_serve_runs_a_decoder_server_that_streams_tokens(onnx_copy, tmp_path, run_cli):
     """The .onnx decoder served as a supervised service on this computer (`--device local`): pushed with its
     tokenizer, generating the device runner's tokens over /v1/generate."""
