@@ -17,6 +17,16 @@ DIGITS_APP = REPO / "sample_apps" / "digits"
 # make a test's result depend on what ran before it. The cache's own tests turn it on, in a temp dir.
 os.environ["EDGEKIT_STEP_CACHE"] = "off"
 
+# Under pytest-xdist (`make test` runs two workers), each worker and every edgekit process it starts
+# gets one intra-op thread: two workers with a thread per core each would spin-wait against each
+# other (seen here: a 34 s float reference took 762 s beside another torch process on 2 cores).
+# A test that sets --threads itself still gets what it asks for.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    import torch
+
+    torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+
 
 def run_edgekit(*args: str, cwd: Path | None = None, timeout: float = 300, columns: int = 200) -> subprocess.CompletedProcess:
     """`python -m edgekit ARGS` in a child process: exit codes and output as a user sees them
