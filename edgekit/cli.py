@@ -164,6 +164,9 @@ decoder_options = _options(
     click.option("--weight-bits", type=click.Choice(("4", "8")),
                  help="Text generation: bits of the Linear layers' weights; 8 for models that lose too much at 4. "
                       "[default: 4]"),
+    click.option("--weight-method", type=click.Choice(("rtn", "hqq")),
+                 help="Text generation: how 4-bit weights are rounded: to nearest (rtn) or by HQQ's optimized "
+                      "scales (no data needed). [default: rtn]"),
     click.option("--embedding-bits", type=click.Choice(("4", "8")),
                  help="Text generation: bits of the embedding table and output head. [default: 8]"),
     click.option("--qat-steps", type=int, metavar="N",
@@ -389,8 +392,8 @@ def generate(build_dir, prompt, max_new_tokens, emulate, as_json):
                f"first token {stats.time_to_first_token_ms:.1f} ms · decode {rate} tok/s", err=True)
 
 
-_DECODER_KEYS = ("max_seq_len", "group_size", "weight_bits", "embedding_bits", "qat_steps", "eval_text",
-                 "train_text", "max_perplexity_increase")
+_DECODER_KEYS = ("max_seq_len", "group_size", "weight_bits", "weight_method", "embedding_bits", "qat_steps",
+                 "eval_text", "train_text", "max_perplexity_increase")
 # What a text-generation build reads besides the decoder options; every other build option is refused.
 _DECODER_TAKES = {"app_dir", "model", "task", "target", "out", "as_json", "min_agreement", "nnodes", "formats"}
 
@@ -768,12 +771,12 @@ def bench_options(command):
 BENCH_RUNS = {"inference": (10, 50), "generation": (1, 3)}
 
 
-def _bench_settings(build_dir, threads, warmup, runs, min_seconds, timeout, inputs):
+def _bench_settings(generating: bool, threads, warmup, runs, min_seconds, timeout, inputs):
     from pathlib import Path
 
     from edgekit.deploy import BenchOptions
 
-    default_warmup, default_runs = BENCH_RUNS["generation" if _generates(build_dir) else "inference"]
+    default_warmup, default_runs = BENCH_RUNS["generation" if generating else "inference"]
     return BenchOptions(threads=threads, warmup=default_warmup if warmup is None else warmup,
                         runs=default_runs if runs is None else runs, min_seconds=min_seconds, timeout=timeout,
                         inputs=Path(inputs) if inputs else None)
@@ -825,7 +828,8 @@ def deploy(build_dir, devices, devices_file, run_bench, python, remote_dir, ssh_
     from edgekit import api
     from edgekit.deploy import DeployFailed
 
-    settings = _bench_settings(build_dir, **bench_settings)
+    generating = _generates(build_dir)
+    settings = _bench_settings(generating, **bench_settings)
     if serve_action == "stop":
         records = api.stop_serving(build_dir, devices, port=port, devices_file=devices_file, format=format_,
                                    remote_dir=remote_dir, ssh_config=ssh_config, ssh_options=ssh_options)
@@ -855,7 +859,7 @@ def deploy(build_dir, devices, devices_file, run_bench, python, remote_dir, ssh_
         raise
     _show_runs(records, as_json)
     if service is not None and not as_json:
-        endpoint = "POST /v1/generate" if _generates(build_dir) else "POST /v1/predict"
+        endpoint = "POST /v1/generate" if generating else "POST /v1/predict"
         for r in records:
             svc = r["service"]
             click.echo(f"{r['device']}: serving at {svc['url']} ({svc['manager']}; {endpoint}, GET /healthz)")
@@ -925,7 +929,7 @@ def bench(build_dir, python, serve_url, concurrency, requests_, as_json, format_
         return
 
     try:
-        record = api.bench(build_dir, _bench_settings(build_dir, **bench_settings), format=format_, python=python)
+        record = api.bench(build_dir, _bench_settings(_generates(build_dir), **bench_settings), format=format_, python=python)
     except DeployFailed as e:
         if as_json:
             _show_runs(e.records, as_json)

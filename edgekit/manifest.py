@@ -34,7 +34,7 @@ TEXT_GENERATION = "text-generation"
 # What a text-generation build's device run reports instead of latency percentiles (runtime/runner.py
 # bench_generation), kept in its manifest summary and shown by the report.
 GENERATION_KEYS = ("time_to_first_token_ms", "prefill_tokens_per_s", "decode_tokens_per_s", "prompt_tokens",
-                   "new_tokens", "peak_rss_kb")
+                   "new_tokens", "peak_rss_kb", "memory_read_gbs")
 
 MANIFEST = "manifest.json"
 SCHEMA_VERSION = 1

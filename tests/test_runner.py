@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ast
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -144,3 +145,29 @@ def test_cpu_model_from_cpuinfo_text():
     assert cpu_from_cpuinfo(x86) == {"cpu_model": "AMD EPYC 7B12", "board": None}
     phone = "".join(f"processor\t: {i}\nCPU part\t: {'0xd05' if i < 6 else '0xd0b'}\n\n" for i in range(8))
     assert cpu_from_cpuinfo(phone)["cpu_model"] == "6x Cortex-A55 + 2x Cortex-A76"
+
+
+def test_memory_read_bandwidth_reads_a_buffer_past_the_largest_cache(monkeypatch):
+    """A text-generation run's decode limit comes from this figure: a buffer 4x the largest cache (64 MB at least),
+    read by every core, in GB/s; none where the buffer would take over 1/8 of the available memory."""
+    from edgekit.runtime import runner
+
+    monkeypatch.setattr(runner, "_largest_cache_bytes", lambda: 32 << 20)
+    measured = runner.memory_read_bandwidth(passes=2)
+    assert measured["buffer_mb"] == 128 and measured["threads"] == (os.cpu_count() or 1) and measured["passes"] == 2
+    assert 0.1 < measured["read_gbs"] < 10_000  # GB/s: a real machine's memory, not a unit slip
+    monkeypatch.setattr(runner, "_largest_cache_bytes", lambda: 0)
+    monkeypatch.setattr(runner, "_available_memory_bytes", lambda: 256 << 20)  # a 64 MB buffer is 1/4 of it
+    small = runner.memory_read_bandwidth()
+    assert small["read_gbs"] is None and "64 MB" in small["why"] and "256 MB available" in small["why"]
+
+
+def test_largest_cache_is_read_from_sysfs_sizes(tmp_path):
+    """The kernel's cache sizes, as this machine's VM printed them: L1d, L1i, L2, a shared 480 MB L3."""
+    from edgekit.runtime.runner import _largest_cache_bytes
+
+    for i, size in enumerate(["48K", "64K", "2048K", "491520K"]):
+        (tmp_path / f"index{i}").mkdir()
+        (tmp_path / f"index{i}" / "size").write_text(size + "\n")
+    assert _largest_cache_bytes(str(tmp_path / "index*" / "size")) == 491520 * 1024
+    assert _largest_cache_bytes(str(tmp_path / "none*" / "size")) == 0

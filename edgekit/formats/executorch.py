@@ -490,20 +490,25 @@ DECODER_FILES = ("model.pte",)  # a text-generation build's artifact: the progra
 DECODER_RUNTIME = "executorch"  # runtime/runner.py ExecutorchDecoder steps a decoder .pte
 
 
-def decoder_scheme(weight_bits: int = 4) -> str:
-    """8da4w: int8 dynamic activations, int4 weights (8da8w with --weight-bits 8)."""
-    return f"8da{weight_bits}w"
+def decoder_scheme(weight_bits: int = 4, weight_method: str = "rtn") -> str:
+    """8da4w: int8 dynamic activations, int4 weights (8da8w with --weight-bits 8); HQQ: its scales."""
+    return f"8da{weight_bits}w" + (" (HQQ scales)" if weight_method == "hqq" else "")
 
 
-def decoder_quant_configs(model, group_size: int, embedding_bits: int,
-                          weight_bits: int = 4) -> list[tuple[object, object, str, int]]:
+def decoder_quant_configs(model, group_size: int, embedding_bits: int, weight_bits: int = 4,
+                          weight_method: str = "rtn") -> list[tuple[object, object, str, int]]:
     """(torchao config, filter_fn, what, weight bits) for each kind of layer of a decoder, in the order applied.
 
     The same list drives post-training quantization (torchao's quantize_) and QAT (QATConfig
-    prepare/convert), so the weights a QAT run learns for are the weights that ship."""
+    prepare/convert), so the weights a QAT run learns for are the weights that ship. weight_method
+    "hqq": the Linear layers' int4 scales are chosen by half-quadratic optimization of the rounding
+    error (torchao's HQQ_SCALE_ONLY; Badri and Shaji, "Half-Quadratic Quantization of Large Machine
+    Learning Models", 2023) instead of from each group's largest weight; the grid and the kernels are
+    the same, only the scales differ."""
     import torch
     from torchao.quantization import Int8DynamicActivationIntxWeightConfig, IntxWeightOnlyConfig
     from torchao.quantization.granularity import PerAxis, PerGroup
+    from torchao.quantization.quantize_.workflows import IntxChooseQParamsAlgorithm
 
     head = model.get_output_embeddings()
 
@@ -518,7 +523,10 @@ def decoder_quant_configs(model, group_size: int, embedding_bits: int,
         (Int8DynamicActivationIntxWeightConfig(weight_dtype=dtype[embedding_bits], weight_granularity=per(embedding_bits)),
          lambda module, fqn: module is head, f"output head: int8 activations, int{embedding_bits} weights",
          embedding_bits),
-        (Int8DynamicActivationIntxWeightConfig(weight_dtype=dtype[weight_bits], weight_granularity=per(weight_bits)),
+        (Int8DynamicActivationIntxWeightConfig(
+            weight_dtype=dtype[weight_bits], weight_granularity=per(weight_bits),
+            intx_choose_qparams_algorithm=IntxChooseQParamsAlgorithm.HQQ_SCALE_ONLY if weight_method == "hqq"
+            else IntxChooseQParamsAlgorithm.AFFINE),
          lambda module, fqn: isinstance(module, torch.nn.Linear) and module is not head,
          f"linear layers: int8 activations, int{weight_bits} weights "
          + (f"in groups of {group_size}" if weight_bits == 4 else "per row"), weight_bits),
@@ -532,12 +540,13 @@ def decoder_layers(model, group_size: int, embedding_bits: int,
             for _, selected, what, bits in decoder_quant_configs(model, group_size, embedding_bits, weight_bits)]
 
 
-def quantize_decoder(model, group_size: int, embedding_bits: int, weight_bits: int = 4) -> None:
+def quantize_decoder(model, group_size: int, embedding_bits: int, weight_bits: int = 4,
+                     weight_method: str = "rtn") -> None:
     """Post-training 8da4w (decoder_quant_configs), in place."""
     quiet_python_logs()
     from torchao.quantization import quantize_
 
-    for config, selected, *_ in decoder_quant_configs(model, group_size, embedding_bits, weight_bits):
+    for config, selected, *_ in decoder_quant_configs(model, group_size, embedding_bits, weight_bits, weight_method):
         quantize_(model, config, filter_fn=selected)
 
 

@@ -674,9 +674,9 @@ def emulate(core, artifact: Path, samples: list[list[np.ndarray]], input_names: 
 
 # ---------------------------------------------------------------- decoders (edgekit build --task text-generation)
 
-def decoder_scheme(weight_bits: int = 4) -> str:
-    """Weight-only: onnxruntime's MatMulNBits takes int4 (or int8) weights in blocks, rounded by RTN."""
-    return f"int{weight_bits} MatMulNBits (RTN)"
+def decoder_scheme(weight_bits: int = 4, weight_method: str = "rtn") -> str:
+    """Weight-only: onnxruntime's MatMulNBits takes int4 (or int8) weights in blocks, rounded by RTN or HQQ."""
+    return f"int{weight_bits} MatMulNBits ({weight_method.upper()})"
 
 
 DECODER_BUILDER = "onnxruntime-genai model builder"
@@ -741,19 +741,34 @@ def builder_has_graph(model, tokenizer) -> bool:
 
 
 def export_decoder(model, tokenizer, out_dir: Path, max_seq_len: int, group_size: int, embedding_bits: int,
-                   weight_bits: int = 4, precision: str | None = None) -> dict:
+                   weight_bits: int = 4, precision: str | None = None, weight_method: str = "rtn") -> dict:
     """A decoder (float weights, QAT-trained or not) to an int4 (weight_bits 8: int8) `.onnx`: with
     onnxruntime-genai's model builder where it has a graph for the architecture, else with torch.onnx
     (_export_with_torch_onnx, GPT-2 among them). Either way the same files, the same inputs and outputs
     (input_ids, attention_mask, past_key_values.N.key/value -> logits, present.N.key/value) and the same
     weights: every MatMul RTN-rounded by onnxruntime's MatMulNBitsQuantizer, symmetric, blocks of
     group_size, int8 compute on ARM (accuracy_level 4), the output head int8 with embedding_bits 8.
+    weight_method "hqq": the int4 MatMuls are rounded by onnxruntime's HQQ instead (half-quadratic
+    optimization of each block's scale and zero point; Badri and Shaji, "Half-Quadratic Quantization of
+    Large Machine Learning Models", 2023): the float graph is written first, then quantized as the
+    torch.onnx path quantizes (_quantize_matmuls), the head int8 RTN as before.
     precision="fp32" writes the float graph instead (the export checks compare it with the eager model)."""
     precision = precision or f"int{weight_bits}"
+    head_bits = max(embedding_bits, weight_bits)
     if not builder_has_graph(model, tokenizer):
-        return _export_with_torch_onnx(model, tokenizer, out_dir, max_seq_len, group_size,
-                                       max(embedding_bits, weight_bits), precision)
-    return _export_with_builder(model, tokenizer, out_dir, max_seq_len, group_size, embedding_bits, precision)
+        return _export_with_torch_onnx(model, tokenizer, out_dir, max_seq_len, group_size, head_bits, precision,
+                                       weight_method)
+    if weight_method == "rtn" or precision == "fp32":
+        return _export_with_builder(model, tokenizer, out_dir, max_seq_len, group_size, embedding_bits, precision)
+    import onnx
+
+    facts = _export_with_builder(model, tokenizer, out_dir, max_seq_len, group_size, embedding_bits, "fp32")
+    graph, options = _quantize_matmuls(onnx.load(str(out_dir / "model.onnx")), precision, head_bits, group_size,
+                                       weight_method)
+    _save_with_weights_beside(graph, out_dir)
+    from collections import Counter
+
+    return {**facts, "options": options, "ops": dict(Counter(n.op_type for n in graph.graph.node).most_common())}
 
 
 def _export_with_builder(model, tokenizer, out_dir: Path, max_seq_len: int, group_size: int, embedding_bits: int,
@@ -795,7 +810,7 @@ _TRACE_TOKENS, _TRACE_PAST = 3, 4
 
 
 def _export_with_torch_onnx(model, tokenizer, out_dir: Path, max_seq_len: int, group_size: int, head_bits: int,
-                            precision: str) -> dict:
+                            precision: str, weight_method: str = "rtn") -> dict:
     """A decoder the builder has no graph for, through torch.onnx (the dynamo exporter) and onnxruntime's
     MatMulNBitsQuantizer, laid out as the builder lays its graphs out so that one runner steps both.
 
@@ -855,20 +870,8 @@ def _export_with_torch_onnx(model, tokenizer, out_dir: Path, max_seq_len: int, g
             dynamic_shapes={"input_ids": {1: tokens}, "attention_mask": {1: total},
                             "past": tuple({2: cached} for _ in names)})
         graph = onnx.load(str(Path(tmp) / "float.onnx"))  # its weights read in: the temporary files go
-        options = []
-        if precision != "fp32":
-            bits = int(precision.removeprefix("int"))
-            head = _head_matmul(graph)
-            options = [f"MatMulNBitsQuantizer: RTN symmetric, block_size={group_size}, accuracy_level=4",
-                       f"{head}: int{head_bits}", f"other MatMuls: int{bits}"]
-            # The quantizer takes every MatMul not excluded (its nodes_to_include adds to them), so the head
-            # goes alone first, the others excluded, then the rest (the head is MatMulNBits by then).
-            others = [n.name for n in graph.graph.node if n.op_type == "MatMul" and n.name != head]
-            graph = _matmul_nbits(graph, head_bits, group_size, exclude=others)
-            graph = _matmul_nbits(graph, bits, group_size)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        onnx.save(graph, str(out_dir / "model.onnx"), save_as_external_data=True, all_tensors_to_one_file=True,
-                  location="model.onnx.data")
+        graph, options = _quantize_matmuls(graph, precision, head_bits, group_size, weight_method)
+        _save_with_weights_beside(graph, out_dir)
     genai = {"model": {
         "bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id,
         "pad_token_id": tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id,
@@ -903,9 +906,40 @@ def _head_matmul(model) -> str:
                             hint="build it with --format executorch")
 
 
-def _matmul_nbits(model, bits: int, group_size: int, exclude: list[str] | None = None):
-    """onnxruntime's MatMulNBitsQuantizer (RTN, symmetric, blocks of group_size, accuracy_level 4) over the
-    graph's weight MatMuls but those in `exclude`; its INFO lines are kept from the terminal."""
+def _quantize_matmuls(graph, precision: str, head_bits: int, group_size: int, weight_method: str):
+    """(the graph with its weight MatMuls as MatMulNBits, what was done) for precision int4/int8: the output
+    head at head_bits (RTN), the others at the precision's bits by weight_method; fp32: as it is."""
+    if precision == "fp32":
+        return graph, []
+    bits = int(precision.removeprefix("int"))
+    head = _head_matmul(graph)
+    method = "HQQ (scale and zero point per block)" if weight_method == "hqq" else "RTN symmetric"
+    options = [f"MatMulNBitsQuantizer: block_size={group_size}, accuracy_level=4", f"{head}: int{head_bits} RTN symmetric",
+               f"other MatMuls: int{bits} {method}"]
+    # The quantizer takes every MatMul not excluded (its nodes_to_include adds to them), so the head
+    # goes alone first, the others excluded, then the rest (the head is MatMulNBits by then).
+    others = [n.name for n in graph.graph.node if n.op_type == "MatMul" and n.name != head]
+    graph = _matmul_nbits(graph, head_bits, group_size, exclude=others)
+    return _matmul_nbits(graph, bits, group_size, method=weight_method), options
+
+
+def _save_with_weights_beside(graph, out_dir: Path) -> None:
+    """model.onnx with its weights in model.onnx.data (DECODER_FILES), as the builder writes them."""
+    import onnx
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    data = out_dir / "model.onnx.data"
+    if data.exists():
+        data.unlink()  # onnx appends to an existing data file; the graph's float weights were read in already
+    onnx.save(graph, str(out_dir / "model.onnx"), save_as_external_data=True, all_tensors_to_one_file=True,
+              location="model.onnx.data")
+
+
+def _matmul_nbits(model, bits: int, group_size: int, exclude: list[str] | None = None, method: str = "rtn"):
+    """onnxruntime's MatMulNBitsQuantizer over the graph's weight MatMuls but those in `exclude`, blocks of
+    group_size, int8 compute on ARM (accuracy_level 4): RTN symmetric, or HQQ (a scale and a zero point
+    per block; its config takes no accuracy_level, so the nodes are given it after). Its INFO lines are
+    kept from the terminal."""
     import logging
 
     root = logging.getLogger()
@@ -913,17 +947,26 @@ def _matmul_nbits(model, bits: int, group_size: int, exclude: list[str] | None =
     try:  # it calls logging.basicConfig(level=INFO) when imported; the root logger is put back (see _run_builder)
         from onnxruntime.quantization.matmul_nbits_quantizer import (
             DefaultWeightOnlyQuantConfig,
+            HQQWeightOnlyQuantConfig,
             MatMulNBitsQuantizer,
         )
     finally:
         root.handlers[:], root.level = handlers, level
+    if method == "hqq":
+        config = HQQWeightOnlyQuantConfig(block_size=group_size, bits=bits)
+    else:
+        config = DefaultWeightOnlyQuantConfig(block_size=group_size, is_symmetric=True, accuracy_level=4, bits=bits)
     with root_logger_quiet():
-        quantizer = MatMulNBitsQuantizer(
-            model, nodes_to_exclude=exclude,
-            algo_config=DefaultWeightOnlyQuantConfig(block_size=group_size, is_symmetric=True, accuracy_level=4,
-                                                     bits=bits))
+        quantizer = MatMulNBitsQuantizer(model, nodes_to_exclude=exclude, algo_config=config)
         quantizer.process()
-    return quantizer.model.model
+    model = quantizer.model.model
+    if method == "hqq":
+        import onnx
+
+        for node in model.graph.node:
+            if node.op_type == "MatMulNBits" and not any(a.name == "accuracy_level" for a in node.attribute):
+                node.attribute.append(onnx.helper.make_attribute("accuracy_level", 4))
+    return model
 
 
 def _run_builder(model_dir: Path, out_dir: Path, cache_dir: Path, options: list[str], precision: str = "int4") -> None:

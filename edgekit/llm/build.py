@@ -4,9 +4,10 @@ Two formats, one flow:
 - executorch (default): 8da4w through torchao, exported by transformers' ExecuTorch
   exporter with a static KV cache of --max-seq-len tokens, lowered to XNNPACK
   (formats/executorch.py); the build dir holds model.pte.
-- onnx: int4 MatMulNBits (RTN) written by onnxruntime-genai's model builder, the
-  KV cache as graph inputs/outputs (formats/onnx.py); the build dir holds
-  model.onnx, model.onnx.data and genai_config.json.
+- onnx: int4 MatMulNBits (RTN, or HQQ with --weight-method hqq) written by
+  onnxruntime-genai's model builder, the KV cache as graph inputs/outputs
+  (formats/onnx.py); the build dir holds model.onnx, model.onnx.data and
+  genai_config.json.
 
 Steps: load the model directory; the float model's figures on the held-out text
 (perplexity, greedy continuations); 4-bit weights (QAT distilled from the float
@@ -32,6 +33,9 @@ from edgekit.model.app import DecoderSource
 
 FORMATS = ("executorch", "onnx")
 GROUP_SIZES = (16, 32, 64, 128, 256)
+# How the 4-bit weights are rounded: to the nearest step of a grid set by each group's largest weight,
+# or to scales (onnx: and zero points) half-quadratic optimization chooses (formats/*.py, HQQ).
+WEIGHT_METHODS = ("rtn", "hqq")
 SPEED_NEW_TOKENS = 64  # tokens generated per timing run (fewer when the context is shorter)
 
 
@@ -42,6 +46,7 @@ class DecoderRecipe:
     group_size: int = 32
     embedding_bits: int = 8
     weight_bits: int = 4  # of the Linear layers; 8 for models that lose too much at 4
+    weight_method: str = "rtn"  # WEIGHT_METHODS
     qat_steps: int | None = None  # None: decoder_qat.DEFAULT_STEPS when training text is given; 0: none
     max_perplexity_increase: float = quality.DEFAULT_MAX_PERPLEXITY_INCREASE
     min_agreement: float = quality.DEFAULT_MIN_AGREEMENT
@@ -60,6 +65,11 @@ class DecoderRecipe:
             raise UsageError(f"--embedding-bits {self.embedding_bits}: use 4 or 8")
         if self.weight_bits not in (4, 8):
             raise UsageError(f"--weight-bits {self.weight_bits}: use 4 or 8")
+        if self.weight_method not in WEIGHT_METHODS:
+            raise UsageError(f"--weight-method {self.weight_method}: use {' or '.join(WEIGHT_METHODS)}")
+        if self.weight_method == "hqq" and self.weight_bits != 4:
+            raise UsageError("--weight-method hqq is for 4-bit weights",
+                             hint="int8 weights lose next to nothing rounded to nearest: drop --weight-method")
         if self.qat_steps is not None and self.qat_steps < 0:
             raise UsageError(f"--qat-steps {self.qat_steps}: give 0 (no QAT) or more")
         return self
@@ -82,6 +92,15 @@ def build(src: DecoderSource, target: str, recipe: DecoderRecipe, out: Path | No
                          hint="pass --eval-text FILE (plain UTF-8 text the model was not trained on), "
                               "or set data.eval in the app's edgekit.toml")
 
+    qat_steps = recipe.qat_steps
+    if qat_steps is None:
+        qat_steps = decoder_qat.DEFAULT_STEPS if src.train_text is not None else 0
+    if qat_steps and src.train_text is None:
+        raise UsageError(f"--qat-steps {qat_steps} needs training text", hint="pass --train-text FILE")
+    if qat_steps and recipe.weight_method != "rtn":
+        raise UsageError(f"--weight-method {recipe.weight_method} with QAT: QAT trains the weights for the "
+                         "round-to-nearest grid that ships", hint="--qat-steps 0 to round with "
+                         f"{recipe.weight_method.upper()} without training, or drop --weight-method")
     with steps.step("load", label="load model") as record:
         model, tokenizer = decoder.load(src.model_dir)
         loaded = {"architecture": model.config.model_type,
@@ -97,12 +116,8 @@ def build(src: DecoderSource, target: str, recipe: DecoderRecipe, out: Path | No
                          quality.greedy_continuations(reference, text.prompts))
         record["config"] = {"perplexity": round(float_figures[0], 4), "prompts": len(text.prompts)}
 
-    qat_steps = recipe.qat_steps
-    if qat_steps is None:
-        qat_steps = decoder_qat.DEFAULT_STEPS if src.train_text is not None else 0
-    if qat_steps and src.train_text is None:
-        raise UsageError(f"--qat-steps {qat_steps} needs training text", hint="pass --train-text FILE")
     bits = (recipe.group_size, recipe.embedding_bits, recipe.weight_bits)
+    scheme = fmt.decoder_scheme(recipe.weight_bits, recipe.weight_method)
     layers = fmt.decoder_layers(model, *bits)
     precision = _weight_shares(model, layers)
     if qat_steps:
@@ -116,11 +131,11 @@ def build(src: DecoderSource, target: str, recipe: DecoderRecipe, out: Path | No
     elif recipe.format == "executorch":
         import copy
 
-        with steps.step("quantize", label=f"quantize {fmt.decoder_scheme(recipe.weight_bits)} (post-training)"):
+        with steps.step("quantize", label=f"quantize {scheme} (post-training)"):
             quantized = copy.deepcopy(model)
-            fmt.quantize_decoder(quantized, *bits)
+            fmt.quantize_decoder(quantized, *bits, weight_method=recipe.weight_method)
     else:
-        quantized = model  # the builder rounds the float weights (RTN) as it writes the graph
+        quantized = model  # the export rounds the float weights as it writes the graph
 
     metadata = _runner_metadata(model, tokenizer, recipe.max_seq_len)
     with staged_build_dir(out_dir, warn=steps.warn) as staging:
@@ -130,8 +145,9 @@ def build(src: DecoderSource, target: str, recipe: DecoderRecipe, out: Path | No
                 export_facts = fmt.export_decoder(quantized, artifact, recipe.max_seq_len, metadata)
                 record["config"] = {"max_seq_len": recipe.max_seq_len}
         else:
-            with steps.step("export", label=f"export model.onnx (int{recipe.weight_bits} MatMulNBits, KV cache)") as record:
-                export_facts = fmt.export_decoder(quantized, tokenizer, staging, recipe.max_seq_len, *bits)
+            with steps.step("export", label=f"export model.onnx ({scheme}, KV cache)") as record:
+                export_facts = fmt.export_decoder(quantized, tokenizer, staging, recipe.max_seq_len, *bits,
+                                                  weight_method=recipe.weight_method)
                 record["config"] = {"max_seq_len": recipe.max_seq_len}
         if decoder.is_gguf(src.model_dir):
             tokenizer.save_pretrained(staging)  # the GGUF's own vocabulary, as transformers converted it
@@ -147,6 +163,7 @@ def build(src: DecoderSource, target: str, recipe: DecoderRecipe, out: Path | No
             new_tokens = min(SPEED_NEW_TOKENS, recipe.max_seq_len - len(prompt))
             speed_tokens, speed = generate.decode_speed(runner, prompt, recipe.max_seq_len, new_tokens)
             _, float_speed = generate.decode_speed(reference, prompt, recipe.max_seq_len, new_tokens)
+        _warn_if_slower(speed, float_speed, artifact.name, recipe, steps.warn)
         per_token = _bytes_per_token(model, layers, recipe)
         manifest = {
             "name": src.name, "task": TEXT_GENERATION, "target": tgt.name, "format": recipe.format, "runtime": runner.runtime,
@@ -158,7 +175,7 @@ def build(src: DecoderSource, target: str, recipe: DecoderRecipe, out: Path | No
             "model": {**src.to_json(), **loaded, "inputs": _DECODER_INPUTS[recipe.format]},
             "target_profile": tgt.to_json(),
             "recipe": asdict(recipe) | {"qat_steps": qat_steps},
-            "quantization": {"scheme": fmt.decoder_scheme(recipe.weight_bits), "group_size": recipe.group_size,
+            "quantization": {"scheme": scheme, "rounding": recipe.weight_method, "group_size": recipe.group_size,
                              "method": "qat" if qat_steps else "post-training", "weights": precision},
             "export": {"max_seq_len": recipe.max_seq_len, **export_facts,
                        **({"metadata": metadata} if recipe.format == "executorch" else {})},
@@ -210,10 +227,23 @@ def _file_entry(path: Path) -> dict:
     return {"file": path.name, "sha256": sha256_file(path), "bytes": path.stat().st_size}
 
 
+def _warn_if_slower(speed, float_speed, artifact: str, recipe: DecoderRecipe, warn) -> None:
+    """An artifact that decodes slower than the float model it came from is worth saying so: the point of
+    4-bit weights is fewer bytes per token. onnxruntime's MatMulNBits has no fast kernel for HQQ's float zero
+    points (SmolLM2 here: 10 tok/s against RTN's 116 and float's 24, bench/llm_decode.md)."""
+    rate, reference = speed.decode_tokens_per_s, float_speed.decode_tokens_per_s
+    if not rate or not reference or rate >= reference:
+        return
+    why = (" (onnxruntime runs HQQ's float zero points on its slow MatMulNBits path; --weight-bits 8 keeps most "
+           "models' text at full speed)" if recipe.format == "onnx" and recipe.weight_method == "hqq" else "")
+    warn(f"{artifact} decodes at {rate:,.1f} tok/s here, slower than the float model's {reference:,.1f}{why}")
+
+
 def _gate_hint(recipe: DecoderRecipe) -> str:
     if recipe.weight_bits == 8:
         return "give training text for QAT (--train-text, or more --qat-steps)"
-    return ("give training text for QAT (--train-text, or more --qat-steps), a smaller --group-size, or "
+    hqq = "--weight-method hqq (no training), " if recipe.weight_method == "rtn" else ""
+    return (f"give training text for QAT (--train-text, or more --qat-steps), {hqq}a smaller --group-size, or "
             "--weight-bits 8 (twice the bytes per token; small models often need it)")
 
 

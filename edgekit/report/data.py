@@ -190,6 +190,23 @@ def _prediction(manifest: dict, runs: list[dict]) -> dict | None:
 
 # --- text-generation builds (edgekit/llm) -----------------------------------------------------
 
+def run_decode_limit(run: dict, bytes_per_token: int, profile_limits: dict) -> dict:
+    """The decode limit of the machine a run ran on, and the run's decode rate as a share of it. From the
+    read bandwidth the runner measured there after generating (runtime/runner.py memory_read_bandwidth)
+    where it did; else the profile's (the target's on the target, targets/host.toml's on this computer:
+    cost.py decode_limit). An emulator's speed says nothing against either, nor another machine's against
+    a profile."""
+    kind, measured = run_kind(run), run.get("memory_read_gbs")
+    if measured and kind != "emulated":
+        limit, source = round(measured * 1e9 / bytes_per_token, 1), "measured"
+    else:
+        limit = profile_limits.get(kind)
+        source = "profile" if limit else None
+    rate = run.get("decode_tokens_per_s")
+    return {"decode_limit": limit, "decode_limit_source": source,
+            "share_of_limit": round(rate / limit, 3) if rate and limit else None}
+
+
 def decoder_report(build_dir: Path, manifest: dict) -> dict:
     """A text-generation build's report: quality against the float model, speed on this computer at build
     time, the decode limit on every target profile as the build computed it (bytes per token over the
@@ -206,12 +223,7 @@ def decoder_report(build_dir: Path, manifest: dict) -> dict:
     for entry in manifest.get("device_runs") or []:
         run = _run(build_dir, entry, {}, manifest.get("format"))
         run.update({k: entry.get(k) for k in (*GENERATION_KEYS, "tokens_match_build")})  # deploy/records.py summarize_run
-        # Measured against the limit of the machine it ran on: the target's on the target, the build
-        # computer's on the host; another machine's or an emulator's speed says nothing against either.
-        limit = {"target": target_limit, "host": host_limit}.get(run_kind(run))
-        rate = run["decode_tokens_per_s"]
-        run["decode_limit"] = limit
-        run["share_of_limit"] = round(rate / limit, 3) if rate and limit else None
+        run.update(run_decode_limit(run, sum(per_token.values()), {"target": target_limit, "host": host_limit}))
         runs.append(run)
     sizes = [manifest["artifact"], *manifest.get("artifact_files", [])]
     return {

@@ -144,11 +144,12 @@ def render_decoder(data: dict) -> str:
                     [[escape(lim["target"] + (" (built for)" if lim["built_for"] else "")),
                       escape(f"{lim['mem_bandwidth_gbs']:g}"), _tok(lim["tokens_per_s"])] for lim in data["decode_limits"]])
     runs = _table(
-        ["device", "runtime", "threads", "first token ms", "prefill tok/s", "decode tok/s", "of limit", "peak RSS",
-         "tokens", "cpu", "when (UTC)"],
+        ["device", "runtime", "threads", "first token ms", "prefill tok/s", "decode tok/s", "read GB/s", "of limit",
+         "peak RSS", "tokens", "cpu", "when (UTC)"],
         [[escape(r["device"]) + "".join(f'<span class="flag">{escape(f)}</span>' for f in run_flags(r)),
           escape(f"{r['runtime'] or '?'} {r['runtime_version'] or ''}"), escape(str(r["threads"])),
           ms(r["time_to_first_token_ms"]), _tok(r["prefill_tokens_per_s"]), _tok(r["decode_tokens_per_s"]),
+          f"{r['memory_read_gbs']:g}" if r["memory_read_gbs"] else "–",
           f"{100 * r['share_of_limit']:.0f} %" if r["share_of_limit"] is not None else "–",
           bytes_kb(r["peak_rss_kb"] * 1024) if r["peak_rss_kb"] else "–",
           {True: "same as build", False: '<span class="bad">differ</span>', None: "–"}[r["tokens_match_build"]],
@@ -170,15 +171,33 @@ def render_decoder(data: dict) -> str:
         f'{sum(data["bytes_per_token"].values()) / 1024:,.0f} KB per token at a {data["max_seq_len"]}-token '
         "context, over the profile's theoretical peak memory bandwidth. A physical limit, not a promise.</p>",
         "<h2>Generation on devices</h2>",
+        _img(plots.decode_rates(_decode_bars(data)), "decode tokens/s",
+             "Decode tokens/s: the float model and the artifact on this computer at build time, then each device "
+             "run (emulated runs left out: not speed); the red mark is the memory limit of the machine it ran on."),
         runs if data["runs"] else '<p class="note">No device runs yet: <code>edgekit bench BUILD</code> measures '
                                   "this computer, <code>edgekit deploy BUILD --device user@host --bench</code> a board.</p>",
         '<p class="note">Median of the timed generations. of limit: decode tokens/s against the limit of the machine '
-        "it ran on (the target's; this computer's for the host). tokens: the device's greedy tokens against this "
-        "computer's at build time. Emulated runs are not speed.</p>" if data["runs"] else "",
+        "it ran on: the memory read bandwidth the runner measured there after generating (read GB/s) over the bytes "
+        "per token, else the profile's bandwidth (the target's; this computer's for the host). tokens: the device's "
+        "greedy tokens against this computer's at build time. Emulated runs are not speed.</p>" if data["runs"] else "",
         _details("Build stages", _stages(data["stages"])), _failed(data["failed_runs"]),
         "</body></html>",
     ]
     return "\n".join(p for p in parts if p)
+
+
+def _decode_bars(data: dict) -> list[dict]:
+    host = data["host_speed"]
+    bars = [{"label": "float eager, this computer", "rate": host["float_eager"]["decode_tokens_per_s"] or 0,
+             "kind": "float"},
+            {"label": f"{data['artifact']['file']}, this computer", "rate": host["artifact"]["decode_tokens_per_s"] or 0,
+             "kind": "artifact"}]
+    for r in data["runs"]:
+        if r.get("emulated") or not r["decode_tokens_per_s"]:
+            continue
+        bars.append({"label": f"{r['device']} · {r['threads']} thr · {(r['time'] or '')[5:16].replace('T', ' ')}",
+                     "rate": r["decode_tokens_per_s"], "kind": "artifact", "limit": r["decode_limit"]})
+    return bars
 
 
 def _tok(value) -> str:

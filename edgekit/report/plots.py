@@ -206,6 +206,35 @@ def serve_latency(load: dict) -> bytes:
     return _png(fig)
 
 
+def decode_rates(bars: list[dict]) -> bytes:
+    """A text-generation build's decode tokens/s, one bar per runner (`label`, `rate`, `kind`: "float" or
+    "artifact"), each with the memory limit of the machine it ran on marked where known (`limit`). A log
+    scale where the limit is far above the rates (a model small enough to live in the caches)."""
+    import matplotlib.lines as mlines
+
+    fig, ax = _figure(7.5, 0.9 + 0.42 * len(bars))
+    ys = list(range(len(bars)))
+    ax.barh(ys, [b["rate"] for b in bars], height=0.6,
+            color=[COLORS["float"] if b["kind"] == "float" else COLORS["artifact"] for b in bars])
+    for y, b in zip(ys, bars):
+        ax.annotate(f"{b['rate']:,.0f}", (b["rate"], y), xytext=(3, 0), textcoords="offset points", va="center",
+                    fontsize=8)
+        if b.get("limit"):
+            ax.plot([b["limit"]] * 2, [y - 0.4, y + 0.4], color=COLORS["p99"], linewidth=2)
+    limits = [b["limit"] for b in bars if b.get("limit")]
+    rates = [b["rate"] for b in bars if b["rate"] > 0]
+    if limits and rates and max(limits) > 20 * min(rates):
+        ax.set_xscale("log")
+    ax.set_yticks(ys, [b["label"] for b in bars], fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlabel("decode tokens/s")
+    if limits:
+        ax.legend(handles=[mlines.Line2D([], [], color=COLORS["p99"], linewidth=2,
+                                         label="memory limit of the machine it ran on")],
+                  fontsize=8, loc="lower left", bbox_to_anchor=(0, 1.0), frameon=False)  # above: off the marks
+    return _png(fig)
+
+
 def _legend_outside(ax) -> None:
     """Right of the plot: inside it, the legend hides exactly the tail (p90-p99) readers look for."""
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)

@@ -221,6 +221,9 @@ def print_runs(records: list[dict], console: Console | None = None) -> None:
         else:
             values = (ms(result.get("load_ms")), ms(result.get("first_ms")), ms(result.get("p50")), ms(result.get("p90")),
                       ms(result.get("p99")))
+        if generating and result.get("memory_read_gbs"):
+            notes = "; ".join(filter(None, [notes, f"memory read {result['memory_read_gbs']:g} GB/s "
+                                                   "(edgekit report sets decode against it)"]))
         if generating and notes:
             below.append(f"{r['device']}: {notes}")
         table.add_row(r["device"], status, f"{runtime.get('name') or ''} {runtime.get('version') or ''}".strip(),
@@ -426,7 +429,7 @@ def print_decoder_summary(manifest: dict) -> None:
                   f"{_rate(host['prefill_tokens_per_s'])} tok/s, decode {_rate(host['decode_tokens_per_s'])} tok/s "
                   f"({_ratio(host, speed['host']['float_eager'])} float), peak RSS {host['peak_rss_mb']:.0f} MB; memory limit "
                   f"{_rate(limit['tokens_per_s'])} tok/s ({limit['bytes_per_token'] / 1024:.0f} KB per token at "
-                  f"{limit['mem_bandwidth_gbs']:g} GB/s)")
+                  f"{limit['mem_bandwidth_gbs']:g} GB/s, the host profile's; `edgekit bench` measures this computer's)")
     target = speed["target"]["decode_limit"]
     console.print(f"on {manifest['target']}: decode at most {_rate(target['tokens_per_s'])} tok/s (memory bandwidth "
                   f"{target['mem_bandwidth_gbs']:g} GB/s over {target['bytes_per_token'] / 1024:.0f} KB per token)")
@@ -486,12 +489,17 @@ def print_decoder_report(data: dict, console: Console) -> None:
                           _rate(r["prefill_tokens_per_s"]), _rate(r["decode_tokens_per_s"]),
                           f"{100 * share:.0f} %" if share is not None else "–", match, (r["time"] or "")[:16].replace("T", " "))
             flags = [f for f in run_flags(r) if f != "host"]  # the host's rate is against the host's limit
+            if r["decode_limit"] is not None:
+                flags.append(f"limit {_rate(r['decode_limit'])} tok/s at " + (
+                    f"{r['memory_read_gbs']:g} GB/s read there" if r["decode_limit_source"] == "measured"
+                    else "its profile's bandwidth"))
             if flags:
                 flagged.append(f"{r['device']}: {', '.join(flags)}")
         console.print(table)
         console.print("[dim]1st: time to first token; pre/dec: prefill and decode tokens/s; of limit: decode against "
-                      "the limit of the machine it ran on (the target's, or this computer's for the host); tokens: the "
-                      "greedy tokens against this computer's at build time[/]")
+                      "the limit of the machine it ran on (the memory read bandwidth the runner measured there, else "
+                      "the target's or this computer's profile); tokens: the greedy tokens against this computer's at "
+                      "build time[/]")
         for line in flagged:
             console.print(escape(line), highlight=False)
     for f in data["failed_runs"][:5]:

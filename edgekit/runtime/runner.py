@@ -23,7 +23,8 @@ Output (stdout, one JSON object): load_ms, first_ms, mean, std, min, p50, p90,
 p99, max (all ms), samples_ms, runs, threads, threads_applied, peak_rss_kb,
 runtime {name, version}, device facts, python, machine. With --generate (see
 bench_generation): time_to_first_token_ms, prefill_tokens_per_s and
-decode_tokens_per_s (medians over the runs), samples, tokens. Failures print
+decode_tokens_per_s (medians over the runs), samples, tokens, and the
+memory read bandwidth measured after them (memory_read_gbs). Failures print
 {"ok": false, "error": ..., "error_kind": ...} and exit non-zero:
 1 the runtime failed, 2 bad arguments/inputs, 3 the runtime is not installed.
 A run longer than --timeout is killed by SIGALRM (exit status 142 from a shell).
@@ -354,6 +355,11 @@ def bench_generation(args, result: dict) -> dict:
         "new_tokens": len(runs[0][0]), "decoded_tokens": decoded, "stopped": runs[0][1]["stopped"],
         "runs": len(runs), "warmup": args.warmup, "samples": samples, "tokens": runs[0][0],
         "peak_rss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss})
+    # After the peak RSS is read (the buffer is not the model's). Under qemu the figure would be the
+    # emulator's, not the board's: no limit to set decode against there.
+    if _read(EMULATOR_MARKER) is None:
+        bandwidth = memory_read_bandwidth()
+        result.update(memory_read_gbs=bandwidth.pop("read_gbs"), memory_read=bandwidth)
     return result
 
 
@@ -607,6 +613,64 @@ def device_facts() -> dict:
     if marker is not None:
         facts["emulated"] = emulated_facts(marker, os.environ.get("QEMU_CPU"))
     return facts
+
+
+# Memory read bandwidth, the limit of decoding: each generated token reads every weight once
+# (validate/cost.py decode_limit). Measured the way STREAM does (McCalpin, "Memory Bandwidth and
+# Machine Balance in Current High Performance Computers", IEEE TCCA Newsletter 1995): an array several
+# times the last-level cache, best of a few passes; here a read-only pass (a sum), every core summing
+# its share, since decode reads weights and writes next to nothing.
+BANDWIDTH_MIN_BYTES = 64 << 20      # above any L3 of the boards edgekit targets (Pi 5: 2 MB)
+BANDWIDTH_CACHE_MULTIPLE = 4        # and 4x this machine's largest cache: a stream that long finds nothing of its last pass there
+BANDWIDTH_MEMORY_SHARE = 8          # never more than 1/8 of the available memory (a 512 MB board)
+BANDWIDTH_PASSES = 5
+
+
+def _largest_cache_bytes(pattern: str = "/sys/devices/system/cpu/cpu0/cache/index*/size") -> int:
+    sizes = []
+    for path in glob.glob(pattern):
+        text = (_read(path) or "").upper()
+        scale = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(text[-1:], 1)
+        digits = text.rstrip("KMG")
+        if digits.isdigit():
+            sizes.append(int(digits) * scale)
+    return max(sizes, default=0)
+
+
+def _available_memory_bytes():
+    for line in (_read("/proc/meminfo") or "").splitlines():
+        if line.startswith("MemAvailable:"):
+            return int(line.split()[1]) * 1024  # kB
+    return None
+
+
+def memory_read_bandwidth(passes: int = BANDWIDTH_PASSES) -> dict:
+    """GB/s (1e9 bytes/s) this process reads from memory with every core busy, the buffer's size and the
+    threads. numpy's sum releases the GIL, so a thread per core reads in parallel. None where numpy is
+    missing or memory too small to measure past the caches."""
+    try:
+        import numpy as np
+    except ImportError:
+        return {"read_gbs": None, "why": "numpy is not installed"}
+    from concurrent.futures import ThreadPoolExecutor
+
+    size = max(BANDWIDTH_MIN_BYTES, BANDWIDTH_CACHE_MULTIPLE * _largest_cache_bytes())
+    available = _available_memory_bytes()
+    if available is not None and size > available // BANDWIDTH_MEMORY_SHARE:
+        return {"read_gbs": None, "why": f"{size >> 20} MB to read past the caches is over 1/{BANDWIDTH_MEMORY_SHARE} "
+                                         f"of the {available >> 20} MB available"}
+    threads = os.cpu_count() or 1
+    buffer = np.ones(size // 8, dtype=np.float64)  # written once: every page is backed before timing
+    shares = np.array_split(buffer, threads)
+    seconds = []
+    with ThreadPoolExecutor(threads) as pool:
+        for _ in range(passes + 1):
+            start = time.perf_counter_ns()
+            list(pool.map(np.sum, shares))
+            seconds.append((time.perf_counter_ns() - start) / 1e9)
+    best = min(seconds[1:])  # the first pass warms the threads and the TLB: not timed
+    return {"read_gbs": round(buffer.nbytes / best / 1e9, 2), "buffer_mb": buffer.nbytes >> 20,
+            "threads": threads, "passes": passes}
 
 
 # --- the run ----------------------------------------------------------------------
