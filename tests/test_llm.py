@@ -426,6 +426,8 @@ def test_hqq_rounds_the_onnx_int4_weights_with_zero_points(tinylm_onnx_ptq, tmp_
     # HQQ's zero points: the fourth input of every 4-bit MatMulNBits; the int8 RTN head has none.
     assert sorted((a["bits"], len(n.input) > 3 and n.input[3] != "") for n, a in zip(nbits, attrs)) == \
         [(4, True)] * 20 + [(8, False)]
+    # ... which a decode step reads too: 4 bytes more per block of 32 int4 weights than RTN's
+    assert m["bytes_per_token"]["weights"] > tinylm_onnx_ptq["manifest"]["bytes_per_token"]["weights"]
     gen = run_cli("generate", str(out), "--prompt", "The for statement", "-n", "4", "--json")
     assert gen.returncode == 0 and len(json.loads(gen.stdout)["tokens"]) == 4, gen.stderr
 

@@ -101,6 +101,7 @@ def build(src: DecoderSource, target: str, recipe: DecoderRecipe, out: Path | No
         raise UsageError(f"--weight-method {recipe.weight_method} with QAT: QAT trains the weights for the "
                          "round-to-nearest grid that ships", hint="--qat-steps 0 to round with "
                          f"{recipe.weight_method.upper()} without training, or drop --weight-method")
+
     with steps.step("load", label="load model") as record:
         model, tokenizer = decoder.load(src.model_dir)
         loaded = {"architecture": model.config.model_type,
@@ -297,7 +298,8 @@ def _weight_shares(model, layers) -> dict:
 
 def _bytes_per_token(model, layers, recipe: DecoderRecipe) -> dict:
     """Bytes one decode step must read from memory: every weight once (the embedding table one row), at
-    its bits plus an fp32 scale per group (per row where the format keeps one per row; none for float);
+    its bits plus an fp32 scale per group (per row where the format keeps one per row; none for float; and
+    an fp32 zero point for onnxruntime's HQQ);
     and the KV cache at the full --max-seq-len (fp32): the static cache's attention (executorch) reads it
     whole at every step, and the growing one (onnx) reaches that size at the end of the context."""
     import torch
@@ -308,7 +310,9 @@ def _bytes_per_token(model, layers, recipe: DecoderRecipe) -> dict:
         scales_per_row = 0 if bits > 8 else cols // group if group else 1
         if isinstance(module, torch.nn.Embedding):
             rows = 1
-        weights += rows * cols * bits // 8 + 4 * rows * scales_per_row
+        # onnxruntime's HQQ keeps a float zero point beside each 4-bit block's scale (formats/onnx.py)
+        per_scale = 8 if recipe.format == "onnx" and recipe.weight_method == "hqq" and bits == 4 else 4
+        weights += rows * cols * bits // 8 + per_scale * rows * scales_per_row
     config = model.config  # GPT-2's n_layer/n_head/n_embd answer to these names too (attribute_map)
     heads = config.num_attention_heads
     kv_heads = getattr(config, "num_key_value_heads", None) or heads
