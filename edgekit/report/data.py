@@ -14,6 +14,7 @@ from pathlib import Path
 from edgekit.choose import recommend
 from edgekit.manifest import GENERATION_KEYS, TEXT_GENERATION, format_records, inside, read_manifest
 from edgekit.report.format import run_kind
+from edgekit.validate.cost import decode_limit_at
 
 RUNS_DIR = "device_runs"
 RUN_KEYS = ("load_ms", "first_ms", "mean", "std", "min", "p50", "p90", "p99", "max", "runs", "peak_rss_kb")
@@ -198,7 +199,7 @@ def run_decode_limit(run: dict, bytes_per_token: int, profile_limits: dict) -> d
     a profile."""
     kind, measured = run_kind(run), run.get("memory_read_gbs")
     if measured and kind != "emulated":
-        limit, source = round(measured * 1e9 / bytes_per_token, 1), "measured"
+        limit, source = decode_limit_at(measured, bytes_per_token), "measured"
     else:
         limit = profile_limits.get(kind)
         source = "profile" if limit else None

@@ -418,5 +418,12 @@ def decode_limit(bytes_per_token: dict, target) -> dict:
     bandwidth (the profile's mem_bandwidth_gbs), not BANDWIDTH_EFFICIENCY's share: a physical limit,
     not a prediction. Models small enough to stay in the caches can beat it; large ones approach it."""
     total = sum(bytes_per_token.values())
-    return {"tokens_per_s": round(target.mem_bandwidth_gbs * 1e9 / total, 1), "bytes_per_token": total,
+    return {"tokens_per_s": decode_limit_at(target.mem_bandwidth_gbs, total), "bytes_per_token": total,
             "mem_bandwidth_gbs": target.mem_bandwidth_gbs}
+
+
+def decode_limit_at(bandwidth_gbs: float, bytes_per_token: int) -> float:
+    """Decode tokens/s at most, at `bandwidth_gbs` (GB/s, 1e9 bytes) reading `bytes_per_token` per token: a
+    profile's peak (decode_limit above) or the read bandwidth measured on the machine a run ran on
+    (runtime/runner.py memory_read_bandwidth)."""
+    return round(bandwidth_gbs * 1e9 / bytes_per_token, 1)
