@@ -58,7 +58,7 @@ def main() -> None:
         models.append(smollm2_pte(args))
 
     from edgekit.runtime.runner import memory_read_bandwidth
-    from edgekit.validate.cost import decode_limit_at
+    from edgekit.target import decode_limit_at
 
     bandwidth = memory_read_bandwidth()  # after the timings: its buffer does not crowd the models out
     for m in models:

@@ -109,6 +109,13 @@ class Target:
         return doc
 
 
+def decode_limit_at(bandwidth_gbs: float, bytes_per_token: int) -> float:
+    """Decode tokens/s at most, at `bandwidth_gbs` (GB/s, 1e9 bytes) reading `bytes_per_token` per token: a
+    profile's peak (validate/cost.py decode_limit) or the read bandwidth measured on the machine a run ran on
+    (runtime/runner.py memory_read_bandwidth)."""
+    return round(bandwidth_gbs * 1e9 / bytes_per_token, 1)
+
+
 def targets_dir() -> Path:
     """The directory of target profiles: the package's own (`edgekit/targets`, linked as `targets/`
     at the repository top), or $EDGEKIT_TARGETS_DIR.

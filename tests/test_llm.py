@@ -53,7 +53,7 @@ def test_tinylm_int4_artifact_keeps_the_float_models_text(tinylm_build):
     out = tinylm_build["dir"]
     assert (out / "model.pte").stat().st_size == m["artifact"]["bytes"]
     assert (out / "tokenizer.json").is_file()  # the device needs nothing else
-    # The export attended with llm/attention.py's grouped attention: none of the ops the decomposition of
+    # The export attended with formats/decoder_attention.py's grouped attention: none of the ops the decomposition of
     # transformers' SDPA attention adds for fully masked rows is left outside the delegate.
     outside = m["export"]["ops_outside_delegate"]
     assert outside and not {"any", "logical_not", "full_like"} & set(outside), outside
@@ -308,11 +308,12 @@ def test_llama_class_decoder_with_a_padding_token_exports_and_runs(tmp_path):
 
 
 def test_grouped_attention_computes_what_transformers_attention_does(monkeypatch):
-    """The .pte export's attention (llm/attention.py: query heads folded onto their shared key/value head, no
+    """The .pte export's attention (formats/decoder_attention.py: query heads folded onto their shared key/value head, no
     repeat_kv copies of the cache) gives tinylm (4 query heads on 2 key/value heads) the logits transformers'
     SDPA attention gives, for a prefill, one token and three tokens on the static cache; and it is the one
     that ran."""
-    from edgekit.llm import attention, decoder
+    from edgekit.formats import decoder_attention as attention
+    from edgekit.llm import decoder
 
     model, tokenizer = decoder.load(TINYLM / "model")
     decoder.exportable(model, 256)

@@ -585,11 +585,11 @@ def export_decoder(model, path: Path, max_seq_len: int, metadata: dict) -> dict:
     from executorch.exir.passes import MemoryPlanningPass
     from transformers.integrations.executorch import TorchExportableModuleForDecoderOnlyLM
 
-    from edgekit.llm.attention import exporting_with
+    from edgekit.formats.decoder_attention import exporting_with
 
     tokens = torch.export.Dim("tokens", min=1, max=max_seq_len - 1)
     example = min(4, max_seq_len - 1)
-    # Grouped-query attention on the cache in place (llm/attention.py), not transformers' repeat_kv copies.
+    # Grouped-query attention on the cache in place (formats/decoder_attention.py), not repeat_kv copies.
     with exporting_with(model):
         wrapper = TorchExportableModuleForDecoderOnlyLM(model, batch_size=1, max_cache_len=max_seq_len)
         # strict=True: the non-strict trace of transformers' static cache fails in run_decompositions

@@ -14,7 +14,7 @@ from pathlib import Path
 from edgekit.choose import recommend
 from edgekit.manifest import GENERATION_KEYS, TEXT_GENERATION, format_records, inside, read_manifest
 from edgekit.report.format import run_kind
-from edgekit.validate.cost import decode_limit_at
+from edgekit.target import decode_limit_at
 
 RUNS_DIR = "device_runs"
 RUN_KEYS = ("load_ms", "first_ms", "mean", "std", "min", "p50", "p90", "p99", "max", "runs", "peak_rss_kb")

@@ -33,6 +33,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from edgekit.target import decode_limit_at
 from edgekit.validate.graph import model_work
 
 # --- ISA throughput per core per cycle (peak), from the cores' public microarchitecture docs ------
@@ -420,10 +421,3 @@ def decode_limit(bytes_per_token: dict, target) -> dict:
     total = sum(bytes_per_token.values())
     return {"tokens_per_s": decode_limit_at(target.mem_bandwidth_gbs, total), "bytes_per_token": total,
             "mem_bandwidth_gbs": target.mem_bandwidth_gbs}
-
-
-def decode_limit_at(bandwidth_gbs: float, bytes_per_token: int) -> float:
-    """Decode tokens/s at most, at `bandwidth_gbs` (GB/s, 1e9 bytes) reading `bytes_per_token` per token: a
-    profile's peak (decode_limit above) or the read bandwidth measured on the machine a run ran on
-    (runtime/runner.py memory_read_bandwidth)."""
-    return round(bandwidth_gbs * 1e9 / bytes_per_token, 1)
