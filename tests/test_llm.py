@@ -22,8 +22,9 @@ TINYLM = REPO / "sample_apps" / "tinylm"
 
 
 # Greedy agreement of tinylm's QAT artifact sits at the default gate's 90 %: 91.2 % with the default seed,
-# 88.8 % with seed 1 (eager, train/decoder_qat.py); 90.3 % in the .pte at two threads, 89.8 % at one. The build is checked against 85 % so that another
-# machine's float rounding does not turn a pipeline test into a coin toss; the figures are asserted below.
+# 88.8 % with seed 1 (eager, train/decoder_qat.py); 90.3 % in the .pte at two threads, 89.8 % at one. The
+# build is checked against 85 % so that another machine's float rounding does not turn a pipeline test into
+# a coin toss; the figures are asserted below.
 MIN_AGREEMENT = 85.0
 
 
@@ -53,8 +54,8 @@ def test_tinylm_int4_artifact_keeps_the_float_models_text(tinylm_build):
     out = tinylm_build["dir"]
     assert (out / "model.pte").stat().st_size == m["artifact"]["bytes"]
     assert (out / "tokenizer.json").is_file()  # the device needs nothing else
-    # The export attended with formats/decoder_attention.py's grouped attention: none of the ops the decomposition of
-    # transformers' SDPA attention adds for fully masked rows is left outside the delegate.
+    # The export attended with formats/decoder_attention.py's grouped attention: none of the ops the
+    # decomposition of transformers' SDPA attention adds for fully masked rows is left outside the delegate.
     outside = m["export"]["ops_outside_delegate"]
     assert outside and not {"any", "logical_not", "full_like"} & set(outside), outside
     # 4-bit weights: the artifact is far smaller than the float weights (4 bytes per parameter).
@@ -308,10 +309,10 @@ def test_llama_class_decoder_with_a_padding_token_exports_and_runs(tmp_path):
 
 
 def test_grouped_attention_computes_what_transformers_attention_does(monkeypatch):
-    """The .pte export's attention (formats/decoder_attention.py: query heads folded onto their shared key/value head, no
-    repeat_kv copies of the cache) gives tinylm (4 query heads on 2 key/value heads) the logits transformers'
-    SDPA attention gives, for a prefill, one token and three tokens on the static cache; and it is the one
-    that ran."""
+    """The .pte export's attention (formats/decoder_attention.py: query heads folded onto their shared
+    key/value head, no repeat_kv copies of the cache) gives tinylm (4 query heads on 2 key/value heads) the
+    logits transformers' SDPA attention gives, for a prefill, one token and three tokens on the static cache;
+    and it is the one that ran."""
     from edgekit.formats import decoder_attention as attention
     from edgekit.llm import decoder
 
@@ -330,7 +331,8 @@ def test_grouped_attention_computes_what_transformers_attention_does(monkeypatch
     calls, left_to_sdpa = [], []
     grouped, sdpa = attention.grouped_sdpa, sdpa_attention.sdpa_attention_forward
     monkeypatch.setattr(attention, "grouped_sdpa", lambda *a, **k: calls.append(1) or grouped(*a, **k))
-    monkeypatch.setattr(sdpa_attention, "sdpa_attention_forward", lambda *a, **k: left_to_sdpa.append(1) or sdpa(*a, **k))
+    monkeypatch.setattr(sdpa_attention, "sdpa_attention_forward",
+                        lambda *a, **k: left_to_sdpa.append(1) or sdpa(*a, **k))
     with attention.exporting_with(model):
         got = logits()
     assert model.config._attn_implementation == "sdpa"  # restored for the float reference
