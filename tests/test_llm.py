@@ -58,6 +58,10 @@ def test_tinylm_int4_artifact_keeps_the_float_models_text(tinylm_build):
     # decomposition of transformers' SDPA attention adds for fully masked rows is left outside the delegate.
     outside = m["export"]["ops_outside_delegate"]
     assert outside and not {"any", "logical_not", "full_like"} & set(outside), outside
+    # The RMSNorms' means went to XNNPACK's global average pooling (formats/xnnpack_rewrites.py pool_means):
+    # each of the 4 layers' two and the final norm's, none left on the portable kernels.
+    assert "mean" not in outside, outside
+    assert [len(r["nodes"]) for r in m["export"]["rewrites"]] == [9]
     # 4-bit weights: the artifact is far smaller than the float weights (4 bytes per parameter).
     assert m["artifact"]["bytes"] < 0.35 * 4 * m["model"]["parameters"]
 

@@ -214,3 +214,38 @@ def test_a_rewrite_that_moves_the_float_outputs_is_not_applied():
     [record] = xnnpack_rewrites.lower_float_ops(quantized, copy.deepcopy(graph), example)
     assert record["applied"] is False and "the artifact keeps these ops" in record["checked"]
     assert any(n.target == torch.ops.aten.scaled_dot_product_attention.default for n in quantized.graph.nodes)
+
+
+class RMSNormed(nn.Module):
+    """A decoder's norm as transformers' Llama writes it: the mean of squares over the last dim."""
+
+    def __init__(self):
+        super().__init__()
+        self.weight, self.fc = nn.Parameter(torch.rand(16) + 0.5), nn.Linear(16, 16)
+
+    def forward(self, x):
+        variance = x.pow(2).mean(-1, keepdim=True)
+        return self.fc(self.weight * (x * torch.rsqrt(variance + 1e-5)))
+
+
+def test_the_mean_rewrite_takes_a_decoders_norm_over_a_symbolic_token_count():
+    """pool_means (the decoder .pte export's rewrite): the token count stays symbolic, the graph computes
+    the same at token counts the export never saw, and the lowered program keeps no mean outside XNNPACK."""
+    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+    from executorch.exir import to_edge_transform_and_lower
+
+    torch.manual_seed(0)
+    model = RMSNormed().eval()
+    tokens = torch.export.Dim("tokens", min=1, max=64)
+    program = torch.export.export(model, (torch.randn(1, 4, 16),), dynamic_shapes=({1: tokens},))
+    [record] = xnnpack_rewrites.pool_means(program.graph_module)
+    assert len(record["nodes"]) == 1
+    [mean] = [n for n in program.graph_module.graph.nodes if n.target == torch.ops.aten.mean.dim]
+    assert mean.args[1] == [2, 3] and mean.args[2]
+    with torch.no_grad():
+        for n in (1, 7, 64):
+            x = torch.randn(1, n, 16)
+            torch.testing.assert_close(program.module()(x), model(x), rtol=1e-5, atol=1e-5)
+    lowered = to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner()])
+    outside = executorch._ops_outside_delegate(lowered.exported_program().graph_module)
+    assert "mean" not in outside, outside

@@ -136,6 +136,18 @@ def lower_float_ops(quantized, float_graph, example_inputs: tuple) -> list[dict]
     return applied
 
 
+def pool_means(graph_module) -> list[dict]:
+    """The mean rewrite alone (_mean), in place, on a graph whose sizes may be symbolic: a decoder's
+    (formats/executorch.py export_decoder), whose RMSNorms take a mean over the last dim. Its record,
+    if it changed the graph. Not checked against the graph before it here: the graph carries the KV
+    cache's buffers, which a check run would fill; the build's quality gate judges the artifact
+    against the float model, and tests/test_llm.py the export against eager."""
+    records = _apply(graph_module, [entry for entry in LOWERING_REWRITES if entry[1] is _mean])
+    if records:
+        _recompile(graph_module)
+    return records
+
+
 def _apply(graph_module, rewrites) -> list[dict]:
     """Each rewrite on the graph (the module runs its old code until _recompile); the records of
     those that changed it."""
@@ -401,9 +413,12 @@ def _matmul(graph_module) -> list[str]:
 
 
 def _mean(graph_module) -> list[str]:
-    """mean.dim over any dims of a float tensor (tokens mean-pooled: x.mean(1)), other than the 4-D
-    (2, 3) keepdim form the delegate takes -> that form: the kept dims permuted first, the reduced
-    ones flattened into H, then a reshape to the mean's own shape."""
+    """mean.dim over any dims of a float tensor (tokens mean-pooled: x.mean(1); an RMSNorm's mean of
+    squares over the last dim), other than the 4-D (2, 3) keepdim form the delegate takes -> that
+    form: the kept dims permuted first, the reduced ones flattened into H, then a reshape to the mean's
+    own shape. Symbolic sizes (a decoder's token count) may be among the kept dims, either all in the
+    rows or in the channel: they become the reshapes' one inferred (-1) size, which XNNPACK's reshape
+    takes (ViewCopyConfig); a mean that would need two is left as it is."""
     import math
 
     import torch
@@ -422,17 +437,23 @@ def _mean(graph_module) -> list[str]:
         if rank == 4 and reduced == [2, 3] and keepdim:
             continue  # the delegate's own form
         kept = [d for d in range(rank) if d not in reduced]
-        sizes = [int(s) for s in val.shape]
-        rows = math.prod(sizes[d] for d in kept[:-1]) if kept else 1
-        channels = sizes[kept[-1]] if kept else 1
+        sizes = list(val.shape)
+        symbolic = {d for d in range(rank) if not isinstance(sizes[d], int)}
+        rows_dims, channel_dims = kept[:-1], kept[-1:]
+        if (symbolic & set(reduced) or (symbolic & set(rows_dims) and symbolic & set(channel_dims))
+                or sum(not isinstance(d, int) for d in out.shape) > 1):
+            continue  # a reshape with more than one inferred size, or a symbolic pooled size: left as it is
+        rows = -1 if symbolic & set(rows_dims) else math.prod(sizes[d] for d in rows_dims)
+        channels = -1 if symbolic & set(channel_dims) else math.prod(sizes[d] for d in channel_dims)
         view4 = [rows, channels, math.prod(sizes[d] for d in reduced), 1]
+        out_shape = [d if isinstance(d, int) else -1 for d in out.shape]
         permuted = val.permute(kept + reduced)
         with graph.inserting_before(node):
             xp = _call(graph, aten.permute.default, (x, kept + reduced), node, permuted) \
                 if kept + reduced != list(range(rank)) else x
             x4 = _call(graph, aten.reshape.default, (xp, view4), node, permuted.reshape(view4))
             pooled = _call(graph, aten.mean.dim, (x4, [2, 3], True), node, permuted.reshape(view4).mean([2, 3], True))
-            result = _call(graph, aten.reshape.default, (pooled, [int(d) for d in out.shape]), node, out)
+            result = _call(graph, aten.reshape.default, (pooled, out_shape), node, out)
         node.replace_all_uses_with(result)
         graph.erase_node(node)
         changed.append(node.name)

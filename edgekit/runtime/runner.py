@@ -644,10 +644,10 @@ def _available_memory_bytes():
     return None
 
 
-def memory_read_bandwidth(passes: int = BANDWIDTH_PASSES) -> dict:
-    """GB/s (1e9 bytes/s) this process reads from memory with every core busy, the buffer's size and the
-    threads. numpy's sum releases the GIL, so a thread per core reads in parallel. None where numpy is
-    missing or memory too small to measure past the caches."""
+def memory_read_bandwidth(passes: int = BANDWIDTH_PASSES, threads: int | None = None) -> dict:
+    """GB/s (1e9 bytes/s) this process reads from memory with every core busy (or `threads` threads),
+    the buffer's size and the threads. numpy's sum releases the GIL, so a thread per core reads in
+    parallel. None where numpy is missing or memory too small to measure past the caches."""
     try:
         import numpy as np
     except ImportError:
@@ -659,7 +659,7 @@ def memory_read_bandwidth(passes: int = BANDWIDTH_PASSES) -> dict:
     if available is not None and size > available // BANDWIDTH_MEMORY_SHARE:
         return {"read_gbs": None, "why": f"{size >> 20} MB to read past the caches is over 1/{BANDWIDTH_MEMORY_SHARE} "
                                          f"of the {available >> 20} MB available"}
-    threads = os.cpu_count() or 1
+    threads = threads or os.cpu_count() or 1
     buffer = np.ones(size // 8, dtype=np.float64)  # written once: every page is backed before timing
     shares = np.array_split(buffer, threads)
     seconds = []
