@@ -256,7 +256,14 @@ def distill(source: str | Path | ModelSpec, target: str = "rpi4", stages=None, *
     stage_chain.check(chain, spec, loaded.evaluation.labels is not None)
     out_dir = Path(out) if out else DEFAULT_BUILD_ROOT / f"{spec.name}-distilled"
     with staged_build_dir(out_dir, warn=steps.console_warning) as stage:
-        start = build_module(student) if student is not None else None
+        start = None
+        if student is not None:
+            import torch
+
+            # The user's factory draws the student's first weights: seeded, so that a distill run is
+            # reproducible (its accuracy moved by up to 8 points between runs of the same command).
+            torch.manual_seed(stages.distill.seed)
+            start = build_module(student)
         ctx = stage_chain.StageContext(loaded, steps, stages.nproc, student_spec=student)
         trained = stage_chain.run(chain, ctx, stage, start=start)
         distilled = [r for r in steps.records if r["stage"] == "distill"][-1]  # the last: after every cut

@@ -43,6 +43,7 @@ def process_group():
 
 
 def main(job_path: str) -> None:
+    import torch
     import torch.distributed as dist
 
     with process_group() as (rank, world):
@@ -50,6 +51,9 @@ def main(job_path: str) -> None:
         spec = spec_from_job(job["spec"])
         cfg = DistillConfig(**{**job["config"], "features": tuple(job["config"]["features"])})
         teacher = build_module(spec)
+        # A factory's student draws its first weights: seeded as in one process (api.distill), so a run is
+        # reproducible; DDP then gives every rank rank 0's.
+        torch.manual_seed(cfg.seed)
         student = load_transformed(build_module(spec), Path(job["student"])) if job.get("student") \
             else _student_from_factory(job)
         train = load_npz(spec.train, spec.inputs, spec.origin("train"), need_labels=False)
