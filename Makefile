@@ -7,13 +7,14 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 TARGET ?= rpi4
 
-.PHONY: install demo test test-slow test-all test-emulator emulator bench clean help deploy
+.PHONY: install demo test test-slow test-heavy test-all test-emulator emulator bench clean help deploy
 
 help:
 	@echo "make demo      install into $(VENV) and build sample_apps/digits for $(TARGET)"
 	@echo "make test      install into $(VENV) (with test extras) and run the default test suite"
-	@echo "make test-slow the tests marked slow (every real architecture in every format, ...): CI runs them too"
-	@echo "make test-all  the default suite plus tests marked slow"
+	@echo "make test-slow the slow tests but the heavy (every real architecture in every format, ...): CI runs them too"
+	@echo "make test-heavy the slow tests of minutes CI leaves out (SmolLM2 int4, searches, QAT variants)"
+	@echo "make test-all  the default suite plus the slow and heavy tests"
 	@echo "make emulator  build (once, minutes; root) the arm64 qemu board: rootfs, native ExecuTorch runner, plugin"
 	@echo "make test-emulator  the tests that run artifacts on the emulated ARM cores (after make emulator)"
 	@echo "make bench     timing scripts in bench/ (ratios measured side by side)"
@@ -52,7 +53,13 @@ test: $(STAMP)
 	$(PYTEST) -m "not slow and not emulator" --durations=20
 
 test-slow: $(STAMP)
-	$(PYTEST) -m "slow and not emulator" --durations=20
+	$(PYTEST) -m "slow and not heavy and not emulator" --durations=20
+
+# Tests marked heavy as well as slow: minutes each, on paths CI covers with another model or
+# format. Outside CI's time limit (90 minutes for install, the default, slow and emulator jobs);
+# run them by hand before a release.
+test-heavy: $(STAMP)
+	$(PYTEST) -m "heavy and not emulator" --durations=20
 
 test-all: $(STAMP)
 	$(PYTEST) -m "not emulator"

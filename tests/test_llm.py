@@ -373,6 +373,7 @@ def test_hqq_scales_round_the_pte_weights_closer_than_rtn():
 
 
 @pytest.mark.slow
+@pytest.mark.heavy  # a QAT-less .pte build of tinylm: the default run has the .onnx one
 def test_post_training_int4_misses_the_gate_and_says_so(tmp_path, run_cli):
     """Without QAT, tinylm's 4-bit weights lose more than the gate allows: written, marked ✗, exit 3."""
     out = tmp_path / "ptq"
@@ -540,6 +541,7 @@ def test_onnx_graph_computes_what_the_eager_model_does(kind, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.heavy  # QAT then .onnx: QAT (.pte) and the .onnx builder stay in the default run
 def test_tinylm_onnx_with_qat_keeps_the_float_models_text(tmp_path, run_cli):
     """QAT (torchao's int4 fake quantization) then the builder's RTN: the gate's perplexity (+10 %) holds and
     agreement reaches MIN_AGREEMENT (the default gate's 90 % is at the edge here, as for the .pte)."""
@@ -708,6 +710,7 @@ def test_smollm2_from_a_registry_package_keeps_its_text_with_int8_weights(tmp_pa
 
 
 @pytest.mark.slow
+@pytest.mark.heavy  # SmolLM2's int8 build stays in CI's slow job
 def test_smollm2_with_int4_weights_misses_the_gate_and_says_so(tmp_path, run_cli):
     """The same model with int4 RTN weights loses too much (+37 to +76 % perplexity over the builder's 4-bit
     grids, measured): written, marked ✗, exit 3, and the hint names --weight-method hqq and --weight-bits 8."""
@@ -718,6 +721,7 @@ def test_smollm2_with_int4_weights_misses_the_gate_and_says_so(tmp_path, run_cli
 
 
 @pytest.mark.slow
+@pytest.mark.heavy  # SmolLM2's int8 build stays in CI's slow job, HQQ on tinylm in the default run
 def test_smollm2_with_hqq_int4_weights_keeps_its_text(tmp_path, run_cli):
     """int4 where RTN fails: onnxruntime's HQQ (a scale and a float zero point per block of 32) keeps SmolLM2's text
     (+0.2 % perplexity, 97.7 % agreement measured, against RTN's +46.7 % and 68 %); the weights are int4 in the
@@ -801,7 +805,8 @@ def test_a_runs_decode_limit_is_its_machines():
     assert emulated == {"decode_limit": None, "decode_limit_source": None, "share_of_limit": None}
 
 
-@pytest.mark.slow  # the emulator job covers it too; kept out of the default run's time budget
+@pytest.mark.slow
+@pytest.mark.heavy  # tinylm's QAT build once more (minutes): the emulator job deploys and benches it on a board
 def test_deploy_bench_over_ssh_generates_on_the_device(tinylm_build, ssh_device, tmp_path, run_cli):
     """The .pte through a real sshd (this machine's python as the device's): pushed with its prompt, generated
     in the device runner, its tokens compared with the build's; arch mismatch allowed and recorded."""

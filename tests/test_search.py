@@ -89,7 +89,8 @@ def test_search_chooses_on_the_calibration_inputs_and_builds_the_choice(small_se
     assert "data:image/png;base64," in html and doc["chosen"] in html
 
 
-@pytest.mark.slow  # a second search over the same inputs, and its final build: 40 s
+@pytest.mark.slow
+@pytest.mark.heavy  # the search fixture and a second search over the same inputs: minutes
 def test_search_resumes_from_its_own_record(run_cli, digits_app, small_search):
     """A second run over the same inputs builds nothing again: every candidate comes from search.json."""
     proc, out, first_seconds = small_search
@@ -187,7 +188,8 @@ def _search_args(digits_app, out):
             "--max-accuracy-drop", "1.0", "--out", str(out), "--json"]
 
 
-@pytest.mark.slow  # three runtime starts over ssh and a final build: 75 s (the local device below stays in the default run)
+@pytest.mark.slow
+@pytest.mark.heavy  # three runtime starts over ssh and a final build (the local device below stays in the default run)
 def test_search_times_every_candidate_on_the_device_and_chooses_by_that(run_cli, digits_app, small_search,
                                                                         ssh_device, tmp_path):
     """--device: each candidate pushed to the tests' real sshd and timed there (a run record in its build dir,
