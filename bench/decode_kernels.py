@@ -74,6 +74,9 @@ def matrix_stack():
                 x = layer(x)
             return self.head(x)
 
+        def get_output_embeddings(self):  # what decoder_quant_configs finds the head by, as in transformers
+            return self.head
+
     torch.manual_seed(0)
     model = Stack().eval()
     with torch.no_grad():
@@ -113,20 +116,18 @@ def onnx_kernel(path: Path, threads: int):
 
 
 def pte_artifact(model, bits: int, tmp: Path) -> Path:
-    """The stack quantized with torchao (8da8w per row, 8da4w in groups of 32, as formats/executorch.py
-    decoder_quant_configs), lowered to XNNPACK: its .pte."""
+    """The stack quantized by edgekit's own call (formats/executorch.py quantize_decoder: 8da8w per row,
+    8da4w in groups of 32; the head at the same bits), lowered to XNNPACK: its .pte."""
     import copy
 
     import torch
     from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
     from executorch.exir import to_edge_transform_and_lower
-    from torchao.quantization import Int8DynamicActivationIntxWeightConfig, quantize_
-    from torchao.quantization.granularity import PerAxis, PerGroup
+
+    from edgekit.formats.executorch import quantize_decoder
 
     quantized = copy.deepcopy(model)
-    quantize_(quantized, Int8DynamicActivationIntxWeightConfig(
-        weight_dtype=torch.int4 if bits == 4 else torch.int8,
-        weight_granularity=PerGroup(32) if bits == 4 else PerAxis(0)))
+    quantize_decoder(quantized, group_size=32, embedding_bits=bits, weight_bits=bits)
     program = torch.export.export(quantized, (torch.zeros(1, HIDDEN),))
     edge = to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner()])
     path = tmp / f"8da{bits}w.pte"
@@ -135,14 +136,17 @@ def pte_artifact(model, bits: int, tmp: Path) -> Path:
 
 
 def pte_kernel(path: Path, threads: int):
-    """(run one pass, bytes read a pass) in ExecuTorch's pybindings, XNNPACK's pool at `threads`."""
+    """(run one pass, bytes read a pass) in edgekit's ExecuTorch runtime, XNNPACK's pool at `threads`."""
     import torch
-    from executorch.extension.pybindings import portable_lib
 
-    portable_lib._unsafe_reset_threadpool(threads)
-    module = portable_lib._load_for_executorch(str(path))
-    inputs = (torch.randn(1, HIDDEN, generator=torch.Generator().manual_seed(0)),)
-    return (lambda: module.run_method("forward", inputs)), path.stat().st_size
+    from edgekit.runtime.runner import ExecutorchRuntime
+
+    runtime = ExecutorchRuntime()
+    if not runtime.set_threads(threads):
+        raise SystemExit(f"ExecuTorch's XNNPACK threadpool did not take {threads} threads")
+    runtime.load(str(path))
+    inputs = [torch.randn(1, HIDDEN, generator=torch.Generator().manual_seed(0))]
+    return (lambda: runtime.run(inputs)), path.stat().st_size
 
 
 def torch_kernel(model, threads: int):
