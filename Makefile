@@ -12,7 +12,7 @@ TARGET ?= rpi4
 help:
 	@echo "make demo      install into $(VENV) and build sample_apps/digits for $(TARGET)"
 	@echo "make test      install into $(VENV) (with test extras) and run the default test suite"
-	@echo "make test-slow the slow tests but the heavy (every real architecture in every format, ...): CI runs them too"
+	@echo "make test-slow the slow tests not marked heavy (every real architecture in every format, ...): CI runs them"
 	@echo "make test-heavy the slow tests of minutes CI leaves out (SmolLM2 int4, searches, QAT variants)"
 	@echo "make test-all  the default suite plus the slow and heavy tests"
 	@echo "make emulator  build (once, minutes; root) the arm64 qemu board: rootfs, native ExecuTorch runner, plugin"
