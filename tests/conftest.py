@@ -28,6 +28,14 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 
+@pytest.hookimpl(tryfirst=True)  # before -m selects: `not slow` must leave heavy tests out too
+def pytest_collection_modifyitems(items):
+    """A heavy test is a slow one (pyproject's markers): marked once, kept out of the default run."""
+    for item in items:
+        if item.get_closest_marker("heavy") and not item.get_closest_marker("slow"):
+            item.add_marker(pytest.mark.slow)
+
+
 def run_edgekit(*args: str, cwd: Path | None = None, timeout: float = 300, columns: int = 200) -> subprocess.CompletedProcess:
     """`python -m edgekit ARGS` in a child process: exit codes and output as a user sees them
     (piped; `columns`: the width rich lays out for, by default wide enough that it never wraps)."""

@@ -108,7 +108,6 @@ def test_a_quarter_of_the_macs_keeps_int8_within_a_point(run_cli, user_cnn, tmp_
     assert distilled["validation"]["samples"] > 100  # chosen on held-out training samples, not on eval
 
 
-@pytest.mark.slow
 @pytest.mark.heavy  # the budget build of a quarter of the MACs stays in the default run
 def test_latency_budget_plans_the_pruning_or_exits_3_with_the_closest(run_cli, user_cnn, tmp_path):
     """--latency-budget at 60 % of the unpruned model's predicted rpi4 latency, with --max-accuracy-drop 1.0:

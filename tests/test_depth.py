@@ -113,7 +113,6 @@ def test_a_pretrained_sentence_encoder_keeps_half_its_layers(tmp_path):
         assert torch.allclose(back(*batch), after, atol=1e-6)
 
 
-@pytest.mark.slow
 @pytest.mark.heavy  # a distillation and an int8 export of the ViT; dropping blocks (ViT, ResNet, MiniLM) stays in the default run
 def test_the_vit_with_two_of_three_blocks_and_half_the_macs_keeps_its_accuracy(run_cli, tmp_path):
     """What `edgekit search` finds for vit_digits, built directly: a block dropped (the least influential on

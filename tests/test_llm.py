@@ -372,7 +372,6 @@ def test_hqq_scales_round_the_pte_weights_closer_than_rtn():
     assert decoder_scheme(4, "hqq") == "8da4w (HQQ scales)" and decoder_scheme(4) == "8da4w"
 
 
-@pytest.mark.slow
 @pytest.mark.heavy  # a QAT-less .pte build of tinylm: the default run has the .onnx one
 def test_post_training_int4_misses_the_gate_and_says_so(tmp_path, run_cli):
     """Without QAT, tinylm's 4-bit weights lose more than the gate allows: written, marked ✗, exit 3."""
@@ -540,7 +539,6 @@ def test_onnx_graph_computes_what_the_eager_model_does(kind, tmp_path):
     assert np.abs(got - want).max() < 1e-3 * max(1.0, np.abs(want).max())
 
 
-@pytest.mark.slow
 @pytest.mark.heavy  # QAT then .onnx: QAT (.pte) and the .onnx builder stay in the default run
 def test_tinylm_onnx_with_qat_keeps_the_float_models_text(tmp_path, run_cli):
     """QAT (torchao's int4 fake quantization) then the builder's RTN: the gate's perplexity (+10 %) holds and
@@ -709,7 +707,6 @@ def test_smollm2_from_a_registry_package_keeps_its_text_with_int8_weights(tmp_pa
     assert "Paris" in json.loads(gen.stdout)["text"]
 
 
-@pytest.mark.slow
 @pytest.mark.heavy  # SmolLM2's int8 build stays in CI's slow job
 def test_smollm2_with_int4_weights_misses_the_gate_and_says_so(tmp_path, run_cli):
     """The same model with int4 RTN weights loses too much (+37 to +76 % perplexity over the builder's 4-bit
@@ -720,7 +717,6 @@ def test_smollm2_with_int4_weights_misses_the_gate_and_says_so(tmp_path, run_cli
     assert m["quality"]["perplexity_increase_pct"] > 10.0
 
 
-@pytest.mark.slow
 @pytest.mark.heavy  # SmolLM2's int8 build stays in CI's slow job, HQQ on tinylm in the default run
 def test_smollm2_with_hqq_int4_weights_keeps_its_text(tmp_path, run_cli):
     """int4 where RTN fails: onnxruntime's HQQ (a scale and a float zero point per block of 32) keeps SmolLM2's text
@@ -805,7 +801,6 @@ def test_a_runs_decode_limit_is_its_machines():
     assert emulated == {"decode_limit": None, "decode_limit_source": None, "share_of_limit": None}
 
 
-@pytest.mark.slow
 @pytest.mark.heavy  # tinylm's QAT build once more (minutes): the emulator job deploys and benches it on a board
 def test_deploy_bench_over_ssh_generates_on_the_device(tinylm_build, ssh_device, tmp_path, run_cli):
     """The .pte through a real sshd (this machine's python as the device's): pushed with its prompt, generated

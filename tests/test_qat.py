@@ -139,7 +139,6 @@ def test_qat_for_the_tflite_lifts_the_artifacts_sqnr_in_litert(outlier_app, tmp_
     assert record["processes"] == 1 and len(record["history"]) == qat.QatConfig().epochs
 
 
-@pytest.mark.slow
 @pytest.mark.heavy  # DDP through torchrun stays in the default run in test_distill.py
 def test_qat_on_two_processes_through_torchrun(outlier_app, capfd):
     from edgekit.model.app import load_app
@@ -158,7 +157,6 @@ def test_qat_on_two_processes_through_torchrun(outlier_app, capfd):
     assert qat_db > ptq_db + 3.0, (ptq_db, qat_db)
 
 
-@pytest.mark.slow
 @pytest.mark.heavy  # QAT itself stays in the default run (test_qat_lifts_the_sqnr...)
 def test_quality_auto_trains_when_no_post_training_try_passes(outlier_app, run_cli, tmp_path):
     out = tmp_path / "build"

@@ -89,7 +89,6 @@ def test_search_chooses_on_the_calibration_inputs_and_builds_the_choice(small_se
     assert "data:image/png;base64," in html and doc["chosen"] in html
 
 
-@pytest.mark.slow
 @pytest.mark.heavy  # the search fixture and a second search over the same inputs: minutes
 def test_search_resumes_from_its_own_record(run_cli, digits_app, small_search):
     """A second run over the same inputs builds nothing again: every candidate comes from search.json."""
@@ -188,7 +187,6 @@ def _search_args(digits_app, out):
             "--max-accuracy-drop", "1.0", "--out", str(out), "--json"]
 
 
-@pytest.mark.slow
 @pytest.mark.heavy  # three runtime starts over ssh and a final build (the local device below stays in the default run)
 def test_search_times_every_candidate_on_the_device_and_chooses_by_that(run_cli, digits_app, small_search,
                                                                         ssh_device, tmp_path):

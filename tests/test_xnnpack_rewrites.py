@@ -59,7 +59,7 @@ class MeanPooled(nn.Module):
 
 
 # MobileNetV3-Small is heavy here: tests/test_real_models.py builds it in every format in CI's slow job.
-@pytest.mark.parametrize("architecture", ["mean-pooled head", pytest.param("mobilenet_v3_small", marks=[pytest.mark.slow, pytest.mark.heavy])])
+@pytest.mark.parametrize("architecture", ["mean-pooled head", pytest.param("mobilenet_v3_small", marks=pytest.mark.heavy)])
 def test_a_mean_pooled_net_stays_on_the_delegate(architecture, tmp_path, monkeypatch):
     """x.mean((2, 3)) (MobileNetV3's reference code pools so): without the rewrite the mean runs on
     ExecuTorch's portable kernels; with it every op is delegated."""
